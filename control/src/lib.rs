@@ -1,0 +1,30 @@
+//! frp's control plane: wire messages and codecs, authentication, crypto streams, config,
+//! TLS and yamux session setup, and the frps/frpc runtimes (login, heartbeats, proxy
+//! registration, work-connection pools).
+//!
+//! # Layout
+//! - [`msg`]: the 18 frp messages with Go's exact JSON shapes, and the v1 codec (sans-IO).
+//! - [`auth`]: token auth — `privilege_key = md5_hex(token + timestamp)`, constant-time checks.
+//! - [`crypto`]: AES-128-CFB streams (control channel and `useEncryption`) and snappy framing
+//!   (`useCompression`), as sans-IO [`dataplane::Transform`]s.
+//! - [`yamux`]: tcpMux — a sans-IO yamux core compatible with fatedier/yamux, and its tokio driver.
+//! - [`config`]: frps.toml / frpc.toml (TOML, YAML, JSON), strict parsing, templating, defaults.
+//! - [`tls`]: rustls client/server configs, the self-signed certificate, frp's first-byte rules.
+//! - [`transport`]: dialing frps and accepting on `bindPort` (sniffing, TLS, tcpMux) down to
+//!   *logical connections*.
+//! - [`msgconn`]: a logical connection that reads and writes frp messages, encrypted or not.
+//! - [`server`]: the frps runtime. [`client`]: the frpc runtime.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod crypto;
+pub mod msg;
+pub mod msgconn;
+pub mod server;
+pub mod tls;
+pub mod transport;
+pub mod yamux;
+
+/// The frp version this implementation speaks and reports (Login.version, LoginResp.version).
+pub const FRP_VERSION: &str = "0.70.0";

@@ -1,1 +1,511 @@
-//! (being written)
+//! The frpc runtime: logs in to frps with frp's retry schedule, registers proxies and keeps
+//! them registered, answers ReqWorkConn by opening work connections, pairs each with a
+//! connection to the local service and hands the pair to the data plane; reconnects when the
+//! control connection dies (spec §4, §7.2, §8, §12, §13).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dataplane::{Engine, Pair, Side};
+use rand::RngExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::auth;
+use crate::config::{ClientConfig, ProxyConfig, ProxyType};
+use crate::crypto::{self, CryptoKey};
+use crate::msg::{CloseProxy, Login, Message, NewProxy, NewWorkConn, Ping};
+use crate::msgconn::{MsgConn, MsgError};
+use crate::transport::{self, Conn, Connector, DialConfig, DialError};
+
+/// Why frpc stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "login to the server failed: {0}. With loginFailExit enabled, no additional retries will be attempted"
+    )]
+    LoginFailed(String),
+    #[error("invalid TLS settings: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// One login attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum LoginError {
+    #[error("{0}")]
+    Dial(#[from] DialError),
+    #[error("{0}")]
+    Msg(#[from] MsgError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("unexpected message {0} instead of LoginResp")]
+    Unexpected(&'static str),
+}
+
+/// Where a proxy stands (frp's proxy wrapper phases, `/api/status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    New,
+    WaitStart(Instant),
+    StartError(Instant, String),
+    Running { remote_addr: String },
+}
+
+struct ProxyRuntime {
+    cfg: ProxyConfig,
+    wire_name: String,
+    phase: Phase,
+}
+
+/// A running frpc.
+pub struct Client {
+    cfg: ClientConfig,
+    key: CryptoKey,
+    dial: DialConfig,
+    engine: Engine,
+    run_id: Mutex<String>,
+    proxies: Arc<Mutex<HashMap<String, ProxyRuntime>>>,
+}
+
+struct Session {
+    connector: Connector,
+    mc: MsgConn<Conn>,
+}
+
+/// frp's "fast backoff": double with up to 10% jitter, capped.
+fn backoff_next(prev: Duration, cap: Duration) -> Duration {
+    let base = if prev.is_zero() { Duration::from_secs(2) } else { prev * 2 };
+    let jitter = rand::rng().random_range(0.0..0.1);
+    base.mul_f64(1.0 + jitter).min(cap)
+}
+
+impl Client {
+    pub fn new(cfg: ClientConfig) -> Result<Client, ClientError> {
+        let t = &cfg.transport;
+        let tls = if t.tls.enable {
+            let cc = crate::tls::client_config(&t.tls.cert_file, &t.tls.key_file, &t.tls.trusted_ca_file)?;
+            let name = if t.tls.server_name.is_empty() { cfg.server_addr.clone() } else { t.tls.server_name.clone() };
+            Some((tokio_rustls::TlsConnector::from(cc), crate::tls::server_name(&name)?))
+        } else {
+            None
+        };
+        let dial = DialConfig {
+            server_addr: cfg.server_addr.clone(),
+            server_port: cfg.server_port as u16,
+            dial_timeout: Duration::from_secs(t.dial_server_timeout.max(1) as u64),
+            keepalive_secs: t.dial_server_keepalive,
+            tls,
+            custom_tls_first_byte: !t.tls.disable_custom_tls_first_byte,
+            tcp_mux: t.tcp_mux,
+            tcp_mux_keepalive_secs: t.tcp_mux_keepalive_interval,
+        };
+        let mut proxies = HashMap::new();
+        for p in &cfg.proxies {
+            if !p.enabled {
+                continue;
+            }
+            if matches!(p.proxy_type, ProxyType::Udp | ProxyType::Sudp | ProxyType::Xtcp) {
+                warn!("[{}] proxy type [{}] is not supported by this frpc build yet; skipped", p.name, p.proxy_type.as_str());
+                continue;
+            }
+            let wire_name = if cfg.user.is_empty() { p.name.clone() } else { format!("{}.{}", cfg.user, p.name) };
+            proxies.insert(p.name.clone(), ProxyRuntime { cfg: p.clone(), wire_name, phase: Phase::New });
+        }
+        if !cfg.visitors.is_empty() {
+            warn!("visitors are not supported by this frpc build yet; {} visitor(s) ignored", cfg.visitors.len());
+        }
+        Ok(Client {
+            key: CryptoKey::derive(cfg.auth.token.as_bytes()),
+            dial,
+            engine: Engine::new(dataplane::EngineConfig::default()),
+            run_id: Mutex::new(String::new()),
+            proxies: Arc::new(Mutex::new(proxies)),
+            cfg,
+        })
+    }
+
+    /// Runs until `shutdown` resolves (then stops gracefully: CloseProxy for every proxy,
+    /// 100 ms, close) or the first login fails with `loginFailExit`.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
+        tokio::pin!(shutdown);
+        // First login: frp's schedule, 10 s cap; loginFailExit ends frpc at the first failure.
+        let mut delay = Duration::ZERO;
+        let mut session = loop {
+            info!("try to connect to server...");
+            match self.login().await {
+                Ok(s) => break s,
+                Err(e) => {
+                    if self.cfg.login_fail_exit {
+                        return Err(ClientError::LoginFailed(e.to_string()));
+                    }
+                    delay = backoff_next(delay, Duration::from_secs(10));
+                    warn!("connect to server error: {e}, wait {:?} for another retry", delay);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = &mut shutdown => return Ok(()),
+                    }
+                }
+            }
+        };
+        let mut recent_restarts: Vec<Instant> = Vec::new();
+        let mut outer_delay = Duration::ZERO;
+        loop {
+            let started = Instant::now();
+            let stopped = self.clone().run_session(session, &mut shutdown).await;
+            if stopped {
+                return Ok(());
+            }
+            // The control died. If sessions keep dying right after login, slow down.
+            recent_restarts.retain(|t| t.elapsed() < Duration::from_secs(60));
+            let pause = if started.elapsed() > Duration::from_secs(60) {
+                outer_delay = Duration::ZERO;
+                Duration::ZERO
+            } else if recent_restarts.len() < 3 {
+                Duration::from_millis(rand::rng().random_range(200..300))
+            } else {
+                outer_delay = backoff_next(outer_delay, Duration::from_secs(20));
+                outer_delay
+            };
+            recent_restarts.push(Instant::now());
+            if !pause.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = &mut shutdown => return Ok(()),
+                }
+            }
+            let mut delay = Duration::ZERO;
+            session = loop {
+                info!("try to reconnect to server...");
+                match self.login().await {
+                    Ok(s) => break s,
+                    Err(e) => {
+                        delay = backoff_next(delay, Duration::from_secs(20));
+                        warn!("reconnect to server error: {e}, wait {:?} for another retry", delay);
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = &mut shutdown => return Ok(()),
+                        }
+                    }
+                }
+            };
+        }
+    }
+
+    async fn login(&self) -> Result<Session, LoginError> {
+        let (connector, conn) = self.dial.connect().await?;
+        let mut mc = MsgConn::new(conn);
+        let timestamp = unix_now();
+        let login = Login {
+            version: crate::FRP_VERSION.into(),
+            hostname: hostname(),
+            os: std::env::consts::OS.into(),
+            arch: go_arch().into(),
+            user: self.cfg.user.clone(),
+            privilege_key: auth::privilege_key(&self.cfg.auth.token, timestamp),
+            timestamp,
+            run_id: self.run_id.lock().unwrap().clone(),
+            client_id: self.cfg.client_id.clone(),
+            metas: self.cfg.metadatas.clone().into_iter().collect(),
+            pool_count: self.cfg.transport.pool_count,
+            ..Default::default()
+        };
+        let result = async {
+            mc.write_msg(&login.into()).await?;
+            match mc.read_msg_timeout(Duration::from_secs(10)).await? {
+                Message::LoginResp(r) if !r.error.is_empty() => Err(LoginError::Refused(r.error)),
+                Message::LoginResp(r) => Ok(r),
+                other => Err(LoginError::Unexpected(other.name())),
+            }
+        }
+        .await;
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                connector.close();
+                return Err(e);
+            }
+        };
+        *self.run_id.lock().unwrap() = resp.run_id.clone();
+        info!("login to server success, get run id [{}]", resp.run_id);
+        mc.enable_encryption(&self.key);
+        Ok(Session { connector, mc })
+    }
+
+    /// Drives one control session. Returns true if frpc was asked to stop.
+    async fn run_session(
+        self: Arc<Self>,
+        session: Session,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> bool {
+        let Session { connector, mc } = session;
+        let run_id = self.run_id.lock().unwrap().clone();
+        let (mut reader, mut writer) = mc.split();
+        let (tx, mut rx) = mpsc::channel::<Message>(100);
+        let writer_task = tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if let Err(e) = writer.write_msg(&m).await {
+                    debug!("control write: {e}");
+                    break;
+                }
+            }
+        });
+
+        {
+            let mut proxies = self.proxies.lock().unwrap();
+            for p in proxies.values_mut() {
+                p.phase = Phase::New;
+            }
+        }
+        self.register_due_proxies(&tx);
+
+        let hb_interval = self.cfg.transport.heartbeat_interval;
+        let hb_timeout = self.cfg.transport.heartbeat_timeout;
+        let auth_heartbeats = self.cfg.auth.additional_scopes.iter().any(|s| s.as_str() == "HeartBeats");
+        let mut last_pong = Instant::now();
+        let mut next_ping = if hb_interval > 0 { Some(Instant::now()) } else { None };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut register_tick = tokio::time::interval(Duration::from_secs(3));
+        register_tick.tick().await;
+
+        let reason: Option<String> = loop {
+            tokio::select! {
+                r = reader.read_msg() => match r {
+                    Ok(Message::ReqWorkConn(_)) => {
+                        let me = self.clone();
+                        let connector = connector.clone();
+                        let run_id = run_id.clone();
+                        tokio::spawn(async move { me.handle_work_conn(connector, run_id).await });
+                    }
+                    Ok(Message::NewProxyResp(resp)) => self.on_new_proxy_resp(resp),
+                    Ok(Message::Pong(p)) => {
+                        if !p.error.is_empty() {
+                            break Some(format!("Pong message contains error: {}", p.error));
+                        }
+                        last_pong = Instant::now();
+                        debug!("receive heartbeat from server");
+                    }
+                    Ok(other) => debug!("ignoring control message {}", other.name()),
+                    Err(MsgError::Closed) => break Some("control connection closed by server".into()),
+                    Err(e) => break Some(format!("control connection error: {e}")),
+                },
+                _ = tick.tick() => {
+                    if let Some(at) = next_ping
+                        && Instant::now() >= at
+                    {
+                        let mut ping = Ping::default();
+                        if auth_heartbeats {
+                            ping.timestamp = unix_now();
+                            ping.privilege_key = auth::privilege_key(&self.cfg.auth.token, ping.timestamp);
+                        }
+                        let _ = tx.try_send(ping.into());
+                        next_ping = Some(at + Duration::from_secs(hb_interval as u64));
+                    }
+                    if hb_interval > 0 && hb_timeout > 0 && last_pong.elapsed() > Duration::from_secs(hb_timeout as u64) {
+                        break Some("heartbeat timeout".into());
+                    }
+                }
+                _ = register_tick.tick() => self.register_due_proxies(&tx),
+                _ = shutdown.as_mut() => break None,
+            }
+        };
+
+        let stopping = reason.is_none();
+        match reason {
+            Some(r) => warn!("[{run_id}] control closed: {r}"),
+            None => {
+                info!("[{run_id}] stopping: closing proxies");
+                let names: Vec<String> =
+                    self.proxies.lock().unwrap().values().map(|p| p.wire_name.clone()).collect();
+                for proxy_name in names {
+                    let _ = tx.send(CloseProxy { proxy_name }.into()).await;
+                }
+                drop(tx);
+                let _ = tokio::time::timeout(Duration::from_millis(500), writer_task).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        connector.close();
+        for p in self.proxies.lock().unwrap().values_mut() {
+            p.phase = Phase::New;
+        }
+        stopping
+    }
+
+    /// Sends NewProxy for proxies that are new, or waited too long for an answer (frp: 20 s in
+    /// wait-start, 30 s after a start error).
+    fn register_due_proxies(&self, tx: &mpsc::Sender<Message>) {
+        let mut proxies = self.proxies.lock().unwrap();
+        for p in proxies.values_mut() {
+            let due = match &p.phase {
+                Phase::New => true,
+                Phase::WaitStart(t) => t.elapsed() > Duration::from_secs(20),
+                Phase::StartError(t, _) => t.elapsed() > Duration::from_secs(30),
+                Phase::Running { .. } => false,
+            };
+            if due && tx.try_send(new_proxy_msg(&p.cfg, &p.wire_name).into()).is_ok() {
+                p.phase = Phase::WaitStart(Instant::now());
+            }
+        }
+    }
+
+    fn on_new_proxy_resp(&self, resp: crate::msg::NewProxyResp) {
+        let name = self.strip_user(&resp.proxy_name).to_string();
+        let mut proxies = self.proxies.lock().unwrap();
+        let Some(p) = proxies.get_mut(&name) else {
+            debug!("NewProxyResp for unknown proxy [{name}]");
+            return;
+        };
+        if !matches!(p.phase, Phase::WaitStart(_)) {
+            return;
+        }
+        if resp.error.is_empty() {
+            p.phase = Phase::Running { remote_addr: resp.remote_addr };
+            info!("[{name}] start proxy success");
+        } else {
+            warn!("[{name}] start error: {}", resp.error);
+            p.phase = Phase::StartError(Instant::now(), resp.error);
+        }
+    }
+
+    fn strip_user<'a>(&self, wire: &'a str) -> &'a str {
+        if self.cfg.user.is_empty() {
+            return wire;
+        }
+        wire.strip_prefix(&self.cfg.user).and_then(|r| r.strip_prefix('.')).unwrap_or(wire)
+    }
+
+    async fn handle_work_conn(self: Arc<Self>, connector: Connector, run_id: String) {
+        let conn = match connector.open().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("start new connection to server error: {e}");
+                return;
+            }
+        };
+        let mut mc = MsgConn::new(conn);
+        let mut nwc = NewWorkConn { run_id, ..Default::default() };
+        if self.cfg.auth.additional_scopes.iter().any(|s| s.as_str() == "NewWorkConns") {
+            nwc.timestamp = unix_now();
+            nwc.privilege_key = auth::privilege_key(&self.cfg.auth.token, nwc.timestamp);
+        }
+        if let Err(e) = mc.write_msg(&nwc.into()).await {
+            warn!("write NewWorkConn to server error: {e}");
+            return;
+        }
+        let start = match mc.read_msg().await {
+            Ok(Message::StartWorkConn(s)) => s,
+            Ok(other) => {
+                warn!("work connection: unexpected message {} instead of StartWorkConn", other.name());
+                return;
+            }
+            Err(MsgError::Closed) => return,
+            Err(e) => {
+                warn!("work connection closed before StartWorkConn: {e}");
+                return;
+            }
+        };
+        if !start.error.is_empty() {
+            warn!("StartWorkConn contains error: {}", start.error);
+            return;
+        }
+        let name = self.strip_user(&start.proxy_name).to_string();
+        let cfg = {
+            let proxies = self.proxies.lock().unwrap();
+            match proxies.get(&name) {
+                Some(p) if matches!(p.phase, Phase::Running { .. }) => p.cfg.clone(),
+                _ => {
+                    warn!("[{name}] work connection for a proxy that is not running; closed");
+                    return;
+                }
+            }
+        };
+        let local_addr = format!("{}:{}", bracket(&cfg.local_ip), cfg.local_port);
+        let local = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&local_addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                warn!("[{name}] connect to local service [{local_addr}] error: {e}");
+                return;
+            }
+            Err(_) => {
+                warn!("[{name}] connect to local service [{local_addr}] error: i/o timeout");
+                return;
+            }
+        };
+        transport::tune_tcp(&local, 0);
+        let (work, rest) = mc.into_parts();
+        let (inbound, outbound) = crypto::work_conn_layers(
+            Some(&self.key),
+            cfg.transport.use_encryption,
+            cfg.transport.use_compression,
+        );
+        debug!("[{name}] join connections, local [{local_addr}] user [{}:{}]", start.src_addr, start.src_port);
+        self.engine.spawn(Pair {
+            a: Side { endpoint: work.into_endpoint(), prefix: rest.into(), inbound, outbound },
+            b: Side::plain(dataplane::Endpoint::Tcp(local)),
+            counters: None,
+        });
+    }
+
+    /// Proxy phases for status reporting.
+    pub fn proxy_phases(&self) -> Vec<(String, Phase)> {
+        self.proxies.lock().unwrap().iter().map(|(n, p)| (n.clone(), p.phase.clone())).collect()
+    }
+}
+
+fn new_proxy_msg(p: &ProxyConfig, wire_name: &str) -> NewProxy {
+    NewProxy {
+        proxy_name: wire_name.to_string(),
+        proxy_type: p.proxy_type.as_str().to_string(),
+        use_encryption: p.transport.use_encryption,
+        use_compression: p.transport.use_compression,
+        bandwidth_limit: p.transport.bandwidth_limit.clone(),
+        bandwidth_limit_mode: if p.transport.bandwidth_limit_mode == "server" { "server".into() } else { String::new() },
+        group: p.load_balancer.group.clone(),
+        group_key: p.load_balancer.group_key.clone(),
+        metas: p.metadatas.clone().into_iter().collect(),
+        annotations: p.annotations.clone().into_iter().collect(),
+        remote_port: p.remote_port as i64,
+        custom_domains: p.custom_domains.clone(),
+        subdomain: p.subdomain.clone(),
+        locations: p.locations.clone(),
+        http_user: p.http_user.clone(),
+        http_pwd: p.http_password.clone(),
+        host_header_rewrite: p.host_header_rewrite.clone(),
+        headers: p.request_headers.set.clone().into_iter().collect(),
+        response_headers: p.response_headers.set.clone().into_iter().collect(),
+        route_by_http_user: p.route_by_http_user.clone(),
+        sk: p.secret_key.clone(),
+        allow_users: p.allow_users.clone(),
+        multiplexer: p.multiplexer.clone(),
+    }
+}
+
+fn bracket(ip: &str) -> String {
+    if ip.contains(':') && !ip.starts_with('[') { format!("[{ip}]") } else { ip.to_string() }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// GOARCH spelling of the running architecture (frps logs it).
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    }
+}

@@ -13,12 +13,14 @@
 //! - [`transport`]: dialing frps and accepting on `bindPort` (sniffing, TLS, tcpMux) down to
 //!   *logical connections*.
 //! - [`msgconn`]: a logical connection that reads and writes frp messages, encrypted or not.
+//! - [`log`]: frp-shaped log lines on the console or in a file.
 //! - [`server`]: the frps runtime. [`client`]: the frpc runtime.
 
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod log;
 pub mod msg;
 pub mod msgconn;
 pub mod server;

@@ -1,1 +1,239 @@
-//! (being written)
+//! A logical connection that carries frp messages: the v1 codec driven over any async byte
+//! stream, with the control channel's AES-128-CFB switched on after LoginResp (spec §4.1, §6.1).
+
+use dataplane::Transform;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use crate::crypto::{CfbDecryptor, CfbEncryptor, CryptoKey};
+use crate::msg::{CodecError, Message, V1Decoder, encode_v1_into};
+
+/// Reading or writing a message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MsgError {
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Codec(#[from] CodecError),
+    #[error("decrypt: {0}")]
+    Transform(#[from] dataplane::TransformError),
+    #[error("read timeout")]
+    Timeout,
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The reading half: raw bytes → (decrypt) → v1 decoder → messages.
+pub struct MsgReader<R> {
+    io: R,
+    dec: V1Decoder,
+    decrypt: Option<CfbDecryptor>,
+    raw: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> MsgReader<R> {
+    pub fn new(io: R) -> Self {
+        MsgReader { io, dec: V1Decoder::new(), decrypt: None, raw: Vec::new(), plain: Vec::new() }
+    }
+
+    /// From now on, bytes read are decrypted (the peer's IV comes first). Bytes already
+    /// buffered were read before the switch and stay as they are — frp never sends ciphertext
+    /// before the reader has seen LoginResp, so the buffer is empty here in practice.
+    pub fn enable_decryption(&mut self, key: &CryptoKey) {
+        self.decrypt = Some(CfbDecryptor::new(key));
+    }
+
+    /// Reads the next message. `MsgError::Closed` on a clean EOF between messages.
+    pub async fn read_msg(&mut self) -> Result<Message, MsgError> {
+        loop {
+            if let Some(m) = self.dec.next_message()? {
+                return Ok(m);
+            }
+            if self.raw.len() < READ_CHUNK {
+                self.raw.resize(READ_CHUNK, 0);
+            }
+            let n = self.io.read(&mut self.raw).await?;
+            if n == 0 {
+                return Err(if self.dec.buffered() == 0 {
+                    MsgError::Closed
+                } else {
+                    MsgError::Io(std::io::ErrorKind::UnexpectedEof.into())
+                });
+            }
+            match &mut self.decrypt {
+                None => self.dec.feed(&self.raw[..n]),
+                Some(d) => {
+                    self.plain.clear();
+                    d.transform(&self.raw[..n], &mut self.plain)?;
+                    self.dec.feed(&self.plain);
+                }
+            }
+        }
+    }
+
+    /// The stream and any bytes read past the last message (wire form when no decryption was
+    /// enabled).
+    pub fn into_parts(mut self) -> (R, Vec<u8>) {
+        let rest = self.dec.take_remaining();
+        (self.io, rest)
+    }
+}
+
+/// The writing half: message → v1 frame → (encrypt) → one write.
+pub struct MsgWriter<W> {
+    io: W,
+    encrypt: Option<CfbEncryptor>,
+    frame: Vec<u8>,
+    wire: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> MsgWriter<W> {
+    pub fn new(io: W) -> Self {
+        MsgWriter { io, encrypt: None, frame: Vec::new(), wire: Vec::new() }
+    }
+
+    /// From now on, bytes written are encrypted (our IV goes out with the first message).
+    pub fn enable_encryption(&mut self, key: &CryptoKey) {
+        self.encrypt = Some(CfbEncryptor::new(key));
+    }
+
+    /// Writes one message (one write call, as Go does) and flushes.
+    pub async fn write_msg(&mut self, msg: &Message) -> Result<(), MsgError> {
+        self.frame.clear();
+        encode_v1_into(msg, &mut self.frame);
+        match &mut self.encrypt {
+            None => self.io.write_all(&self.frame).await?,
+            Some(e) => {
+                self.wire.clear();
+                e.transform(&self.frame, &mut self.wire)?;
+                self.io.write_all(&self.wire).await?;
+            }
+        }
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Shuts the write side down (FIN).
+    pub async fn shutdown(&mut self) -> Result<(), MsgError> {
+        self.io.shutdown().await?;
+        Ok(())
+    }
+
+    pub fn into_inner(self) -> W {
+        self.io
+    }
+}
+
+/// Both halves over one stream, for handshakes; [`MsgConn::split`] for long-lived loops.
+pub struct MsgConn<S> {
+    reader: MsgReader<S>,
+    writer: MsgWriter<()>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
+    pub fn new(io: S) -> Self {
+        MsgConn { reader: MsgReader::new(io), writer: MsgWriter::new(()) }
+    }
+
+    pub async fn read_msg(&mut self) -> Result<Message, MsgError> {
+        self.reader.read_msg().await
+    }
+
+    /// Reads one message with a deadline.
+    pub async fn read_msg_timeout(&mut self, t: std::time::Duration) -> Result<Message, MsgError> {
+        match tokio::time::timeout(t, self.reader.read_msg()).await {
+            Ok(r) => r,
+            Err(_) => Err(MsgError::Timeout),
+        }
+    }
+
+    pub async fn write_msg(&mut self, msg: &Message) -> Result<(), MsgError> {
+        self.writer.frame.clear();
+        encode_v1_into(msg, &mut self.writer.frame);
+        let io = &mut self.reader.io;
+        match &mut self.writer.encrypt {
+            None => io.write_all(&self.writer.frame).await?,
+            Some(e) => {
+                self.writer.wire.clear();
+                e.transform(&self.writer.frame, &mut self.writer.wire)?;
+                io.write_all(&self.writer.wire).await?;
+            }
+        }
+        io.flush().await?;
+        Ok(())
+    }
+
+    /// Switches both directions to AES-128-CFB (after LoginResp).
+    pub fn enable_encryption(&mut self, key: &CryptoKey) {
+        self.reader.enable_decryption(key);
+        self.writer.encrypt = Some(CfbEncryptor::new(key));
+    }
+
+    /// The stream and the bytes read past the last message.
+    pub fn into_parts(self) -> (S, Vec<u8>) {
+        self.reader.into_parts()
+    }
+
+    /// Splits into independently owned halves, keeping the cipher states and buffered bytes.
+    pub fn split(self) -> (MsgReader<ReadHalf<S>>, MsgWriter<WriteHalf<S>>) {
+        let MsgReader { io, dec, decrypt, raw, plain } = self.reader;
+        let (r, w) = tokio::io::split(io);
+        (
+            MsgReader { io: r, dec, decrypt, raw, plain },
+            MsgWriter { io: w, encrypt: self.writer.encrypt, frame: Vec::new(), wire: Vec::new() },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::{LoginResp, Ping, ReqWorkConn};
+
+    #[tokio::test]
+    async fn encrypted_messages_round_trip_and_leftover_is_kept() {
+        let key = CryptoKey::derive(b"12345678");
+        let (a, b) = tokio::io::duplex(4096);
+        let mut ca = MsgConn::new(a);
+        let mut cb = MsgConn::new(b);
+        ca.write_msg(&LoginResp { version: "x".into(), ..Default::default() }.into()).await.unwrap();
+        assert!(matches!(cb.read_msg().await.unwrap(), Message::LoginResp(_)));
+        ca.enable_encryption(&key);
+        cb.enable_encryption(&key);
+        ca.write_msg(&Ping::default().into()).await.unwrap();
+        ca.write_msg(&ReqWorkConn {}.into()).await.unwrap();
+        let (mut rb, _wb) = cb.split();
+        assert_eq!(rb.read_msg().await.unwrap(), Message::Ping(Ping::default()));
+        assert_eq!(rb.read_msg().await.unwrap(), Message::ReqWorkConn(ReqWorkConn {}));
+    }
+
+    #[tokio::test]
+    async fn bytes_after_a_message_are_returned() {
+        let (a, b) = tokio::io::duplex(4096);
+        let mut wa = MsgWriter::new(a);
+        wa.write_msg(&Ping::default().into()).await.unwrap();
+        wa.io.write_all(b"raw payload").await.unwrap();
+        drop(wa);
+        let mut rb = MsgReader::new(b);
+        rb.read_msg().await.unwrap();
+        let (mut io, rest) = rb.into_parts();
+        let mut tail = Vec::new();
+        io.read_to_end(&mut tail).await.unwrap();
+        let mut all = rest;
+        all.extend_from_slice(&tail);
+        assert_eq!(all, b"raw payload");
+    }
+
+    #[tokio::test]
+    async fn eof_between_messages_is_closed_and_mid_message_is_an_error() {
+        let (a, b) = tokio::io::duplex(64);
+        drop(a);
+        assert!(matches!(MsgReader::new(b).read_msg().await, Err(MsgError::Closed)));
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b"h\0\0\0\0\0\0\0\x02{").await.unwrap();
+        drop(a);
+        assert!(matches!(MsgReader::new(b).read_msg().await, Err(MsgError::Io(_))));
+    }
+}

@@ -1,1 +1,732 @@
-//! (being written)
+//! The frps runtime: accepts on `bindPort`, logs clients in, registers their proxies, keeps
+//! each client's work-connection pool, pairs user connections with work connections and hands
+//! the pairs to the data plane (spec §4, §7, §8, §12).
+//!
+//! Shape: one [`Server`] owning shared state; per accepted transport connection a task that
+//! sniffs it, completes TLS and, with tcpMux, accepts yamux streams; per logical connection a
+//! task that reads the first message and becomes a control session, a work connection (parked
+//! in its control's pool) or a visitor connection.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dataplane::{Counters, Engine, Pair, Side};
+use rand::RngExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::auth;
+use crate::config::ServerConfig;
+use crate::crypto::{self, CryptoKey};
+use crate::msg::{
+    CodecError, Login, LoginResp, Message, NewProxy, NewProxyResp, NewVisitorConnResp, NewWorkConn,
+    Pong, ReqWorkConn, StartWorkConn,
+};
+use crate::msgconn::{MsgConn, MsgError};
+use crate::transport::{self, Conn, ServerTls};
+use crate::yamux;
+
+/// How long frps waits for the first bytes and the first message of a connection.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Queue depth of a control's writer (frp uses 100).
+const CONTROL_QUEUE: usize = 100;
+
+/// Which auth scopes frps verifies beyond Login (`auth.additionalScopes`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Scopes {
+    heartbeats: bool,
+    new_work_conns: bool,
+}
+
+/// A running frps.
+pub struct Server {
+    state: Arc<State>,
+    listener: TcpListener,
+}
+
+struct State {
+    cfg: ServerConfig,
+    token: String,
+    key: CryptoKey,
+    scopes: Scopes,
+    tls: ServerTls,
+    engine: Engine,
+    /// Logged-in clients by run id.
+    controls: Mutex<HashMap<String, Arc<Control>>>,
+    /// Registered proxies by wire name — global across clients, as in frp.
+    proxies: Mutex<HashMap<String, ProxyEntry>>,
+    ports: Mutex<PortManager>,
+}
+
+struct ProxyEntry {
+    run_id: String,
+    proxy_type: String,
+    task: Option<JoinHandle<()>>,
+    port: Option<u16>,
+    #[allow(dead_code)] // read by the dashboard/metrics issue
+    counters: Arc<Counters>,
+}
+
+/// One logged-in frpc.
+struct Control {
+    run_id: String,
+    login: Login,
+    remote: SocketAddr,
+    pool_count: usize,
+    msg_tx: mpsc::Sender<Message>,
+    work_tx: mpsc::Sender<Conn>,
+    work_rx: tokio::sync::Mutex<mpsc::Receiver<Conn>>,
+    /// Proxies this client registered (wire names).
+    proxies: Mutex<HashSet<String>>,
+    ports_used: Mutex<usize>,
+    /// Fired to make the session end (replaced by a new login with the same run id).
+    kill: Notify,
+    /// Fired once the session has fully cleaned up.
+    done: Notify,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+impl Server {
+    /// Binds `bindAddr:bindPort` and prepares everything that can fail at start-up.
+    pub async fn bind(cfg: ServerConfig) -> Result<Server, StartError> {
+        let tls_cfg = crate::tls::server_config(
+            &cfg.transport.tls.cert_file,
+            &cfg.transport.tls.key_file,
+            &cfg.transport.tls.trusted_ca_file,
+        )?;
+        let force = cfg.transport.tls.force || !cfg.transport.tls.trusted_ca_file.is_empty();
+        let bind = join_host_port(&cfg.bind_addr, cfg.bind_port as u16);
+        let listener = TcpListener::bind(&bind)
+            .await
+            .map_err(|e| StartError::Listen { addr: bind.clone(), source: e })?;
+        let scopes = Scopes {
+            heartbeats: cfg.auth.additional_scopes.iter().any(|s| s.as_str() == "HeartBeats"),
+            new_work_conns: cfg.auth.additional_scopes.iter().any(|s| s.as_str() == "NewWorkConns"),
+        };
+        let token = cfg.auth.token.clone();
+        let ports = PortManager::new(&cfg);
+        let state = Arc::new(State {
+            key: CryptoKey::derive(token.as_bytes()),
+            token,
+            scopes,
+            tls: ServerTls { acceptor: tokio_rustls::TlsAcceptor::from(tls_cfg), force },
+            engine: Engine::new(dataplane::EngineConfig::default()),
+            controls: Mutex::new(HashMap::new()),
+            proxies: Mutex::new(HashMap::new()),
+            ports: Mutex::new(ports),
+            cfg,
+        });
+        Ok(Server { state, listener })
+    }
+
+    /// The address frps listens on (useful with `bindPort = 0` in tests).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until the task is dropped.
+    pub async fn run(self) {
+        info!("frps tcp listen on {}", self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+        info!("start frps success");
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            match self.listener.accept().await {
+                Ok((tcp, remote)) => {
+                    backoff = Duration::from_millis(5);
+                    let st = self.state.clone();
+                    tokio::spawn(async move { st.handle_transport(tcp, remote).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!("accept on bindPort: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// frps could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
+impl State {
+    async fn handle_transport(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
+        transport::tune_tcp(&tcp, self.cfg.transport.tcp_keepalive);
+        let conn = match transport::accept_transport(tcp, &self.tls, FIRST_MESSAGE_TIMEOUT).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("connection from {remote} closed: {e}");
+                return;
+            }
+        };
+        if !self.cfg.transport.tcp_mux {
+            self.handle_logical(conn, remote).await;
+            return;
+        }
+        let ycfg = yamux::Config::frp(self.cfg.transport.tcp_mux_keepalive_interval);
+        let (_session, mut incoming) = yamux::session(conn, ycfg, yamux::Mode::Server);
+        while let Some(stream) = incoming.accept().await {
+            let st = self.clone();
+            tokio::spawn(async move { st.handle_logical(Conn::Boxed(Box::new(stream)), remote).await });
+        }
+        debug!("tcpMux session from {remote} ended");
+    }
+
+    async fn handle_logical(self: Arc<Self>, conn: Conn, remote: SocketAddr) {
+        let mut mc = MsgConn::new(conn);
+        let first = match mc.read_msg_timeout(FIRST_MESSAGE_TIMEOUT).await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!("connection from {remote} closed: {}", first_message_error(&e));
+                return;
+            }
+        };
+        match first {
+            Message::Login(login) => self.handle_login(mc, login, remote).await,
+            Message::NewWorkConn(nwc) => self.handle_new_work_conn(mc, nwc, remote).await,
+            Message::NewVisitorConn(v) => {
+                warn!("visitor connection from {remote} for proxy [{}] refused: stcp/sudp visitors are not supported by this frps build yet", v.proxy_name);
+                let resp = NewVisitorConnResp {
+                    proxy_name: v.proxy_name,
+                    error: "visitor connections are not supported by this frps build yet".into(),
+                };
+                let _ = mc.write_msg(&resp.into()).await;
+            }
+            other => warn!(
+                "connection from {remote} closed: unexpected first message {} (want Login, NewWorkConn or NewVisitorConn)",
+                other.name()
+            ),
+        }
+    }
+
+    // --- login --------------------------------------------------------------------------------
+
+    async fn handle_login(self: Arc<Self>, mut mc: MsgConn<Conn>, login: Login, remote: SocketAddr) {
+        info!(
+            "client login info: ip [{remote}] version [{}] hostname [{}] os [{}] arch [{}]",
+            login.version, login.hostname, login.os, login.arch
+        );
+        if let Err(reason) = self.check_login(&login) {
+            warn!("login from {remote} refused: {reason}");
+            let error = if self.cfg.detailed_errors_to_client { reason } else { "invalid Login".into() };
+            let resp = LoginResp { version: crate::FRP_VERSION.into(), run_id: String::new(), error };
+            let _ = mc.write_msg(&resp.into()).await;
+            return;
+        }
+        let run_id = if login.run_id.is_empty() { new_run_id() } else { login.run_id.clone() };
+
+        // A client logging in again with its run id replaces its old session: tear that one
+        // down completely (ports released) before the new one starts.
+        let old = self.controls.lock().unwrap().get(&run_id).cloned();
+        if let Some(old) = old {
+            info!("[{run_id}] replacing the previous session of this client");
+            old.kill.notify_one();
+            let _ = tokio::time::timeout(Duration::from_secs(5), old.wait_done()).await;
+        }
+
+        let max_pool = self.cfg.transport.max_pool_count.max(0) as usize;
+        let pool_count = (login.pool_count.max(0) as usize).min(max_pool);
+        let (msg_tx, msg_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (work_tx, work_rx) = mpsc::channel(pool_count + 10);
+        let ctl = Arc::new(Control {
+            run_id: run_id.clone(),
+            login,
+            remote,
+            pool_count,
+            msg_tx,
+            work_tx,
+            work_rx: tokio::sync::Mutex::new(work_rx),
+            proxies: Mutex::new(HashSet::new()),
+            ports_used: Mutex::new(0),
+            kill: Notify::new(),
+            done: Notify::new(),
+            finished: std::sync::atomic::AtomicBool::new(false),
+        });
+
+        let resp = LoginResp { version: crate::FRP_VERSION.into(), run_id: run_id.clone(), error: String::new() };
+        if let Err(e) = mc.write_msg(&resp.into()).await {
+            warn!("[{run_id}] write LoginResp: {e}");
+            return;
+        }
+        mc.enable_encryption(&self.key);
+        self.controls.lock().unwrap().insert(run_id.clone(), ctl.clone());
+        info!("[{run_id}] client login success, pool count {pool_count}");
+
+        let (mut reader, mut writer) = mc.split();
+        let writer_task = tokio::spawn(async move {
+            let mut rx = msg_rx;
+            while let Some(m) = rx.recv().await {
+                if let Err(e) = writer.write_msg(&m).await {
+                    debug!("control write: {e}");
+                    break;
+                }
+            }
+            let _ = writer.shutdown().await;
+        });
+        for _ in 0..pool_count {
+            let _ = ctl.msg_tx.send(ReqWorkConn {}.into()).await;
+        }
+
+        let hb_timeout = self.cfg.transport.heartbeat_timeout;
+        let mut last_ping = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let reason: String = loop {
+            tokio::select! {
+                r = reader.read_msg() => match r {
+                    Ok(m) => {
+                        if let Some(t) = self.dispatch(&ctl, m).await {
+                            last_ping = t;
+                        }
+                    }
+                    Err(MsgError::Closed) => break "client closed the control connection".into(),
+                    Err(e) => break format!("control connection error: {e}"),
+                },
+                _ = tick.tick() => {
+                    if hb_timeout > 0 && last_ping.elapsed() > Duration::from_secs(hb_timeout as u64) {
+                        break "heartbeat timeout".into();
+                    }
+                }
+                _ = ctl.kill.notified() => break "replaced by a new login with the same run id".into(),
+            }
+        };
+        info!("[{run_id}] control closed: {reason}");
+        self.cleanup_control(&ctl);
+        writer_task.abort();
+        info!("[{run_id}] client exit success");
+    }
+
+    fn check_login(&self, login: &Login) -> Result<(), String> {
+        if self.cfg.auth.method.as_str() == "token"
+            && !auth::verify_privilege_key(&self.token, login.timestamp, &login.privilege_key)
+        {
+            return Err("token in login doesn't match token from configuration".into());
+        }
+        if !login.client_id.is_empty() {
+            let controls = self.controls.lock().unwrap();
+            if controls.values().any(|c| {
+                c.login.client_id == login.client_id
+                    && c.login.user == login.user
+                    && c.run_id != login.run_id
+            }) {
+                return Err(format!(
+                    "client_id [{}] for user [{}] is already online",
+                    login.client_id, login.user
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one control message; returns the time of a valid Ping.
+    async fn dispatch(self: &Arc<Self>, ctl: &Arc<Control>, m: Message) -> Option<Instant> {
+        match m {
+            Message::NewProxy(np) => {
+                let resp = match self.register_proxy(ctl, &np).await {
+                    Ok(remote_addr) => {
+                        info!("[{}] new proxy [{}] type [{}] success", ctl.run_id, np.proxy_name, proxy_type(&np));
+                        NewProxyResp { proxy_name: np.proxy_name, remote_addr, error: String::new() }
+                    }
+                    Err(e) => {
+                        warn!("[{}] new proxy [{}] type [{}] error: {e}", ctl.run_id, np.proxy_name, proxy_type(&np));
+                        let error = if self.cfg.detailed_errors_to_client {
+                            e
+                        } else {
+                            format!("new proxy [{}] error", np.proxy_name)
+                        };
+                        NewProxyResp { proxy_name: np.proxy_name, remote_addr: String::new(), error }
+                    }
+                };
+                let _ = ctl.msg_tx.send(resp.into()).await;
+                None
+            }
+            Message::CloseProxy(cp) => {
+                let owned = ctl.proxies.lock().unwrap().remove(&cp.proxy_name);
+                if owned {
+                    self.close_proxy(ctl, &cp.proxy_name);
+                    info!("[{}] close proxy [{}] success", ctl.run_id, cp.proxy_name);
+                }
+                None
+            }
+            Message::Ping(p) => {
+                if self.scopes.heartbeats
+                    && !auth::verify_privilege_key(&self.token, p.timestamp, &p.privilege_key)
+                {
+                    warn!("[{}] invalid ping: token in heartbeat doesn't match", ctl.run_id);
+                    let error = "token in heartbeat doesn't match token from configuration".to_string();
+                    let _ = ctl.msg_tx.send(Pong { error }.into()).await;
+                    return None;
+                }
+                let _ = ctl.msg_tx.send(Pong::default().into()).await;
+                Some(Instant::now())
+            }
+            other => {
+                debug!("[{}] ignoring control message {}", ctl.run_id, other.name());
+                None
+            }
+        }
+    }
+
+    fn cleanup_control(&self, ctl: &Arc<Control>) {
+        let names: Vec<String> = ctl.proxies.lock().unwrap().drain().collect();
+        for name in names {
+            self.close_proxy(ctl, &name);
+        }
+        {
+            let mut controls = self.controls.lock().unwrap();
+            if controls.get(&ctl.run_id).is_some_and(|c| Arc::ptr_eq(c, ctl)) {
+                controls.remove(&ctl.run_id);
+            }
+        }
+        ctl.finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        ctl.done.notify_waiters();
+    }
+
+    // --- proxies ------------------------------------------------------------------------------
+
+    async fn register_proxy(self: &Arc<Self>, ctl: &Arc<Control>, np: &NewProxy) -> Result<String, String> {
+        let ty = proxy_type(np);
+        if ty != "tcp" {
+            return Err(format!("proxy type [{ty}] is not supported by this frps build yet"));
+        }
+        {
+            let proxies = self.proxies.lock().unwrap();
+            if proxies.contains_key(&np.proxy_name) {
+                return Err(format!("proxy [{}] already exists", np.proxy_name));
+            }
+        }
+        let max_ports = self.cfg.max_ports_per_client;
+        if max_ports > 0 && *ctl.ports_used.lock().unwrap() as i64 >= max_ports {
+            return Err("exceed the max_ports_per_client".into());
+        }
+        if !(0..=65535).contains(&np.remote_port) {
+            return Err("port not allowed".into());
+        }
+        let listener = self.ports.lock().unwrap().acquire(&np.proxy_name, np.remote_port as u16)?;
+        let port = listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())?;
+        let listener = TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+        info!("[{}] [{}] tcp proxy listen port [{port}]", ctl.run_id, np.proxy_name);
+
+        let counters = Arc::new(Counters::default());
+        let proxy = Arc::new(TcpProxy {
+            name: np.proxy_name.clone(),
+            use_encryption: np.use_encryption,
+            use_compression: np.use_compression,
+            counters: counters.clone(),
+        });
+        let task = tokio::spawn(self.clone().tcp_accept_loop(listener, ctl.clone(), proxy));
+
+        let mut proxies = self.proxies.lock().unwrap();
+        if proxies.contains_key(&np.proxy_name) {
+            task.abort();
+            self.ports.lock().unwrap().release(port);
+            return Err(format!("proxy [{}] already exists", np.proxy_name));
+        }
+        proxies.insert(
+            np.proxy_name.clone(),
+            ProxyEntry { run_id: ctl.run_id.clone(), proxy_type: ty.to_string(), task: Some(task), port: Some(port), counters },
+        );
+        ctl.proxies.lock().unwrap().insert(np.proxy_name.clone());
+        *ctl.ports_used.lock().unwrap() += 1;
+        Ok(format!(":{port}"))
+    }
+
+    fn close_proxy(&self, ctl: &Control, name: &str) {
+        let entry = {
+            let mut proxies = self.proxies.lock().unwrap();
+            match proxies.get(name) {
+                Some(e) if e.run_id == ctl.run_id => proxies.remove(name),
+                _ => None,
+            }
+        };
+        if let Some(mut e) = entry {
+            if let Some(t) = e.task.take() {
+                t.abort();
+            }
+            if let Some(p) = e.port {
+                self.ports.lock().unwrap().release(p);
+                let mut used = ctl.ports_used.lock().unwrap();
+                *used = used.saturating_sub(1);
+            }
+            debug!("[{}] proxy [{name}] type [{}] closed", ctl.run_id, e.proxy_type);
+        }
+    }
+
+    async fn tcp_accept_loop(self: Arc<Self>, listener: TcpListener, ctl: Arc<Control>, proxy: Arc<TcpProxy>) {
+        loop {
+            match listener.accept().await {
+                Ok((user, remote)) => {
+                    let st = self.clone();
+                    let ctl = ctl.clone();
+                    let proxy = proxy.clone();
+                    tokio::spawn(async move { st.handle_user_conn(ctl, proxy, user, remote).await });
+                }
+                Err(e) => {
+                    warn!("[{}] [{}] accept: {e}", ctl.run_id, proxy.name);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle_user_conn(self: Arc<Self>, ctl: Arc<Control>, proxy: Arc<TcpProxy>, user: TcpStream, remote: SocketAddr) {
+        let _ = user.set_nodelay(true);
+        let local = user.local_addr().ok();
+        debug!("[{}] [{}] get a user connection [{remote}]", ctl.run_id, proxy.name);
+        let (src_addr, src_port) = transport::split_addr(&remote);
+        let (dst_addr, dst_port) = local.map(|a| transport::split_addr(&a)).unwrap_or_default();
+        let start = StartWorkConn {
+            proxy_name: proxy.name.clone(),
+            src_addr,
+            dst_addr,
+            src_port,
+            dst_port,
+            error: String::new(),
+        };
+        let timeout = Duration::from_secs(self.cfg.user_conn_timeout.max(1) as u64);
+        for _attempt in 0..=ctl.pool_count {
+            let work = match ctl.get_work_conn(timeout).await {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!("[{}] [{}] failed to get work connection: {e}", ctl.run_id, proxy.name);
+                    return;
+                }
+            };
+            let mut mc = MsgConn::new(work);
+            if let Err(e) = mc.write_msg(&start.clone().into()).await {
+                debug!("[{}] [{}] write StartWorkConn to a stale work connection: {e}", ctl.run_id, proxy.name);
+                continue;
+            }
+            let (work, rest) = mc.into_parts();
+            let (inbound, outbound) = crypto::work_conn_layers(
+                Some(&self.key),
+                proxy.use_encryption,
+                proxy.use_compression,
+            );
+            let pair = Pair {
+                a: Side::plain(dataplane::Endpoint::Tcp(user)),
+                b: Side { endpoint: work.into_endpoint(), prefix: rest.into(), inbound, outbound },
+                counters: Some(proxy.counters.clone()),
+            };
+            debug!("[{}] [{}] join connections, user [{remote}]", ctl.run_id, proxy.name);
+            self.engine.spawn(pair);
+            return;
+        }
+        warn!("[{}] [{}] no usable work connection after {} attempts", ctl.run_id, proxy.name, ctl.pool_count + 1);
+    }
+
+    // --- work connections ---------------------------------------------------------------------
+
+    async fn handle_new_work_conn(self: Arc<Self>, mut mc: MsgConn<Conn>, nwc: NewWorkConn, remote: SocketAddr) {
+        let ctl = self.controls.lock().unwrap().get(&nwc.run_id).cloned();
+        let Some(ctl) = ctl else {
+            warn!("no client control found for run id [{}] (work connection from {remote})", nwc.run_id);
+            return;
+        };
+        if self.scopes.new_work_conns
+            && !auth::verify_privilege_key(&self.token, nwc.timestamp, &nwc.privilege_key)
+        {
+            warn!("[{}] invalid NewWorkConn from {remote}: token doesn't match", nwc.run_id);
+            let error = if self.cfg.detailed_errors_to_client {
+                "token in NewWorkConn doesn't match token from configuration".to_string()
+            } else {
+                "invalid NewWorkConn".to_string()
+            };
+            let _ = mc.write_msg(&StartWorkConn { error, ..Default::default() }.into()).await;
+            return;
+        }
+        let (conn, rest) = mc.into_parts();
+        if !rest.is_empty() {
+            warn!("[{}] work connection sent {} unexpected bytes before StartWorkConn; closed", ctl.run_id, rest.len());
+            return;
+        }
+        if ctl.work_tx.try_send(conn).is_err() {
+            warn!("[{}] work connection pool is full, discarding", ctl.run_id);
+        }
+    }
+}
+
+impl Control {
+    async fn wait_done(&self) {
+        loop {
+            let n = self.done.notified();
+            if self.finished.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    /// A parked work connection, or a new one requested from frpc (waiting up to `timeout`);
+    /// either way one more is requested to refill the pool (spec §8 step 5).
+    async fn get_work_conn(&self, timeout: Duration) -> Result<Conn, String> {
+        let parked = {
+            let mut rx = self.work_rx.lock().await;
+            rx.try_recv().ok()
+        };
+        let conn = match parked {
+            Some(c) => c,
+            None => {
+                self.msg_tx
+                    .send(ReqWorkConn {}.into())
+                    .await
+                    .map_err(|_| "control connection is closed".to_string())?;
+                let wait = async {
+                    let mut rx = self.work_rx.lock().await;
+                    rx.recv().await
+                };
+                match tokio::time::timeout(timeout, wait).await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return Err("control connection is closed".into()),
+                    Err(_) => return Err("timeout trying to get work connection".into()),
+                }
+            }
+        };
+        let _ = self.msg_tx.try_send(ReqWorkConn {}.into());
+        Ok(conn)
+    }
+}
+
+struct TcpProxy {
+    name: String,
+    use_encryption: bool,
+    use_compression: bool,
+    counters: Arc<Counters>,
+}
+
+fn proxy_type(np: &NewProxy) -> &str {
+    if np.proxy_type.is_empty() { "tcp" } else { np.proxy_type.as_str() }
+}
+
+fn new_run_id() -> String {
+    let b: [u8; 8] = rand::rng().random();
+    hex::encode(b)
+}
+
+fn first_message_error(e: &MsgError) -> String {
+    match e {
+        MsgError::Codec(CodecError::UnknownType(b'F', _)) => {
+            "frp wire protocol v2 is not supported by this frps build yet".into()
+        }
+        MsgError::Timeout => "no complete first message within 10s".into(),
+        other => other.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// TCP port allocation for tcp proxies (spec §7.3): `allowPorts`, ports in use, and the port a
+/// proxy name had last (so a reconnecting client asking for "any port" gets the same one).
+struct PortManager {
+    bind_addr: String,
+    /// Inclusive ranges; empty = every port.
+    allowed: Vec<(u16, u16)>,
+    used: HashSet<u16>,
+    last_port: HashMap<String, u16>,
+}
+
+impl PortManager {
+    fn new(cfg: &ServerConfig) -> Self {
+        let allowed = cfg
+            .allow_ports
+            .iter()
+            .filter_map(|r| {
+                if r.single > 0 {
+                    Some((r.single as u16, r.single as u16))
+                } else if r.start > 0 || r.end > 0 {
+                    Some((r.start as u16, r.end as u16))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        PortManager {
+            bind_addr: cfg.proxy_bind_addr.clone(),
+            allowed,
+            used: HashSet::new(),
+            last_port: HashMap::new(),
+        }
+    }
+
+    fn is_allowed(&self, port: u16) -> bool {
+        self.allowed.is_empty() || self.allowed.iter().any(|&(a, b)| a <= port && port <= b)
+    }
+
+    fn bind(&self, port: u16) -> std::io::Result<std::net::TcpListener> {
+        let l = std::net::TcpListener::bind(join_host_port(&self.bind_addr, port))?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    }
+
+    /// Binds the proxy's port: `port`, or with 0 a free allowed one.
+    fn acquire(&mut self, name: &str, port: u16) -> Result<std::net::TcpListener, String> {
+        let l = if port != 0 {
+            if !self.is_allowed(port) {
+                return Err("port not allowed".into());
+            }
+            if self.used.contains(&port) {
+                return Err("port already used".into());
+            }
+            self.bind(port).map_err(|_| "port unavailable".to_string())?
+        } else {
+            self.acquire_any(name)?
+        };
+        let got = l.local_addr().map_err(|e| e.to_string())?.port();
+        self.used.insert(got);
+        self.last_port.insert(name.to_string(), got);
+        Ok(l)
+    }
+
+    fn acquire_any(&self, name: &str) -> Result<std::net::TcpListener, String> {
+        if let Some(&p) = self.last_port.get(name)
+            && !self.used.contains(&p)
+            && self.is_allowed(p)
+            && let Ok(l) = self.bind(p)
+        {
+            return Ok(l);
+        }
+        if self.allowed.is_empty() {
+            // The kernel knows best which port is free.
+            return self.bind(0).map_err(|_| "no available port".to_string());
+        }
+        let total: u32 = self.allowed.iter().map(|&(a, b)| (b - a) as u32 + 1).sum();
+        let mut rng = rand::rng();
+        for _ in 0..20 {
+            let mut k = rng.random_range(0..total);
+            let mut port = 0u16;
+            for &(a, b) in &self.allowed {
+                let n = (b - a) as u32 + 1;
+                if k < n {
+                    port = a + k as u16;
+                    break;
+                }
+                k -= n;
+            }
+            if port == 0 || self.used.contains(&port) {
+                continue;
+            }
+            if let Ok(l) = self.bind(port) {
+                return Ok(l);
+            }
+        }
+        Err("no available port".into())
+    }
+
+    fn release(&mut self, port: u16) {
+        self.used.remove(&port);
+    }
+}

@@ -1,1 +1,356 @@
-//! (being written)
+//! From sockets to *logical connections* (spec §2): frpc dials frps (TCP, the optional 0x17
+//! byte, TLS, yamux), frps classifies what arrives on `bindPort` (sniffing, TLS detection).
+//! Everything above this module sees a [`Conn`]: one control, work or visitor connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use dataplane::{AsyncStream, Endpoint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::tls::{FRP_TLS_HEAD_BYTE, TLS_RECORD_BYTE};
+use crate::yamux;
+
+/// One logical connection: a bare TCP socket (the data plane may splice it) or any other
+/// stream (TLS, a yamux stream).
+pub enum Conn {
+    Tcp(TcpStream),
+    Boxed(Box<dyn AsyncStream>),
+}
+
+impl Conn {
+    /// Hands the connection to the data plane.
+    pub fn into_endpoint(self) -> Endpoint {
+        match self {
+            Conn::Tcp(s) => Endpoint::Tcp(s),
+            Conn::Boxed(s) => Endpoint::Stream(s),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Boxed(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_write(cx, b),
+            Conn::Boxed(s) => Pin::new(s).poll_write(cx, b),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Conn::Boxed(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Boxed(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Sets TCP keepalive (`secs <= 0` leaves it off) and disables Nagle, as Go does by default.
+pub fn tune_tcp(s: &TcpStream, keepalive_secs: i64) {
+    let _ = s.set_nodelay(true);
+    if keepalive_secs > 0 {
+        let sock = socket2::SockRef::from(s);
+        let ka = socket2::TcpKeepalive::new().with_time(Duration::from_secs(keepalive_secs as u64));
+        let _ = sock.set_tcp_keepalive(&ka);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// frpc side
+
+/// How frpc reaches frps, from `serverAddr`, `serverPort` and `transport.*`.
+#[derive(Clone)]
+pub struct DialConfig {
+    pub server_addr: String,
+    pub server_port: u16,
+    pub dial_timeout: Duration,
+    pub keepalive_secs: i64,
+    /// TLS connector and the name to present, when `transport.tls.enable`.
+    pub tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    /// Send 0x17 before the ClientHello (`disableCustomTLSFirstByte = false`).
+    pub custom_tls_first_byte: bool,
+    /// `transport.tcpMux` and its keepalive interval.
+    pub tcp_mux: bool,
+    pub tcp_mux_keepalive_secs: i64,
+}
+
+/// Dialing frps failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("dial tcp {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("dial tcp {0}: i/o timeout")]
+    Timeout(String),
+    #[error("tls handshake with {addr}: {source}")]
+    Tls { addr: String, source: io::Error },
+    #[error("open yamux stream: {0}")]
+    Mux(String),
+}
+
+impl DialConfig {
+    fn addr(&self) -> String {
+        if self.server_addr.contains(':') && !self.server_addr.starts_with('[') {
+            format!("[{}]:{}", self.server_addr, self.server_port)
+        } else {
+            format!("{}:{}", self.server_addr, self.server_port)
+        }
+    }
+
+    /// One new transport connection: TCP, then the optional first byte and TLS.
+    pub async fn dial(&self) -> Result<Conn, DialError> {
+        let addr = self.addr();
+        let tcp = match tokio::time::timeout(self.dial_timeout, TcpStream::connect(&addr)).await {
+            Err(_) => return Err(DialError::Timeout(addr)),
+            Ok(Err(e)) => return Err(DialError::Connect { addr, source: e }),
+            Ok(Ok(s)) => s,
+        };
+        tune_tcp(&tcp, self.keepalive_secs);
+        let Some((connector, name)) = &self.tls else {
+            return Ok(Conn::Tcp(tcp));
+        };
+        let mut tcp = tcp;
+        if self.custom_tls_first_byte {
+            tcp.write_all(&[FRP_TLS_HEAD_BYTE])
+                .await
+                .map_err(|e| DialError::Tls { addr: addr.clone(), source: e })?;
+        }
+        let tls = tokio::time::timeout(self.dial_timeout, connector.connect(name.clone(), tcp))
+            .await
+            .map_err(|_| DialError::Timeout(addr.clone()))?
+            .map_err(|e| DialError::Tls { addr, source: e })?;
+        Ok(Conn::Boxed(Box::new(tls)))
+    }
+
+    /// Connects to frps: with tcpMux one session whose streams are the logical connections,
+    /// without it a fresh transport connection each time. Returns the first logical
+    /// connection (the control connection) too.
+    pub async fn connect(&self) -> Result<(Connector, Conn), DialError> {
+        let first = self.dial().await?;
+        if !self.tcp_mux {
+            return Ok((Connector::Direct(self.clone()), first));
+        }
+        let (session, mut incoming) =
+            yamux::session(first, yamux::Config::frp(self.tcp_mux_keepalive_secs), yamux::Mode::Client);
+        // frps never opens streams towards frpc; anything it tries is dropped.
+        tokio::spawn(async move { while incoming.accept().await.is_some() {} });
+        let control = session.open_stream().await.map_err(|e| DialError::Mux(e.to_string()))?;
+        Ok((Connector::Mux(session), Conn::Boxed(Box::new(control))))
+    }
+}
+
+/// Opens further logical connections (work, visitor) to the frps frpc is logged in to.
+#[derive(Clone)]
+pub enum Connector {
+    Mux(yamux::Session),
+    Direct(DialConfig),
+}
+
+impl Connector {
+    pub async fn open(&self) -> Result<Conn, DialError> {
+        match self {
+            Connector::Mux(s) => {
+                let st = s.open_stream().await.map_err(|e| DialError::Mux(e.to_string()))?;
+                Ok(Conn::Boxed(Box::new(st)))
+            }
+            Connector::Direct(d) => d.dial().await,
+        }
+    }
+
+    /// Tears the whole session down (tcpMux); a no-op for direct connections.
+    pub fn close(&self) {
+        if let Connector::Mux(s) = self {
+            s.close();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// frps side
+
+/// What frps found on a new `bindPort` connection (spec §2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniffed {
+    /// `GET /~!frp`: frp's websocket transport.
+    Websocket,
+    /// 0x16 or 0x17 first: TLS (the 0x17 byte is to be consumed).
+    Tls { custom_byte: bool },
+    /// Anything else: plain frp.
+    Plain,
+}
+
+/// frp's websocket prefix, also the number of bytes frps wants before deciding.
+pub const WEBSOCKET_PREFIX: &[u8; 10] = b"GET /~!frp";
+
+/// Classifies a connection by its first bytes without consuming them (MSG_PEEK), so a plain
+/// connection stays a bare socket. Waits for up to `deadline` for the bytes it needs: only a
+/// connection starting with `G` needs all 10.
+pub async fn sniff(s: &TcpStream, deadline: Duration) -> io::Result<Sniffed> {
+    let fut = async {
+        let mut buf = [0u8; 10];
+        loop {
+            let n = s.peek(&mut buf).await?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before sending anything"));
+            }
+            match buf[0] {
+                FRP_TLS_HEAD_BYTE => return Ok(Sniffed::Tls { custom_byte: true }),
+                TLS_RECORD_BYTE => return Ok(Sniffed::Tls { custom_byte: false }),
+                b'G' if n < WEBSOCKET_PREFIX.len() && WEBSOCKET_PREFIX.starts_with(&buf[..n]) => {
+                    // Partial websocket prefix: wait for the rest. peek() returns at once while
+                    // data is pending, so poll gently.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ if &buf[..n] == WEBSOCKET_PREFIX => return Ok(Sniffed::Websocket),
+                _ => return Ok(Sniffed::Plain),
+            }
+        }
+    };
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no data within 10s")),
+    }
+}
+
+/// frps' view of its TLS settings.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// `transport.tls.force`: refuse plain connections.
+    pub force: bool,
+}
+
+/// Why a `bindPort` connection was refused before it reached frp's message layer.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("sniff first bytes: {0}")]
+    Sniff(io::Error),
+    #[error("non-TLS connection received on a TlsOnly server")]
+    TlsRequired,
+    #[error("tls handshake: {0}")]
+    Tls(io::Error),
+    #[error("websocket transport is not supported by this frps build yet")]
+    Websocket,
+}
+
+/// Sniffs and, where needed, completes TLS on an accepted `bindPort` connection.
+pub async fn accept_transport(
+    mut tcp: TcpStream,
+    tls: &ServerTls,
+    deadline: Duration,
+) -> Result<Conn, AcceptError> {
+    match sniff(&tcp, deadline).await.map_err(AcceptError::Sniff)? {
+        Sniffed::Websocket => Err(AcceptError::Websocket),
+        Sniffed::Plain if tls.force => Err(AcceptError::TlsRequired),
+        Sniffed::Plain => Ok(Conn::Tcp(tcp)),
+        Sniffed::Tls { custom_byte } => {
+            if custom_byte {
+                let mut b = [0u8; 1];
+                tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut b).await.map_err(AcceptError::Tls)?;
+            }
+            let s = tokio::time::timeout(deadline, tls.acceptor.accept(tcp))
+                .await
+                .map_err(|_| AcceptError::Tls(io::ErrorKind::TimedOut.into()))?
+                .map_err(AcceptError::Tls)?;
+            Ok(Conn::Boxed(Box::new(s)))
+        }
+    }
+}
+
+/// Formats a socket address the way frp logs and sends them (IP without brackets, port).
+pub fn split_addr(a: &SocketAddr) -> (String, u16) {
+    (a.ip().to_string(), a.port())
+}
+
+/// Wraps a connection in an `Arc`-free boxed stream (helper for tests and drivers).
+pub fn boxed<S: AsyncStream>(s: S) -> Conn {
+    Conn::Boxed(Box::new(s))
+}
+
+/// Shared handle type for TLS server configs.
+pub type ServerTlsConfig = Arc<rustls::ServerConfig>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (c, s)
+    }
+
+    #[tokio::test]
+    async fn sniff_classifies_without_consuming() {
+        for (first, want) in [
+            (&b"o\0\0\0\0\0\0\0\x02{}"[..], Sniffed::Plain),
+            (&[0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5][..], Sniffed::Tls { custom_byte: false }),
+            (&[0x17, 0x16, 3, 1][..], Sniffed::Tls { custom_byte: true }),
+            (&b"GET /~!frp HTTP/1.1\r\n"[..], Sniffed::Websocket),
+            (&b"GET / HTTP/1.1\r\n"[..], Sniffed::Plain),
+        ] {
+            let (mut c, mut s) = pair().await;
+            c.write_all(first).await.unwrap();
+            assert_eq!(sniff(&s, Duration::from_secs(2)).await.unwrap(), want);
+            let mut got = vec![0u8; first.len()];
+            s.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, first);
+        }
+    }
+
+    #[tokio::test]
+    async fn sniff_waits_for_a_split_websocket_prefix() {
+        let (mut c, s) = pair().await;
+        c.write_all(b"GET /").await.unwrap();
+        let t = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            c.write_all(b"~!frp").await.unwrap();
+            c
+        });
+        assert_eq!(sniff(&s, Duration::from_secs(2)).await.unwrap(), Sniffed::Websocket);
+        t.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sniff_times_out_on_silence() {
+        let (_c, s) = pair().await;
+        let e = sniff(&s, Duration::from_millis(100)).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn tls_force_rejects_plain() {
+        let tls = ServerTls {
+            acceptor: tokio_rustls::TlsAcceptor::from(crate::tls::server_config("", "", "").unwrap()),
+            force: true,
+        };
+        let (mut c, s) = pair().await;
+        c.write_all(b"o\0\0\0\0\0\0\0\x02{}").await.unwrap();
+        let r = accept_transport(s, &tls, Duration::from_secs(2)).await;
+        assert!(matches!(r, Err(AcceptError::TlsRequired)));
+    }
+}

@@ -1,3 +1,88 @@
-fn main() {
-    println!("Hello, world!");
+//! frps — the frp server, frp-uring edition. Parses frp's command line, loads the config,
+//! starts the server; everything else lives in the `control` and `dataplane` crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{ArgAction, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "frps", about = "frps is the server of frp (https://github.com/fatedier/frp)", disable_version_flag = true)]
+struct Cli {
+    /// config file of frps
+    #[arg(short = 'c', long = "config", global = true)]
+    config: Option<PathBuf>,
+    /// strict config parsing mode, unknown fields will cause an error
+    #[arg(long = "strict_config", global = true, default_value_t = true, action = ArgAction::Set)]
+    strict_config: bool,
+    /// version of frps
+    #[arg(short = 'v', long = "version")]
+    version: bool,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Verify that the configures is valid
+    Verify,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.version {
+        println!("{}", control::FRP_VERSION);
+        return ExitCode::SUCCESS;
+    }
+    if let Some(Cmd::Verify) = cli.cmd {
+        let Some(path) = &cli.config else {
+            println!("frps: the configuration file is not specified");
+            return ExitCode::FAILURE;
+        };
+        return match control::config::load_server_config(path, cli.strict_config) {
+            Ok(_) => {
+                println!("frps: the configuration file {} syntax is ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = match &cli.config {
+        Some(path) => control::config::load_server_config(path, cli.strict_config)?,
+        None => control::config::ServerConfig::default(),
+    };
+    control::log::init(&cfg.log.to, &cfg.log.level, cfg.log.disable_print_color)
+        .with_context(|| format!("open log file {}", cfg.log.to))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let server = control::server::Server::bind(cfg).await?;
+        tokio::select! {
+            _ = server.run() => {}
+            _ = shutdown_signal() => tracing::info!("frps received a stop signal, exiting"),
+        }
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -230,7 +230,7 @@ impl Client {
         };
         *self.run_id.lock().unwrap() = resp.run_id.clone();
         info!("login to server success, get run id [{}]", resp.run_id);
-        mc.enable_encryption(&self.key);
+        mc.enable_encryption(&self.key)?;
         Ok(Session { connector, mc })
     }
 

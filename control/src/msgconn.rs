@@ -38,11 +38,19 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
         MsgReader { io, dec: V1Decoder::new(), decrypt: None, raw: Vec::new(), plain: Vec::new() }
     }
 
-    /// From now on, bytes read are decrypted (the peer's IV comes first). Bytes already
-    /// buffered were read before the switch and stay as they are — frp never sends ciphertext
-    /// before the reader has seen LoginResp, so the buffer is empty here in practice.
-    pub fn enable_decryption(&mut self, key: &CryptoKey) {
-        self.decrypt = Some(CfbDecryptor::new(key));
+    /// From now on, bytes read are decrypted (the peer's IV comes first). Bytes already read
+    /// past the last message (a peer that did not wait for LoginResp) are ciphertext too and
+    /// are decrypted now.
+    pub fn enable_decryption(&mut self, key: &CryptoKey) -> Result<(), MsgError> {
+        let mut d = CfbDecryptor::new(key);
+        let pending = self.dec.take_remaining();
+        if !pending.is_empty() {
+            self.plain.clear();
+            d.transform(&pending, &mut self.plain)?;
+            self.dec.feed(&self.plain);
+        }
+        self.decrypt = Some(d);
+        Ok(())
     }
 
     /// Reads the next message. `MsgError::Closed` on a clean EOF between messages.
@@ -166,9 +174,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
     }
 
     /// Switches both directions to AES-128-CFB (after LoginResp).
-    pub fn enable_encryption(&mut self, key: &CryptoKey) {
-        self.reader.enable_decryption(key);
+    pub fn enable_encryption(&mut self, key: &CryptoKey) -> Result<(), MsgError> {
+        self.reader.enable_decryption(key)?;
         self.writer.encrypt = Some(CfbEncryptor::new(key));
+        Ok(())
     }
 
     /// The stream and the bytes read past the last message.
@@ -200,8 +209,8 @@ mod tests {
         let mut cb = MsgConn::new(b);
         ca.write_msg(&LoginResp { version: "x".into(), ..Default::default() }.into()).await.unwrap();
         assert!(matches!(cb.read_msg().await.unwrap(), Message::LoginResp(_)));
-        ca.enable_encryption(&key);
-        cb.enable_encryption(&key);
+        ca.enable_encryption(&key).unwrap();
+        cb.enable_encryption(&key).unwrap();
         ca.write_msg(&Ping::default().into()).await.unwrap();
         ca.write_msg(&ReqWorkConn {}.into()).await.unwrap();
         let (mut rb, _wb) = cb.split();

@@ -263,7 +263,10 @@ impl State {
             warn!("[{run_id}] write LoginResp: {e}");
             return;
         }
-        mc.enable_encryption(&self.key);
+        if let Err(e) = mc.enable_encryption(&self.key) {
+            warn!("[{run_id}] control connection: {e}");
+            return;
+        }
         self.controls.lock().unwrap().insert(run_id.clone(), ctl.clone());
         info!("[{run_id}] client login success, pool count {pool_count}");
 

@@ -1,14 +1,271 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! End-to-end test harness: starts the real `frps` and `frpc` binaries on 127.0.0.1 with
+//! OS-assigned ports, talks to them with real sockets, reads their logs.
+//!
+//! # Layout
+//! - [`bin`]: where the built binaries are (`scripts/test.sh` builds them first).
+//! - [`Proc`]: a child process whose output goes to a log file; killed on drop.
+//! - [`Env`]: a temporary directory holding configs and logs for one test.
+//! - [`echo_server`], [`roundtrip`]: a local service and a user of it.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Path of a built binary of this workspace (`frps` or `frpc`), next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("FRP_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not found: build the binaries first (scripts/test.sh does: cargo build --workspace --bins)",
+        p.display()
+    );
+    p
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A free TCP port on 127.0.0.1 (bound and released; good enough on a test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// Whether something listens on 127.0.0.1:port.
+pub fn is_listening(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300))
+        .is_ok()
+}
+
+/// A running child process with its output in a log file.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, program: &Path, args: &[&str], dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        Proc { name: name.to_string(), child: Some(child), log }
     }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits until the log contains `needle` `count` times; panics with the log on timeout.
+    pub fn wait_log_n(&self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.log_text();
+            if text.matches(needle).count() >= count {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{}: {needle:?} ×{count} not logged within {timeout:?}; log:\n{text}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        self.wait_log_n(needle, 1, timeout)
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends a signal (e.g. 15 for SIGTERM) without waiting.
+    pub fn signal(&self, sig: i32) {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- {} log -----\n{}", self.name, self.log_text());
+        }
+        self.kill();
+    }
+}
+
+/// A temporary directory for one test's configs and logs.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Starts frps with `bindPort = port` plus `extra` TOML lines.
+    pub fn frps(&self, name: &str, port: u16, extra: &str) -> Proc {
+        let cfg = format!("bindAddr = \"127.0.0.1\"\nbindPort = {port}\nproxyBindAddr = \"127.0.0.1\"\n{extra}\n");
+        let path = self.write(&format!("{name}.toml"), &cfg);
+        let p = Proc::spawn(name, &bin("frps"), &["-c", path.to_str().unwrap()], self.path());
+        p.wait_log("start frps success", Duration::from_secs(10));
+        p
+    }
+
+    /// Starts frpc with the given full TOML config.
+    pub fn frpc(&self, name: &str, cfg: &str) -> Proc {
+        let path = self.write(&format!("{name}.toml"), cfg);
+        Proc::spawn(name, &bin("frpc"), &["-c", path.to_str().unwrap()], self.path())
+    }
+}
+
+/// A TCP echo service on 127.0.0.1; returns its port. Runs until the runtime ends.
+pub async fn echo_server() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// Sends `data` to 127.0.0.1:port, half-closes, and returns everything received.
+pub async fn roundtrip(port: u16, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    let (mut r, mut w) = s.split();
+    let send = async {
+        w.write_all(data).await?;
+        w.shutdown().await
+    };
+    let mut got = Vec::with_capacity(data.len());
+    let recv = r.read_to_end(&mut got);
+    let (a, b) = tokio::join!(send, recv);
+    a?;
+    b?;
+    Ok(got)
+}
+
+/// Echo round trip that retries until the tunnel is up (or `timeout`).
+pub async fn roundtrip_eventually(port: u16, data: &[u8], timeout: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), roundtrip(port, data)).await {
+            Ok(Ok(got)) if got == data => return got,
+            other => {
+                if Instant::now() > deadline {
+                    panic!("no working tunnel on port {port} within {timeout:?}: last result {:?}", other.map(|r| r.map(|v| v.len())));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A frpc config for one tcp proxy to `local_port`, exposed on `remote_port`.
+pub fn frpc_tcp_config(
+    server_port: u16,
+    token: &str,
+    tcp_mux: bool,
+    tls: bool,
+    enc: bool,
+    local_port: u16,
+    remote_port: u16,
+) -> String {
+    format!(
+        r#"serverAddr = "127.0.0.1"
+serverPort = {server_port}
+auth.token = "{token}"
+transport.tcpMux = {tcp_mux}
+transport.tls.enable = {tls}
+log.level = "debug"
+
+[[proxies]]
+name = "echo"
+type = "tcp"
+localIP = "127.0.0.1"
+localPort = {local_port}
+remotePort = {remote_port}
+transport.useEncryption = {enc}
+transport.useCompression = {enc}
+"#
+    )
 }

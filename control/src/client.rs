@@ -77,7 +77,11 @@ struct Session {
 
 /// frp's "fast backoff": double with up to 10% jitter, capped.
 fn backoff_next(prev: Duration, cap: Duration) -> Duration {
-    let base = if prev.is_zero() { Duration::from_secs(2) } else { prev * 2 };
+    let base = if prev.is_zero() {
+        Duration::from_secs(2)
+    } else {
+        prev * 2
+    };
     let jitter = rand::rng().random_range(0.0..0.1);
     base.mul_f64(1.0 + jitter).min(cap)
 }
@@ -86,9 +90,20 @@ impl Client {
     pub fn new(cfg: ClientConfig) -> Result<Client, ClientError> {
         let t = &cfg.transport;
         let tls = if t.tls.enable {
-            let cc = crate::tls::client_config(&t.tls.cert_file, &t.tls.key_file, &t.tls.trusted_ca_file)?;
-            let name = if t.tls.server_name.is_empty() { cfg.server_addr.clone() } else { t.tls.server_name.clone() };
-            Some((tokio_rustls::TlsConnector::from(cc), crate::tls::server_name(&name)?))
+            let cc = crate::tls::client_config(
+                &t.tls.cert_file,
+                &t.tls.key_file,
+                &t.tls.trusted_ca_file,
+            )?;
+            let name = if t.tls.server_name.is_empty() {
+                cfg.server_addr.clone()
+            } else {
+                t.tls.server_name.clone()
+            };
+            Some((
+                tokio_rustls::TlsConnector::from(cc),
+                crate::tls::server_name(&name)?,
+            ))
         } else {
             None
         };
@@ -107,15 +122,36 @@ impl Client {
             if !p.enabled {
                 continue;
             }
-            if matches!(p.proxy_type, ProxyType::Udp | ProxyType::Sudp | ProxyType::Xtcp) {
-                warn!("[{}] proxy type [{}] is not supported by this frpc build yet; skipped", p.name, p.proxy_type.as_str());
+            if matches!(
+                p.proxy_type,
+                ProxyType::Udp | ProxyType::Sudp | ProxyType::Xtcp
+            ) {
+                warn!(
+                    "[{}] proxy type [{}] is not supported by this frpc build yet; skipped",
+                    p.name,
+                    p.proxy_type.as_str()
+                );
                 continue;
             }
-            let wire_name = if cfg.user.is_empty() { p.name.clone() } else { format!("{}.{}", cfg.user, p.name) };
-            proxies.insert(p.name.clone(), ProxyRuntime { cfg: p.clone(), wire_name, phase: Phase::New });
+            let wire_name = if cfg.user.is_empty() {
+                p.name.clone()
+            } else {
+                format!("{}.{}", cfg.user, p.name)
+            };
+            proxies.insert(
+                p.name.clone(),
+                ProxyRuntime {
+                    cfg: p.clone(),
+                    wire_name,
+                    phase: Phase::New,
+                },
+            );
         }
         if !cfg.visitors.is_empty() {
-            warn!("visitors are not supported by this frpc build yet; {} visitor(s) ignored", cfg.visitors.len());
+            warn!(
+                "visitors are not supported by this frpc build yet; {} visitor(s) ignored",
+                cfg.visitors.len()
+            );
         }
         Ok(Client {
             key: CryptoKey::derive(cfg.auth.token.as_bytes()),
@@ -129,7 +165,10 @@ impl Client {
 
     /// Runs until `shutdown` resolves (then stops gracefully: CloseProxy for every proxy,
     /// 100 ms, close) or the first login fails with `loginFailExit`.
-    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ClientError> {
         tokio::pin!(shutdown);
         // First login: frp's schedule, 10 s cap; loginFailExit ends frpc at the first failure.
         let mut delay = Duration::ZERO;
@@ -142,7 +181,10 @@ impl Client {
                         return Err(ClientError::LoginFailed(e.to_string()));
                     }
                     delay = backoff_next(delay, Duration::from_secs(10));
-                    warn!("connect to server error: {e}, wait {:?} for another retry", delay);
+                    warn!(
+                        "connect to server error: {e}, wait {:?} for another retry",
+                        delay
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = &mut shutdown => return Ok(()),
@@ -183,7 +225,10 @@ impl Client {
                     Ok(s) => break s,
                     Err(e) => {
                         delay = backoff_next(delay, Duration::from_secs(20));
-                        warn!("reconnect to server error: {e}, wait {:?} for another retry", delay);
+                        warn!(
+                            "reconnect to server error: {e}, wait {:?} for another retry",
+                            delay
+                        );
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
                             _ = &mut shutdown => return Ok(()),
@@ -263,9 +308,18 @@ impl Client {
 
         let hb_interval = self.cfg.transport.heartbeat_interval;
         let hb_timeout = self.cfg.transport.heartbeat_timeout;
-        let auth_heartbeats = self.cfg.auth.additional_scopes.iter().any(|s| s.as_str() == "HeartBeats");
+        let auth_heartbeats = self
+            .cfg
+            .auth
+            .additional_scopes
+            .iter()
+            .any(|s| s.as_str() == "HeartBeats");
         let mut last_pong = Instant::now();
-        let mut next_ping = if hb_interval > 0 { Some(Instant::now()) } else { None };
+        let mut next_ping = if hb_interval > 0 {
+            Some(Instant::now())
+        } else {
+            None
+        };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut register_tick = tokio::time::interval(Duration::from_secs(3));
         register_tick.tick().await;
@@ -317,8 +371,13 @@ impl Client {
             Some(r) => warn!("[{run_id}] control closed: {r}"),
             None => {
                 info!("[{run_id}] stopping: closing proxies");
-                let names: Vec<String> =
-                    self.proxies.lock().unwrap().values().map(|p| p.wire_name.clone()).collect();
+                let names: Vec<String> = self
+                    .proxies
+                    .lock()
+                    .unwrap()
+                    .values()
+                    .map(|p| p.wire_name.clone())
+                    .collect();
                 for proxy_name in names {
                     let _ = tx.send(CloseProxy { proxy_name }.into()).await;
                 }
@@ -345,7 +404,11 @@ impl Client {
                 Phase::StartError(t, _) => t.elapsed() > Duration::from_secs(30),
                 Phase::Running { .. } => false,
             };
-            if due && tx.try_send(new_proxy_msg(&p.cfg, &p.wire_name).into()).is_ok() {
+            if due
+                && tx
+                    .try_send(new_proxy_msg(&p.cfg, &p.wire_name).into())
+                    .is_ok()
+            {
                 p.phase = Phase::WaitStart(Instant::now());
             }
         }
@@ -362,7 +425,9 @@ impl Client {
             return;
         }
         if resp.error.is_empty() {
-            p.phase = Phase::Running { remote_addr: resp.remote_addr };
+            p.phase = Phase::Running {
+                remote_addr: resp.remote_addr,
+            };
             info!("[{name}] start proxy success");
         } else {
             warn!("[{name}] start error: {}", resp.error);
@@ -374,7 +439,9 @@ impl Client {
         if self.cfg.user.is_empty() {
             return wire;
         }
-        wire.strip_prefix(&self.cfg.user).and_then(|r| r.strip_prefix('.')).unwrap_or(wire)
+        wire.strip_prefix(&self.cfg.user)
+            .and_then(|r| r.strip_prefix('.'))
+            .unwrap_or(wire)
     }
 
     async fn handle_work_conn(self: Arc<Self>, connector: Connector, run_id: String) {
@@ -386,8 +453,17 @@ impl Client {
             }
         };
         let mut mc = MsgConn::new(conn);
-        let mut nwc = NewWorkConn { run_id, ..Default::default() };
-        if self.cfg.auth.additional_scopes.iter().any(|s| s.as_str() == "NewWorkConns") {
+        let mut nwc = NewWorkConn {
+            run_id,
+            ..Default::default()
+        };
+        if self
+            .cfg
+            .auth
+            .additional_scopes
+            .iter()
+            .any(|s| s.as_str() == "NewWorkConns")
+        {
             nwc.timestamp = unix_now();
             nwc.privilege_key = auth::privilege_key(&self.cfg.auth.token, nwc.timestamp);
         }
@@ -398,7 +474,10 @@ impl Client {
         let start = match mc.read_msg().await {
             Ok(Message::StartWorkConn(s)) => s,
             Ok(other) => {
-                warn!("work connection: unexpected message {} instead of StartWorkConn", other.name());
+                warn!(
+                    "work connection: unexpected message {} instead of StartWorkConn",
+                    other.name()
+                );
                 return;
             }
             Err(MsgError::Closed) => return,
@@ -423,17 +502,20 @@ impl Client {
             }
         };
         let local_addr = format!("{}:{}", bracket(&cfg.local_ip), cfg.local_port);
-        let local = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&local_addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                warn!("[{name}] connect to local service [{local_addr}] error: {e}");
-                return;
-            }
-            Err(_) => {
-                warn!("[{name}] connect to local service [{local_addr}] error: i/o timeout");
-                return;
-            }
-        };
+        let local =
+            match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&local_addr))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    warn!("[{name}] connect to local service [{local_addr}] error: {e}");
+                    return;
+                }
+                Err(_) => {
+                    warn!("[{name}] connect to local service [{local_addr}] error: i/o timeout");
+                    return;
+                }
+            };
         transport::tune_tcp(&local, 0);
         let (work, rest) = mc.into_parts();
         let (inbound, outbound) = crypto::work_conn_layers(
@@ -441,9 +523,17 @@ impl Client {
             cfg.transport.use_encryption,
             cfg.transport.use_compression,
         );
-        debug!("[{name}] join connections, local [{local_addr}] user [{}:{}]", start.src_addr, start.src_port);
+        debug!(
+            "[{name}] join connections, local [{local_addr}] user [{}:{}]",
+            start.src_addr, start.src_port
+        );
         self.engine.spawn(Pair {
-            a: Side { endpoint: work.into_endpoint(), prefix: rest.into(), inbound, outbound },
+            a: Side {
+                endpoint: work.into_endpoint(),
+                prefix: rest.into(),
+                inbound,
+                outbound,
+            },
             b: Side::plain(dataplane::Endpoint::Tcp(local)),
             counters: None,
         });
@@ -451,7 +541,12 @@ impl Client {
 
     /// Proxy phases for status reporting.
     pub fn proxy_phases(&self) -> Vec<(String, Phase)> {
-        self.proxies.lock().unwrap().iter().map(|(n, p)| (n.clone(), p.phase.clone())).collect()
+        self.proxies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, p)| (n.clone(), p.phase.clone()))
+            .collect()
     }
 }
 
@@ -461,8 +556,12 @@ fn new_proxy_msg(p: &ProxyConfig, wire_name: &str) -> NewProxy {
         proxy_type: p.proxy_type.as_str().to_string(),
         use_encryption: p.transport.use_encryption,
         use_compression: p.transport.use_compression,
-        bandwidth_limit: p.transport.bandwidth_limit.clone(),
-        bandwidth_limit_mode: if p.transport.bandwidth_limit_mode == "server" { "server".into() } else { String::new() },
+        bandwidth_limit: p.transport.bandwidth_limit.as_str().to_string(),
+        bandwidth_limit_mode: if p.transport.bandwidth_limit_mode == "server" {
+            "server".into()
+        } else {
+            String::new()
+        },
         group: p.load_balancer.group.clone(),
         group_key: p.load_balancer.group_key.clone(),
         metas: p.metadatas.clone().into_iter().collect(),
@@ -484,7 +583,11 @@ fn new_proxy_msg(p: &ProxyConfig, wire_name: &str) -> NewProxy {
 }
 
 fn bracket(ip: &str) -> String {
-    if ip.contains(':') && !ip.starts_with('[') { format!("[{ip}]") } else { ip.to_string() }
+    if ip.contains(':') && !ip.starts_with('[') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
 }
 
 fn unix_now() -> i64 {

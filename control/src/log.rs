@@ -21,7 +21,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, ev: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        ev: &Event<'_>,
+    ) -> fmt::Result {
         let now = chrono::Local::now();
         let (letter, color) = match *ev.metadata().level() {
             Level::ERROR => ('E', "\x1b[31m"),
@@ -33,9 +38,17 @@ where
         let target = ev.metadata().target();
         let target = target.rsplit("::").next().unwrap_or(target);
         if self.color {
-            write!(w, "{} {color}[{letter}]\x1b[0m [{target}] ", now.format("%Y-%m-%d %H:%M:%S%.3f"))?;
+            write!(
+                w,
+                "{} {color}[{letter}]\x1b[0m [{target}] ",
+                now.format("%Y-%m-%d %H:%M:%S%.3f")
+            )?;
         } else {
-            write!(w, "{} [{letter}] [{target}] ", now.format("%Y-%m-%d %H:%M:%S%.3f"))?;
+            write!(
+                w,
+                "{} [{letter}] [{target}] ",
+                now.format("%Y-%m-%d %H:%M:%S%.3f")
+            )?;
         }
         ctx.field_format().format_fields(w.by_ref(), ev)?;
         writeln!(w)
@@ -71,11 +84,20 @@ pub fn init(to: &str, level: &str, disable_color: bool) -> std::io::Result<()> {
     let builder = tracing_subscriber::fmt().with_max_level(level);
     let result = if to.is_empty() || to == "console" {
         let color = !disable_color && std::io::IsTerminal::is_terminal(&std::io::stdout());
-        builder.event_format(FrpFormat { color }).with_writer(std::io::stdout).try_init()
+        builder
+            .event_format(FrpFormat { color })
+            .with_writer(std::io::stdout)
+            .try_init()
     } else {
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(to)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(to)?;
         let sink: &'static FileSink = Box::leak(Box::new(FileSink(Mutex::new(f))));
-        builder.event_format(FrpFormat { color: false }).with_writer(move || sink).try_init()
+        builder
+            .event_format(FrpFormat { color: false })
+            .with_writer(move || sink)
+            .try_init()
     };
     // A second init (tests) keeps the first logger.
     let _ = result;

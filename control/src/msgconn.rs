@@ -35,7 +35,13 @@ pub struct MsgReader<R> {
 
 impl<R: AsyncRead + Unpin> MsgReader<R> {
     pub fn new(io: R) -> Self {
-        MsgReader { io, dec: V1Decoder::new(), decrypt: None, raw: Vec::new(), plain: Vec::new() }
+        MsgReader {
+            io,
+            dec: V1Decoder::new(),
+            decrypt: None,
+            raw: Vec::new(),
+            plain: Vec::new(),
+        }
     }
 
     /// From now on, bytes read are decrypted (the peer's IV comes first). Bytes already read
@@ -99,7 +105,12 @@ pub struct MsgWriter<W> {
 
 impl<W: AsyncWrite + Unpin> MsgWriter<W> {
     pub fn new(io: W) -> Self {
-        MsgWriter { io, encrypt: None, frame: Vec::new(), wire: Vec::new() }
+        MsgWriter {
+            io,
+            encrypt: None,
+            frame: Vec::new(),
+            wire: Vec::new(),
+        }
     }
 
     /// From now on, bytes written are encrypted (our IV goes out with the first message).
@@ -142,7 +153,15 @@ pub struct MsgConn<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
     pub fn new(io: S) -> Self {
-        MsgConn { reader: MsgReader::new(io), writer: MsgWriter::new(()) }
+        MsgConn {
+            reader: MsgReader::new(io),
+            writer: MsgWriter {
+                io: (),
+                encrypt: None,
+                frame: Vec::new(),
+                wire: Vec::new(),
+            },
+        }
     }
 
     pub async fn read_msg(&mut self) -> Result<Message, MsgError> {
@@ -187,11 +206,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
 
     /// Splits into independently owned halves, keeping the cipher states and buffered bytes.
     pub fn split(self) -> (MsgReader<ReadHalf<S>>, MsgWriter<WriteHalf<S>>) {
-        let MsgReader { io, dec, decrypt, raw, plain } = self.reader;
+        let MsgReader {
+            io,
+            dec,
+            decrypt,
+            raw,
+            plain,
+        } = self.reader;
         let (r, w) = tokio::io::split(io);
         (
-            MsgReader { io: r, dec, decrypt, raw, plain },
-            MsgWriter { io: w, encrypt: self.writer.encrypt, frame: Vec::new(), wire: Vec::new() },
+            MsgReader {
+                io: r,
+                dec,
+                decrypt,
+                raw,
+                plain,
+            },
+            MsgWriter {
+                io: w,
+                encrypt: self.writer.encrypt,
+                frame: Vec::new(),
+                wire: Vec::new(),
+            },
         )
     }
 }
@@ -207,15 +243,29 @@ mod tests {
         let (a, b) = tokio::io::duplex(4096);
         let mut ca = MsgConn::new(a);
         let mut cb = MsgConn::new(b);
-        ca.write_msg(&LoginResp { version: "x".into(), ..Default::default() }.into()).await.unwrap();
-        assert!(matches!(cb.read_msg().await.unwrap(), Message::LoginResp(_)));
+        ca.write_msg(
+            &LoginResp {
+                version: "x".into(),
+                ..Default::default()
+            }
+            .into(),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            cb.read_msg().await.unwrap(),
+            Message::LoginResp(_)
+        ));
         ca.enable_encryption(&key).unwrap();
         cb.enable_encryption(&key).unwrap();
         ca.write_msg(&Ping::default().into()).await.unwrap();
         ca.write_msg(&ReqWorkConn {}.into()).await.unwrap();
         let (mut rb, _wb) = cb.split();
         assert_eq!(rb.read_msg().await.unwrap(), Message::Ping(Ping::default()));
-        assert_eq!(rb.read_msg().await.unwrap(), Message::ReqWorkConn(ReqWorkConn {}));
+        assert_eq!(
+            rb.read_msg().await.unwrap(),
+            Message::ReqWorkConn(ReqWorkConn {})
+        );
     }
 
     #[tokio::test]
@@ -239,10 +289,16 @@ mod tests {
     async fn eof_between_messages_is_closed_and_mid_message_is_an_error() {
         let (a, b) = tokio::io::duplex(64);
         drop(a);
-        assert!(matches!(MsgReader::new(b).read_msg().await, Err(MsgError::Closed)));
+        assert!(matches!(
+            MsgReader::new(b).read_msg().await,
+            Err(MsgError::Closed)
+        ));
         let (mut a, b) = tokio::io::duplex(64);
         a.write_all(b"h\0\0\0\0\0\0\0\x02{").await.unwrap();
         drop(a);
-        assert!(matches!(MsgReader::new(b).read_msg().await, Err(MsgError::Io(_))));
+        assert!(matches!(
+            MsgReader::new(b).read_msg().await,
+            Err(MsgError::Io(_))
+        ));
     }
 }

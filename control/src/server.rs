@@ -102,10 +102,21 @@ impl Server {
         let bind = join_host_port(&cfg.bind_addr, cfg.bind_port as u16);
         let listener = TcpListener::bind(&bind)
             .await
-            .map_err(|e| StartError::Listen { addr: bind.clone(), source: e })?;
+            .map_err(|e| StartError::Listen {
+                addr: bind.clone(),
+                source: e,
+            })?;
         let scopes = Scopes {
-            heartbeats: cfg.auth.additional_scopes.iter().any(|s| s.as_str() == "HeartBeats"),
-            new_work_conns: cfg.auth.additional_scopes.iter().any(|s| s.as_str() == "NewWorkConns"),
+            heartbeats: cfg
+                .auth
+                .additional_scopes
+                .iter()
+                .any(|s| s.as_str() == "HeartBeats"),
+            new_work_conns: cfg
+                .auth
+                .additional_scopes
+                .iter()
+                .any(|s| s.as_str() == "NewWorkConns"),
         };
         let token = cfg.auth.token.clone();
         let ports = PortManager::new(&cfg);
@@ -113,7 +124,10 @@ impl Server {
             key: CryptoKey::derive(token.as_bytes()),
             token,
             scopes,
-            tls: ServerTls { acceptor: tokio_rustls::TlsAcceptor::from(tls_cfg), force },
+            tls: ServerTls {
+                acceptor: tokio_rustls::TlsAcceptor::from(tls_cfg),
+                force,
+            },
             engine: Engine::new(dataplane::EngineConfig::default()),
             controls: Mutex::new(HashMap::new()),
             proxies: Mutex::new(HashMap::new()),
@@ -130,7 +144,13 @@ impl Server {
 
     /// Accepts connections until the task is dropped.
     pub async fn run(self) {
-        info!("frps tcp listen on {}", self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+        info!(
+            "frps tcp listen on {}",
+            self.listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
         info!("start frps success");
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -157,11 +177,18 @@ pub enum StartError {
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 fn join_host_port(host: &str, port: u16) -> String {
-    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 impl State {
@@ -182,7 +209,10 @@ impl State {
         let (_session, mut incoming) = yamux::session(conn, ycfg, yamux::Mode::Server);
         while let Some(stream) = incoming.accept().await {
             let st = self.clone();
-            tokio::spawn(async move { st.handle_logical(Conn::Boxed(Box::new(stream)), remote).await });
+            tokio::spawn(async move {
+                st.handle_logical(Conn::Boxed(Box::new(stream)), remote)
+                    .await
+            });
         }
         debug!("tcpMux session from {remote} ended");
     }
@@ -192,7 +222,10 @@ impl State {
         let first = match mc.read_msg_timeout(FIRST_MESSAGE_TIMEOUT).await {
             Ok(m) => m,
             Err(e) => {
-                warn!("connection from {remote} closed: {}", first_message_error(&e));
+                warn!(
+                    "connection from {remote} closed: {}",
+                    first_message_error(&e)
+                );
                 return;
             }
         };
@@ -200,7 +233,10 @@ impl State {
             Message::Login(login) => self.handle_login(mc, login, remote).await,
             Message::NewWorkConn(nwc) => self.handle_new_work_conn(mc, nwc, remote).await,
             Message::NewVisitorConn(v) => {
-                warn!("visitor connection from {remote} for proxy [{}] refused: stcp/sudp visitors are not supported by this frps build yet", v.proxy_name);
+                warn!(
+                    "visitor connection from {remote} for proxy [{}] refused: stcp/sudp visitors are not supported by this frps build yet",
+                    v.proxy_name
+                );
                 let resp = NewVisitorConnResp {
                     proxy_name: v.proxy_name,
                     error: "visitor connections are not supported by this frps build yet".into(),
@@ -216,19 +252,36 @@ impl State {
 
     // --- login --------------------------------------------------------------------------------
 
-    async fn handle_login(self: Arc<Self>, mut mc: MsgConn<Conn>, login: Login, remote: SocketAddr) {
+    async fn handle_login(
+        self: Arc<Self>,
+        mut mc: MsgConn<Conn>,
+        login: Login,
+        remote: SocketAddr,
+    ) {
         info!(
             "client login info: ip [{remote}] version [{}] hostname [{}] os [{}] arch [{}]",
             login.version, login.hostname, login.os, login.arch
         );
         if let Err(reason) = self.check_login(&login) {
             warn!("login from {remote} refused: {reason}");
-            let error = if self.cfg.detailed_errors_to_client { reason } else { "invalid Login".into() };
-            let resp = LoginResp { version: crate::FRP_VERSION.into(), run_id: String::new(), error };
+            let error = if self.cfg.detailed_errors_to_client {
+                reason
+            } else {
+                "invalid Login".into()
+            };
+            let resp = LoginResp {
+                version: crate::FRP_VERSION.into(),
+                run_id: String::new(),
+                error,
+            };
             let _ = mc.write_msg(&resp.into()).await;
             return;
         }
-        let run_id = if login.run_id.is_empty() { new_run_id() } else { login.run_id.clone() };
+        let run_id = if login.run_id.is_empty() {
+            new_run_id()
+        } else {
+            login.run_id.clone()
+        };
 
         // A client logging in again with its run id replaces its old session: tear that one
         // down completely (ports released) before the new one starts.
@@ -258,7 +311,11 @@ impl State {
             finished: std::sync::atomic::AtomicBool::new(false),
         });
 
-        let resp = LoginResp { version: crate::FRP_VERSION.into(), run_id: run_id.clone(), error: String::new() };
+        let resp = LoginResp {
+            version: crate::FRP_VERSION.into(),
+            run_id: run_id.clone(),
+            error: String::new(),
+        };
         if let Err(e) = mc.write_msg(&resp.into()).await {
             warn!("[{run_id}] write LoginResp: {e}");
             return;
@@ -267,7 +324,10 @@ impl State {
             warn!("[{run_id}] control connection: {e}");
             return;
         }
-        self.controls.lock().unwrap().insert(run_id.clone(), ctl.clone());
+        self.controls
+            .lock()
+            .unwrap()
+            .insert(run_id.clone(), ctl.clone());
         info!("[{run_id}] client login success, pool count {pool_count}");
 
         let (mut reader, mut writer) = mc.split();
@@ -341,17 +401,35 @@ impl State {
             Message::NewProxy(np) => {
                 let resp = match self.register_proxy(ctl, &np).await {
                     Ok(remote_addr) => {
-                        info!("[{}] new proxy [{}] type [{}] success", ctl.run_id, np.proxy_name, proxy_type(&np));
-                        NewProxyResp { proxy_name: np.proxy_name, remote_addr, error: String::new() }
+                        info!(
+                            "[{}] new proxy [{}] type [{}] success",
+                            ctl.run_id,
+                            np.proxy_name,
+                            proxy_type(&np)
+                        );
+                        NewProxyResp {
+                            proxy_name: np.proxy_name,
+                            remote_addr,
+                            error: String::new(),
+                        }
                     }
                     Err(e) => {
-                        warn!("[{}] new proxy [{}] type [{}] error: {e}", ctl.run_id, np.proxy_name, proxy_type(&np));
+                        warn!(
+                            "[{}] new proxy [{}] type [{}] error: {e}",
+                            ctl.run_id,
+                            np.proxy_name,
+                            proxy_type(&np)
+                        );
                         let error = if self.cfg.detailed_errors_to_client {
                             e
                         } else {
                             format!("new proxy [{}] error", np.proxy_name)
                         };
-                        NewProxyResp { proxy_name: np.proxy_name, remote_addr: String::new(), error }
+                        NewProxyResp {
+                            proxy_name: np.proxy_name,
+                            remote_addr: String::new(),
+                            error,
+                        }
                     }
                 };
                 let _ = ctl.msg_tx.send(resp.into()).await;
@@ -369,8 +447,12 @@ impl State {
                 if self.scopes.heartbeats
                     && !auth::verify_privilege_key(&self.token, p.timestamp, &p.privilege_key)
                 {
-                    warn!("[{}] invalid ping: token in heartbeat doesn't match", ctl.run_id);
-                    let error = "token in heartbeat doesn't match token from configuration".to_string();
+                    warn!(
+                        "[{}] invalid ping: token in heartbeat doesn't match",
+                        ctl.run_id
+                    );
+                    let error =
+                        "token in heartbeat doesn't match token from configuration".to_string();
                     let _ = ctl.msg_tx.send(Pong { error }.into()).await;
                     return None;
                 }
@@ -391,20 +473,30 @@ impl State {
         }
         {
             let mut controls = self.controls.lock().unwrap();
-            if controls.get(&ctl.run_id).is_some_and(|c| Arc::ptr_eq(c, ctl)) {
+            if controls
+                .get(&ctl.run_id)
+                .is_some_and(|c| Arc::ptr_eq(c, ctl))
+            {
                 controls.remove(&ctl.run_id);
             }
         }
-        ctl.finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        ctl.finished
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         ctl.done.notify_waiters();
     }
 
     // --- proxies ------------------------------------------------------------------------------
 
-    async fn register_proxy(self: &Arc<Self>, ctl: &Arc<Control>, np: &NewProxy) -> Result<String, String> {
+    async fn register_proxy(
+        self: &Arc<Self>,
+        ctl: &Arc<Control>,
+        np: &NewProxy,
+    ) -> Result<String, String> {
         let ty = proxy_type(np);
         if ty != "tcp" {
-            return Err(format!("proxy type [{ty}] is not supported by this frps build yet"));
+            return Err(format!(
+                "proxy type [{ty}] is not supported by this frps build yet"
+            ));
         }
         {
             let proxies = self.proxies.lock().unwrap();
@@ -419,10 +511,20 @@ impl State {
         if !(0..=65535).contains(&np.remote_port) {
             return Err("port not allowed".into());
         }
-        let listener = self.ports.lock().unwrap().acquire(&np.proxy_name, np.remote_port as u16)?;
-        let port = listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())?;
+        let listener = self
+            .ports
+            .lock()
+            .unwrap()
+            .acquire(&np.proxy_name, np.remote_port as u16)?;
+        let port = listener
+            .local_addr()
+            .map(|a| a.port())
+            .map_err(|e| e.to_string())?;
         let listener = TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-        info!("[{}] [{}] tcp proxy listen port [{port}]", ctl.run_id, np.proxy_name);
+        info!(
+            "[{}] [{}] tcp proxy listen port [{port}]",
+            ctl.run_id, np.proxy_name
+        );
 
         let counters = Arc::new(Counters::default());
         let proxy = Arc::new(TcpProxy {
@@ -441,7 +543,13 @@ impl State {
         }
         proxies.insert(
             np.proxy_name.clone(),
-            ProxyEntry { run_id: ctl.run_id.clone(), proxy_type: ty.to_string(), task: Some(task), port: Some(port), counters },
+            ProxyEntry {
+                run_id: ctl.run_id.clone(),
+                proxy_type: ty.to_string(),
+                task: Some(task),
+                port: Some(port),
+                counters,
+            },
         );
         ctl.proxies.lock().unwrap().insert(np.proxy_name.clone());
         *ctl.ports_used.lock().unwrap() += 1;
@@ -465,18 +573,28 @@ impl State {
                 let mut used = ctl.ports_used.lock().unwrap();
                 *used = used.saturating_sub(1);
             }
-            debug!("[{}] proxy [{name}] type [{}] closed", ctl.run_id, e.proxy_type);
+            debug!(
+                "[{}] proxy [{name}] type [{}] closed",
+                ctl.run_id, e.proxy_type
+            );
         }
     }
 
-    async fn tcp_accept_loop(self: Arc<Self>, listener: TcpListener, ctl: Arc<Control>, proxy: Arc<TcpProxy>) {
+    async fn tcp_accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        ctl: Arc<Control>,
+        proxy: Arc<TcpProxy>,
+    ) {
         loop {
             match listener.accept().await {
                 Ok((user, remote)) => {
                     let st = self.clone();
                     let ctl = ctl.clone();
                     let proxy = proxy.clone();
-                    tokio::spawn(async move { st.handle_user_conn(ctl, proxy, user, remote).await });
+                    tokio::spawn(
+                        async move { st.handle_user_conn(ctl, proxy, user, remote).await },
+                    );
                 }
                 Err(e) => {
                     warn!("[{}] [{}] accept: {e}", ctl.run_id, proxy.name);
@@ -486,10 +604,19 @@ impl State {
         }
     }
 
-    async fn handle_user_conn(self: Arc<Self>, ctl: Arc<Control>, proxy: Arc<TcpProxy>, user: TcpStream, remote: SocketAddr) {
+    async fn handle_user_conn(
+        self: Arc<Self>,
+        ctl: Arc<Control>,
+        proxy: Arc<TcpProxy>,
+        user: TcpStream,
+        remote: SocketAddr,
+    ) {
         let _ = user.set_nodelay(true);
         let local = user.local_addr().ok();
-        debug!("[{}] [{}] get a user connection [{remote}]", ctl.run_id, proxy.name);
+        debug!(
+            "[{}] [{}] get a user connection [{remote}]",
+            ctl.run_id, proxy.name
+        );
         let (src_addr, src_port) = transport::split_addr(&remote);
         let (dst_addr, dst_port) = local.map(|a| transport::split_addr(&a)).unwrap_or_default();
         let start = StartWorkConn {
@@ -505,13 +632,19 @@ impl State {
             let work = match ctl.get_work_conn(timeout).await {
                 Ok(w) => w,
                 Err(e) => {
-                    warn!("[{}] [{}] failed to get work connection: {e}", ctl.run_id, proxy.name);
+                    warn!(
+                        "[{}] [{}] failed to get work connection: {e}",
+                        ctl.run_id, proxy.name
+                    );
                     return;
                 }
             };
             let mut mc = MsgConn::new(work);
             if let Err(e) = mc.write_msg(&start.clone().into()).await {
-                debug!("[{}] [{}] write StartWorkConn to a stale work connection: {e}", ctl.run_id, proxy.name);
+                debug!(
+                    "[{}] [{}] write StartWorkConn to a stale work connection: {e}",
+                    ctl.run_id, proxy.name
+                );
                 continue;
             }
             let (work, rest) = mc.into_parts();
@@ -522,39 +655,75 @@ impl State {
             );
             let pair = Pair {
                 a: Side::plain(dataplane::Endpoint::Tcp(user)),
-                b: Side { endpoint: work.into_endpoint(), prefix: rest.into(), inbound, outbound },
+                b: Side {
+                    endpoint: work.into_endpoint(),
+                    prefix: rest.into(),
+                    inbound,
+                    outbound,
+                },
                 counters: Some(proxy.counters.clone()),
             };
-            debug!("[{}] [{}] join connections, user [{remote}]", ctl.run_id, proxy.name);
+            debug!(
+                "[{}] [{}] join connections, user [{remote}]",
+                ctl.run_id, proxy.name
+            );
             self.engine.spawn(pair);
             return;
         }
-        warn!("[{}] [{}] no usable work connection after {} attempts", ctl.run_id, proxy.name, ctl.pool_count + 1);
+        warn!(
+            "[{}] [{}] no usable work connection after {} attempts",
+            ctl.run_id,
+            proxy.name,
+            ctl.pool_count + 1
+        );
     }
 
     // --- work connections ---------------------------------------------------------------------
 
-    async fn handle_new_work_conn(self: Arc<Self>, mut mc: MsgConn<Conn>, nwc: NewWorkConn, remote: SocketAddr) {
+    async fn handle_new_work_conn(
+        self: Arc<Self>,
+        mut mc: MsgConn<Conn>,
+        nwc: NewWorkConn,
+        remote: SocketAddr,
+    ) {
         let ctl = self.controls.lock().unwrap().get(&nwc.run_id).cloned();
         let Some(ctl) = ctl else {
-            warn!("no client control found for run id [{}] (work connection from {remote})", nwc.run_id);
+            warn!(
+                "no client control found for run id [{}] (work connection from {remote})",
+                nwc.run_id
+            );
             return;
         };
         if self.scopes.new_work_conns
             && !auth::verify_privilege_key(&self.token, nwc.timestamp, &nwc.privilege_key)
         {
-            warn!("[{}] invalid NewWorkConn from {remote}: token doesn't match", nwc.run_id);
+            warn!(
+                "[{}] invalid NewWorkConn from {remote}: token doesn't match",
+                nwc.run_id
+            );
             let error = if self.cfg.detailed_errors_to_client {
                 "token in NewWorkConn doesn't match token from configuration".to_string()
             } else {
                 "invalid NewWorkConn".to_string()
             };
-            let _ = mc.write_msg(&StartWorkConn { error, ..Default::default() }.into()).await;
+            let _ = mc
+                .write_msg(
+                    &StartWorkConn {
+                        error,
+                        ..Default::default()
+                    }
+                    .into(),
+                )
+                .await;
             return;
         }
         let (conn, rest) = mc.into_parts();
         if !rest.is_empty() {
-            warn!("[{}] work connection sent {} unexpected bytes before StartWorkConn; closed", ctl.run_id, rest.len());
+            warn!(
+                "[{}] work connection sent {} unexpected bytes before StartWorkConn; closed",
+                ctl.run_id,
+                rest.len()
+            );
             return;
         }
         if ctl.work_tx.try_send(conn).is_err() {
@@ -612,7 +781,11 @@ struct TcpProxy {
 }
 
 fn proxy_type(np: &NewProxy) -> &str {
-    if np.proxy_type.is_empty() { "tcp" } else { np.proxy_type.as_str() }
+    if np.proxy_type.is_empty() {
+        "tcp"
+    } else {
+        np.proxy_type.as_str()
+    }
 }
 
 fn new_run_id() -> String {
@@ -684,7 +857,8 @@ impl PortManager {
             if self.used.contains(&port) {
                 return Err("port already used".into());
             }
-            self.bind(port).map_err(|_| "port unavailable".to_string())?
+            self.bind(port)
+                .map_err(|_| "port unavailable".to_string())?
         } else {
             self.acquire_any(name)?
         };

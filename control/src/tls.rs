@@ -20,7 +20,10 @@ pub const TLS_RECORD_BYTE: u8 = 0x16;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("read TLS file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("no certificate found in {0}")]
     NoCert(String),
     #[error("no private key found in {0}: {1}")]
@@ -38,9 +41,13 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let data =
-        std::fs::read(path).map_err(|e| TlsError::Read { path: path.to_string(), source: e })?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&data).filter_map(Result::ok).collect();
+    let data = std::fs::read(path).map_err(|e| TlsError::Read {
+        path: path.to_string(),
+        source: e,
+    })?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&data)
+        .filter_map(Result::ok)
+        .collect();
     if certs.is_empty() {
         return Err(TlsError::NoCert(path.to_string()));
     }
@@ -48,9 +55,12 @@ fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let data =
-        std::fs::read(path).map_err(|e| TlsError::Read { path: path.to_string(), source: e })?;
-    PrivateKeyDer::from_pem_slice(&data).map_err(|e| TlsError::NoKey(path.to_string(), e.to_string()))
+    let data = std::fs::read(path).map_err(|e| TlsError::Read {
+        path: path.to_string(),
+        source: e,
+    })?;
+    PrivateKeyDer::from_pem_slice(&data)
+        .map_err(|e| TlsError::NoKey(path.to_string(), e.to_string()))
 }
 
 fn root_store(ca_file: &str) -> Result<rustls::RootCertStore, TlsError> {
@@ -82,8 +92,8 @@ pub fn server_config(
     } else {
         (load_certs(cert_file)?, load_key(key_file)?)
     };
-    let builder =
-        rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
     let builder = if trusted_ca_file.is_empty() {
         builder.with_no_client_auth()
     } else {
@@ -105,8 +115,8 @@ pub fn client_config(
     key_file: &str,
     trusted_ca_file: &str,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let builder =
-        rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
     let builder = if trusted_ca_file.is_empty() {
         builder
             .dangerous()
@@ -191,7 +201,10 @@ mod tests {
             s.write_all(&buf).await.unwrap();
             s.flush().await.unwrap();
         });
-        let mut c = client.connect(server_name("127.0.0.1").unwrap(), a).await.unwrap();
+        let mut c = client
+            .connect(server_name("127.0.0.1").unwrap(), a)
+            .await
+            .unwrap();
         c.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 5];
         c.read_exact(&mut buf).await.unwrap();

@@ -88,7 +88,10 @@ pub struct DialConfig {
     pub dial_timeout: Duration,
     pub keepalive_secs: i64,
     /// TLS connector and the name to present, when `transport.tls.enable`.
-    pub tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    pub tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     /// Send 0x17 before the ClientHello (`disableCustomTLSFirstByte = false`).
     pub custom_tls_first_byte: bool,
     /// `transport.tcpMux` and its keepalive interval.
@@ -134,7 +137,10 @@ impl DialConfig {
         if self.custom_tls_first_byte {
             tcp.write_all(&[FRP_TLS_HEAD_BYTE])
                 .await
-                .map_err(|e| DialError::Tls { addr: addr.clone(), source: e })?;
+                .map_err(|e| DialError::Tls {
+                    addr: addr.clone(),
+                    source: e,
+                })?;
         }
         let tls = tokio::time::timeout(self.dial_timeout, connector.connect(name.clone(), tcp))
             .await
@@ -151,11 +157,17 @@ impl DialConfig {
         if !self.tcp_mux {
             return Ok((Connector::Direct(self.clone()), first));
         }
-        let (session, mut incoming) =
-            yamux::session(first, yamux::Config::frp(self.tcp_mux_keepalive_secs), yamux::Mode::Client);
+        let (session, mut incoming) = yamux::session(
+            first,
+            yamux::Config::frp(self.tcp_mux_keepalive_secs),
+            yamux::Mode::Client,
+        );
         // frps never opens streams towards frpc; anything it tries is dropped.
         tokio::spawn(async move { while incoming.accept().await.is_some() {} });
-        let control = session.open_stream().await.map_err(|e| DialError::Mux(e.to_string()))?;
+        let control = session
+            .open_stream()
+            .await
+            .map_err(|e| DialError::Mux(e.to_string()))?;
         Ok((Connector::Mux(session), Conn::Boxed(Box::new(control))))
     }
 }
@@ -171,7 +183,10 @@ impl Connector {
     pub async fn open(&self) -> Result<Conn, DialError> {
         match self {
             Connector::Mux(s) => {
-                let st = s.open_stream().await.map_err(|e| DialError::Mux(e.to_string()))?;
+                let st = s
+                    .open_stream()
+                    .await
+                    .map_err(|e| DialError::Mux(e.to_string()))?;
                 Ok(Conn::Boxed(Box::new(st)))
             }
             Connector::Direct(d) => d.dial().await,
@@ -212,7 +227,10 @@ pub async fn sniff(s: &TcpStream, deadline: Duration) -> io::Result<Sniffed> {
         loop {
             let n = s.peek(&mut buf).await?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before sending anything"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before sending anything",
+                ));
             }
             match buf[0] {
                 FRP_TLS_HEAD_BYTE => return Ok(Sniffed::Tls { custom_byte: true }),
@@ -229,7 +247,10 @@ pub async fn sniff(s: &TcpStream, deadline: Duration) -> io::Result<Sniffed> {
     };
     match tokio::time::timeout(deadline, fut).await {
         Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no data within 10s")),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no data within 10s",
+        )),
     }
 }
 
@@ -267,7 +288,9 @@ pub async fn accept_transport(
         Sniffed::Tls { custom_byte } => {
             if custom_byte {
                 let mut b = [0u8; 1];
-                tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut b).await.map_err(AcceptError::Tls)?;
+                tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut b)
+                    .await
+                    .map_err(AcceptError::Tls)?;
             }
             let s = tokio::time::timeout(deadline, tls.acceptor.accept(tcp))
                 .await
@@ -308,7 +331,10 @@ mod tests {
     async fn sniff_classifies_without_consuming() {
         for (first, want) in [
             (&b"o\0\0\0\0\0\0\0\x02{}"[..], Sniffed::Plain),
-            (&[0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5][..], Sniffed::Tls { custom_byte: false }),
+            (
+                &[0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5][..],
+                Sniffed::Tls { custom_byte: false },
+            ),
             (&[0x17, 0x16, 3, 1][..], Sniffed::Tls { custom_byte: true }),
             (&b"GET /~!frp HTTP/1.1\r\n"[..], Sniffed::Websocket),
             (&b"GET / HTTP/1.1\r\n"[..], Sniffed::Plain),
@@ -331,7 +357,10 @@ mod tests {
             c.write_all(b"~!frp").await.unwrap();
             c
         });
-        assert_eq!(sniff(&s, Duration::from_secs(2)).await.unwrap(), Sniffed::Websocket);
+        assert_eq!(
+            sniff(&s, Duration::from_secs(2)).await.unwrap(),
+            Sniffed::Websocket
+        );
         t.await.unwrap();
     }
 
@@ -345,7 +374,9 @@ mod tests {
     #[tokio::test]
     async fn tls_force_rejects_plain() {
         let tls = ServerTls {
-            acceptor: tokio_rustls::TlsAcceptor::from(crate::tls::server_config("", "", "").unwrap()),
+            acceptor: tokio_rustls::TlsAcceptor::from(
+                crate::tls::server_config("", "", "").unwrap(),
+            ),
             force: true,
         };
         let (mut c, s) = pair().await;

@@ -9,10 +9,19 @@ use anyhow::Context;
 use clap::{ArgAction, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "frpc", about = "frpc is the client of frp (https://github.com/fatedier/frp)", disable_version_flag = true)]
+#[command(
+    name = "frpc",
+    about = "frpc is the client of frp (https://github.com/fatedier/frp)",
+    disable_version_flag = true
+)]
 struct Cli {
     /// config file of frpc
-    #[arg(short = 'c', long = "config", global = true, default_value = "./frpc.ini")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        default_value = "./frpc.ini"
+    )]
     config: PathBuf,
     /// strict config parsing mode, unknown fields will cause an errors
     #[arg(long = "strict_config", global = true, default_value_t = true, action = ArgAction::Set)]
@@ -39,7 +48,10 @@ fn main() -> ExitCode {
     if let Some(Cmd::Verify) = cli.cmd {
         return match control::config::load_client_config(&cli.config, cli.strict_config) {
             Ok(_) => {
-                println!("frpc: the configuration file {} syntax is ok", cli.config.display());
+                println!(
+                    "frpc: the configuration file {} syntax is ok",
+                    cli.config.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -61,8 +73,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = control::config::load_client_config(&cli.config, cli.strict_config)?;
     control::log::init(&cfg.log.to, &cfg.log.level, cfg.log.disable_print_color)
         .with_context(|| format!("open log file {}", cfg.log.to))?;
-    tracing::info!("start frpc service for config file [{}]", cli.config.display());
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    tracing::info!(
+        "start frpc service for config file [{}]",
+        cli.config.display()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let client = Arc::new(control::client::Client::new(cfg)?);
         let result = client.run(shutdown_signal()).await;
@@ -70,7 +87,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::warn!("{e}");
         }
         result?;
-        tracing::info!("frpc service for config file [{}] stopped", cli.config.display());
+        tracing::info!(
+            "frpc service for config file [{}] stopped",
+            cli.config.display()
+        );
         anyhow::Ok(())
     })
 }

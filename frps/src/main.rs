@@ -8,7 +8,11 @@ use anyhow::Context;
 use clap::{ArgAction, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "frps", about = "frps is the server of frp (https://github.com/fatedier/frp)", disable_version_flag = true)]
+#[command(
+    name = "frps",
+    about = "frps is the server of frp (https://github.com/fatedier/frp)",
+    disable_version_flag = true
+)]
 struct Cli {
     /// config file of frps
     #[arg(short = 'c', long = "config", global = true)]
@@ -42,7 +46,10 @@ fn main() -> ExitCode {
         };
         return match control::config::load_server_config(path, cli.strict_config) {
             Ok(_) => {
-                println!("frps: the configuration file {} syntax is ok", path.display());
+                println!(
+                    "frps: the configuration file {} syntax is ok",
+                    path.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -67,7 +74,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     control::log::init(&cfg.log.to, &cfg.log.level, cfg.log.disable_print_color)
         .with_context(|| format!("open log file {}", cfg.log.to))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let server = control::server::Server::bind(cfg).await?;
         tokio::select! {

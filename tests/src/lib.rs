@@ -35,7 +35,11 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough on a test machine).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Whether something listens on 127.0.0.1:port.
@@ -64,7 +68,11 @@ impl Proc {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
-        Proc { name: name.to_string(), child: Some(child), log }
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -84,7 +92,10 @@ impl Proc {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("{}: {needle:?} ×{count} not logged within {timeout:?}; log:\n{text}", self.name);
+                panic!(
+                    "{}: {needle:?} ×{count} not logged within {timeout:?}; log:\n{text}",
+                    self.name
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -115,7 +126,10 @@ impl Proc {
 
     /// Sends a signal (e.g. 15 for SIGTERM) without waiting.
     pub fn signal(&self, sig: i32) {
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
     }
 
     /// SIGKILL and reap.
@@ -149,7 +163,9 @@ impl Default for Env {
 
 impl Env {
     pub fn new() -> Env {
-        Env { dir: tempfile::tempdir().unwrap() }
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -164,9 +180,16 @@ impl Env {
 
     /// Starts frps with `bindPort = port` plus `extra` TOML lines.
     pub fn frps(&self, name: &str, port: u16, extra: &str) -> Proc {
-        let cfg = format!("bindAddr = \"127.0.0.1\"\nbindPort = {port}\nproxyBindAddr = \"127.0.0.1\"\n{extra}\n");
+        let cfg = format!(
+            "bindAddr = \"127.0.0.1\"\nbindPort = {port}\nproxyBindAddr = \"127.0.0.1\"\n{extra}\n"
+        );
         let path = self.write(&format!("{name}.toml"), &cfg);
-        let p = Proc::spawn(name, &bin("frps"), &["-c", path.to_str().unwrap()], self.path());
+        let p = Proc::spawn(
+            name,
+            &bin("frps"),
+            &["-c", path.to_str().unwrap()],
+            self.path(),
+        );
         p.wait_log("start frps success", Duration::from_secs(10));
         p
     }
@@ -174,7 +197,12 @@ impl Env {
     /// Starts frpc with the given full TOML config.
     pub fn frpc(&self, name: &str, cfg: &str) -> Proc {
         let path = self.write(&format!("{name}.toml"), cfg);
-        Proc::spawn(name, &bin("frpc"), &["-c", path.to_str().unwrap()], self.path())
+        Proc::spawn(
+            name,
+            &bin("frpc"),
+            &["-c", path.to_str().unwrap()],
+            self.path(),
+        )
     }
 }
 
@@ -184,7 +212,9 @@ pub async fn echo_server() -> u16 {
     let port = l.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let (mut r, mut w) = s.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
@@ -219,7 +249,10 @@ pub async fn roundtrip_eventually(port: u16, data: &[u8], timeout: Duration) -> 
             Ok(Ok(got)) if got == data => return got,
             other => {
                 if Instant::now() > deadline {
-                    panic!("no working tunnel on port {port} within {timeout:?}: last result {:?}", other.map(|r| r.map(|v| v.len())));
+                    panic!(
+                        "no working tunnel on port {port} within {timeout:?}: last result {:?}",
+                        other.map(|r| r.map(|v| v.len()))
+                    );
                 }
             }
         }
@@ -229,7 +262,9 @@ pub async fn roundtrip_eventually(port: u16, data: &[u8], timeout: Duration) -> 
 
 /// Deterministic pseudo-random bytes.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;

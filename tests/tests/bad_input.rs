@@ -30,8 +30,15 @@ async fn serve_while_attacked(tcp_mux: bool) {
     let echo = echo_server().await;
     let bind = free_port();
     let remote = free_port();
-    let mut frps = env.frps("frps", bind, &format!("auth.token = \"{TOKEN}\"\ntransport.tcpMux = {tcp_mux}"));
-    let frpc = env.frpc("frpc", &frpc_tcp_config(bind, TOKEN, tcp_mux, true, false, echo, remote));
+    let mut frps = env.frps(
+        "frps",
+        bind,
+        &format!("auth.token = \"{TOKEN}\"\ntransport.tcpMux = {tcp_mux}"),
+    );
+    let frpc = env.frpc(
+        "frpc",
+        &frpc_tcp_config(bind, TOKEN, tcp_mux, true, false, echo, remote),
+    );
     frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
 
     // Silence first: it takes the longest, the others run meanwhile.
@@ -53,15 +60,39 @@ async fn serve_while_attacked(tcp_mux: bool) {
     let d = silent.await.unwrap();
     let log = frps.log_text();
     for who in [&a, &b, &c, &d] {
-        assert!(log.contains(&format!("from {who}")), "no log line for {who}:\n{log}");
+        assert!(
+            log.contains(&format!("from {who}")),
+            "no log line for {who}:\n{log}"
+        );
     }
     if !tcp_mux {
-        assert!(log.contains(&format!("connection from {b} closed: message length exceed the limit")), "{log}");
-        assert!(log.contains(&format!("connection from {c} closed:")), "{log}");
+        assert!(
+            log.contains(&format!(
+                "connection from {b} closed: message length exceed the limit"
+            )),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!("connection from {c} closed:")),
+            "{log}"
+        );
     }
-    assert!(log.contains(&format!("connection from {d} closed: sniff first bytes: no data within 10s")), "{log}");
-    roundtrip_eventually(remote, b"still alive after all of it", Duration::from_secs(5)).await;
-    assert!(frps.wait_exit(Duration::from_millis(10)).is_none(), "frps must still run");
+    assert!(
+        log.contains(&format!(
+            "connection from {d} closed: sniff first bytes: no data within 10s"
+        )),
+        "{log}"
+    );
+    roundtrip_eventually(
+        remote,
+        b"still alive after all of it",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        frps.wait_exit(Duration::from_millis(10)).is_none(),
+        "frps must still run"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

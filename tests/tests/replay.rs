@@ -53,15 +53,30 @@ async fn replay(scenario: &str, tcp_mux: bool) {
         }
         (s, total)
     });
-    frps.wait_log("new proxy [enc] type [tcp] success", Duration::from_secs(10));
-    frps.wait_log("new proxy [plain] type [tcp] success", Duration::from_secs(10));
-    assert!(is_listening(27110), "proxy enc must listen on its captured remote port 27110");
-    assert!(is_listening(27111), "proxy plain must listen on its captured remote port 27111");
+    frps.wait_log(
+        "new proxy [enc] type [tcp] success",
+        Duration::from_secs(10),
+    );
+    frps.wait_log(
+        "new proxy [plain] type [tcp] success",
+        Duration::from_secs(10),
+    );
+    assert!(
+        is_listening(27110),
+        "proxy enc must listen on its captured remote port 27110"
+    );
+    assert!(
+        is_listening(27111),
+        "proxy plain must listen on its captured remote port 27111"
+    );
     let (s, answered) = reader.await.unwrap();
     assert!(answered > 0, "frps must answer the replayed login");
     drop(s);
     frps.wait_log("client exit success", Duration::from_secs(10));
-    assert!(!is_listening(27110) && !is_listening(27111), "ports released after the replay ends");
+    assert!(
+        !is_listening(27110) && !is_listening(27111),
+        "ports released after the replay ends"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,10 @@ async fn tunnel(env: &Env, tcp_mux: bool, tls: bool, enc: bool) -> (Proc, Proc, 
         bind,
         &format!("auth.token = \"{TOKEN}\"\ntransport.tcpMux = {tcp_mux}\nlog.level = \"debug\""),
     );
-    let frpc = env.frpc("frpc", &frpc_tcp_config(bind, TOKEN, tcp_mux, tls, enc, echo, remote));
+    let frpc = env.frpc(
+        "frpc",
+        &frpc_tcp_config(bind, TOKEN, tcp_mux, tls, enc, echo, remote),
+    );
     frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
     (frps, frpc, remote)
 }
@@ -26,10 +29,23 @@ async fn tunnel(env: &Env, tcp_mux: bool, tls: bool, enc: bool) -> (Proc, Proc, 
 async fn check_matrix(tcp_mux: bool, tls: bool, enc: bool) {
     let env = Env::new();
     let (frps, frpc, remote) = tunnel(&env, tcp_mux, tls, enc).await;
-    frpc.wait_log("login to server success, get run id [", Duration::from_secs(1));
-    frps.wait_log("new proxy [echo] type [tcp] success", Duration::from_secs(5));
+    frpc.wait_log(
+        "login to server success, get run id [",
+        Duration::from_secs(1),
+    );
+    frps.wait_log(
+        "new proxy [echo] type [tcp] success",
+        Duration::from_secs(5),
+    );
     // Small, large, and compressible payloads through the same proxy.
-    for (i, data) in [b"hello frp".to_vec(), pattern(300_000, 7), vec![b'a'; 200_000]].iter().enumerate() {
+    for (i, data) in [
+        b"hello frp".to_vec(),
+        pattern(300_000, 7),
+        vec![b'a'; 200_000],
+    ]
+    .iter()
+    .enumerate()
+    {
         let got = tokio::time::timeout(Duration::from_secs(20), roundtrip(remote, data))
             .await
             .unwrap_or_else(|_| panic!("payload {i} timed out"))
@@ -77,7 +93,9 @@ async fn hundred_connections(tcp_mux: bool, tls: bool, enc: bool) {
             t.await.unwrap();
         }
     };
-    tokio::time::timeout(Duration::from_secs(120), all).await.expect("100 × 1 MiB timed out");
+    tokio::time::timeout(Duration::from_secs(120), all)
+        .await
+        .expect("100 × 1 MiB timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,11 +113,19 @@ async fn wrong_token_with_login_fail_exit_exits_nonzero() {
     let env = Env::new();
     let bind = free_port();
     let frps = env.frps("frps", bind, "auth.token = \"right\"");
-    let mut frpc = env.frpc("frpc", &frpc_tcp_config(bind, "wrong", true, true, false, 1, free_port()));
-    let status = frpc.wait_exit(Duration::from_secs(15)).expect("frpc should exit");
+    let mut frpc = env.frpc(
+        "frpc",
+        &frpc_tcp_config(bind, "wrong", true, true, false, 1, free_port()),
+    );
+    let status = frpc
+        .wait_exit(Duration::from_secs(15))
+        .expect("frpc should exit");
     assert!(!status.success(), "frpc must exit non-zero");
     let log = frpc.log_text();
-    assert!(log.contains("token in login doesn't match token from configuration"), "{log}");
+    assert!(
+        log.contains("token in login doesn't match token from configuration"),
+        "{log}"
+    );
     assert!(log.contains("login to the server failed"), "{log}");
     frps.wait_log("token in login doesn't match", Duration::from_secs(2));
 }
@@ -109,11 +135,20 @@ async fn wrong_token_without_login_fail_exit_keeps_retrying() {
     let env = Env::new();
     let bind = free_port();
     let _frps = env.frps("frps", bind, "auth.token = \"right\"");
-    let cfg = format!("loginFailExit = false\n{}", frpc_tcp_config(bind, "wrong", false, false, false, 1, free_port()));
+    let cfg = format!(
+        "loginFailExit = false\n{}",
+        frpc_tcp_config(bind, "wrong", false, false, false, 1, free_port())
+    );
     let mut frpc = env.frpc("frpc", &cfg);
-    frpc.wait_log("token in login doesn't match token from configuration", Duration::from_secs(10));
+    frpc.wait_log(
+        "token in login doesn't match token from configuration",
+        Duration::from_secs(10),
+    );
     frpc.wait_log_n("try to connect to server", 2, Duration::from_secs(10));
-    assert!(frpc.wait_exit(Duration::from_millis(500)).is_none(), "frpc must keep retrying");
+    assert!(
+        frpc.wait_exit(Duration::from_millis(500)).is_none(),
+        "frpc must keep retrying"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +160,10 @@ async fn frps_restart_frpc_reconnects() {
         let remote = free_port();
         let extra = format!("auth.token = \"{TOKEN}\"\ntransport.tcpMux = {tcp_mux}");
         let mut frps = env.frps("frps", bind, &extra);
-        let frpc = env.frpc("frpc", &frpc_tcp_config(bind, TOKEN, tcp_mux, true, false, echo, remote));
+        let frpc = env.frpc(
+            "frpc",
+            &frpc_tcp_config(bind, TOKEN, tcp_mux, true, false, echo, remote),
+        );
         frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
         roundtrip_eventually(remote, b"before restart", Duration::from_secs(5)).await;
 
@@ -144,13 +182,23 @@ async fn killed_control_connection_frees_its_ports() {
         let echo = echo_server().await;
         let bind = free_port();
         let remote = free_port();
-        let frps = env.frps("frps", bind, &format!("auth.token = \"{TOKEN}\"\ntransport.tcpMux = {tcp_mux}"));
-        let mut frpc = env.frpc("frpc", &frpc_tcp_config(bind, TOKEN, tcp_mux, false, false, echo, remote));
+        let frps = env.frps(
+            "frps",
+            bind,
+            &format!("auth.token = \"{TOKEN}\"\ntransport.tcpMux = {tcp_mux}"),
+        );
+        let mut frpc = env.frpc(
+            "frpc",
+            &frpc_tcp_config(bind, TOKEN, tcp_mux, false, false, echo, remote),
+        );
         frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
         assert!(is_listening(remote));
         frpc.kill();
         frps.wait_log("client exit success", Duration::from_secs(10));
-        assert!(!is_listening(remote), "port {remote} still open after its client died");
+        assert!(
+            !is_listening(remote),
+            "port {remote} still open after its client died"
+        );
         std::net::TcpListener::bind(("127.0.0.1", remote)).expect("port must be free again");
     }
 }
@@ -160,7 +208,9 @@ async fn graceful_stop_sends_close_proxy() {
     let env = Env::new();
     let (frps, mut frpc, remote) = tunnel(&env, true, true, false).await;
     frpc.signal(15);
-    let st = frpc.wait_exit(Duration::from_secs(5)).expect("frpc exits on SIGTERM");
+    let st = frpc
+        .wait_exit(Duration::from_secs(5))
+        .expect("frpc exits on SIGTERM");
     assert!(st.success(), "graceful stop exits 0");
     frps.wait_log("close proxy [echo] success", Duration::from_secs(5));
     assert!(!is_listening(remote));
@@ -172,7 +222,11 @@ async fn port_conflicts_and_allow_ports_are_refused_with_frp_errors() {
     let echo = echo_server().await;
     let bind = free_port();
     let allowed = free_port();
-    let frps = env.frps("frps", bind, &format!("auth.token = \"{TOKEN}\"\nallowPorts = [{{ single = {allowed} }}]"));
+    let frps = env.frps(
+        "frps",
+        bind,
+        &format!("auth.token = \"{TOKEN}\"\nallowPorts = [{{ single = {allowed} }}]"),
+    );
     let not_allowed = free_port();
     let cfg = format!(
         r#"serverAddr = "127.0.0.1"
@@ -194,11 +248,25 @@ remotePort = {not_allowed}
     );
     let frpc = env.frpc("frpc", &cfg);
     frpc.wait_log("[ok] start proxy success", Duration::from_secs(10));
-    frpc.wait_log("[denied] start error: port not allowed", Duration::from_secs(10));
-    frps.wait_log("new proxy [denied] type [tcp] error: port not allowed", Duration::from_secs(2));
+    frpc.wait_log(
+        "[denied] start error: port not allowed",
+        Duration::from_secs(10),
+    );
+    frps.wait_log(
+        "new proxy [denied] type [tcp] error: port not allowed",
+        Duration::from_secs(2),
+    );
 
     // A second client asking for the same name is refused.
     let frpc2 = env.frpc("frpc2", &cfg);
-    frpc2.wait_log("[ok] start error: proxy [ok] already exists", Duration::from_secs(10));
-    roundtrip_eventually(allowed, b"still served by the first client", Duration::from_secs(5)).await;
+    frpc2.wait_log(
+        "[ok] start error: proxy [ok] already exists",
+        Duration::from_secs(10),
+    );
+    roundtrip_eventually(
+        allowed,
+        b"still served by the first client",
+        Duration::from_secs(5),
+    )
+    .await;
 }

@@ -177,3 +177,105 @@ mod capture {
         );
     }
 }
+
+/// The relay with real chains: side a is a user connection (plain), side b the frp work
+/// connection carrying IV ‖ CFB(snappy frames) both ways, as on frps with
+/// useEncryption + useCompression.
+mod relay {
+    use super::*;
+    use crate::crypto::test_util::pseudo_random;
+    use dataplane::relay::{Endpoint, Pair, Side, relay};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn work_conn_side_is_encrypted_and_compressed_on_the_wire() {
+        let key = CryptoKey::derive(b"12345678");
+        let (user, relay_a) = tcp_pair().await;
+        let (work_peer, relay_b) = tcp_pair().await;
+
+        // What the frpc end of the work connection sends: its own IV ‖ CFB(snappy(reply)).
+        let reply = [
+            &b"hello through an encrypted, compressed proxy\n"[..],
+            &[b'z'; 300_000],
+        ]
+        .concat();
+        let (_, mut peer_out) = work_conn_layers(Some(&key), true, true);
+        let mut reply_wire = Vec::new();
+        run_chain(&mut peer_out, &reply[..100], &mut reply_wire).unwrap();
+        run_chain(&mut peer_out, &reply[100..], &mut reply_wire).unwrap();
+        assert!(reply_wire.len() < reply.len() / 4, "compressed on the wire");
+
+        // The control plane already read the IV and a few more bytes with StartWorkConn.
+        let (inbound, outbound) = work_conn_layers(Some(&key), true, true);
+        let counters = Arc::new(dataplane::Counters::default());
+        let pair = Pair {
+            a: Side::plain(Endpoint::Tcp(relay_a)),
+            b: Side {
+                endpoint: Endpoint::Tcp(relay_b),
+                prefix: bytes::Bytes::copy_from_slice(&reply_wire[..21]),
+                inbound,
+                outbound,
+            },
+            counters: Some(counters.clone()),
+        };
+        let relay = tokio::spawn(relay(pair));
+
+        let request = [&b"GET / HTTP/1.0\r\n\r\n"[..], &pseudo_random(200_000, 1)].concat();
+        let (mut user_r, mut user_w) = user.into_split();
+        let (mut peer_r, mut peer_w) = work_peer.into_split();
+        let (_, _, at_user, peer_wire) = tokio::join!(
+            async {
+                user_w.write_all(&request).await.unwrap();
+                user_w.shutdown().await.unwrap();
+            },
+            async {
+                peer_w.write_all(&reply_wire[21..]).await.unwrap();
+                peer_w.shutdown().await.unwrap();
+            },
+            async {
+                let mut v = Vec::new();
+                user_r.read_to_end(&mut v).await.unwrap();
+                v
+            },
+            async {
+                let mut v = Vec::new();
+                peer_r.read_to_end(&mut v).await.unwrap();
+                v
+            },
+        );
+        assert!(
+            at_user == reply,
+            "user got the decrypted, decompressed reply"
+        );
+
+        // The work connection's wire: a clear IV, then CFB over snappy frames.
+        let mut framed = Vec::new();
+        CfbDecryptor::new(&key)
+            .transform(&peer_wire, &mut framed)
+            .unwrap();
+        assert_eq!(&framed[..10], &snappy::STREAM_IDENTIFIER);
+        let mut plain = Vec::new();
+        SnappyDecoder::new().transform(&framed, &mut plain).unwrap();
+        assert!(plain == request, "work conn carries the request");
+
+        let outcome = relay.await.unwrap();
+        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+        assert_eq!(outcome.a_to_b, request.len() as u64);
+        assert_eq!(outcome.b_to_a, reply.len() as u64);
+        assert_eq!(
+            counters.b_to_a.load(Ordering::Relaxed),
+            reply.len() as u64,
+            "counters count plaintext, not wire bytes"
+        );
+    }
+}

@@ -1,14 +1,35 @@
 //! The hand-off API between control plane and data plane, and the relay loop.
 //!
-//! (Skeleton: the relay loop is being implemented.)
+//! # Semantics of a relayed pair
+//! - Two directions, a→b and b→a. Each reads from one endpoint (starting with that side's
+//!   `prefix`), runs the bytes through the reading side's `inbound` chain and then the writing
+//!   side's `outbound` chain, and writes all of the result before reading again
+//!   (backpressure: one chunk in flight per direction, never more).
+//! - Clean EOF from a side half-closes the other endpoint (`shutdown()` of its write half) and
+//!   the other direction keeps running until it ends too; then both endpoints are closed.
+//!   This is deliberately kinder than frp's `io.Join`, which closes both on the first EOF
+//!   (spec §8 item 8): a Go peer still sees the same bytes, and half-closing clients (e.g.
+//!   `nc -N`, HTTP/1.0 request-then-shutdown) keep working.
+//! - Any error (read, write, [`TransformError`]) closes both endpoints at once.
+//! - An idle direction holds only a small inline buffer; the large read buffer exists only
+//!   while data is flowing.
+//!
+//! The current engine runs each pair as one tokio task. A thread-per-core io_uring/epoll engine
+//! (splice for plain TCP) will replace the internals behind the same [`Engine`] API.
 
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::transform::Transform;
+use crate::transform::{Transform, TransformError, run_chain};
 
 /// Any byte stream the relay can drive: a TLS stream, a yamux stream, a test duplex.
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -73,5 +94,437 @@ pub struct EngineConfig {
 /// The relay engine. Cheap to clone; `spawn` hands a pair over for good.
 #[derive(Clone)]
 pub struct Engine {
-    _cfg: Arc<EngineConfig>,
+    cfg: Arc<EngineConfig>,
 }
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Engine {
+        Engine { cfg: Arc::new(cfg) }
+    }
+
+    /// The settings this engine was built with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Hands `pair` to the data plane. The pair lives until both directions end or one fails;
+    /// its outcome is logged (and visible through `pair.counters`).
+    ///
+    /// Must be called from within a tokio runtime (the relay currently runs as a task on it).
+    pub fn spawn(&self, pair: Pair) {
+        tokio::spawn(async move {
+            let outcome = relay(pair).await;
+            match &outcome.error {
+                None => tracing::debug!(
+                    a_to_b = outcome.a_to_b,
+                    b_to_a = outcome.b_to_a,
+                    first_ended = %outcome.first_ended,
+                    "relay finished"
+                ),
+                Some(error) => tracing::debug!(
+                    a_to_b = outcome.a_to_b,
+                    b_to_a = outcome.b_to_a,
+                    %error,
+                    "relay closed on error"
+                ),
+            }
+        });
+    }
+}
+
+/// Names a side of a [`Pair`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SideId {
+    A,
+    B,
+}
+
+impl SideId {
+    fn other(self) -> SideId {
+        match self {
+            SideId::A => SideId::B,
+            SideId::B => SideId::A,
+        }
+    }
+}
+
+impl fmt::Display for SideId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SideId::A => "a",
+            SideId::B => "b",
+        })
+    }
+}
+
+/// Why a relay closed both endpoints early.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("read from side {side} failed: {source}")]
+    Read { side: SideId, source: io::Error },
+    #[error("write to side {side} failed: {source}")]
+    Write { side: SideId, source: io::Error },
+    #[error("bytes read from side {side} rejected by a transform: {source}")]
+    Transform {
+        side: SideId,
+        source: TransformError,
+    },
+}
+
+impl RelayError {
+    /// The side whose failure (or whose bad bytes) ended the relay.
+    pub fn side(&self) -> SideId {
+        match self {
+            RelayError::Read { side, .. }
+            | RelayError::Write { side, .. }
+            | RelayError::Transform { side, .. } => *side,
+        }
+    }
+}
+
+/// How a relay ended.
+#[derive(Debug)]
+pub struct RelayOutcome {
+    /// Plaintext bytes (after side a's inbound transforms) delivered to side b.
+    pub a_to_b: u64,
+    /// Plaintext bytes (after side b's inbound transforms) delivered to side a.
+    pub b_to_a: u64,
+    /// The side that ended first: the one that sent EOF first, or the one that failed.
+    pub first_ended: SideId,
+    /// The error that closed both endpoints, if any; `None` means both directions ended
+    /// with a clean EOF.
+    pub error: Option<RelayError>,
+}
+
+/// Read size of an idle direction; small enough to live inline in the relay's future. A read
+/// that fills it switches the direction to the large buffer until the source runs dry.
+const IDLE_READ: usize = 2 * 1024;
+/// Read size of a busy direction without transforms.
+const BUSY_READ_PLAIN: usize = 64 * 1024;
+/// Read size of a busy direction with transforms: Go frp's own copy size, and it caps how much
+/// a decompressing chain can expand one read into.
+const BUSY_READ_TRANSFORMED: usize = 16 * 1024;
+/// Transform output buffers above this capacity are released when a direction goes idle.
+const KEEP_WHEN_IDLE: usize = 4 * 1024;
+
+/// Relays `pair` until both directions end (see the module docs for the semantics) and reports
+/// how it went. Dropping the future closes both endpoints.
+pub async fn relay(pair: Pair) -> RelayOutcome {
+    let Pair { a, b, counters } = pair;
+    let (a_read, a_write) = split(a.endpoint);
+    let (b_read, b_write) = split(b.endpoint);
+    let (a_counter, b_counter) = match &counters {
+        Some(c) => (Some(&c.a_to_b), Some(&c.b_to_a)),
+        None => (None, None),
+    };
+
+    let a_to_b = Direction {
+        from: SideId::A,
+        reader: a_read,
+        prefix: a.prefix,
+        fwd: Forwarder::new(SideId::A, b_write, a.inbound, b.outbound, a_counter),
+    };
+    let b_to_a = Direction {
+        from: SideId::B,
+        reader: b_read,
+        prefix: b.prefix,
+        fwd: Forwarder::new(SideId::B, a_write, b.inbound, a.outbound, b_counter),
+    };
+
+    let mut ab = pin!(a_to_b.run());
+    let mut ba = pin!(b_to_a.run());
+    let mut ab_end: Option<DirectionEnd> = None;
+    let mut ba_end: Option<DirectionEnd> = None;
+    let mut first_ended = None;
+    poll_fn(|cx: &mut Context<'_>| {
+        for (fut, end) in [(ab.as_mut(), &mut ab_end), (ba.as_mut(), &mut ba_end)] {
+            if end.is_none()
+                && let Poll::Ready(done) = fut.poll(cx)
+            {
+                first_ended.get_or_insert(done.ended_by);
+                *end = Some(done);
+            }
+        }
+        let failed = [&ab_end, &ba_end]
+            .iter()
+            .any(|end| end.as_ref().is_some_and(|e| e.error.is_some()));
+        if failed || (ab_end.is_some() && ba_end.is_some()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+
+    // Whatever direction is still running is dropped here with its endpoint halves: on an
+    // error that closes both ends at once; otherwise both directions are already done.
+    let a_to_b = ab_end.as_ref().map_or(0, |e| e.bytes);
+    let b_to_a = ba_end.as_ref().map_or(0, |e| e.bytes);
+    let error = [ab_end, ba_end]
+        .into_iter()
+        .flatten()
+        .find_map(|end| end.error);
+    RelayOutcome {
+        a_to_b,
+        b_to_a,
+        first_ended: first_ended.unwrap_or(SideId::A),
+        error,
+    }
+}
+
+/// The read half of an endpoint. Plain TCP is split without a lock.
+enum ReadEnd {
+    Tcp(OwnedReadHalf),
+    Stream(ReadHalf<Box<dyn AsyncStream>>),
+}
+
+/// The write half of an endpoint.
+enum WriteEnd {
+    Tcp(OwnedWriteHalf),
+    Stream(WriteHalf<Box<dyn AsyncStream>>),
+}
+
+fn split(endpoint: Endpoint) -> (ReadEnd, WriteEnd) {
+    match endpoint {
+        Endpoint::Tcp(tcp) => {
+            let (r, w) = tcp.into_split();
+            (ReadEnd::Tcp(r), WriteEnd::Tcp(w))
+        }
+        Endpoint::Stream(stream) => {
+            let (r, w) = tokio::io::split(stream);
+            (ReadEnd::Stream(r), WriteEnd::Stream(w))
+        }
+    }
+}
+
+impl AsyncRead for ReadEnd {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadEnd::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            ReadEnd::Stream(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteEnd {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteEnd::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            WriteEnd::Stream(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteEnd::Tcp(w) => Pin::new(w).poll_flush(cx),
+            WriteEnd::Stream(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteEnd::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            WriteEnd::Stream(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How one direction ended.
+struct DirectionEnd {
+    bytes: u64,
+    ended_by: SideId,
+    error: Option<RelayError>,
+}
+
+/// One direction of a pair: reads from `from`, forwards to the other side.
+struct Direction<'c> {
+    from: SideId,
+    reader: ReadEnd,
+    prefix: Bytes,
+    fwd: Forwarder<'c>,
+}
+
+impl Direction<'_> {
+    async fn run(mut self) -> DirectionEnd {
+        let result = self.pump().await;
+        let ended_by = match &result {
+            Ok(()) => self.from,
+            Err(error) => error.side(),
+        };
+        DirectionEnd {
+            bytes: self.fwd.total,
+            ended_by,
+            error: result.err(),
+        }
+    }
+
+    async fn pump(&mut self) -> Result<(), RelayError> {
+        let from = self.from;
+        let read_err = |source| RelayError::Read { side: from, source };
+        if !self.prefix.is_empty() {
+            let prefix = std::mem::take(&mut self.prefix);
+            self.fwd.forward(&prefix).await?;
+        }
+        let busy_read = if self.fwd.transforms() {
+            BUSY_READ_TRANSFORMED
+        } else {
+            BUSY_READ_PLAIN
+        };
+        let mut idle = [0u8; IDLE_READ];
+        loop {
+            self.fwd.release_idle_buffers();
+            let n = self.reader.read(&mut idle).await.map_err(read_err)?;
+            if n == 0 {
+                break;
+            }
+            if n < idle.len() {
+                // Interactive traffic usually ends here and never needs the big buffer.
+                self.fwd.forward(&idle[..n]).await?;
+                continue;
+            }
+            // Busy: read as much as is ready into the big buffer, forward, repeat; drop the
+            // buffer as soon as the source has nothing ready.
+            let mut busy = vec![0u8; busy_read];
+            busy[..n].copy_from_slice(&idle[..n]);
+            let mut filled = n;
+            loop {
+                let ready = read_ready(&mut self.reader, &mut busy[filled..]).await;
+                let eof = match ready {
+                    Some(Ok(0)) => true,
+                    Some(Ok(m)) => {
+                        filled += m;
+                        false
+                    }
+                    None => false,
+                    Some(Err(e)) => return Err(read_err(e)),
+                };
+                if filled > 0 {
+                    self.fwd.forward(&busy[..filled]).await?;
+                    filled = 0;
+                }
+                if eof {
+                    return self.fwd.finish().await;
+                }
+                if ready.is_none() {
+                    break;
+                }
+            }
+        }
+        self.fwd.finish().await
+    }
+}
+
+/// One read attempt that does not wait: `None` when nothing is ready now (the task's waker is
+/// registered, as with any pending poll).
+async fn read_ready(reader: &mut ReadEnd, buf: &mut [u8]) -> Option<io::Result<usize>> {
+    poll_fn(|cx| {
+        let mut rb = ReadBuf::new(&mut *buf);
+        Poll::Ready(match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+            Poll::Pending => None,
+            Poll::Ready(Ok(())) => Some(Ok(rb.filled().len())),
+            Poll::Ready(Err(e)) => Some(Err(e)),
+        })
+    })
+    .await
+}
+
+/// The writing end of a direction with its transform chains and counters.
+struct Forwarder<'c> {
+    /// The side the bytes are read from; the writer belongs to the other one.
+    from: SideId,
+    writer: WriteEnd,
+    /// The reading side's inbound chain (wire → plaintext).
+    inbound: Vec<Box<dyn Transform>>,
+    /// The writing side's outbound chain (plaintext → wire).
+    outbound: Vec<Box<dyn Transform>>,
+    plain: Vec<u8>,
+    wire: Vec<u8>,
+    counter: Option<&'c AtomicU64>,
+    total: u64,
+}
+
+impl<'c> Forwarder<'c> {
+    fn new(
+        from: SideId,
+        writer: WriteEnd,
+        inbound: Vec<Box<dyn Transform>>,
+        outbound: Vec<Box<dyn Transform>>,
+        counter: Option<&'c AtomicU64>,
+    ) -> Self {
+        Forwarder {
+            from,
+            writer,
+            inbound,
+            outbound,
+            plain: Vec::new(),
+            wire: Vec::new(),
+            counter,
+            total: 0,
+        }
+    }
+
+    fn transforms(&self) -> bool {
+        !self.inbound.is_empty() || !self.outbound.is_empty()
+    }
+
+    /// Transforms one chunk read from side `from` and writes all of it.
+    async fn forward(&mut self, data: &[u8]) -> Result<(), RelayError> {
+        let (from, to) = (self.from, self.from.other());
+        let transform_err = |source| RelayError::Transform { side: from, source };
+        let write_err = |source| RelayError::Write { side: to, source };
+        let plain: &[u8] = if self.inbound.is_empty() {
+            data
+        } else {
+            self.plain.clear();
+            run_chain(&mut self.inbound, data, &mut self.plain).map_err(transform_err)?;
+            &self.plain
+        };
+        let plain_len = plain.len() as u64;
+        let wire: &[u8] = if self.outbound.is_empty() {
+            plain
+        } else {
+            self.wire.clear();
+            run_chain(&mut self.outbound, plain, &mut self.wire).map_err(transform_err)?;
+            &self.wire
+        };
+        if !wire.is_empty() {
+            self.writer.write_all(wire).await.map_err(write_err)?;
+            self.writer.flush().await.map_err(write_err)?;
+        }
+        if plain_len > 0 {
+            self.total += plain_len;
+            if let Some(counter) = self.counter {
+                counter.fetch_add(plain_len, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Propagates a clean EOF from the reading side as a half-close of the writing side.
+    async fn finish(&mut self) -> Result<(), RelayError> {
+        let to = self.from.other();
+        self.writer
+            .shutdown()
+            .await
+            .map_err(|source| RelayError::Write { side: to, source })
+    }
+
+    fn release_idle_buffers(&mut self) {
+        for buf in [&mut self.plain, &mut self.wire] {
+            if buf.capacity() > KEEP_WHEN_IDLE {
+                *buf = Vec::new();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -20,6 +20,8 @@ use super::{Config, Mode, YamuxError};
 /// Stop accepting stream writes while this much is already queued for the socket; the writers
 /// are told (`StreamWritable`) once the driver takes the queue.
 const TRANSMIT_HIGH_WATER: usize = 512 * 1024;
+/// A drained receive buffer bigger than this is freed rather than kept for reuse.
+const RECV_BUFFER_KEEP: usize = 256 * 1024;
 /// Largest Data frame we emit, so that streams sharing the socket interleave.
 const MAX_DATA_FRAME: usize = 64 * 1024;
 
@@ -116,6 +118,8 @@ pub struct Connection {
     header_len: usize,
     payload: Option<Payload>,
     out: BytesMut,
+    /// A written transmit buffer kept for reuse.
+    spare: Option<BytesMut>,
     /// Streams refused for lack of transmit room, told when the queue is taken.
     tx_blocked: Vec<u32>,
     events: VecDeque<Event>,
@@ -145,7 +149,8 @@ impl Connection {
             header_buf: [0; HEADER_LEN],
             header_len: 0,
             payload: None,
-            out: BytesMut::with_capacity(16 * 1024),
+            out: BytesMut::new(),
+            spare: None,
             tx_blocked: Vec::new(),
             events: VecDeque::new(),
             closed: None,
@@ -192,7 +197,41 @@ impl Connection {
         for id in self.tx_blocked.drain(..) {
             self.events.push_back(Event::StreamWritable(id));
         }
-        Some(self.out.split().freeze())
+        let spare = self.spare.take().unwrap_or_default();
+        Some(std::mem::replace(&mut self.out, spare).freeze())
+    }
+
+    /// Hands back a buffer from [`Connection::poll_transmit`] once written, so the next
+    /// frames reuse its memory instead of allocating.
+    pub fn recycle_transmit(&mut self, buf: Bytes) {
+        let Ok(mut m) = buf.try_into_mut() else {
+            return;
+        };
+        m.clear();
+        if m.capacity() > self.out.capacity() {
+            m.extend_from_slice(&self.out);
+            self.out = m;
+        } else if self
+            .spare
+            .as_ref()
+            .is_none_or(|s| s.capacity() < m.capacity())
+        {
+            self.spare = Some(m);
+        }
+    }
+
+    /// Frees buffer memory kept for reuse; for the driver to call when the session goes quiet,
+    /// so idle sessions hold no large buffers.
+    pub fn shrink_buffers(&mut self) {
+        self.spare = None;
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
+        }
+        for st in self.streams.values_mut() {
+            if st.recv_buf.is_empty() {
+                st.recv_buf = BytesMut::new();
+            }
+        }
     }
 
     pub fn has_transmit(&self) -> bool {
@@ -352,6 +391,9 @@ impl Connection {
             let n = buf.len().min(st.recv_buf.len());
             buf[..n].copy_from_slice(&st.recv_buf[..n]);
             st.recv_buf.advance(n);
+            if st.recv_buf.is_empty() && st.recv_buf.capacity() > RECV_BUFFER_KEEP {
+                st.recv_buf = BytesMut::new();
+            }
             if self.closed.is_none() && !st.wire_done {
                 credit_window(&mut self.out, id, st, max_window);
             }
@@ -396,7 +438,11 @@ impl Connection {
             let n = (data.len() - written)
                 .min(st.send_window as usize)
                 .min(MAX_DATA_FRAME);
-            self.out.reserve(HEADER_LEN + n);
+            if self.out.capacity() - self.out.len() < HEADER_LEN + n {
+                // One allocation for a whole batch, not a doubling series.
+                self.out
+                    .reserve(TRANSMIT_HIGH_WATER + MAX_DATA_FRAME + HEADER_LEN);
+            }
             put_header(&mut self.out, TYPE_DATA, 0, id, n as u32);
             self.out.extend_from_slice(&data[written..written + n]);
             st.send_window -= n as u32;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -21,6 +21,8 @@ use super::connection::{Connection, Event};
 use super::{Config, Mode, YamuxError};
 
 const READ_CHUNK: usize = 256 * 1024;
+/// Quiet time after which the session frees its reusable buffers.
+const SHRINK_AFTER: Duration = Duration::from_secs(5);
 /// Driver loop turns before it yields to other tasks.
 const TURNS_PER_POLL: usize = 32;
 
@@ -56,6 +58,7 @@ where
         timer_at: None,
         closing_deadline: None,
         shutting_down: false,
+        shrink_at: None,
     };
     tokio::spawn(driver.run());
     (
@@ -322,7 +325,9 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         let id = self.id;
         let mut g = self.shared.lock();
-        match g.conn.stream_read(id, buf.initialize_unfilled()) {
+        // Only zero-initialise as much of the caller's buffer as there is data for.
+        let want = buf.remaining().min(g.conn.stream_buffered(id));
+        match g.conn.stream_read(id, buf.initialize_unfilled_to(want)) {
             Ok(Some(n)) => {
                 buf.advance(n);
                 Poll::Ready(Ok(()))
@@ -371,8 +376,8 @@ struct Driver<T> {
     io: T,
     shared: Arc<Shared>,
     read_buf: Vec<u8>,
-    /// Frames taken from the core, partly written.
-    write_buf: Option<Bytes>,
+    /// Frames taken from the core, and how much of them is written.
+    write_buf: Option<(Bytes, usize)>,
     need_flush: bool,
     read_done: bool,
     write_failed: bool,
@@ -383,6 +388,8 @@ struct Driver<T> {
     /// Once the session is over: how long we still try to flush and shut the socket.
     closing_deadline: Option<Instant>,
     shutting_down: bool,
+    /// When to free the core's reusable buffers if no byte is written until then.
+    shrink_at: Option<Instant>,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
@@ -419,7 +426,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                     }
                 }
                 deadline = Some(done_at);
-            } else if let Some(since) = self.write_stalled_since {
+            } else if let Some(at) = self.shrink_at {
+                if now >= at {
+                    self.shrink_at = None;
+                    self.shared.lock().conn.shrink_buffers();
+                } else {
+                    deadline = Some(deadline.map_or(at, |d| d.min(at)));
+                }
+            }
+            if !closed && let Some(since) = self.write_stalled_since {
                 let stall_at = since + self.write_timeout;
                 deadline = Some(deadline.map_or(stall_at, |d| d.min(stall_at)));
                 if now >= stall_at {
@@ -458,19 +473,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         let mut progress = false;
         while !self.write_failed && !self.shutting_down {
             if self.write_buf.is_none() {
-                self.write_buf = self.shared.lock().conn.poll_transmit();
+                self.write_buf = self.shared.lock().conn.poll_transmit().map(|b| (b, 0));
             }
-            let Some(buf) = self.write_buf.as_mut() else {
+            let Some((buf, written)) = self.write_buf.as_mut() else {
                 break;
             };
-            match Pin::new(&mut self.io).poll_write(cx, buf) {
+            match Pin::new(&mut self.io).poll_write(cx, &buf[*written..]) {
                 Poll::Ready(Ok(n)) if n > 0 => {
-                    buf.advance(n);
-                    if buf.is_empty() {
-                        self.write_buf = None;
+                    *written += n;
+                    if *written == buf.len() {
+                        let (buf, _) = self.write_buf.take().expect("just written");
+                        self.shared.lock().conn.recycle_transmit(buf);
                     }
                     self.need_flush = true;
                     self.write_stalled_since = None;
+                    self.shrink_at = Some(Instant::now() + SHRINK_AFTER);
                     progress = true;
                 }
                 Poll::Ready(Ok(_)) => {
@@ -542,5 +559,222 @@ impl<T> Drop for Driver<T> {
             .lock()
             .conn
             .handle_error(YamuxError::SessionClosed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const MIB: usize = 1024 * 1024;
+
+    fn pattern(seed: u32, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u32).wrapping_mul(2654435761).wrapping_add(seed) as u8 ^ (i >> 13) as u8)
+            .collect()
+    }
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (c.unwrap(), s.unwrap().0)
+    }
+
+    async fn sessions() -> ((Session, Incoming), (Session, Incoming)) {
+        let (c, s) = tcp_pair().await;
+        (
+            session(c, Config::frp(30), Mode::Client),
+            session(s, Config::frp(30), Mode::Server),
+        )
+    }
+
+    /// Sends `ours` and reads everything the peer sends, concurrently.
+    async fn exchange(stream: Stream, ours: Vec<u8>) -> Vec<u8> {
+        let (mut r, mut w) = tokio::io::split(stream);
+        let writer = async move {
+            // Odd-sized writes, to cross frame boundaries.
+            for chunk in ours.chunks(50_000 + 7) {
+                w.write_all(chunk).await.unwrap();
+            }
+            w.shutdown().await.unwrap();
+        };
+        let reader = async move {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        tokio::join!(writer, reader).1
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn fifty_streams_one_mib_each_way() {
+        let ((client, _client_in), (_server, mut server_in)) = sessions().await;
+        let server_task = tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            for _ in 0..50 {
+                let s = server_in.accept().await.expect("stream");
+                tasks.push(tokio::spawn(async move {
+                    let id = s.id();
+                    let got = exchange(s, pattern(id + 1000, MIB)).await;
+                    assert!(
+                        got == pattern(id, MIB),
+                        "server side of stream {id} corrupted"
+                    );
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let s = client.open_stream().await.unwrap();
+            tasks.push(tokio::spawn(async move {
+                let id = s.id();
+                let got = exchange(s, pattern(id, MIB)).await;
+                assert!(
+                    got == pattern(id + 1000, MIB),
+                    "client side of stream {id} corrupted"
+                );
+                id
+            }));
+        }
+        let run = async {
+            let mut ids = Vec::new();
+            for t in tasks {
+                ids.push(t.await.unwrap());
+            }
+            server_task.await.unwrap();
+            ids
+        };
+        let ids = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("stalled");
+        assert_eq!(ids, (0..50).map(|i| 2 * i + 1).collect::<Vec<u32>>());
+        assert!(!client.is_closed());
+    }
+
+    #[tokio::test]
+    async fn shutdown_gives_peer_eof() {
+        let ((client, _ci), (_server, mut server_in)) = sessions().await;
+        let mut s = client.open_stream().await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut peer = server_in.accept().await.unwrap();
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello");
+        // Half-close: the peer can still answer.
+        peer.write_all(b"bye").await.unwrap();
+        drop(peer);
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
+        assert!(s.write_all(b"x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn session_close_fails_streams_and_ends_accept() {
+        let ((client, mut client_in), (server, mut server_in)) = sessions().await;
+        let mut a = client.open_stream().await.unwrap();
+        a.write_all(b"x").await.unwrap();
+        let mut b = server_in.accept().await.unwrap();
+        let mut one = [0u8];
+        b.read_exact(&mut one).await.unwrap();
+
+        let pending_read = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let r = b.read(&mut buf).await;
+            (r.is_err(), b)
+        });
+        tokio::task::yield_now().await;
+        client.close();
+        assert!(client.is_closed());
+        client.closed().await;
+        assert!(client_in.accept().await.is_none());
+        assert!(a.read(&mut [0u8; 4]).await.is_err());
+        assert!(a.write_all(b"y").await.is_err());
+        assert!(client.open_stream().await.is_err());
+
+        let t = tokio::time::timeout(Duration::from_secs(5), async {
+            server.closed().await;
+            assert!(server_in.accept().await.is_none());
+            pending_read.await.unwrap()
+        });
+        let (read_failed, mut b) = t.await.expect("server noticed the close");
+        assert!(read_failed, "pending read must fail, not hang or EOF");
+        assert!(b.write_all(b"z").await.is_err());
+        assert!(server.is_closed());
+    }
+
+    #[tokio::test]
+    async fn dropping_every_handle_closes_the_session() {
+        let ((client, client_in), (server, _server_in)) = sessions().await;
+        let s = client.open_stream().await.unwrap();
+        drop(client_in);
+        drop(client);
+        assert!(!server.is_closed());
+        drop(s);
+        tokio::time::timeout(Duration::from_secs(5), server.closed())
+            .await
+            .expect("server saw the session end");
+    }
+
+    /// A Go frpc opening a stream gets the ACK before anybody calls `accept` (Go drops the
+    /// session when the ACK takes 75 s), and a Go ping is answered.
+    #[tokio::test]
+    async fn raw_go_bytes_are_acked_and_ponged() {
+        let (mut go, ours) = tokio::io::duplex(64 * 1024);
+        let (_session, _incoming) = session(ours, Config::frp(30), Mode::Server);
+        go.write_all(&hex::decode("0001000100000001005c0000").unwrap())
+            .await
+            .unwrap();
+        let mut ack = [0u8; 12];
+        go.read_exact(&mut ack).await.unwrap();
+        assert_eq!(hex::encode(ack), "0001000200000001005c0000");
+        go.write_all(&hex::decode("000200010000000000000005").unwrap())
+            .await
+            .unwrap();
+        go.read_exact(&mut ack).await.unwrap();
+        assert_eq!(hex::encode(ack), "000200020000000000000005");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unanswered_keepalive_ends_the_session() {
+        let (mut mute_peer, ours) = tokio::io::duplex(64 * 1024);
+        let cfg = Config {
+            keepalive_interval: Some(Duration::from_secs(30)),
+            ..Config::frp(30)
+        };
+        let (session, mut incoming) = session(ours, cfg, Mode::Client);
+        // The peer reads our ping but never answers.
+        let mut ping = [0u8; 12];
+        mute_peer.read_exact(&mut ping).await.unwrap();
+        assert_eq!(hex::encode(ping), "000200010000000000000000");
+        let started = Instant::now();
+        session.closed().await;
+        assert!(started.elapsed() >= Duration::from_secs(10));
+        assert_eq!(session.close_reason(), Some(YamuxError::KeepaliveTimeout));
+        assert!(incoming.accept().await.is_none());
+        // The socket was shut: the peer sees EOF.
+        let mut rest = Vec::new();
+        mute_peer.read_to_end(&mut rest).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn protocol_error_ends_the_session_with_go_away() {
+        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let (session, _incoming) = session(ours, Config::frp(0), Mode::Server);
+        peer.write_all(&hex::decode("070000000000000100000000").unwrap())
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(hex::encode(rest), "000300000000000000000001");
+        session.closed().await;
+        assert_eq!(session.close_reason(), Some(YamuxError::InvalidVersion(7)));
     }
 }

@@ -1,0 +1,780 @@
+//! The tokio driver: one task owns the socket and feeds the [`Connection`]; the handles
+//! ([`Session`], [`Incoming`], [`Stream`]) share the core with it behind one mutex and are
+//! woken from the core's events. Stream reads copy straight out of the core's per-stream
+//! buffer, writes straight into its transmit queue; the task writes that queue to the socket
+//! in one piece and reads the socket in 256 KiB chunks.
+
+use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use super::connection::{Connection, Event};
+use super::{Config, Mode, YamuxError};
+
+const READ_CHUNK: usize = 256 * 1024;
+/// Quiet time after which the session frees its reusable buffers.
+const SHRINK_AFTER: Duration = Duration::from_secs(5);
+/// Driver loop turns before it yields to other tasks.
+const TURNS_PER_POLL: usize = 32;
+
+/// Starts a yamux session over `io`: spawns the driver task (needs a tokio runtime).
+pub fn session<T>(io: T, cfg: Config, mode: Mode) -> (Session, Incoming)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (closed_tx, _) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        inner: Mutex::new(Inner {
+            conn: Connection::new(&cfg, mode, Instant::now().into_std()),
+            read_wakers: HashMap::new(),
+            write_wakers: HashMap::new(),
+            accept_waker: None,
+            open_wakers: Vec::new(),
+            driver_waker: None,
+            handles: 2,
+        }),
+        closed_tx,
+    });
+    let driver = Driver {
+        io,
+        shared: shared.clone(),
+        read_buf: vec![0; READ_CHUNK],
+        write_buf: None,
+        need_flush: false,
+        read_done: false,
+        write_failed: false,
+        write_stalled_since: None,
+        write_timeout: cfg.connection_write_timeout,
+        timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+        timer_at: None,
+        closing_deadline: None,
+        shutting_down: false,
+        shrink_at: None,
+    };
+    tokio::spawn(driver.run());
+    (
+        Session {
+            shared: shared.clone(),
+        },
+        Incoming { shared },
+    )
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    closed_tx: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn lock(&self) -> Guard<'_> {
+        Guard {
+            inner: self.inner.lock().unwrap_or_else(|e| e.into_inner()),
+            closed_tx: &self.closed_tx,
+        }
+    }
+}
+
+/// The locked core; dropping it delivers the core's events to the waiting handles.
+struct Guard<'a> {
+    inner: MutexGuard<'a, Inner>,
+    closed_tx: &'a watch::Sender<bool>,
+}
+
+impl std::ops::Deref for Guard<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Guard<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.inner
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        self.inner.dispatch(self.closed_tx);
+    }
+}
+
+struct Inner {
+    conn: Connection,
+    read_wakers: HashMap<u32, Waker>,
+    write_wakers: HashMap<u32, Waker>,
+    accept_waker: Option<Waker>,
+    open_wakers: Vec<Waker>,
+    driver_waker: Option<Waker>,
+    /// Live Session clones + Incoming + Streams; at zero the session closes itself.
+    handles: usize,
+}
+
+impl Inner {
+    fn dispatch(&mut self, closed_tx: &watch::Sender<bool>) {
+        while let Some(ev) = self.conn.poll_event() {
+            match ev {
+                Event::IncomingStream(_) => wake(self.accept_waker.take()),
+                Event::StreamReadable(id) | Event::StreamFinished(id) => {
+                    wake(self.read_wakers.remove(&id))
+                }
+                Event::StreamWritable(id) => wake(self.write_wakers.remove(&id)),
+                Event::StreamReset(id) => {
+                    wake(self.read_wakers.remove(&id));
+                    wake(self.write_wakers.remove(&id));
+                }
+                Event::OpenReady => self.open_wakers.drain(..).for_each(Waker::wake),
+                Event::StreamEstablished(_) | Event::PingAck(_) | Event::GoAway(_) => {}
+                Event::Closed => {
+                    match self.conn.close_reason() {
+                        Some(e) if !e.is_normal_close() => {
+                            tracing::warn!(error = %e, "yamux session ended")
+                        }
+                        e => tracing::debug!(error = ?e, "yamux session ended"),
+                    }
+                    self.read_wakers.drain().for_each(|(_, w)| w.wake());
+                    self.write_wakers.drain().for_each(|(_, w)| w.wake());
+                    self.open_wakers.drain(..).for_each(Waker::wake);
+                    wake(self.accept_waker.take());
+                    closed_tx.send_replace(true);
+                }
+            }
+        }
+        if (self.conn.has_transmit() || self.conn.is_closed())
+            && let Some(w) = &self.driver_waker
+        {
+            w.wake_by_ref();
+        }
+    }
+
+    fn release_handle(&mut self) {
+        self.handles -= 1;
+        if self.handles == 0 {
+            self.conn.close();
+        }
+    }
+}
+
+fn wake(w: Option<Waker>) {
+    if let Some(w) = w {
+        w.wake();
+    }
+}
+
+fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        *slot = Some(cx.waker().clone());
+    }
+}
+
+/// A handle on the session: opens streams, closes the session. Clones share it; the session
+/// closes itself once every Session, the Incoming and every Stream are dropped.
+pub struct Session {
+    shared: Arc<Shared>,
+}
+
+impl Clone for Session {
+    fn clone(&self) -> Self {
+        self.shared.lock().handles += 1;
+        Session {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.lock().release_handle();
+    }
+}
+
+impl Session {
+    /// Opens a stream (sends its SYN right away). Waits while `accept_backlog` opened streams
+    /// are still unacknowledged; fails once the session is over or the peer sent GoAway.
+    pub async fn open_stream(&self) -> Result<Stream, YamuxError> {
+        poll_fn(|cx| {
+            let mut g = self.shared.lock();
+            match g.conn.open_stream() {
+                Ok(Some(id)) => {
+                    g.handles += 1;
+                    Poll::Ready(Ok(Stream {
+                        id,
+                        shared: self.shared.clone(),
+                    }))
+                }
+                Ok(None) => {
+                    g.open_wakers.push(cx.waker().clone());
+                    Poll::Pending
+                }
+                Err(e) => Poll::Ready(Err(e)),
+            }
+        })
+        .await
+    }
+
+    /// Sends GoAway and shuts the socket once what is queued has been written; every stream
+    /// then fails and [`Incoming::accept`] returns `None`.
+    pub fn close(&self) {
+        self.shared.lock().conn.close();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        *self.shared.closed_tx.borrow()
+    }
+
+    /// Why the session ended, once it has.
+    pub fn close_reason(&self) -> Option<YamuxError> {
+        self.shared.lock().conn.close_reason().cloned()
+    }
+
+    /// Resolves when the session ends, for any reason.
+    pub async fn closed(&self) {
+        let mut rx = self.shared.closed_tx.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+}
+
+/// Streams the peer opens.
+pub struct Incoming {
+    shared: Arc<Shared>,
+}
+
+impl Incoming {
+    /// The next stream the peer opened; `None` once the session is over.
+    pub async fn accept(&mut self) -> Option<Stream> {
+        poll_fn(|cx| {
+            let mut g = self.shared.lock();
+            if g.conn.is_closed() {
+                return Poll::Ready(None);
+            }
+            match g.conn.accept_stream() {
+                Some(id) => {
+                    g.handles += 1;
+                    Poll::Ready(Some(Stream {
+                        id,
+                        shared: self.shared.clone(),
+                    }))
+                }
+                None => {
+                    set_waker(&mut g.accept_waker, cx);
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Incoming {
+    /// Nobody accepts any more: the peer's new streams are reset.
+    fn drop(&mut self) {
+        let mut g = self.shared.lock();
+        g.conn.reject_incoming();
+        g.release_handle();
+    }
+}
+
+/// One yamux stream. Shutdown sends FIN (half-close); dropping it without shutdown sends FIN
+/// too, and the session keeps draining the peer's data for it until the peer finishes.
+pub struct Stream {
+    id: u32,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").field("id", &self.id).finish()
+    }
+}
+
+impl Stream {
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Aborts the stream (RST).
+    pub fn reset(&self) {
+        self.shared.lock().conn.stream_reset(self.id);
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let mut g = self.shared.lock();
+        g.conn.stream_release(self.id);
+        g.read_wakers.remove(&self.id);
+        g.write_wakers.remove(&self.id);
+        g.release_handle();
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let id = self.id;
+        let mut g = self.shared.lock();
+        // Only zero-initialise as much of the caller's buffer as there is data for.
+        let want = buf.remaining().min(g.conn.stream_buffered(id));
+        match g.conn.stream_read(id, buf.initialize_unfilled_to(want)) {
+            Ok(Some(n)) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Ok(None) => {
+                g.read_wakers.insert(id, cx.waker().clone());
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let id = self.id;
+        let mut g = self.shared.lock();
+        match g.conn.stream_write(id, data) {
+            Ok(0) if !data.is_empty() => {
+                g.write_wakers.insert(id, cx.waker().clone());
+                Poll::Pending
+            }
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Accepted bytes are already queued for the socket, in order.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let id = self.id;
+        let r = self.shared.lock().conn.stream_close(id);
+        Poll::Ready(r.map_err(Into::into))
+    }
+}
+
+/// The task that owns the socket.
+struct Driver<T> {
+    io: T,
+    shared: Arc<Shared>,
+    read_buf: Vec<u8>,
+    /// Frames taken from the core, and how much of them is written.
+    write_buf: Option<(Bytes, usize)>,
+    need_flush: bool,
+    read_done: bool,
+    write_failed: bool,
+    write_stalled_since: Option<Instant>,
+    write_timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+    timer_at: Option<Instant>,
+    /// Once the session is over: how long we still try to flush and shut the socket.
+    closing_deadline: Option<Instant>,
+    shutting_down: bool,
+    /// When to free the core's reusable buffers if no byte is written until then.
+    shrink_at: Option<Instant>,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
+    async fn run(mut self) {
+        poll_fn(|cx| self.poll(cx)).await;
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        set_waker(&mut self.shared.lock().driver_waker, cx);
+        for _ in 0..TURNS_PER_POLL {
+            let mut progress = self.poll_write(cx);
+            progress |= self.poll_read(cx);
+
+            let now = Instant::now();
+            let (closed, mut deadline) = {
+                let g = self.shared.lock();
+                let core = g.conn.poll_timeout().map(Instant::from_std);
+                (g.conn.is_closed(), core)
+            };
+            if closed {
+                let done_at = *self
+                    .closing_deadline
+                    .get_or_insert(now + self.write_timeout);
+                let flushed = self.write_buf.is_none() && !self.shared.lock().conn.has_transmit();
+                if flushed || self.write_failed || now >= done_at {
+                    if !self.shutting_down {
+                        self.shutting_down = true;
+                        self.write_buf = None;
+                    }
+                    // TLS may need to write close_notify; bounded by the same deadline.
+                    match Pin::new(&mut self.io).poll_shutdown(cx) {
+                        Poll::Pending if now < done_at && !self.write_failed => {}
+                        _ => return Poll::Ready(()),
+                    }
+                }
+                deadline = Some(done_at);
+            } else if let Some(at) = self.shrink_at {
+                if now >= at {
+                    self.shrink_at = None;
+                    self.shared.lock().conn.shrink_buffers();
+                } else {
+                    deadline = Some(deadline.map_or(at, |d| d.min(at)));
+                }
+            }
+            if !closed && let Some(since) = self.write_stalled_since {
+                let stall_at = since + self.write_timeout;
+                deadline = Some(deadline.map_or(stall_at, |d| d.min(stall_at)));
+                if now >= stall_at {
+                    self.shared
+                        .lock()
+                        .conn
+                        .handle_error(YamuxError::WriteTimeout);
+                    continue;
+                }
+            }
+            if let Some(d) = deadline {
+                if now >= d {
+                    if !closed {
+                        self.shared.lock().conn.handle_timeout(now.into_std());
+                    }
+                    continue;
+                }
+                if self.timer_at != Some(d) {
+                    self.timer.as_mut().reset(d);
+                    self.timer_at = Some(d);
+                }
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    continue;
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes queued frames until the socket would block. Returns whether anything moved.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        while !self.write_failed && !self.shutting_down {
+            if self.write_buf.is_none() {
+                self.write_buf = self.shared.lock().conn.poll_transmit().map(|b| (b, 0));
+            }
+            let Some((buf, written)) = self.write_buf.as_mut() else {
+                break;
+            };
+            match Pin::new(&mut self.io).poll_write(cx, &buf[*written..]) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    *written += n;
+                    if *written == buf.len() {
+                        let (buf, _) = self.write_buf.take().expect("just written");
+                        self.shared.lock().conn.recycle_transmit(buf);
+                    }
+                    self.need_flush = true;
+                    self.write_stalled_since = None;
+                    self.shrink_at = Some(Instant::now() + SHRINK_AFTER);
+                    progress = true;
+                }
+                Poll::Ready(Ok(_)) => {
+                    self.write_failed(&io::Error::from(io::ErrorKind::WriteZero));
+                    return true;
+                }
+                Poll::Ready(Err(e)) => {
+                    self.write_failed(&e);
+                    return true;
+                }
+                Poll::Pending => {
+                    self.write_stalled_since.get_or_insert_with(Instant::now);
+                    break;
+                }
+            }
+        }
+        if self.need_flush && !self.write_failed {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.need_flush = false,
+                Poll::Ready(Err(e)) => {
+                    self.write_failed(&e);
+                    return true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        progress
+    }
+
+    fn write_failed(&mut self, e: &io::Error) {
+        self.write_failed = true;
+        self.write_buf = None;
+        self.shared.lock().conn.handle_error(YamuxError::io(e));
+    }
+
+    /// Reads one chunk from the socket into the core. Returns whether anything moved.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.read_done || self.shared.lock().conn.is_closed() {
+            return false;
+        }
+        let mut rb = ReadBuf::new(&mut self.read_buf);
+        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                let mut g = self.shared.lock();
+                if n == 0 {
+                    self.read_done = true;
+                    g.conn.handle_eof();
+                } else {
+                    // A protocol error closes the core, which the loop then notices.
+                    let _ = g.conn.handle_input(&self.read_buf[..n]);
+                }
+                true
+            }
+            Poll::Ready(Err(e)) => {
+                self.read_done = true;
+                self.shared.lock().conn.handle_error(YamuxError::io(&e));
+                true
+            }
+            Poll::Pending => false,
+        }
+    }
+}
+
+impl<T> Drop for Driver<T> {
+    /// The task is gone (finished, or the runtime shut down): nobody may wait on it.
+    fn drop(&mut self) {
+        self.shared
+            .lock()
+            .conn
+            .handle_error(YamuxError::SessionClosed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const MIB: usize = 1024 * 1024;
+
+    fn pattern(seed: u32, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u32).wrapping_mul(2654435761).wrapping_add(seed) as u8 ^ (i >> 13) as u8)
+            .collect()
+    }
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (c.unwrap(), s.unwrap().0)
+    }
+
+    async fn sessions() -> ((Session, Incoming), (Session, Incoming)) {
+        let (c, s) = tcp_pair().await;
+        (
+            session(c, Config::frp(30), Mode::Client),
+            session(s, Config::frp(30), Mode::Server),
+        )
+    }
+
+    /// Sends `ours` and reads everything the peer sends, concurrently.
+    async fn exchange(stream: Stream, ours: Vec<u8>) -> Vec<u8> {
+        let (mut r, mut w) = tokio::io::split(stream);
+        let writer = async move {
+            // Odd-sized writes, to cross frame boundaries.
+            for chunk in ours.chunks(50_000 + 7) {
+                w.write_all(chunk).await.unwrap();
+            }
+            w.shutdown().await.unwrap();
+        };
+        let reader = async move {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        tokio::join!(writer, reader).1
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn fifty_streams_one_mib_each_way() {
+        let ((client, _client_in), (_server, mut server_in)) = sessions().await;
+        let server_task = tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            for _ in 0..50 {
+                let s = server_in.accept().await.expect("stream");
+                tasks.push(tokio::spawn(async move {
+                    let id = s.id();
+                    let got = exchange(s, pattern(id + 1000, MIB)).await;
+                    assert!(
+                        got == pattern(id, MIB),
+                        "server side of stream {id} corrupted"
+                    );
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let s = client.open_stream().await.unwrap();
+            tasks.push(tokio::spawn(async move {
+                let id = s.id();
+                let got = exchange(s, pattern(id, MIB)).await;
+                assert!(
+                    got == pattern(id + 1000, MIB),
+                    "client side of stream {id} corrupted"
+                );
+                id
+            }));
+        }
+        let run = async {
+            let mut ids = Vec::new();
+            for t in tasks {
+                ids.push(t.await.unwrap());
+            }
+            server_task.await.unwrap();
+            ids
+        };
+        let ids = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("stalled");
+        assert_eq!(ids, (0..50).map(|i| 2 * i + 1).collect::<Vec<u32>>());
+        assert!(!client.is_closed());
+    }
+
+    #[tokio::test]
+    async fn shutdown_gives_peer_eof() {
+        let ((client, _ci), (_server, mut server_in)) = sessions().await;
+        let mut s = client.open_stream().await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut peer = server_in.accept().await.unwrap();
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello");
+        // Half-close: the peer can still answer.
+        peer.write_all(b"bye").await.unwrap();
+        drop(peer);
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
+        assert!(s.write_all(b"x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn session_close_fails_streams_and_ends_accept() {
+        let ((client, mut client_in), (server, mut server_in)) = sessions().await;
+        let mut a = client.open_stream().await.unwrap();
+        a.write_all(b"x").await.unwrap();
+        let mut b = server_in.accept().await.unwrap();
+        let mut one = [0u8];
+        b.read_exact(&mut one).await.unwrap();
+
+        let pending_read = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let r = b.read(&mut buf).await;
+            (r.is_err(), b)
+        });
+        tokio::task::yield_now().await;
+        client.close();
+        assert!(client.is_closed());
+        client.closed().await;
+        assert!(client_in.accept().await.is_none());
+        assert!(a.read(&mut [0u8; 4]).await.is_err());
+        assert!(a.write_all(b"y").await.is_err());
+        assert!(client.open_stream().await.is_err());
+
+        let t = tokio::time::timeout(Duration::from_secs(5), async {
+            server.closed().await;
+            assert!(server_in.accept().await.is_none());
+            pending_read.await.unwrap()
+        });
+        let (read_failed, mut b) = t.await.expect("server noticed the close");
+        assert!(read_failed, "pending read must fail, not hang or EOF");
+        assert!(b.write_all(b"z").await.is_err());
+        assert!(server.is_closed());
+    }
+
+    #[tokio::test]
+    async fn dropping_every_handle_closes_the_session() {
+        let ((client, client_in), (server, _server_in)) = sessions().await;
+        let s = client.open_stream().await.unwrap();
+        drop(client_in);
+        drop(client);
+        assert!(!server.is_closed());
+        drop(s);
+        tokio::time::timeout(Duration::from_secs(5), server.closed())
+            .await
+            .expect("server saw the session end");
+    }
+
+    /// A Go frpc opening a stream gets the ACK before anybody calls `accept` (Go drops the
+    /// session when the ACK takes 75 s), and a Go ping is answered.
+    #[tokio::test]
+    async fn raw_go_bytes_are_acked_and_ponged() {
+        let (mut go, ours) = tokio::io::duplex(64 * 1024);
+        let (_session, _incoming) = session(ours, Config::frp(30), Mode::Server);
+        go.write_all(&hex::decode("0001000100000001005c0000").unwrap())
+            .await
+            .unwrap();
+        let mut ack = [0u8; 12];
+        go.read_exact(&mut ack).await.unwrap();
+        assert_eq!(hex::encode(ack), "0001000200000001005c0000");
+        go.write_all(&hex::decode("000200010000000000000005").unwrap())
+            .await
+            .unwrap();
+        go.read_exact(&mut ack).await.unwrap();
+        assert_eq!(hex::encode(ack), "000200020000000000000005");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unanswered_keepalive_ends_the_session() {
+        let (mut mute_peer, ours) = tokio::io::duplex(64 * 1024);
+        let cfg = Config {
+            keepalive_interval: Some(Duration::from_secs(30)),
+            ..Config::frp(30)
+        };
+        let (session, mut incoming) = session(ours, cfg, Mode::Client);
+        // The peer reads our ping but never answers.
+        let mut ping = [0u8; 12];
+        mute_peer.read_exact(&mut ping).await.unwrap();
+        assert_eq!(hex::encode(ping), "000200010000000000000000");
+        let started = Instant::now();
+        session.closed().await;
+        assert!(started.elapsed() >= Duration::from_secs(10));
+        assert_eq!(session.close_reason(), Some(YamuxError::KeepaliveTimeout));
+        assert!(incoming.accept().await.is_none());
+        // The socket was shut: the peer sees EOF.
+        let mut rest = Vec::new();
+        mute_peer.read_to_end(&mut rest).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn protocol_error_ends_the_session_with_go_away() {
+        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let (session, _incoming) = session(ours, Config::frp(0), Mode::Server);
+        peer.write_all(&hex::decode("070000000000000100000000").unwrap())
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(hex::encode(rest), "000300000000000000000001");
+        session.closed().await;
+        assert_eq!(session.close_reason(), Some(YamuxError::InvalidVersion(7)));
+    }
+}

@@ -206,15 +206,26 @@ impl State {
             return;
         }
         let ycfg = yamux::Config::frp(self.cfg.transport.tcp_mux_keepalive_interval);
-        let (_session, mut incoming) = yamux::session(conn, ycfg, yamux::Mode::Server);
-        while let Some(stream) = incoming.accept().await {
+        let (session, mut incoming) = yamux::session(conn, ycfg, yamux::Mode::Server);
+        // A session that never opens a stream (garbage shorter than a frame header, or
+        // silence) must not hold the connection forever.
+        let mut next = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, incoming.accept()).await {
+            Ok(s) => s,
+            Err(_) => {
+                session.close();
+                warn!("connection from {remote} closed: no tcpMux stream opened within 10s");
+                return;
+            }
+        };
+        while let Some(stream) = next {
             let st = self.clone();
-            tokio::spawn(async move {
-                st.handle_logical(Conn::Boxed(Box::new(stream)), remote)
-                    .await
-            });
+            tokio::spawn(async move { st.handle_logical(Conn::Boxed(Box::new(stream)), remote).await });
+            next = incoming.accept().await;
         }
-        debug!("tcpMux session from {remote} ended");
+        match session.close_reason() {
+            Some(e) if !e.is_normal_close() => warn!("tcpMux session from {remote} closed: {e}"),
+            _ => debug!("tcpMux session from {remote} closed"),
+        }
     }
 
     async fn handle_logical(self: Arc<Self>, conn: Conn, remote: SocketAddr) {
@@ -367,7 +378,7 @@ impl State {
                 _ = ctl.kill.notified() => break "replaced by a new login with the same run id".into(),
             }
         };
-        info!("[{run_id}] control closed: {reason}");
+        info!("[{run_id}] control from {} closed: {reason}", ctl.remote);
         self.cleanup_control(&ctl);
         writer_task.abort();
         info!("[{run_id}] client exit success");

@@ -65,6 +65,8 @@ struct StreamState {
     reset: bool,
     /// The application let go of the stream: discard incoming data, keep crediting the window.
     released: bool,
+    /// Listed in `Connection::tx_blocked`.
+    tx_blocked: bool,
     /// The peer considers the stream gone (both FINs, or a RST): its frames are ignored now.
     wire_done: bool,
 }
@@ -80,6 +82,7 @@ impl StreamState {
             remote_fin: false,
             reset: false,
             released: false,
+            tx_blocked: false,
             wire_done: false,
         }
     }
@@ -195,6 +198,9 @@ impl Connection {
             return None;
         }
         for id in self.tx_blocked.drain(..) {
+            if let Some(st) = self.streams.get_mut(&id) {
+                st.tx_blocked = false;
+            }
             self.events.push_back(Event::StreamWritable(id));
         }
         let spare = self.spare.take().unwrap_or_default();
@@ -448,8 +454,8 @@ impl Connection {
             st.send_window -= n as u32;
             written += n;
         }
-        if written == 0 && !data.is_empty() && st.send_window > 0 && !self.tx_blocked.contains(&id)
-        {
+        if written == 0 && !data.is_empty() && st.send_window > 0 && !st.tx_blocked {
+            st.tx_blocked = true;
             self.tx_blocked.push(id);
         }
         Ok(written)
@@ -1123,6 +1129,27 @@ mod tests {
             read_available(&mut s, id, &mut got);
         }
         assert_eq!(got, data);
+    }
+
+    #[test]
+    fn transmit_queue_is_bounded() {
+        let (mut c, mut s, _) = pair(&no_keepalive(), &no_keepalive());
+        let id = c.open_stream().unwrap().unwrap();
+        pump(&mut c, &mut s, &mut Rng(4));
+        events(&mut c);
+        let data = vec![3u8; 4 * MIB];
+        let queued = c.stream_write(id, &data).unwrap();
+        assert!((TRANSMIT_HIGH_WATER..TRANSMIT_HIGH_WATER + MAX_DATA_FRAME).contains(&queued));
+        // The window is not the limit here, the unsent queue is.
+        assert_eq!(c.stream_write(id, &data[queued..]), Ok(0));
+        assert!(events(&mut c).is_empty());
+        let out = c.poll_transmit().unwrap();
+        assert_eq!(
+            out.len(),
+            queued + queued.div_ceil(MAX_DATA_FRAME) * HEADER_LEN
+        );
+        assert_eq!(events(&mut c), vec![Event::StreamWritable(id)]);
+        assert!(c.stream_write(id, &data[queued..]).unwrap() > 0);
     }
 
     #[test]

@@ -8,6 +8,18 @@
 //!
 //! frpc is the yamux client (odd stream ids), frps the server (even ids); both use
 //! [`Config::frp`].
+//!
+//! Differences from the Go library, none of which a Go peer can trip over:
+//! - incoming streams are ACKed when their SYN arrives, not on `Accept`;
+//! - `Session::close` sends GoAway(normal) before closing the socket; protocol errors on
+//!   version/type send GoAway(protocol error) too (Go just drops the connection);
+//! - a dropped stream sends FIN and drains the peer's data for as long as the peer keeps
+//!   the stream open (no 5-minute `StreamCloseTimeout` RST), and there is no 75 s
+//!   `StreamOpenTimeout` (an unACKed open just waits);
+//! - the driver ends the session when the socket accepts no byte for
+//!   `connection_write_timeout` (Go fails the individual write instead);
+//! - keepalive pings are spaced `keepalive_interval` from the previous ping, not from its
+//!   answer; there are no per-stream read/write deadlines.
 
 pub mod connection;
 pub mod driver;

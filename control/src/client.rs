@@ -37,12 +37,21 @@ pub enum ClientError {
 enum LoginError {
     #[error("{0}")]
     Dial(#[from] DialError),
-    #[error("{0}")]
+    #[error("{}", explain_msg_error(.0))]
     Msg(#[from] MsgError),
     #[error("{0}")]
     Refused(String),
     #[error("unexpected message {0} instead of LoginResp")]
     Unexpected(&'static str),
+}
+
+fn explain_msg_error(e: &MsgError) -> String {
+    match e {
+        MsgError::Codec(crate::msg::CodecError::UnknownType(0, _)) => format!(
+            "{e}: frps answered with yamux frames; it has tcpMux on but this frpc has transport.tcpMux = false (transport.tcpMux must be the same on frpc and frps)"
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// Where a proxy stands (frp's proxy wrapper phases, `/api/status`).
@@ -109,7 +118,7 @@ impl Client {
         };
         let dial = DialConfig {
             server_addr: cfg.server_addr.clone(),
-            server_port: cfg.server_port as u16,
+            server_port: cfg.server_port,
             dial_timeout: Duration::from_secs(t.dial_server_timeout.max(1) as u64),
             keepalive_secs: t.dial_server_keepalive,
             tls,

@@ -81,7 +81,9 @@ impl Write for &FileSink {
 /// Installs the global logger. `to` is frp's `log.to`: "console" or a file path.
 pub fn init(to: &str, level: &str, disable_color: bool) -> std::io::Result<()> {
     let level = parse_level(level);
-    let builder = tracing_subscriber::fmt().with_max_level(level).with_ansi(false);
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false);
     let result = if to.is_empty() || to == "console" {
         let color = !disable_color && std::io::IsTerminal::is_terminal(&std::io::stdout());
         builder

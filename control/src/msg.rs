@@ -435,6 +435,9 @@ go_struct! {
 macro_rules! messages {
     ($( $variant:ident($ty:ty) = $byte:literal, $id:literal; )*) => {
         /// Every frp message.
+        // NewProxy is large, but messages are short-lived control-plane values; boxing it
+        // would only complicate every match.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub enum Message {
             $( $variant($ty), )*

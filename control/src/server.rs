@@ -99,7 +99,7 @@ impl Server {
             &cfg.transport.tls.trusted_ca_file,
         )?;
         let force = cfg.transport.tls.force || !cfg.transport.tls.trusted_ca_file.is_empty();
-        let bind = join_host_port(&cfg.bind_addr, cfg.bind_port as u16);
+        let bind = join_host_port(&cfg.bind_addr, cfg.bind_port);
         let listener = TcpListener::bind(&bind)
             .await
             .map_err(|e| StartError::Listen {
@@ -219,7 +219,10 @@ impl State {
         };
         while let Some(stream) = next {
             let st = self.clone();
-            tokio::spawn(async move { st.handle_logical(Conn::Boxed(Box::new(stream)), remote).await });
+            tokio::spawn(async move {
+                st.handle_logical(Conn::Boxed(Box::new(stream)), remote)
+                    .await
+            });
             next = incoming.accept().await;
         }
         match session.close_reason() {
@@ -809,6 +812,9 @@ fn first_message_error(e: &MsgError) -> String {
         MsgError::Codec(CodecError::UnknownType(b'F', _)) => {
             "frp wire protocol v2 is not supported by this frps build yet".into()
         }
+        MsgError::Codec(CodecError::UnknownType(0, _)) => {
+            "yamux frame on a plain connection: the client uses tcpMux but this frps has transport.tcpMux = false (transport.tcpMux must be the same on frpc and frps)".into()
+        }
         MsgError::Timeout => "no complete first message within 10s".into(),
         other => other.to_string(),
     }
@@ -833,9 +839,9 @@ impl PortManager {
             .iter()
             .filter_map(|r| {
                 if r.single > 0 {
-                    Some((r.single as u16, r.single as u16))
+                    Some((r.single, r.single))
                 } else if r.start > 0 || r.end > 0 {
-                    Some((r.start as u16, r.end as u16))
+                    Some((r.start, r.end))
                 } else {
                     None
                 }

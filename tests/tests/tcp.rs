@@ -134,7 +134,11 @@ async fn wrong_token_with_login_fail_exit_exits_nonzero() {
 async fn wrong_token_without_login_fail_exit_keeps_retrying() {
     let env = Env::new();
     let bind = free_port();
-    let _frps = env.frps("frps", bind, "auth.token = \"right\"");
+    let _frps = env.frps(
+        "frps",
+        bind,
+        "auth.token = \"right\"\ntransport.tcpMux = false",
+    );
     let cfg = format!(
         "loginFailExit = false\n{}",
         frpc_tcp_config(bind, "wrong", false, false, false, 1, free_port())
@@ -269,4 +273,36 @@ remotePort = {not_allowed}
         Duration::from_secs(5),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_mux_mismatch_is_explained() {
+    let env = Env::new();
+    let bind = free_port();
+    let frps = env.frps("frps", bind, "transport.tcpMux = true");
+    let mut frpc = env.frpc(
+        "frpc",
+        &frpc_tcp_config(bind, "", false, false, false, 1, free_port()),
+    );
+    let st = frpc
+        .wait_exit(Duration::from_secs(15))
+        .expect("frpc should exit");
+    assert!(!st.success());
+    let log = frpc.log_text();
+    assert!(
+        log.contains("transport.tcpMux must be the same on frpc and frps"),
+        "{log}"
+    );
+    drop(frps);
+
+    let bind = free_port();
+    let frps = env.frps("frps2", bind, "transport.tcpMux = false");
+    let _frpc = env.frpc(
+        "frpc2",
+        &frpc_tcp_config(bind, "", true, false, false, 1, free_port()),
+    );
+    frps.wait_log(
+        "transport.tcpMux must be the same on frpc and frps",
+        Duration::from_secs(15),
+    );
 }

@@ -30,6 +30,10 @@ use crate::msgconn::{MsgConn, MsgError};
 use crate::transport::{self, Conn, ServerTls};
 use crate::yamux;
 
+mod ports;
+mod tcp;
+use ports::PortManager;
+
 /// How long frps waits for the first bytes and the first message of a connection.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Queue depth of a control's writer (frp uses 100).
@@ -48,7 +52,7 @@ pub struct Server {
     listener: TcpListener,
 }
 
-struct State {
+pub(crate) struct State {
     cfg: ServerConfig,
     token: String,
     key: CryptoKey,
@@ -64,15 +68,12 @@ struct State {
 
 struct ProxyEntry {
     run_id: String,
-    proxy_type: String,
-    task: Option<JoinHandle<()>>,
-    port: Option<u16>,
-    #[allow(dead_code)] // read by the dashboard/metrics issue
-    counters: Arc<Counters>,
+    info: Arc<ProxyInfo>,
+    started: Option<Started>,
 }
 
 /// One logged-in frpc.
-struct Control {
+pub(crate) struct Control {
     run_id: String,
     login: Login,
     remote: SocketAddr,
@@ -506,68 +507,59 @@ impl State {
         ctl: &Arc<Control>,
         np: &NewProxy,
     ) -> Result<String, String> {
-        let ty = proxy_type(np);
-        if ty != "tcp" {
-            return Err(format!(
-                "proxy type [{ty}] is not supported by this frps build yet"
-            ));
+        let ty = proxy_type(np).to_string();
+        if self.proxies.lock().unwrap().contains_key(&np.proxy_name) {
+            return Err(format!("proxy [{}] already exists", np.proxy_name));
         }
-        {
-            let proxies = self.proxies.lock().unwrap();
-            if proxies.contains_key(&np.proxy_name) {
-                return Err(format!("proxy [{}] already exists", np.proxy_name));
-            }
-        }
-        let max_ports = self.cfg.max_ports_per_client;
-        if max_ports > 0 && *ctl.ports_used.lock().unwrap() as i64 >= max_ports {
-            return Err("exceed the max_ports_per_client".into());
-        }
-        if !(0..=65535).contains(&np.remote_port) {
-            return Err("port not allowed".into());
-        }
-        let listener = self
-            .ports
-            .lock()
-            .unwrap()
-            .acquire(&np.proxy_name, np.remote_port as u16)?;
-        let port = listener
-            .local_addr()
-            .map(|a| a.port())
-            .map_err(|e| e.to_string())?;
-        let listener = TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-        info!(
-            "[{}] [{}] tcp proxy listen port [{port}]",
-            ctl.run_id, np.proxy_name
-        );
-
-        let counters = Arc::new(Counters::default());
-        let proxy = Arc::new(TcpProxy {
+        let info = Arc::new(ProxyInfo {
             name: np.proxy_name.clone(),
+            proxy_type: ty.clone(),
             use_encryption: np.use_encryption,
             use_compression: np.use_compression,
-            counters: counters.clone(),
+            counters: Arc::new(Counters::default()),
+            msg: np.clone(),
         });
-        let task = tokio::spawn(self.clone().tcp_accept_loop(listener, ctl.clone(), proxy));
+        let started = match ty.as_str() {
+            "tcp" => tcp::start(self, ctl, &info).await?,
+            other => {
+                return Err(format!(
+                    "proxy type [{other}] is not supported by this frps build yet"
+                ));
+            }
+        };
 
         let mut proxies = self.proxies.lock().unwrap();
         if proxies.contains_key(&np.proxy_name) {
-            task.abort();
-            self.ports.lock().unwrap().release(port);
+            drop(proxies);
+            self.release(ctl, started);
             return Err(format!("proxy [{}] already exists", np.proxy_name));
         }
+        let remote_addr = started.remote_addr.clone();
         proxies.insert(
             np.proxy_name.clone(),
             ProxyEntry {
                 run_id: ctl.run_id.clone(),
-                proxy_type: ty.to_string(),
-                task: Some(task),
-                port: Some(port),
-                counters,
+                info,
+                started: Some(started),
             },
         );
         ctl.proxies.lock().unwrap().insert(np.proxy_name.clone());
-        *ctl.ports_used.lock().unwrap() += 1;
-        Ok(format!(":{port}"))
+        Ok(remote_addr)
+    }
+
+    /// Undoes what a proxy type's start function set up: stops its tasks, frees its port.
+    fn release(&self, ctl: &Control, mut started: Started) {
+        for t in started.tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(p) = started.port {
+            self.ports.lock().unwrap().release(p);
+            let mut used = ctl.ports_used.lock().unwrap();
+            *used = used.saturating_sub(1);
+        }
+        if let Some(f) = started.on_close.take() {
+            f();
+        }
     }
 
     fn close_proxy(&self, ctl: &Control, name: &str) {
@@ -579,68 +571,26 @@ impl State {
             }
         };
         if let Some(mut e) = entry {
-            if let Some(t) = e.task.take() {
-                t.abort();
-            }
-            if let Some(p) = e.port {
-                self.ports.lock().unwrap().release(p);
-                let mut used = ctl.ports_used.lock().unwrap();
-                *used = used.saturating_sub(1);
+            if let Some(started) = e.started.take() {
+                self.release(ctl, started);
             }
             debug!(
                 "[{}] proxy [{name}] type [{}] closed",
-                ctl.run_id, e.proxy_type
+                ctl.run_id, e.info.proxy_type
             );
         }
     }
 
-    async fn tcp_accept_loop(
-        self: Arc<Self>,
-        listener: TcpListener,
-        ctl: Arc<Control>,
-        proxy: Arc<TcpProxy>,
-    ) {
-        loop {
-            match listener.accept().await {
-                Ok((user, remote)) => {
-                    let st = self.clone();
-                    let ctl = ctl.clone();
-                    let proxy = proxy.clone();
-                    tokio::spawn(
-                        async move { st.handle_user_conn(ctl, proxy, user, remote).await },
-                    );
-                }
-                Err(e) => {
-                    warn!("[{}] [{}] accept: {e}", ctl.run_id, proxy.name);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    async fn handle_user_conn(
+    /// Pairs a user connection with a work connection of `ctl`: takes one from the pool (or
+    /// asks frpc for one), sends StartWorkConn — retrying with another connection if that write
+    /// fails — and hands the pair to the data plane (spec §8 step 5).
+    pub(crate) async fn join_user_conn(
         self: Arc<Self>,
         ctl: Arc<Control>,
-        proxy: Arc<TcpProxy>,
-        user: TcpStream,
-        remote: SocketAddr,
+        proxy: Arc<ProxyInfo>,
+        user: Side,
+        start: StartWorkConn,
     ) {
-        let _ = user.set_nodelay(true);
-        let local = user.local_addr().ok();
-        debug!(
-            "[{}] [{}] get a user connection [{remote}]",
-            ctl.run_id, proxy.name
-        );
-        let (src_addr, src_port) = transport::split_addr(&remote);
-        let (dst_addr, dst_port) = local.map(|a| transport::split_addr(&a)).unwrap_or_default();
-        let start = StartWorkConn {
-            proxy_name: proxy.name.clone(),
-            src_addr,
-            dst_addr,
-            src_port,
-            dst_port,
-            error: String::new(),
-        };
         let timeout = Duration::from_secs(self.cfg.user_conn_timeout.max(1) as u64);
         for _attempt in 0..=ctl.pool_count {
             let work = match ctl.get_work_conn(timeout).await {
@@ -668,7 +618,7 @@ impl State {
                 proxy.use_compression,
             );
             let pair = Pair {
-                a: Side::plain(dataplane::Endpoint::Tcp(user)),
+                a: user,
                 b: Side {
                     endpoint: work.into_endpoint(),
                     prefix: rest.into(),
@@ -678,8 +628,8 @@ impl State {
                 counters: Some(proxy.counters.clone()),
             };
             debug!(
-                "[{}] [{}] join connections, user [{remote}]",
-                ctl.run_id, proxy.name
+                "[{}] [{}] join connections, user [{}:{}]",
+                ctl.run_id, proxy.name, start.src_addr, start.src_port
             );
             self.engine.spawn(pair);
             return;
@@ -787,11 +737,30 @@ impl Control {
     }
 }
 
-struct TcpProxy {
-    name: String,
-    use_encryption: bool,
-    use_compression: bool,
-    counters: Arc<Counters>,
+/// A registered proxy as frps sees it.
+pub(crate) struct ProxyInfo {
+    /// Wire name (user-prefixed).
+    pub name: String,
+    pub proxy_type: String,
+    pub use_encryption: bool,
+    pub use_compression: bool,
+    /// Traffic through this proxy (dashboard, metrics).
+    pub counters: Arc<Counters>,
+    /// The NewProxy message as received.
+    pub msg: NewProxy,
+}
+
+/// What a proxy type's start function set up, undone by [`State::release`].
+#[derive(Default)]
+pub(crate) struct Started {
+    /// Tasks to abort (listeners, forwarders).
+    pub tasks: Vec<JoinHandle<()>>,
+    /// A port counted against `maxPortsPerClient` and released on close.
+    pub port: Option<u16>,
+    /// NewProxyResp.remote_addr.
+    pub remote_addr: String,
+    /// Extra clean-up (routes, group membership).
+    pub on_close: Option<Box<dyn FnOnce() + Send>>,
 }
 
 fn proxy_type(np: &NewProxy) -> &str {
@@ -817,110 +786,5 @@ fn first_message_error(e: &MsgError) -> String {
         }
         MsgError::Timeout => "no complete first message within 10s".into(),
         other => other.to_string(),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-
-/// TCP port allocation for tcp proxies (spec §7.3): `allowPorts`, ports in use, and the port a
-/// proxy name had last (so a reconnecting client asking for "any port" gets the same one).
-struct PortManager {
-    bind_addr: String,
-    /// Inclusive ranges; empty = every port.
-    allowed: Vec<(u16, u16)>,
-    used: HashSet<u16>,
-    last_port: HashMap<String, u16>,
-}
-
-impl PortManager {
-    fn new(cfg: &ServerConfig) -> Self {
-        let allowed = cfg
-            .allow_ports
-            .iter()
-            .filter_map(|r| {
-                if r.single > 0 {
-                    Some((r.single, r.single))
-                } else if r.start > 0 || r.end > 0 {
-                    Some((r.start, r.end))
-                } else {
-                    None
-                }
-            })
-            .collect();
-        PortManager {
-            bind_addr: cfg.proxy_bind_addr.clone(),
-            allowed,
-            used: HashSet::new(),
-            last_port: HashMap::new(),
-        }
-    }
-
-    fn is_allowed(&self, port: u16) -> bool {
-        self.allowed.is_empty() || self.allowed.iter().any(|&(a, b)| a <= port && port <= b)
-    }
-
-    fn bind(&self, port: u16) -> std::io::Result<std::net::TcpListener> {
-        let l = std::net::TcpListener::bind(join_host_port(&self.bind_addr, port))?;
-        l.set_nonblocking(true)?;
-        Ok(l)
-    }
-
-    /// Binds the proxy's port: `port`, or with 0 a free allowed one.
-    fn acquire(&mut self, name: &str, port: u16) -> Result<std::net::TcpListener, String> {
-        let l = if port != 0 {
-            if !self.is_allowed(port) {
-                return Err("port not allowed".into());
-            }
-            if self.used.contains(&port) {
-                return Err("port already used".into());
-            }
-            self.bind(port)
-                .map_err(|_| "port unavailable".to_string())?
-        } else {
-            self.acquire_any(name)?
-        };
-        let got = l.local_addr().map_err(|e| e.to_string())?.port();
-        self.used.insert(got);
-        self.last_port.insert(name.to_string(), got);
-        Ok(l)
-    }
-
-    fn acquire_any(&self, name: &str) -> Result<std::net::TcpListener, String> {
-        if let Some(&p) = self.last_port.get(name)
-            && !self.used.contains(&p)
-            && self.is_allowed(p)
-            && let Ok(l) = self.bind(p)
-        {
-            return Ok(l);
-        }
-        if self.allowed.is_empty() {
-            // The kernel knows best which port is free.
-            return self.bind(0).map_err(|_| "no available port".to_string());
-        }
-        let total: u32 = self.allowed.iter().map(|&(a, b)| (b - a) as u32 + 1).sum();
-        let mut rng = rand::rng();
-        for _ in 0..20 {
-            let mut k = rng.random_range(0..total);
-            let mut port = 0u16;
-            for &(a, b) in &self.allowed {
-                let n = (b - a) as u32 + 1;
-                if k < n {
-                    port = a + k as u16;
-                    break;
-                }
-                k -= n;
-            }
-            if port == 0 || self.used.contains(&port) {
-                continue;
-            }
-            if let Ok(l) = self.bind(port) {
-                return Ok(l);
-            }
-        }
-        Err("no available port".into())
-    }
-
-    fn release(&mut self, port: u16) {
-        self.used.remove(&port);
     }
 }

@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //! - [`msg`]: the 18 frp messages with Go's exact JSON shapes, and the v1 codec (sans-IO).
+//! - [`wire_v2`]: wire protocol v2 (sans-IO): magic, frames, the v2 codec, the Hello exchange
+//!   and the control channel's AEAD key schedule.
 //! - [`auth`]: token auth — `privilege_key = md5_hex(token + timestamp)`, constant-time checks.
 //! - [`crypto`]: AES-128-CFB streams (control channel and `useEncryption`) and snappy framing
 //!   (`useCompression`), as sans-IO [`dataplane::Transform`]s.
@@ -26,6 +28,7 @@ pub mod msgconn;
 pub mod server;
 pub mod tls;
 pub mod transport;
+pub mod wire_v2;
 pub mod yamux;
 
 /// The frp version this implementation speaks and reports (Login.version, LoginResp.version).

@@ -9,7 +9,10 @@
 //! - [`work_conn_layers`]: the transform chains for a work/visitor connection, in frp's order
 //!   (wire = encrypt(snappy(payload))).
 //! - [`encode_oneshot`] / [`decode_oneshot`]: `IV ‖ CFB(data)` for XTCP hole-punch datagrams.
+//! - [`aead`]: [`AeadWriter`] / [`AeadReader`], the wire-protocol-v2 control channel's AEAD
+//!   record streams (AES-256-GCM or XChaCha20-Poly1305, spec §6.2).
 
+pub mod aead;
 pub mod cfb;
 pub mod snappy;
 
@@ -17,6 +20,7 @@ use aes::Aes128Enc;
 use aes::cipher::KeyInit;
 use dataplane::Transform;
 
+pub use aead::{AeadAlgorithm, AeadReader, AeadWriter};
 pub use cfb::{CfbDecryptor, CfbEncryptor, IV_LEN};
 pub use snappy::{SnappyDecoder, SnappyEncoder};
 

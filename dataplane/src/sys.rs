@@ -5,7 +5,7 @@
 //! see a raw errno or a raw pointer.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// Turns a libc return value (`-1` + errno on failure) into an `io::Result`.
@@ -348,6 +348,38 @@ pub mod uring {
             self.ring.submitter().register_probe(&mut probe)?;
             Ok(probe.is_supported(opcode::PollAdd::CODE)
                 && probe.is_supported(opcode::PollRemove::CODE))
+        }
+
+        /// Whether multishot polls work (Linux 5.13+; older kernels fail them with EINVAL):
+        /// arms one on a signalled eventfd and checks that it fires and stays armed.
+        pub fn supports_multishot_poll(&mut self) -> io::Result<bool> {
+            const PROBE: u64 = u64::MAX - 7;
+            let fd = eventfd()?;
+            eventfd_signal(fd.as_fd())?;
+            self.push_poll(fd.as_fd(), libc::EPOLLIN as u32, true, PROBE)?;
+            let mut out = Vec::new();
+            let mut first = None;
+            while first.is_none() {
+                self.submit_and_wait(1)?;
+                self.reap(&mut out);
+                first = out.iter().find(|c| c.user_data == PROBE).copied();
+            }
+            let c = first.expect("loop ends with a completion");
+            let ok = c.result > 0 && c.more;
+            if c.more {
+                // Disarm it before the eventfd goes away; wait for both completions.
+                self.push_poll_remove(PROBE, PROBE - 1)?;
+                let mut pending = 2;
+                while pending > 0 {
+                    self.submit_and_wait(1)?;
+                    self.reap(&mut out);
+                    pending -= out
+                        .iter()
+                        .filter(|c| c.user_data == PROBE - 1 || (c.user_data == PROBE && !c.more))
+                        .count();
+                }
+            }
+            Ok(ok)
         }
 
         fn push(&mut self, entry: io_uring::squeue::Entry) -> io::Result<()> {

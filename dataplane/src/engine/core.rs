@@ -124,8 +124,8 @@ impl Poller {
     }
 
     pub fn uring() -> io::Result<Poller> {
-        let ring = Ring::new(1024)?;
-        if !ring.supports_engine_ops()? {
+        let mut ring = Ring::new(1024)?;
+        if !ring.supports_engine_ops()? || !ring.supports_multishot_poll()? {
             return Err(io::Error::from_raw_os_error(libc::ENOSYS));
         }
         Ok(Poller::Uring {

@@ -60,7 +60,7 @@ impl fmt::Display for EngineKind {
 /// Default number of pipes each core may own.
 pub const DEFAULT_PIPE_POOL_SIZE: usize = 64;
 /// Default capacity asked of each pooled pipe (`F_SETPIPE_SZ`).
-pub const DEFAULT_PIPE_SIZE: usize = 256 * 1024;
+pub const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
 
 /// Engine settings (the `[dataplane]` table of frps.toml / frpc.toml).
 #[derive(Debug, Clone)]
@@ -161,8 +161,8 @@ pub fn choose_engine(
 
 /// Tries to set up a small ring and checks the opcodes the engine needs.
 fn probe_io_uring() -> io::Result<()> {
-    let ring = sys::uring::Ring::new(8)?;
-    if ring.supports_engine_ops()? {
+    let mut ring = sys::uring::Ring::new(8)?;
+    if ring.supports_engine_ops()? && ring.supports_multishot_poll()? {
         Ok(())
     } else {
         Err(io::Error::from_raw_os_error(libc::ENOSYS))

@@ -5,13 +5,23 @@
 //! # Layout
 //! - [`transform`]: the [`Transform`] trait — a sans-IO byte transform (decrypt, decompress, …)
 //!   applied to the bytes that flow through one side of a pair.
-//! - [`relay`]: [`Pair`], [`Side`], [`Endpoint`] and [`Engine`], the hand-off API the control
-//!   plane calls, plus the relay loop with backpressure, half-close propagation and byte counters.
+//! - [`relay`]: [`Pair`], [`Side`], [`Endpoint`], the hand-off API the control plane calls,
+//!   plus the tokio relay loop with backpressure, half-close propagation and byte counters.
+//! - [`engine`]: [`Engine`], which runs plain TCP pairs on thread-per-core io_uring or epoll
+//!   event loops (zero-copy splice through pooled pipes when no transform applies) and every
+//!   other pair on tokio.
+//! - [`sys`]: the small, tested wrappers around every system call the engines make.
 //!
 //! The control plane never touches a pair's bytes after the hand-off.
 
+pub mod engine;
 pub mod relay;
+pub mod sys;
 pub mod transform;
 
-pub use relay::{AsyncStream, Counters, Endpoint, Engine, EngineConfig, Pair, Side};
+#[cfg(test)]
+mod testutil;
+
+pub use engine::{Engine, EngineConfig, EngineKind, EngineStats};
+pub use relay::{AsyncStream, Counters, Endpoint, Pair, Side};
 pub use transform::{Transform, TransformError};

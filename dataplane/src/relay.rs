@@ -14,8 +14,9 @@
 //! - An idle direction holds only a small inline buffer; the large read buffer exists only
 //!   while data is flowing.
 //!
-//! The current engine runs each pair as one tokio task. A thread-per-core io_uring/epoll engine
-//! (splice for plain TCP) will replace the internals behind the same [`Engine`] API.
+//! [`relay`] runs a pair as one future on a tokio runtime. The [`Engine`] uses it for pairs with
+//! a `Stream` side and for [`EngineKind::Tokio`](crate::EngineKind::Tokio); plain TCP pairs run
+//! on the engine's core threads (see [`crate::engine`]) with the same semantics.
 
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -84,53 +85,7 @@ pub struct Pair {
     pub counters: Option<Arc<Counters>>,
 }
 
-/// Engine settings (the `[dataplane]` table of frps.toml / frpc.toml).
-#[derive(Debug, Clone, Default)]
-pub struct EngineConfig {
-    /// Number of core threads; 0 = one per CPU.
-    pub threads: usize,
-}
-
-/// The relay engine. Cheap to clone; `spawn` hands a pair over for good.
-#[derive(Clone)]
-pub struct Engine {
-    cfg: Arc<EngineConfig>,
-}
-
-impl Engine {
-    pub fn new(cfg: EngineConfig) -> Engine {
-        Engine { cfg: Arc::new(cfg) }
-    }
-
-    /// The settings this engine was built with.
-    pub fn config(&self) -> &EngineConfig {
-        &self.cfg
-    }
-
-    /// Hands `pair` to the data plane. The pair lives until both directions end or one fails;
-    /// its outcome is logged (and visible through `pair.counters`).
-    ///
-    /// Must be called from within a tokio runtime (the relay currently runs as a task on it).
-    pub fn spawn(&self, pair: Pair) {
-        tokio::spawn(async move {
-            let outcome = relay(pair).await;
-            match &outcome.error {
-                None => tracing::debug!(
-                    a_to_b = outcome.a_to_b,
-                    b_to_a = outcome.b_to_a,
-                    first_ended = %outcome.first_ended,
-                    "relay finished"
-                ),
-                Some(error) => tracing::debug!(
-                    a_to_b = outcome.a_to_b,
-                    b_to_a = outcome.b_to_a,
-                    %error,
-                    "relay closed on error"
-                ),
-            }
-        });
-    }
-}
+pub use crate::engine::{Engine, EngineConfig};
 
 /// Names a side of a [`Pair`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +95,7 @@ pub enum SideId {
 }
 
 impl SideId {
-    fn other(self) -> SideId {
+    pub(crate) fn other(self) -> SideId {
         match self {
             SideId::A => SideId::B,
             SideId::B => SideId::A,
@@ -194,6 +149,26 @@ pub struct RelayOutcome {
     /// The error that closed both endpoints, if any; `None` means both directions ended
     /// with a clean EOF.
     pub error: Option<RelayError>,
+}
+
+impl RelayOutcome {
+    /// Logs how a pair ended (debug level).
+    pub(crate) fn log(&self) {
+        match &self.error {
+            None => tracing::debug!(
+                a_to_b = self.a_to_b,
+                b_to_a = self.b_to_a,
+                first_ended = %self.first_ended,
+                "relay finished"
+            ),
+            Some(error) => tracing::debug!(
+                a_to_b = self.a_to_b,
+                b_to_a = self.b_to_a,
+                %error,
+                "relay closed on error"
+            ),
+        }
+    }
 }
 
 /// Read size of an idle direction; small enough to live inline in the relay's future. A read

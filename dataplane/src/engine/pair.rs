@@ -1,0 +1,429 @@
+//! The readiness-driven state machine of one pair on a core thread.
+//!
+//! Both core engines (epoll and io_uring) feed it the same thing: "this socket may be readable
+//! / writable now" (edge-triggered). It performs non-blocking syscalls until one of them says
+//! `EAGAIN`, then waits for the next edge. The semantics are those of the tokio relay (see
+//! [`crate::relay`]):
+//!
+//! - one chunk in flight per direction: a direction reads again only once everything it read
+//!   before has been written (bytes in a pipe, or a buffer of transformed output);
+//! - EOF on a side → `shutdown(SHUT_WR)` of the other once the direction has drained; the
+//!   other direction keeps going;
+//! - any error → the pair is closed at once;
+//! - the prefix of a side goes through that side's inbound chain (and the other side's
+//!   outbound chain) before anything read from the socket.
+//!
+//! A direction with no transforms splices socket → pipe → socket with a pipe from the core's
+//! pool; with transforms (or when the pool has no pipe) it copies through the core's shared
+//! read buffer. Nothing is allocated per pair while it is idle: the pipe goes back to the pool
+//! and the leftover-output buffer is freed as soon as the source has nothing more to read.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use super::CoreSide;
+use super::core::CoreStats;
+use super::pipes::{Pipe, PipePool};
+use crate::relay::{Counters, RelayError, RelayOutcome, SideId};
+use crate::sys;
+use crate::transform::{Transform, run_chain};
+
+/// Read size of a direction without transforms that copies (pool miss).
+pub(crate) const COPY_READ_PLAIN: usize = 64 * 1024;
+/// Read size of a direction with transforms: Go frp's copy size; it also caps how much a
+/// decompressing chain can expand one read into.
+pub(crate) const COPY_READ_TRANSFORMED: usize = 16 * 1024;
+/// Chunks one direction may move per turn before letting other pairs run.
+const BUDGET: u32 = 16;
+
+/// What a core shares with every pair it drives.
+pub(crate) struct CoreCx<'a> {
+    pub pool: &'a mut PipePool,
+    pub stats: &'a CoreStats,
+    /// The read buffer (COPY_READ_PLAIN bytes), shared by every pair of the core.
+    pub buf: &'a mut [u8],
+    pub plain: &'a mut Vec<u8>,
+    pub wire: &'a mut Vec<u8>,
+}
+
+/// A socket and what we know of its readiness.
+pub(crate) struct Conn {
+    pub fd: OwnedFd,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// One direction: reads from `from`'s socket, writes to the other one.
+struct Dir {
+    from: SideId,
+    prefix: Bytes,
+    /// The reading side's inbound chain.
+    inbound: Vec<Box<dyn Transform>>,
+    /// The writing side's outbound chain.
+    outbound: Vec<Box<dyn Transform>>,
+    pipe: Option<Pipe>,
+    /// Bytes sitting in `pipe`.
+    in_pipe: usize,
+    /// Output of the copy path not yet written (empty, and unallocated, most of the time).
+    pending: Vec<u8>,
+    sent: usize,
+    /// Plaintext length of the chunk in `pending`, counted once it is all written.
+    pending_plain: u64,
+    eof: bool,
+    done: bool,
+    total: u64,
+}
+
+/// How a direction's turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// Waiting for an edge (or finished).
+    Parked,
+    /// Out of budget while still able to progress: run again soon.
+    Yield,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+impl Dir {
+    fn new(
+        from: SideId,
+        prefix: Bytes,
+        inbound: Vec<Box<dyn Transform>>,
+        outbound: Vec<Box<dyn Transform>>,
+    ) -> Dir {
+        Dir {
+            from,
+            prefix,
+            inbound,
+            outbound,
+            pipe: None,
+            in_pipe: 0,
+            pending: Vec::new(),
+            sent: 0,
+            pending_plain: 0,
+            eof: false,
+            done: false,
+            total: 0,
+        }
+    }
+
+    fn transforms(&self) -> bool {
+        !self.inbound.is_empty() || !self.outbound.is_empty()
+    }
+
+    fn count(&mut self, n: u64, counter: Option<&AtomicU64>) {
+        if n > 0 {
+            self.total += n;
+            if let Some(c) = counter {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Gives back what an idle direction does not need: the (empty) pipe, the output buffer.
+    fn release(&mut self, cx: &mut CoreCx<'_>) {
+        if self.in_pipe == 0
+            && let Some(pipe) = self.pipe.take()
+        {
+            cx.pool.put(pipe, true, cx.stats);
+        }
+        if self.sent >= self.pending.len() && self.pending.capacity() > 0 {
+            self.pending = Vec::new();
+            self.sent = 0;
+        }
+    }
+
+    /// Returns the pipe for good (the pair is closing).
+    fn close(&mut self, cx: &mut CoreCx<'_>) {
+        if let Some(pipe) = self.pipe.take() {
+            cx.pool.put(pipe, self.in_pipe == 0, cx.stats);
+        }
+        self.in_pipe = 0;
+    }
+
+    /// Moves bytes until a syscall would block, the direction ends, or the budget runs out.
+    fn pump(
+        &mut self,
+        src: &mut Conn,
+        dst: &mut Conn,
+        cx: &mut CoreCx<'_>,
+        counter: Option<&AtomicU64>,
+    ) -> Result<Turn, RelayError> {
+        let (from, to) = (self.from, self.from.other());
+        let mut budget = BUDGET;
+        loop {
+            if self.done {
+                return Ok(Turn::Parked);
+            }
+            // 1. Whatever was read must be written before reading again.
+            if self.in_pipe > 0 {
+                if !dst.writable {
+                    return Ok(Turn::Parked);
+                }
+                let pipe = self.pipe.as_ref().expect("bytes in a pipe we hold");
+                match sys::splice(pipe.read.as_fd(), dst.fd.as_fd(), self.in_pipe) {
+                    Ok(n) => {
+                        self.in_pipe -= n;
+                        cx.stats.splice_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        self.count(n as u64, counter);
+                    }
+                    Err(e) if would_block(&e) => {
+                        dst.writable = false;
+                        return Ok(Turn::Parked);
+                    }
+                    Err(source) => return Err(RelayError::Write { side: to, source }),
+                }
+                continue;
+            }
+            if self.sent < self.pending.len() {
+                if !dst.writable {
+                    return Ok(Turn::Parked);
+                }
+                match sys::send(dst.fd.as_fd(), &self.pending[self.sent..]) {
+                    Ok(n) => {
+                        self.sent += n;
+                        cx.stats.copy_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if would_block(&e) => {
+                        dst.writable = false;
+                        return Ok(Turn::Parked);
+                    }
+                    Err(source) => return Err(RelayError::Write { side: to, source }),
+                }
+                if self.sent == self.pending.len() {
+                    self.pending.clear();
+                    self.sent = 0;
+                    let plain = std::mem::take(&mut self.pending_plain);
+                    self.count(plain, counter);
+                }
+                continue;
+            }
+            // 2. Nothing in flight: end, or read the next chunk.
+            if budget == 0 {
+                return Ok(Turn::Yield);
+            }
+            budget -= 1;
+            if !self.prefix.is_empty() {
+                let prefix = std::mem::take(&mut self.prefix);
+                self.forward(&prefix, dst, cx.plain, cx.wire, cx.stats, counter)?;
+                continue;
+            }
+            if self.eof {
+                self.done = true;
+                self.release(cx);
+                sys::shutdown_write(dst.fd.as_fd())
+                    .map_err(|source| RelayError::Write { side: to, source })?;
+                return Ok(Turn::Parked);
+            }
+            if !src.readable {
+                self.release(cx);
+                return Ok(Turn::Parked);
+            }
+            if !self.transforms() && cx.pool.enabled() {
+                if self.pipe.is_none() {
+                    self.pipe = cx.pool.take(cx.stats);
+                }
+                if let Some(pipe) = &self.pipe {
+                    match sys::splice(src.fd.as_fd(), pipe.write.as_fd(), pipe.cap) {
+                        Ok(0) => self.eof = true,
+                        Ok(n) => self.in_pipe = n,
+                        Err(e) if would_block(&e) => src.readable = false,
+                        Err(source) => return Err(RelayError::Read { side: from, source }),
+                    }
+                    continue;
+                }
+            }
+            let len = if self.transforms() {
+                COPY_READ_TRANSFORMED
+            } else {
+                COPY_READ_PLAIN
+            };
+            let len = len.min(cx.buf.len());
+            match sys::recv(src.fd.as_fd(), &mut cx.buf[..len]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    let data = &cx.buf[..n];
+                    self.forward(data, dst, cx.plain, cx.wire, cx.stats, counter)?;
+                }
+                Err(e) if would_block(&e) => src.readable = false,
+                Err(source) => return Err(RelayError::Read { side: from, source }),
+            }
+        }
+    }
+
+    /// Transforms one chunk and writes as much of it as the socket takes now; the rest waits
+    /// in `pending` (the only per-pair buffer, and only while the writer is slow).
+    fn forward(
+        &mut self,
+        data: &[u8],
+        dst: &mut Conn,
+        plain_buf: &mut Vec<u8>,
+        wire_buf: &mut Vec<u8>,
+        stats: &CoreStats,
+        counter: Option<&AtomicU64>,
+    ) -> Result<(), RelayError> {
+        let (from, to) = (self.from, self.from.other());
+        let transform_err = |source| RelayError::Transform { side: from, source };
+        let plain: &[u8] = if self.inbound.is_empty() {
+            data
+        } else {
+            plain_buf.clear();
+            run_chain(&mut self.inbound, data, plain_buf).map_err(transform_err)?;
+            plain_buf
+        };
+        let plain_len = plain.len() as u64;
+        let wire: &[u8] = if self.outbound.is_empty() {
+            plain
+        } else {
+            wire_buf.clear();
+            run_chain(&mut self.outbound, plain, wire_buf).map_err(transform_err)?;
+            wire_buf
+        };
+        let mut off = 0;
+        while dst.writable && off < wire.len() {
+            match sys::send(dst.fd.as_fd(), &wire[off..]) {
+                Ok(n) => {
+                    off += n;
+                    stats.copy_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if would_block(&e) => dst.writable = false,
+                Err(source) => return Err(RelayError::Write { side: to, source }),
+            }
+        }
+        if off == wire.len() {
+            self.count(plain_len, counter);
+        } else {
+            self.pending.extend_from_slice(&wire[off..]);
+            self.sent = 0;
+            self.pending_plain = plain_len;
+        }
+        // Keep the core's scratch buffers from staying huge after an expanding transform.
+        for buf in [plain_buf, wire_buf] {
+            if buf.capacity() > 4 * COPY_READ_PLAIN {
+                *buf = Vec::new();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A pair owned by a core.
+pub(crate) struct PairState {
+    pub conns: [Conn; 2],
+    dirs: [Dir; 2],
+    counters: Option<Arc<Counters>>,
+    first_ended: Option<SideId>,
+    /// Already in the core's run queue.
+    pub queued: bool,
+}
+
+/// Records which side ended first: the one that failed, or the first to send EOF.
+fn note(
+    first: &mut Option<SideId>,
+    dir: &Dir,
+    r: Result<Turn, RelayError>,
+) -> Result<Turn, RelayError> {
+    match &r {
+        Err(e) => {
+            first.get_or_insert(e.side());
+        }
+        Ok(_) if dir.eof => {
+            first.get_or_insert(dir.from);
+        }
+        Ok(_) => {}
+    }
+    r
+}
+
+/// The result of driving a pair.
+pub(crate) enum Drive {
+    Running(Turn),
+    Finished(RelayOutcome),
+}
+
+impl PairState {
+    pub fn new(a: CoreSide, b: CoreSide, counters: Option<Arc<Counters>>) -> PairState {
+        let CoreSide {
+            fd: fa,
+            prefix: pa,
+            inbound: ia,
+            outbound: oa,
+        } = a;
+        let CoreSide {
+            fd: fb,
+            prefix: pb,
+            inbound: ib,
+            outbound: ob,
+        } = b;
+        let conn = |fd| Conn {
+            fd,
+            readable: false,
+            writable: false,
+        };
+        PairState {
+            conns: [conn(fa), conn(fb)],
+            dirs: [
+                Dir::new(SideId::A, pa, ia, ob),
+                Dir::new(SideId::B, pb, ib, oa),
+            ],
+            counters,
+            first_ended: None,
+            queued: false,
+        }
+    }
+
+    /// Runs both directions as far as readiness allows.
+    pub fn drive(&mut self, cx: &mut CoreCx<'_>) -> Drive {
+        let counters = self.counters.as_deref();
+        let [a, b] = &mut self.conns;
+        let [ab_dir, ba_dir] = &mut self.dirs;
+        let first = &mut self.first_ended;
+        let ab = ab_dir.pump(a, b, cx, counters.map(|c| &c.a_to_b));
+        let ab = note(first, ab_dir, ab);
+        let turns = match ab {
+            Err(e) => Err(e),
+            Ok(t1) => {
+                let r = ba_dir.pump(b, a, cx, counters.map(|c| &c.b_to_a));
+                note(first, ba_dir, r).map(|t2| (t1, t2))
+            }
+        };
+        match turns {
+            Err(error) => Drive::Finished(self.finish(cx, Some(error))),
+            Ok((t1, t2)) => {
+                if self.dirs[0].done && self.dirs[1].done {
+                    Drive::Finished(self.finish(cx, None))
+                } else if t1 == Turn::Yield || t2 == Turn::Yield {
+                    Drive::Running(Turn::Yield)
+                } else {
+                    Drive::Running(Turn::Parked)
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, cx: &mut CoreCx<'_>, error: Option<RelayError>) -> RelayOutcome {
+        for d in &mut self.dirs {
+            d.close(cx);
+        }
+        RelayOutcome {
+            a_to_b: self.dirs[0].total,
+            b_to_a: self.dirs[1].total,
+            first_ended: self.first_ended.unwrap_or(SideId::A),
+            error,
+        }
+    }
+
+    /// Called when the pair is torn down without finishing (core shutting down).
+    pub fn abort(&mut self, cx: &mut CoreCx<'_>) {
+        for d in &mut self.dirs {
+            d.close(cx);
+        }
+    }
+}

@@ -33,13 +33,26 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough on a test machine).
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range (32768+) so that no
+/// outgoing connection of a concurrent test can take it between now and its use. Ports are
+/// handed out in sequence from a per-process start, and checked with a bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id() % 1000 * 20 + 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let p = (10_000 + NEXT.fetch_add(1, Ordering::SeqCst) % 22_000) as u16;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        {
+            return p;
+        }
+    }
 }
 
 /// Whether something listens on 127.0.0.1:port.
@@ -180,6 +193,7 @@ impl Env {
 
     /// Starts frps with `bindPort = port` plus `extra` TOML lines.
     pub fn frps(&self, name: &str, port: u16, extra: &str) -> Proc {
+        let extra = format!("{extra}{}", engine_table());
         let cfg = format!(
             "bindAddr = \"127.0.0.1\"\nbindPort = {port}\nproxyBindAddr = \"127.0.0.1\"\n{extra}\n"
         );
@@ -196,13 +210,23 @@ impl Env {
 
     /// Starts frpc with the given full TOML config.
     pub fn frpc(&self, name: &str, cfg: &str) -> Proc {
-        let path = self.write(&format!("{name}.toml"), cfg);
+        let cfg = format!("{cfg}{}", engine_table());
+        let path = self.write(&format!("{name}.toml"), &cfg);
         Proc::spawn(
             name,
             &bin("frpc"),
             &["-c", path.to_str().unwrap()],
             self.path(),
         )
+    }
+}
+
+/// The `[dataplane]` table selecting the relay engine named by `E2E_ENGINE` (io_uring, epoll,
+/// tokio), so the whole suite can run once per engine; empty when unset (auto).
+pub fn engine_table() -> String {
+    match std::env::var("E2E_ENGINE") {
+        Ok(e) if !e.is_empty() => format!("\n[dataplane]\nengine = \"{e}\"\n"),
+        _ => String::new(),
     }
 }
 

@@ -165,7 +165,7 @@ impl Client {
         Ok(Client {
             key: CryptoKey::derive(cfg.auth.token.as_bytes()),
             dial,
-            engine: Engine::new(dataplane::EngineConfig::default()),
+            engine: Engine::new(cfg.dataplane.engine_config()),
             run_id: Mutex::new(String::new()),
             proxies: Arc::new(Mutex::new(proxies)),
             cfg,

@@ -260,6 +260,8 @@ pub enum DataplaneEngine {
     Auto,
     IoUring,
     Epoll,
+    /// The portable tokio relay (no splice, no thread-per-core): a baseline for comparisons.
+    Tokio,
 }
 
 impl DataplaneEngine {
@@ -268,6 +270,7 @@ impl DataplaneEngine {
             Self::Auto => "auto",
             Self::IoUring => "io_uring",
             Self::Epoll => "epoll",
+            Self::Tokio => "tokio",
         }
     }
 }
@@ -277,8 +280,9 @@ impl DataplaneEngine {
 /// ```toml
 /// [dataplane]
 /// threads = 0          # relay threads; 0 = one per CPU
-/// engine = "auto"      # "auto" | "io_uring" | "epoll"
-/// pipePoolSize = 64    # spliced pipes kept per core
+/// engine = "auto"      # "auto" | "io_uring" | "epoll" | "tokio"
+/// pipePoolSize = 64    # spliced pipes kept per core; 0 disables splice
+/// pipeSize = 1048576   # bytes asked of each pipe (F_SETPIPE_SZ)
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
@@ -287,8 +291,28 @@ pub struct DataplaneConfig {
     pub threads: usize,
     /// Relay engine: "auto" (default; io_uring if available, else epoll), "io_uring", "epoll".
     pub engine: DataplaneEngine,
-    /// Pipes kept in each core's splice pipe pool. Default 64.
+    /// Pipes kept in each core's splice pipe pool; 0 disables splice. Default 64.
     pub pipe_pool_size: usize,
+    /// Capacity asked of each pipe in bytes. Default 1 MiB. Unprivileged processes share
+    /// `pipe-user-pages-soft` (16 MiB by default): lower it for many concurrent bulk flows.
+    pub pipe_size: usize,
+}
+
+impl DataplaneConfig {
+    /// The data-plane engine settings this table describes.
+    pub fn engine_config(&self) -> dataplane::EngineConfig {
+        dataplane::EngineConfig {
+            threads: self.threads,
+            engine: match self.engine {
+                DataplaneEngine::Auto => dataplane::EngineKind::Auto,
+                DataplaneEngine::IoUring => dataplane::EngineKind::IoUring,
+                DataplaneEngine::Epoll => dataplane::EngineKind::Epoll,
+                DataplaneEngine::Tokio => dataplane::EngineKind::Tokio,
+            },
+            pipe_pool_size: self.pipe_pool_size,
+            pipe_size: self.pipe_size,
+        }
+    }
 }
 
 impl Default for DataplaneConfig {
@@ -297,6 +321,7 @@ impl Default for DataplaneConfig {
             threads: 0,
             engine: DataplaneEngine::Auto,
             pipe_pool_size: 64,
+            pipe_size: 1 << 20,
         }
     }
 }

@@ -129,7 +129,7 @@ impl Server {
                 acceptor: tokio_rustls::TlsAcceptor::from(tls_cfg),
                 force,
             },
-            engine: Engine::new(dataplane::EngineConfig::default()),
+            engine: Engine::new(cfg.dataplane.engine_config()),
             controls: Mutex::new(HashMap::new()),
             proxies: Mutex::new(HashMap::new()),
             ports: Mutex::new(ports),

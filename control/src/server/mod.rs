@@ -68,6 +68,8 @@ pub(crate) struct State {
     ports: Mutex<PortManager>,
     /// http/https/tcpmux routing and the vhost listeners' shared state.
     vhost: Arc<vhost::Vhost>,
+    /// tcp load-balancing groups by name.
+    tcp_groups: Mutex<HashMap<String, Arc<tcp::TcpGroup>>>,
 }
 
 struct ProxyEntry {
@@ -139,6 +141,7 @@ impl Server {
             proxies: Mutex::new(HashMap::new()),
             ports: Mutex::new(ports),
             vhost,
+            tcp_groups: Mutex::new(HashMap::new()),
             cfg,
         });
         Ok(Server {

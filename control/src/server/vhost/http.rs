@@ -222,20 +222,14 @@ async fn forward(
             route.cfg.domain, route.cfg.location, route.cfg.route_user
         ),
     };
-    let mut sender = match st.vhost.pool.take(&key) {
-        Some(s) => s,
-        None => connect_upstream(st, member, remote)
-            .await
-            .map_err(Failure::Other)?,
-    };
     let timeout = Duration::from_secs(st.cfg.vhost_http_timeout.max(1) as u64);
     let response_deadline = async {
         // The clock starts once the request body is sent (Go's ResponseHeaderTimeout).
         let _ = sent.await;
         tokio::time::sleep(timeout).await;
     };
-    let mut resp = tokio::select! {
-        r = sender.send_request(up_req) => r.map_err(|e| Failure::Other(e.to_string()))?,
+    let (mut resp, mut sender) = tokio::select! {
+        r = send(st, member, remote, &key, up_req) => r.map_err(Failure::Other)?,
         _ = response_deadline => return Err(Failure::Timeout),
     };
 
@@ -286,6 +280,38 @@ async fn forward(
     // Framing towards the client is ours: answer in the client's HTTP version.
     *resp.version_mut() = client_version;
     Ok(resp.map(|b| b.boxed()))
+}
+
+/// Sends the request on an idle upstream connection of `key`, or a new one. A pooled
+/// connection the backend closed meanwhile gives the request back unsent; it then goes on a
+/// new connection (as Go's transport retries).
+async fn send(
+    st: &Arc<State>,
+    member: &Member,
+    remote: SocketAddr,
+    key: &PoolKey,
+    req: Request<UpBody>,
+) -> Result<(Response<Incoming>, Upstream), String> {
+    let mut req = req;
+    if let Some(mut sender) = st.vhost.pool.take(key) {
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, sender)),
+            Err(mut e) => match e.take_message() {
+                Some(back) => {
+                    debug!(
+                        "[{}] idle upstream connection was closed: {}",
+                        member.info.name,
+                        e.error()
+                    );
+                    req = back;
+                }
+                None => return Err(e.into_error().to_string()),
+            },
+        }
+    }
+    let mut sender = connect_upstream(st, member, remote).await?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    Ok((resp, sender))
 }
 
 /// Opens a new upstream connection: a work connection of `member`, its layers, an HTTP/1.1

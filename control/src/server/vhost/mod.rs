@@ -305,6 +305,18 @@ fn canonical_addr(host: &str, port: u16) -> String {
     }
 }
 
+/// NewProxyResp.remote_addr: one `domain[:port]` per route (so a domain repeats once per
+/// location, as in frp), comma-joined.
+fn remote_addr(domains: &[String], locations: usize, port: u16) -> String {
+    let mut addrs = Vec::with_capacity(domains.len() * locations);
+    for d in domains {
+        for _ in 0..locations {
+            addrs.push(canonical_addr(d, port));
+        }
+    }
+    addrs.join(",")
+}
+
 /// Registers a vhost proxy: validates it, adds its routes (joining groups), and returns what
 /// undoes that. `remote_addr` lists one `domain[:port]` per route, comma-joined, as frp does.
 pub(crate) fn register(
@@ -348,7 +360,6 @@ pub(crate) fn register(
         info: info.clone(),
     };
     let mut added: Vec<(String, String)> = Vec::new();
-    let mut addrs = Vec::new();
     let undo = {
         let vhost = vhost.clone();
         let route_user = route_user.clone();
@@ -379,7 +390,6 @@ pub(crate) fn register(
                 return Err(e);
             }
             added.push((domain.clone(), location.clone()));
-            addrs.push(canonical_addr(domain, port));
             match kind {
                 Kind::Http => info!(
                     "[{}] [{}] http proxy listen for host [{domain}] location [{location}] group [{}], routeByHTTPUser [{route_user}]",
@@ -397,7 +407,7 @@ pub(crate) fn register(
         }
     }
     Ok(Started {
-        remote_addr: addrs.join(","),
+        remote_addr: remote_addr(&domains, locations.len(), port),
         on_close: Some(Box::new(move || undo(&added))),
         ..Default::default()
     })
@@ -575,5 +585,13 @@ mod tests {
         assert_eq!(canonical_addr("a.example.com", 80), "a.example.com");
         assert_eq!(canonical_addr("a.example.com", 443), "a.example.com");
         assert_eq!(canonical_addr("a.example.com", 8080), "a.example.com:8080");
+        // The http-v1-nomux capture: two domains, locations ["/", "/api"].
+        let domains = ["www.other.test".to_string(), "app.example.test".to_string()];
+        assert_eq!(
+            remote_addr(&domains, 2, 27115),
+            "www.other.test:27115,www.other.test:27115,app.example.test:27115,app.example.test:27115"
+        );
+        assert_eq!(remote_addr(&domains[..1], 1, 80), "www.other.test");
+        assert_eq!(remote_addr(&[], 1, 80), "");
     }
 }

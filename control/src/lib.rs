@@ -14,6 +14,8 @@
 //! - [`tls`]: rustls client/server configs, the self-signed certificate, frp's first-byte rules.
 //! - [`transport`]: dialing frps and accepting on `bindPort` (sniffing, TLS, tcpMux) down to
 //!   *logical connections*.
+//! - [`layered`]: an async stream seen through a work connection's encryption/compression
+//!   layers (frps' HTTP vhost speaks HTTP through it).
 //! - [`msgconn`]: a logical connection that reads and writes frp messages, encrypted or not.
 //! - [`log`]: frp-shaped log lines on the console or in a file.
 //! - [`server`]: the frps runtime. [`client`]: the frpc runtime.
@@ -22,6 +24,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod layered;
 pub mod log;
 pub mod msg;
 pub mod msgconn;

@@ -306,3 +306,97 @@ async fn tcp_mux_mismatch_is_explained() {
         Duration::from_secs(15),
     );
 }
+
+/// A TCP service that greets every connection with `name` and closes; returns its port.
+async fn greeter(name: &'static str) -> u16 {
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(name.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// Who answers on the public port (empty if nobody).
+async fn who(port: u16) -> String {
+    use tokio::io::AsyncReadExt;
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let mut got = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut got)).await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_group_shares_one_port_and_survives_a_member_leaving() {
+    let env = Env::new();
+    let bind = free_port();
+    let remote = free_port();
+    let _frps = env.frps("frps", bind, &format!("auth.token = \"{TOKEN}\""));
+    let cfg = |name: &str, local: u16, key: &str, port: u16| {
+        format!(
+            r#"serverAddr = "127.0.0.1"
+serverPort = {bind}
+auth.token = "{TOKEN}"
+
+[[proxies]]
+name = "{name}"
+type = "tcp"
+localPort = {local}
+remotePort = {port}
+loadBalancer.group = "tg"
+loadBalancer.groupKey = "{key}"
+"#
+        )
+    };
+    let one = greeter("ONE").await;
+    let two = greeter("TWO").await;
+    let mut c1 = env.frpc("frpc1", &cfg("t1", one, "k", remote));
+    c1.wait_log("[t1] start proxy success", Duration::from_secs(10));
+    let c2 = env.frpc("frpc2", &cfg("t2", two, "k", remote));
+    c2.wait_log("[t2] start proxy success", Duration::from_secs(10));
+    let c3 = env.frpc("frpc3", &cfg("t3", two, "wrong", remote));
+    c3.wait_log(
+        "[t3] start error: group auth failed",
+        Duration::from_secs(10),
+    );
+    let c4 = env.frpc("frpc4", &cfg("t4", two, "k", free_port()));
+    c4.wait_log(
+        "[t4] start error: group should have same remote port",
+        Duration::from_secs(10),
+    );
+
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let w = who(remote).await;
+        assert!(w == "ONE" || w == "TWO", "unexpected answer {w:?}");
+        seen.insert(w);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "connections must reach both members");
+
+    c1.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut streak = 0;
+    while streak < 8 {
+        if who(remote).await == "TWO" {
+            streak += 1;
+        } else {
+            streak = 0;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the remaining member did not take over the port"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -32,6 +32,7 @@ use crate::yamux;
 
 mod ports;
 mod tcp;
+mod vhost;
 use ports::PortManager;
 
 /// How long frps waits for the first bytes and the first message of a connection.
@@ -50,6 +51,7 @@ struct Scopes {
 pub struct Server {
     state: Arc<State>,
     listener: TcpListener,
+    vhost_listeners: vhost::Listeners,
 }
 
 pub(crate) struct State {
@@ -64,6 +66,10 @@ pub(crate) struct State {
     /// Registered proxies by wire name — global across clients, as in frp.
     proxies: Mutex<HashMap<String, ProxyEntry>>,
     ports: Mutex<PortManager>,
+    /// http/https/tcpmux routing and the vhost listeners' shared state.
+    vhost: Arc<vhost::Vhost>,
+    /// tcp load-balancing groups by name.
+    tcp_groups: Mutex<HashMap<String, Arc<tcp::TcpGroup>>>,
 }
 
 struct ProxyEntry {
@@ -121,6 +127,7 @@ impl Server {
         };
         let token = cfg.auth.token.clone();
         let ports = PortManager::new(&cfg);
+        let (vhost, vhost_listeners) = vhost::bind(&cfg).await?;
         let state = Arc::new(State {
             key: CryptoKey::derive(token.as_bytes()),
             token,
@@ -133,9 +140,15 @@ impl Server {
             controls: Mutex::new(HashMap::new()),
             proxies: Mutex::new(HashMap::new()),
             ports: Mutex::new(ports),
+            vhost,
+            tcp_groups: Mutex::new(HashMap::new()),
             cfg,
         });
-        Ok(Server { state, listener })
+        Ok(Server {
+            state,
+            listener,
+            vhost_listeners,
+        })
     }
 
     /// The address frps listens on (useful with `bindPort = 0` in tests).
@@ -145,6 +158,7 @@ impl Server {
 
     /// Accepts connections until the task is dropped.
     pub async fn run(self) {
+        self.vhost_listeners.spawn(&self.state);
         info!(
             "frps tcp listen on {}",
             self.listener
@@ -521,6 +535,9 @@ impl State {
         });
         let started = match ty.as_str() {
             "tcp" => tcp::start(self, ctl, &info).await?,
+            "http" => vhost::register(self, ctl, &info, vhost::Kind::Http)?,
+            "https" => vhost::register(self, ctl, &info, vhost::Kind::Https)?,
+            "tcpmux" => vhost::register(self, ctl, &info, vhost::Kind::TcpMux)?,
             other => {
                 return Err(format!(
                     "proxy type [{other}] is not supported by this frps build yet"
@@ -581,9 +598,8 @@ impl State {
         }
     }
 
-    /// Pairs a user connection with a work connection of `ctl`: takes one from the pool (or
-    /// asks frpc for one), sends StartWorkConn — retrying with another connection if that write
-    /// fails — and hands the pair to the data plane (spec §8 step 5).
+    /// Pairs a user connection with a work connection of `ctl` (see [`State::open_work_conn`])
+    /// and hands the pair to the data plane (spec §8 step 5).
     pub(crate) async fn join_user_conn(
         self: Arc<Self>,
         ctl: Arc<Control>,
@@ -591,18 +607,48 @@ impl State {
         user: Side,
         start: StartWorkConn,
     ) {
+        let (work, rest) = match self.open_work_conn(&ctl, &proxy, &start).await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("[{}] [{}] {e}", ctl.run_id, proxy.name);
+                return;
+            }
+        };
+        let (inbound, outbound) =
+            crypto::work_conn_layers(Some(&self.key), proxy.use_encryption, proxy.use_compression);
+        let pair = Pair {
+            a: user,
+            b: Side {
+                endpoint: work.into_endpoint(),
+                prefix: rest.into(),
+                inbound,
+                outbound,
+            },
+            counters: Some(proxy.counters.clone()),
+        };
+        debug!(
+            "[{}] [{}] join connections, user [{}:{}]",
+            ctl.run_id, proxy.name, start.src_addr, start.src_port
+        );
+        self.engine.spawn(pair);
+    }
+
+    /// A work connection of `ctl` with `start` already written on it: takes one from the pool
+    /// (or asks frpc for one) and sends StartWorkConn, retrying with another connection if that
+    /// write fails (spec §8 step 5). Returns the connection and the bytes read past the last
+    /// message, still in wire form (no encryption/compression layers applied).
+    pub(crate) async fn open_work_conn(
+        &self,
+        ctl: &Control,
+        proxy: &ProxyInfo,
+        start: &StartWorkConn,
+    ) -> Result<(Conn, Vec<u8>), String> {
         let timeout = Duration::from_secs(self.cfg.user_conn_timeout.max(1) as u64);
         for _attempt in 0..=ctl.pool_count {
-            let work = match ctl.get_work_conn(timeout).await {
-                Ok(w) => w,
-                Err(e) => {
-                    warn!(
-                        "[{}] [{}] failed to get work connection: {e}",
-                        ctl.run_id, proxy.name
-                    );
-                    return;
-                }
-            };
+            let work = ctl
+                .get_work_conn(timeout)
+                .await
+                .map_err(|e| format!("failed to get work connection: {e}"))?;
             let mut mc = MsgConn::new(work);
             if let Err(e) = mc.write_msg(&start.clone().into()).await {
                 debug!(
@@ -611,35 +657,12 @@ impl State {
                 );
                 continue;
             }
-            let (work, rest) = mc.into_parts();
-            let (inbound, outbound) = crypto::work_conn_layers(
-                Some(&self.key),
-                proxy.use_encryption,
-                proxy.use_compression,
-            );
-            let pair = Pair {
-                a: user,
-                b: Side {
-                    endpoint: work.into_endpoint(),
-                    prefix: rest.into(),
-                    inbound,
-                    outbound,
-                },
-                counters: Some(proxy.counters.clone()),
-            };
-            debug!(
-                "[{}] [{}] join connections, user [{}:{}]",
-                ctl.run_id, proxy.name, start.src_addr, start.src_port
-            );
-            self.engine.spawn(pair);
-            return;
+            return Ok(mc.into_parts());
         }
-        warn!(
-            "[{}] [{}] no usable work connection after {} attempts",
-            ctl.run_id,
-            proxy.name,
+        Err(format!(
+            "no usable work connection after {} attempts",
             ctl.pool_count + 1
-        );
+        ))
     }
 
     // --- work connections ---------------------------------------------------------------------

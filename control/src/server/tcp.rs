@@ -1,12 +1,20 @@
 //! tcp proxies: a listener on `remotePort`; every accepted user connection is paired with a
 //! work connection (spec §8).
+//!
+//! Load-balancing groups (`loadBalancer.group` / `groupKey`, spec §7.3): the first proxy of a
+//! group binds the port; later ones with the same remote port and key join it, and each user
+//! connection goes to a randomly chosen member. The port stays open until the last member
+//! leaves.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dataplane::{Endpoint, Side};
+use rand::RngExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::{Control, ProxyInfo, Started, State};
@@ -23,6 +31,9 @@ pub(crate) async fn start(
     let max_ports = st.cfg.max_ports_per_client;
     if max_ports > 0 && *ctl.ports_used.lock().unwrap() as i64 >= max_ports {
         return Err("exceed the max_ports_per_client".into());
+    }
+    if !np.group.is_empty() {
+        return start_group(st, ctl, info);
     }
     if !(0..=65535).contains(&np.remote_port) {
         return Err("port not allowed".into());
@@ -71,6 +82,140 @@ async fn accept_loop(
             }
             Err(e) => {
                 warn!("[{}] [{}] accept: {e}", ctl.run_id, info.name);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A group member: registration id, its client, its proxy.
+type GroupMember = (u64, Arc<Control>, Arc<ProxyInfo>);
+
+/// A tcp load-balancing group: one port, several proxies.
+pub(crate) struct TcpGroup {
+    key: String,
+    /// The remotePort the members asked for (0 = any); all must ask for the same.
+    requested_port: i64,
+    port: u16,
+    members: Mutex<Vec<GroupMember>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
+
+/// Joins (or creates) the proxy's group; errors are frp's.
+fn start_group(
+    st: &Arc<State>,
+    ctl: &Arc<Control>,
+    info: &Arc<ProxyInfo>,
+) -> Result<Started, String> {
+    let np = &info.msg;
+    let id = NEXT_MEMBER.fetch_add(1, Ordering::Relaxed);
+    let member = (id, ctl.clone(), info.clone());
+    let mut groups = st.tcp_groups.lock().unwrap();
+    let group = match groups.get(&np.group) {
+        Some(g) => {
+            if g.requested_port != np.remote_port {
+                return Err("group should have same remote port".into());
+            }
+            if g.key != np.group_key {
+                return Err("group auth failed".into());
+            }
+            let mut members = g.members.lock().unwrap();
+            if members.iter().any(|m| m.2.name == info.name) {
+                return Err("group proxy repeated".into());
+            }
+            members.push(member);
+            g.clone()
+        }
+        None => {
+            if !(0..=65535).contains(&np.remote_port) {
+                return Err("port not allowed".into());
+            }
+            let std_listener = st
+                .ports
+                .lock()
+                .unwrap()
+                .acquire(&info.name, np.remote_port as u16)?;
+            let port = std_listener.local_addr().map(|a| a.port()).unwrap_or(0);
+            let listener = match TcpListener::from_std(std_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    st.ports.lock().unwrap().release(port);
+                    return Err(e.to_string());
+                }
+            };
+            let g = Arc::new(TcpGroup {
+                key: np.group_key.clone(),
+                requested_port: np.remote_port,
+                port,
+                members: Mutex::new(vec![member]),
+                task: Mutex::new(None),
+            });
+            let task = tokio::spawn(group_accept_loop(st.clone(), listener, g.clone()));
+            *g.task.lock().unwrap() = Some(task);
+            groups.insert(np.group.clone(), g.clone());
+            info!(
+                "[{}] [{}] tcp group [{}] listen port [{port}]",
+                ctl.run_id, info.name, np.group
+            );
+            g
+        }
+    };
+    drop(groups);
+    *ctl.ports_used.lock().unwrap() += 1;
+    let (weak, ctl2, name) = (Arc::downgrade(st), ctl.clone(), np.group.clone());
+    let port = group.port;
+    let leave = move || {
+        {
+            let mut used = ctl2.ports_used.lock().unwrap();
+            *used = used.saturating_sub(1);
+        }
+        let Some(st) = weak.upgrade() else {
+            return;
+        };
+        let mut groups = st.tcp_groups.lock().unwrap();
+        let empty = {
+            let mut members = group.members.lock().unwrap();
+            members.retain(|m| m.0 != id);
+            members.is_empty()
+        };
+        if empty {
+            if let Some(t) = group.task.lock().unwrap().take() {
+                t.abort();
+            }
+            if groups.get(&name).is_some_and(|g| Arc::ptr_eq(g, &group)) {
+                groups.remove(&name);
+            }
+            st.ports.lock().unwrap().release(group.port);
+        }
+    };
+    Ok(Started {
+        remote_addr: format!(":{port}"),
+        on_close: Some(Box::new(leave)),
+        ..Default::default()
+    })
+}
+
+async fn group_accept_loop(st: Arc<State>, listener: TcpListener, group: Arc<TcpGroup>) {
+    loop {
+        match listener.accept().await {
+            Ok((user, remote)) => {
+                let picked = {
+                    let members = group.members.lock().unwrap();
+                    if members.is_empty() {
+                        None
+                    } else {
+                        let i = rand::rng().random_range(0..members.len());
+                        Some((members[i].1.clone(), members[i].2.clone()))
+                    }
+                };
+                if let Some((ctl, info)) = picked {
+                    tokio::spawn(handle_user(st.clone(), ctl, info, user, remote));
+                }
+            }
+            Err(e) => {
+                warn!("tcp group port {}: accept: {e}", group.port);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -14,8 +14,9 @@
 #
 # Knobs (environment): BENCH_SECS (iperf3 seconds, 5), BENCH_CONNS (idle connections held, 4000),
 # BENCH_LAT_N (requests per redis -c 1 test, 20000), BENCH_RPS_N (per -c 64 test, 100000),
-# BENCH_CONN_N (requests with -k 0, 5000), BENCH_PERF=1 (perf-record frps+frpc during the first
-# tcpMux-on 1-stream iperf3 run; top symbols go to target/bench/perf-top.txt),
+# BENCH_CONN_N (requests with -k 0, 5000), BENCH_PERF=1 (after the first tcpMux-on column's
+# measurements, one more 1-stream iperf3 run under `perf record -g` of frps+frpc, not counted in
+# the table; top symbols go to target/bench/perf-top.txt),
 # BENCH_SKIP_INSTALL=1 (use what is on PATH).
 #
 # Nothing leaves 127.0.0.1. Every process started here is killed on exit.
@@ -40,6 +41,8 @@ cleanup() {
   local pid
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+  # Keep the configs and logs of the last run for post-mortems.
+  rm -rf "$OUTDIR/last-run" && cp -r "$WORK" "$OUTDIR/last-run" 2>/dev/null
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -202,37 +205,27 @@ rss_kib() {
 
 # iperf3 through PUBLIC with P streams; records Gbit/s and CPU-s/GB of the tunnel pids.
 run_iperf() {
-  local col=$1 public=$2 streams=$3 perf=$4
-  shift 4
-  local pids=("$@") srv c0 c1 json="$WORK/iperf-$streams.json" perf_pid=""
+  local col=$1 public=$2 streams=$3
+  shift 3
+  local pids=("$@") srv c0 c1 json="$WORK/iperf-$streams.json"
   start srv "$WORK/iperf-server.log" iperf3 -s -1 -B 127.0.0.1 -p "$IPERF_PORT"
   wait_listen "$IPERF_PORT" 5 || { stop "$srv"; return 1; }
   c0=$(cpu_ticks "${pids[@]}")
-  if [[ $perf == 1 ]] && command -v perf >/dev/null; then
-    local pid_list
-    pid_list=$(IFS=,; echo "${pids[*]}")
-    perf record -F 999 -g -p "$pid_list" -o "$OUTDIR/perf.data" -- sleep "$SECS" \
-      >"$WORK/perf.log" 2>&1 &
-    perf_pid=$!
-    PIDS+=("$perf_pid")
-  fi
   timeout $((SECS + 20)) iperf3 -c 127.0.0.1 -p "$public" -t "$SECS" -P "$streams" -J \
     --connect-timeout 5000 >"$json" 2>"$WORK/iperf-client.err"
   local rc=$?
   c1=$(cpu_ticks "${pids[@]}")
-  if [[ -n $perf_pid ]]; then
-    stop_wait "$perf_pid"
-    perf report -i "$OUTDIR/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
-      grep -v '^#' | grep -v '^$' | grep '%' | head -40 >"$OUTDIR/perf-top.txt"
-    log "perf profile: $OUTDIR/perf.data, top symbols in $OUTDIR/perf-top.txt"
-  fi
   stop "$srv"
   ((rc == 0)) || { log "$col: iperf3 -P $streams failed: $(head -c 300 "$json" "$WORK/iperf-client.err" | tr '\n' ' ')"; return 1; }
   local out
   out=$(python3 -c '
 import json, sys
-d = json.load(open(sys.argv[1]))["end"]["sum_received"]
-print(d["bits_per_second"] / 1e9, d["bytes"])' "$json") || return 1
+j = json.load(open(sys.argv[1]))
+if "error" in j:
+    sys.exit("iperf3: " + j["error"])
+d = j["end"]["sum_received"]
+print(d["bits_per_second"] / 1e9, d["bytes"])' "$json" 2>&1) ||
+    { log "$col: iperf3 -P $streams failed: $out"; record "iperf3 ${streams}× stream, Gbit/s ↑" "$col" fail; return 1; }
   local gbps bytes
   read -r gbps bytes <<<"$out"
   record "iperf3 ${streams}× stream, Gbit/s ↑" "$col" "$gbps"
@@ -242,29 +235,88 @@ print(d["bits_per_second"] / 1e9, d["bytes"])' "$json") || return 1
   fi
 }
 
-# redis-benchmark through PUBLIC: -c 1 latency, -c 64 throughput, -k 0 connection rate.
+# An extra 1-stream iperf3 run under `perf record --call-graph dwarf` of the tunnel pids (not in
+# the table: perf itself costs CPU). Top symbols per process go to target/bench/perf-top.txt;
+# `perf report -i target/bench/perf.data` has the call graphs.
+profile_iperf() {
+  local col=$1 public=$2
+  shift 2
+  command -v perf >/dev/null || { log "perf not installed (apt-get install linux-perf)"; return 1; }
+  local pid_list srv prec pid procs=()
+  pid_list=$(IFS=,; echo "$*")
+  for pid in "$@"; do
+    procs+=("$(cat "/proc/$pid/comm")=$(ls "/proc/$pid/task" | paste -sd,)")
+  done
+  start srv "$WORK/iperf-server.log" iperf3 -s -1 -B 127.0.0.1 -p "$IPERF_PORT"
+  wait_listen "$IPERF_PORT" 5 || { stop "$srv"; return 1; }
+  start prec "$WORK/perf.log" perf record -F 499 --call-graph dwarf,16384 -p "$pid_list" \
+    -o "$OUTDIR/perf.data" -- sleep "$SECS"
+  timeout $((SECS + 20)) iperf3 -c 127.0.0.1 -p "$public" -t "$SECS" --connect-timeout 5000 \
+    >"$WORK/iperf-perf.txt" 2>&1
+  stop_wait "$prec"
+  stop "$srv"
+  {
+    echo "perf: $col, iperf3 1 stream, $(grep receiver "$WORK/iperf-perf.txt" | tr -s ' ')"
+    perf report -i "$OUTDIR/perf.data" --no-children -g none --sort pid,dso,symbol --stdio \
+      2>/dev/null | python3 -c '
+import collections, re, sys
+procs = {}
+for arg in sys.argv[1:]:
+    name, tids = arg.split("=")
+    procs.update({t: name for t in tids.split(",")})
+tot, per = collections.Counter(), collections.defaultdict(collections.Counter)
+for line in sys.stdin:
+    m = re.match(r"\s*([\d.]+)%\s+(\d+):\S+\s+(\S+)\s+\[.\]\s+(.*?)[\s-]*$", line)
+    if m:
+        name = procs.get(m[2], "other")
+        tot[name] += float(m[1])
+        per[name][f"{m[4]}  ({m[3]})"] += float(m[1])
+for name in sorted(per):
+    print(f"== {name}: {tot[name]:.1f}% of all samples")
+    for sym, pct in per[name].most_common(15):
+        print(f"  {pct:5.1f}%  {sym}")' "${procs[@]}"
+  } >"$OUTDIR/perf-top.txt"
+  log "perf profile of $col: $OUTDIR/perf.data; top symbols: $OUTDIR/perf-top.txt"
+}
+
+# redis-benchmark through PUBLIC: -c 1 latency, -c 64 throughput, -k 0 connection rate. A test
+# that fails or stalls (30 s) is marked "fail" and the next one still runs.
+redis_bench() { # col what args...
+  local col=$1 what=$2
+  shift 2
+  timeout 30 redis-benchmark -h 127.0.0.1 "$@" --csv 2>"$WORK/redis-bench.err" && return 0
+  log "$col: redis-benchmark $what failed (rc $?): $(tail -c 200 "$WORK/redis-bench.err")"
+  return 1
+}
 run_redis() {
-  local col=$1 public=$2 csv
-  csv=$(timeout 120 redis-benchmark -h 127.0.0.1 -p "$public" -t set,get -n "$LAT_N" -c 1 \
-    -r 1000 --csv 2>/dev/null) || { log "$col: redis-benchmark -c 1 failed"; return 1; }
-  while IFS=, read -r test rps avg min p50 p95 p99 max; do
-    test=${test//\"/}
-    [[ $test == SET || $test == GET ]] || continue
-    record "redis -c 1 $test p50, µs ↓" "$col" "$(python3 -c "print(${p50//\"/} * 1000)")"
-    record "redis -c 1 $test p99, µs ↓" "$col" "$(python3 -c "print(${p99//\"/} * 1000)")"
-  done <<<"$csv"
-  csv=$(timeout 120 redis-benchmark -h 127.0.0.1 -p "$public" -t set,get -n "$RPS_N" -c 64 \
-    -r 1000 --csv 2>/dev/null) || { log "$col: redis-benchmark -c 64 failed"; return 1; }
-  while IFS=, read -r test rps _; do
-    test=${test//\"/}
-    [[ $test == SET || $test == GET ]] || continue
-    record "redis -c 64 $test, req/s ↑" "$col" "${rps//\"/}"
-  done <<<"$csv"
-  csv=$(timeout 120 redis-benchmark -h 127.0.0.1 -p "$public" -t get -n "$CONN_N" -c 16 -k 0 \
-    --csv 2>/dev/null) || { log "$col: redis-benchmark -k 0 failed"; return 1; }
-  while IFS=, read -r test rps _; do
-    [[ ${test//\"/} == GET ]] && record "redis -k 0 (new conn per GET), conn/s ↑" "$col" "${rps//\"/}"
-  done <<<"$csv"
+  local col=$1 public=$2 csv test rps avg min p50 p95 p99 max
+  if csv=$(redis_bench "$col" "-c 1" -p "$public" -t set,get -n "$LAT_N" -c 1 -r 1000); then
+    while IFS=, read -r test rps avg min p50 p95 p99 max; do
+      test=${test//\"/}
+      [[ $test == SET || $test == GET ]] || continue
+      record "redis -c 1 $test p50, µs ↓" "$col" "$(python3 -c "print(${p50//\"/} * 1000)")"
+      record "redis -c 1 $test p99, µs ↓" "$col" "$(python3 -c "print(${p99//\"/} * 1000)")"
+    done <<<"$csv"
+  else
+    record "redis -c 1 GET p50, µs ↓" "$col" fail
+  fi
+  if csv=$(redis_bench "$col" "-c 64" -p "$public" -t set,get -n "$RPS_N" -c 64 -r 1000); then
+    while IFS=, read -r test rps _; do
+      test=${test//\"/}
+      [[ $test == SET || $test == GET ]] || continue
+      record "redis -c 64 $test, req/s ↑" "$col" "${rps//\"/}"
+    done <<<"$csv"
+  else
+    record "redis -c 64 GET, req/s ↑" "$col" fail
+  fi
+  if csv=$(redis_bench "$col" "-k 0" -p "$public" -t get -n "$CONN_N" -c 16 -k 0); then
+    while IFS=, read -r test rps _; do
+      [[ ${test//\"/} == GET ]] && record "redis -k 0 (new conn per GET), conn/s ↑" "$col" "${rps//\"/}"
+    done <<<"$csv"
+  else
+    record "redis -k 0 (new conn per GET), conn/s ↑" "$col" fail
+  fi
+  return 0
 }
 
 # CONNS idle connections through PUBLIC to the holder's LOCAL: RSS of the tunnel pids per conn.
@@ -310,9 +362,11 @@ measure_column() { # col perf tunnel-pids...
   shift 2
   COLUMNS_ORDER+=("$col")
   run_hold "$col" "$HOLD_PUBLIC" "$HOLD_LOCAL" "$@"
-  run_iperf "$col" "$IPERF_PUBLIC" 1 "$perf" "$@"
-  run_iperf "$col" "$IPERF_PUBLIC" 8 0 "$@"
+  run_iperf "$col" "$IPERF_PUBLIC" 1 "$@"
+  run_iperf "$col" "$IPERF_PUBLIC" 8 "$@"
   run_redis "$col" "$REDIS_PUBLIC"
+  [[ $perf == 1 ]] && profile_iperf "$col" "$IPERF_PUBLIC" "$@"
+  return 0
 }
 
 new_ports() {
@@ -327,8 +381,8 @@ new_ports() {
 log "column: direct loopback"
 COLUMNS_ORDER+=("direct")
 HOLD_LOCAL=$(free_port)
-run_iperf direct "$IPERF_PORT" 1 0
-run_iperf direct "$IPERF_PORT" 8 0
+run_iperf direct "$IPERF_PORT" 1
+run_iperf direct "$IPERF_PORT" 8
 run_redis direct "$REDIS_PORT"
 
 # ---- frp-uring

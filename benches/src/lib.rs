@@ -102,7 +102,7 @@ pub enum Hop {
 /// With no hops the client is connected straight to the sink (the direct-loopback baseline).
 /// The sink runs on its own thread and reads exactly what [`LoopbackPath::transfer`] asks for;
 /// the relays run as tokio tasks through [`Engine::spawn`], exactly as frps and frpc hand
-/// pairs over.
+/// pairs over, on sockets with `TCP_NODELAY` like theirs.
 pub struct LoopbackPath {
     client: Option<TcpStream>,
     cmd: Option<mpsc::Sender<usize>>,
@@ -201,6 +201,9 @@ async fn spawn_hop(
         let Ok(outgoing) = tokio::net::TcpStream::connect(next).await else {
             return;
         };
+        // As frps and frpc do on every relayed socket (Go's default).
+        let _ = incoming.set_nodelay(true);
+        let _ = outgoing.set_nodelay(true);
         let mut a = Side::plain(Endpoint::Tcp(incoming));
         let mut b = Side::plain(Endpoint::Tcp(outgoing));
         let (inbound, outbound) = work_conn_layers(Some(&key), true, true);

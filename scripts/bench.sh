@@ -1,0 +1,561 @@
+#!/usr/bin/env bash
+# End-to-end benchmark on 127.0.0.1 with real clients: iperf3, redis-benchmark and a holder of
+# idle connections, run through each tunnel setup, printed as ONE table (also written to
+# target/bench/results.md).
+#
+#   scripts/bench.sh                  # engines: auto
+#   scripts/bench.sh auto epoll io_uring
+#   BENCH_ENGINES="auto epoll" scripts/bench.sh
+#
+# Columns: direct loopback (no tunnel); frp-uring with tcpMux off, tcpMux on, tcpMux on + TLS,
+# once per engine (passed through as `[dataplane] engine = "..."` in frps.toml and frpc.toml);
+# rathole (plain TCP transport) as the reference. Each frp-uring figure is followed by its ratio
+# to rathole's, or to direct loopback's when rathole cannot be built.
+#
+# Knobs (environment): BENCH_SECS (iperf3 seconds, 5), BENCH_CONNS (idle connections held, 4000),
+# BENCH_LAT_N (requests per redis -c 1 test, 20000), BENCH_RPS_N (per -c 64 test, 100000),
+# BENCH_CONN_N (requests with -k 0, 5000), BENCH_PERF=1 (after the first tcpMux-on column's
+# measurements, one more 1-stream iperf3 run under `perf record -g` of frps+frpc, not counted in
+# the table; top symbols go to target/bench/perf-top.txt),
+# BENCH_SKIP_INSTALL=1 (use what is on PATH).
+#
+# Nothing leaves 127.0.0.1. Every process started here is killed on exit.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUTDIR=$ROOT/target/bench
+TOOLS=$OUTDIR/tools
+mkdir -p "$OUTDIR" "$TOOLS"
+
+read -r -a ENGINES <<<"${*:-${BENCH_ENGINES:-auto}}"
+SECS=${BENCH_SECS:-5}
+CONNS=${BENCH_CONNS:-4000}
+LAT_N=${BENCH_LAT_N:-20000}
+RPS_N=${BENCH_RPS_N:-100000}
+CONN_N=${BENCH_CONN_N:-5000}
+TOKEN=bench-token-$$
+
+WORK=$(mktemp -d /tmp/frp-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+  # Keep the configs and logs of the last run for post-mortems.
+  rm -rf "$OUTDIR/last-run" && cp -r "$WORK" "$OUTDIR/last-run" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+# Starts a command in the background, records its pid in PIDS and in the named variable.
+start() {
+  local var=$1 logf=$2
+  shift 2
+  "$@" >"$logf" 2>&1 &
+  PIDS+=($!)
+  printf -v "$var" '%s' "$!"
+}
+stop() {
+  local pid
+  for pid in "$@"; do kill "$pid" 2>/dev/null; done
+  stop_wait "$@"
+}
+# Waits for processes that end by themselves and forgets them.
+stop_wait() {
+  local pid
+  for pid in "$@"; do wait "$pid" 2>/dev/null; done
+  local keep=() p
+  for p in "${PIDS[@]}"; do
+    [[ " $* " == *" $p "* ]] || keep+=("$p")
+  done
+  PIDS=("${keep[@]}")
+}
+
+# ------------------------------------------------------------------------------ set-up
+need_apt=()
+command -v iperf3 >/dev/null || need_apt+=(iperf3)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v redis-benchmark >/dev/null || need_apt+=(redis-tools)
+command -v python3 >/dev/null || need_apt+=(python3)
+if ((${#need_apt[@]})) && [[ -z ${BENCH_SKIP_INSTALL:-} ]]; then
+  log "installing ${need_apt[*]} (apt)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"; } \
+    >"$WORK/apt.log" 2>&1 || { tail -20 "$WORK/apt.log"; log "apt-get failed"; exit 1; }
+fi
+for tool in iperf3 redis-server redis-benchmark redis-cli python3 ss; do
+  command -v "$tool" >/dev/null || { log "missing $tool"; exit 1; }
+done
+
+# rathole: cached under target/bench/tools. `--locked` first, as upstream pins it; rathole
+# 0.5.0's lock file pins `time` 0.3.29, which no longer builds with current rustc, so retry
+# with a fresh resolve and only the features used here (plain TCP).
+RATHOLE=$TOOLS/bin/rathole
+RATHOLE_WHY=""
+if [[ ! -x $RATHOLE ]] && command -v rathole >/dev/null; then RATHOLE=$(command -v rathole); fi
+if [[ ! -x $RATHOLE && -z ${BENCH_SKIP_INSTALL:-} ]]; then
+  log "building rathole (cargo install, once; cached in $TOOLS)"
+  if ! (cd /tmp && cargo install rathole --locked --root "$TOOLS") >"$WORK/rathole.log" 2>&1; then
+    log "cargo install rathole --locked failed: $(grep -m1 '^error' "$WORK/rathole.log")"
+    log "retrying without --locked, features server,client"
+    (cd /tmp && cargo install rathole --root "$TOOLS" --no-default-features \
+      --features server,client) >"$WORK/rathole.log" 2>&1 ||
+      RATHOLE_WHY="cargo install rathole failed: $(grep -m1 '^error' "$WORK/rathole.log")"
+  fi
+fi
+if [[ ! -x $RATHOLE ]]; then
+  RATHOLE_WHY=${RATHOLE_WHY:-"rathole not installed (BENCH_SKIP_INSTALL)"}
+  log "no rathole column: $RATHOLE_WHY"
+fi
+
+log "building frp-uring (release)"
+cargo build --release --bins >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
+FRPS=$ROOT/target/release/frps
+FRPC=$ROOT/target/release/frpc
+
+# Room for CONNS idle connections: each one is up to 3 sockets in each tunnel process.
+want_fds=$((CONNS * 3 + 1024))
+ulimit -Hn "$want_fds" 2>/dev/null || true
+ulimit -n "$want_fds" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if (($(ulimit -n) < want_fds)); then
+  CONNS=$((($(ulimit -n) - 1024) / 3))
+  log "open-file limit $(ulimit -n): holding only $CONNS connections"
+fi
+
+CLK_TCK=$(getconf CLK_TCK)
+free_port() {
+  python3 - <<'EOF'
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()
+EOF
+}
+wait_listen() { # port, seconds
+  local i
+  for ((i = 0; i < $2 * 20; i++)); do
+    [[ -n $(ss -Hltn "sport = :$1") ]] && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+# Backend services, shared by every column.
+IPERF_PORT=$(free_port)
+REDIS_PORT=$(free_port)
+start REDIS_PID "$WORK/redis.log" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
+  --save '' --appendonly no --protected-mode no --maxclients 20000 --daemonize no
+wait_listen "$REDIS_PORT" 5 || { log "redis-server did not start"; cat "$WORK/redis.log"; exit 1; }
+redis-cli -p "$REDIS_PORT" set key:__rand_int__ x >/dev/null
+
+cat >"$WORK/hold.py" <<'EOF'
+# Serves LOCAL (the service behind the tunnel: one byte per accepted connection), opens N
+# connections to PUBLIC (the tunnel's port), waits for each byte, then writes READY and holds
+# everything until RELEASE exists.
+import asyncio, os, sys
+public, local, n, ready, release = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+async def main():
+    held = []
+    async def serve(r, w):
+        w.write(b"x"); await w.drain(); held.append(w)
+    server = await asyncio.start_server(serve, "127.0.0.1", local, backlog=4096)
+    with open(ready + ".listening", "w"): pass
+    while not os.path.exists(ready + ".go"):
+        await asyncio.sleep(0.05)
+    sem = asyncio.Semaphore(128)
+    conns = []
+    async def one():
+        async with sem:
+            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", public), 30)
+            await asyncio.wait_for(r.readexactly(1), 30)
+            conns.append(w)
+    results = await asyncio.gather(*[one() for _ in range(n)], return_exceptions=True)
+    errors = [e for e in results if isinstance(e, BaseException)]
+    with open(ready, "w") as f:
+        f.write(f"{len(conns)} {len(errors)} {errors[0]!r}\n" if errors else f"{len(conns)} 0\n")
+    while not os.path.exists(release):
+        await asyncio.sleep(0.05)
+    for w in conns + held:
+        w.close()
+    server.close()
+asyncio.run(main())
+EOF
+
+# ------------------------------------------------------------------------------ measurements
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+COLUMNS_ORDER=()
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; } # row col value
+
+cpu_ticks() {
+  local total=0 pid t
+  for pid in "$@"; do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null) || return 1
+    total=$((total + t))
+  done
+  echo "$total"
+}
+rss_kib() {
+  local total=0 pid r
+  for pid in "$@"; do
+    r=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || return 1
+    total=$((total + r))
+  done
+  echo "$total"
+}
+
+# iperf3 through PUBLIC with P streams; records Gbit/s and CPU-s/GB of the tunnel pids.
+run_iperf() {
+  local col=$1 public=$2 streams=$3
+  shift 3
+  local pids=("$@") srv c0 c1 json="$WORK/iperf-$streams.json"
+  start srv "$WORK/iperf-server.log" iperf3 -s -1 -B 127.0.0.1 -p "$IPERF_PORT"
+  wait_listen "$IPERF_PORT" 5 || { stop "$srv"; return 1; }
+  c0=$(cpu_ticks "${pids[@]}")
+  timeout $((SECS + 20)) iperf3 -c 127.0.0.1 -p "$public" -t "$SECS" -P "$streams" -J \
+    --connect-timeout 5000 >"$json" 2>"$WORK/iperf-client.err"
+  local rc=$?
+  c1=$(cpu_ticks "${pids[@]}")
+  stop "$srv"
+  ((rc == 0)) || { log "$col: iperf3 -P $streams failed: $(head -c 300 "$json" "$WORK/iperf-client.err" | tr '\n' ' ')"; return 1; }
+  local out
+  out=$(python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+if "error" in j:
+    sys.exit("iperf3: " + j["error"])
+d = j["end"]["sum_received"]
+print(d["bits_per_second"] / 1e9, d["bytes"])' "$json" 2>&1) ||
+    { log "$col: iperf3 -P $streams failed: $out"; record "iperf3 ${streams}× stream, Gbit/s ↑" "$col" fail; return 1; }
+  local gbps bytes
+  read -r gbps bytes <<<"$out"
+  record "iperf3 ${streams}× stream, Gbit/s ↑" "$col" "$gbps"
+  if ((${#pids[@]})) && [[ -n $c0 && -n $c1 ]]; then
+    record "CPU-s per GB, iperf3 ${streams}× ↓" "$col" \
+      "$(python3 -c "print(($c1 - $c0) / $CLK_TCK / ($bytes / 1e9))")"
+  fi
+}
+
+# An extra 1-stream iperf3 run under `perf record --call-graph dwarf` of the tunnel pids (not in
+# the table: perf itself costs CPU). Top symbols per process go to target/bench/perf-top.txt;
+# `perf report -i target/bench/perf.data` has the call graphs.
+profile_iperf() {
+  local col=$1 public=$2
+  shift 2
+  command -v perf >/dev/null || { log "perf not installed (apt-get install linux-perf)"; return 1; }
+  local pid_list srv prec pid procs=()
+  pid_list=$(IFS=,; echo "$*")
+  for pid in "$@"; do
+    procs+=("$(cat "/proc/$pid/comm")=$(ls "/proc/$pid/task" | paste -sd,)")
+  done
+  start srv "$WORK/iperf-server.log" iperf3 -s -1 -B 127.0.0.1 -p "$IPERF_PORT"
+  wait_listen "$IPERF_PORT" 5 || { stop "$srv"; return 1; }
+  start prec "$WORK/perf.log" perf record -F 499 --call-graph dwarf,16384 -p "$pid_list" \
+    -o "$OUTDIR/perf.data" -- sleep "$SECS"
+  timeout $((SECS + 20)) iperf3 -c 127.0.0.1 -p "$public" -t "$SECS" --connect-timeout 5000 \
+    >"$WORK/iperf-perf.txt" 2>&1
+  stop_wait "$prec"
+  stop "$srv"
+  {
+    echo "perf: $col, iperf3 1 stream, $(grep receiver "$WORK/iperf-perf.txt" | tr -s ' ')"
+    perf report -i "$OUTDIR/perf.data" --no-children -g none --sort pid,dso,symbol --stdio \
+      2>/dev/null | python3 -c '
+import collections, re, sys
+procs = {}
+for arg in sys.argv[1:]:
+    name, tids = arg.split("=")
+    procs.update({t: name for t in tids.split(",")})
+tot, per = collections.Counter(), collections.defaultdict(collections.Counter)
+for line in sys.stdin:
+    m = re.match(r"\s*([\d.]+)%\s+(\d+):\S+\s+(\S+)\s+\[.\]\s+(.*?)[\s-]*$", line)
+    if m:
+        name = procs.get(m[2], "other")
+        tot[name] += float(m[1])
+        per[name][f"{m[4]}  ({m[3]})"] += float(m[1])
+for name in sorted(per):
+    print(f"== {name}: {tot[name]:.1f}% of all samples")
+    for sym, pct in per[name].most_common(15):
+        print(f"  {pct:5.1f}%  {sym}")' "${procs[@]}"
+  } >"$OUTDIR/perf-top.txt"
+  log "perf profile of $col: $OUTDIR/perf.data; top symbols: $OUTDIR/perf-top.txt"
+}
+
+# redis-benchmark through PUBLIC: -c 1 latency, -c 64 throughput, -k 0 connection rate. A test
+# that fails or stalls (30 s) is marked "fail" and the next one still runs.
+redis_bench() { # col what args...
+  local col=$1 what=$2
+  shift 2
+  timeout 30 redis-benchmark -h 127.0.0.1 "$@" --csv 2>"$WORK/redis-bench.err" && return 0
+  log "$col: redis-benchmark $what failed (rc $?): $(tail -c 200 "$WORK/redis-bench.err")"
+  return 1
+}
+run_redis() {
+  local col=$1 public=$2 csv test rps avg min p50 p95 p99 max
+  if csv=$(redis_bench "$col" "-c 1" -p "$public" -t set,get -n "$LAT_N" -c 1 -r 1000); then
+    while IFS=, read -r test rps avg min p50 p95 p99 max; do
+      test=${test//\"/}
+      [[ $test == SET || $test == GET ]] || continue
+      record "redis -c 1 $test p50, µs ↓" "$col" "$(python3 -c "print(${p50//\"/} * 1000)")"
+      record "redis -c 1 $test p99, µs ↓" "$col" "$(python3 -c "print(${p99//\"/} * 1000)")"
+    done <<<"$csv"
+  else
+    record "redis -c 1 GET p50, µs ↓" "$col" fail
+  fi
+  if csv=$(redis_bench "$col" "-c 64" -p "$public" -t set,get -n "$RPS_N" -c 64 -r 1000); then
+    while IFS=, read -r test rps _; do
+      test=${test//\"/}
+      [[ $test == SET || $test == GET ]] || continue
+      record "redis -c 64 $test, req/s ↑" "$col" "${rps//\"/}"
+    done <<<"$csv"
+  else
+    record "redis -c 64 GET, req/s ↑" "$col" fail
+  fi
+  if csv=$(redis_bench "$col" "-k 0" -p "$public" -t get -n "$CONN_N" -c 16 -k 0); then
+    while IFS=, read -r test rps _; do
+      [[ ${test//\"/} == GET ]] && record "redis -k 0 (new conn per GET), conn/s ↑" "$col" "${rps//\"/}"
+    done <<<"$csv"
+  else
+    record "redis -k 0 (new conn per GET), conn/s ↑" "$col" fail
+  fi
+  return 0
+}
+
+# CONNS idle connections through PUBLIC to the holder's LOCAL: RSS of the tunnel pids per conn.
+run_hold() {
+  local col=$1 public=$2 local_port=$3
+  shift 3
+  local pids=("$@") holder r0 r1 ready="$WORK/hold.ready" i
+  rm -f "$ready"* "$WORK/hold.release"
+  start holder "$WORK/hold.log" python3 "$WORK/hold.py" "$public" "$local_port" "$CONNS" \
+    "$ready" "$WORK/hold.release"
+  for ((i = 0; i < 100; i++)); do [[ -e $ready.listening ]] && break; sleep 0.05; done
+  sleep 0.5
+  r0=$(rss_kib "${pids[@]}")
+  record "RSS idle tunnel, MiB ↓" "$col" "$(python3 -c "print($r0 / 1024)")"
+  : >"$ready.go"
+  for ((i = 0; i < 1200; i++)); do [[ -s $ready ]] && break; sleep 0.05; done
+  sleep 1
+  r1=$(rss_kib "${pids[@]}")
+  : >"$WORK/hold.release"
+  local opened failed
+  read -r opened failed _ <"$ready" 2>/dev/null || opened=0
+  log "$col: held $opened/$CONNS connections ($(cat "$ready" 2>/dev/null))"
+  stop "$holder"
+  local per="fail"
+  ((opened > 0)) && per=$(python3 -c "print(($r1 - $r0) / $opened)")
+  ((opened == CONNS)) || per="$per ($opened/$CONNS held)"
+  record "RSS per idle conn (${CONNS} held), KiB ↓" "$col" "$per"
+  sleep 0.5
+}
+
+# Waits until PUBLIC reaches redis end to end.
+wait_tunnel() {
+  local i
+  for ((i = 0; i < 150; i++)); do
+    [[ $(timeout 2 redis-cli -p "$1" ping 2>/dev/null) == PONG ]] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+measure_column() { # col perf tunnel-pids...
+  local col=$1 perf=$2
+  shift 2
+  COLUMNS_ORDER+=("$col")
+  run_hold "$col" "$HOLD_PUBLIC" "$HOLD_LOCAL" "$@"
+  run_iperf "$col" "$IPERF_PUBLIC" 1 "$@"
+  run_iperf "$col" "$IPERF_PUBLIC" 8 "$@"
+  run_redis "$col" "$REDIS_PUBLIC"
+  [[ $perf == 1 ]] && profile_iperf "$col" "$IPERF_PUBLIC" "$@"
+  return 0
+}
+
+new_ports() {
+  BIND_PORT=$(free_port)
+  IPERF_PUBLIC=$(free_port)
+  REDIS_PUBLIC=$(free_port)
+  HOLD_PUBLIC=$(free_port)
+  HOLD_LOCAL=$(free_port)
+}
+
+# ---- direct loopback: the clients talk to the services themselves.
+log "column: direct loopback"
+COLUMNS_ORDER+=("direct")
+HOLD_LOCAL=$(free_port)
+run_iperf direct "$IPERF_PORT" 1
+run_iperf direct "$IPERF_PORT" 8
+run_redis direct "$REDIS_PORT"
+
+# ---- frp-uring
+frp_column() { # name mux tls engine perf
+  local col=$1 mux=$2 tls=$3 engine=$4 perf=$5 frps frpc
+  new_ports
+  local dir=$WORK/$col
+  dir=${dir// /_}
+  mkdir -p "$dir"
+  cat >"$dir/frps.toml" <<EOF
+bindAddr = "127.0.0.1"
+bindPort = $BIND_PORT
+proxyBindAddr = "127.0.0.1"
+auth.token = "$TOKEN"
+transport.tcpMux = $mux
+log.level = "warn"
+
+[dataplane]
+engine = "$engine"
+EOF
+  cat >"$dir/frpc.toml" <<EOF
+serverAddr = "127.0.0.1"
+serverPort = $BIND_PORT
+auth.token = "$TOKEN"
+transport.tcpMux = $mux
+transport.tls.enable = $tls
+log.level = "warn"
+
+[dataplane]
+engine = "$engine"
+
+[[proxies]]
+name = "iperf"
+type = "tcp"
+localIP = "127.0.0.1"
+localPort = $IPERF_PORT
+remotePort = $IPERF_PUBLIC
+
+[[proxies]]
+name = "redis"
+type = "tcp"
+localIP = "127.0.0.1"
+localPort = $REDIS_PORT
+remotePort = $REDIS_PUBLIC
+
+[[proxies]]
+name = "hold"
+type = "tcp"
+localIP = "127.0.0.1"
+localPort = $HOLD_LOCAL
+remotePort = $HOLD_PUBLIC
+EOF
+  log "column: $col (tcpMux=$mux tls=$tls engine=$engine)"
+  start frps "$dir/frps.log" "$FRPS" -c "$dir/frps.toml"
+  wait_listen "$BIND_PORT" 5 || { log "$col: frps did not start: $(tail -3 "$dir/frps.log")"; }
+  start frpc "$dir/frpc.log" "$FRPC" -c "$dir/frpc.toml"
+  if wait_tunnel "$REDIS_PUBLIC"; then
+    measure_column "$col" "$perf" "$frps" "$frpc"
+  else
+    log "$col: tunnel did not come up; frps: $(tail -3 "$dir/frps.log"); frpc: $(tail -3 "$dir/frpc.log")"
+    COLUMNS_ORDER+=("$col")
+  fi
+  stop "$frpc" "$frps"
+}
+
+FRP_COLUMNS=()
+perf_once=${BENCH_PERF:-0}
+for engine in "${ENGINES[@]}"; do
+  suffix=""
+  ((${#ENGINES[@]} > 1)) && suffix=" [$engine]"
+  frp_column "frp-uring mux off$suffix" false false "$engine" 0
+  frp_column "frp-uring mux on$suffix" true false "$engine" "$perf_once"
+  perf_once=0
+  frp_column "frp-uring mux+TLS$suffix" true true "$engine" 0
+done
+
+# ---- rathole
+if [[ -x $RATHOLE ]]; then
+  new_ports
+  dir=$WORK/rathole
+  mkdir -p "$dir"
+  {
+    printf '[server]\nbind_addr = "127.0.0.1:%s"\n' "$BIND_PORT"
+    for svc in iperf:$IPERF_PUBLIC redis:$REDIS_PUBLIC hold:$HOLD_PUBLIC; do
+      printf '\n[server.services.%s]\ntoken = "%s"\nbind_addr = "127.0.0.1:%s"\n' \
+        "${svc%%:*}" "$TOKEN" "${svc#*:}"
+    done
+  } >"$dir/server.toml"
+  {
+    printf '[client]\nremote_addr = "127.0.0.1:%s"\n' "$BIND_PORT"
+    for svc in iperf:$IPERF_PORT redis:$REDIS_PORT hold:$HOLD_LOCAL; do
+      printf '\n[client.services.%s]\ntoken = "%s"\nlocal_addr = "127.0.0.1:%s"\n' \
+        "${svc%%:*}" "$TOKEN" "${svc#*:}"
+    done
+  } >"$dir/client.toml"
+  log "column: rathole ($("$RATHOLE" --version 2>/dev/null | grep -m1 "Build Version" | tr -s " "))"
+  start rs "$dir/server.log" env RUST_LOG=warn "$RATHOLE" -s "$dir/server.toml"
+  wait_listen "$BIND_PORT" 5
+  start rc "$dir/client.log" env RUST_LOG=warn "$RATHOLE" -c "$dir/client.toml"
+  if wait_tunnel "$REDIS_PUBLIC"; then
+    measure_column rathole 0 "$rs" "$rc"
+  else
+    RATHOLE_WHY="rathole tunnel did not come up: $(tail -3 "$dir/server.log" "$dir/client.log" | tr '\n' ' ')"
+    log "$RATHOLE_WHY"
+  fi
+  stop "$rc" "$rs"
+fi
+REF=rathole
+grep -q $'\trathole\t' "$RESULTS" || REF=direct
+
+# ------------------------------------------------------------------------------ the table
+python3 - "$RESULTS" "$REF" "$OUTDIR/results.md" "$RATHOLE_WHY" "${COLUMNS_ORDER[@]}" <<'EOF'
+import sys
+results, ref, out_md, why, *cols = sys.argv[1:]
+rows, vals = [], {}
+for line in open(results, encoding="utf-8"):
+    row, col, val = line.rstrip("\n").split("\t")
+    if row not in rows:
+        rows.append(row)
+    vals[(row, col)] = val
+order = [
+    "iperf3 1× stream, Gbit/s ↑", "iperf3 8× stream, Gbit/s ↑",
+    "CPU-s per GB, iperf3 1× ↓", "CPU-s per GB, iperf3 8× ↓",
+    "redis -c 1 GET p50, µs ↓", "redis -c 1 GET p99, µs ↓",
+    "redis -c 1 SET p50, µs ↓", "redis -c 1 SET p99, µs ↓",
+    "redis -c 64 GET, req/s ↑", "redis -c 64 SET, req/s ↑",
+    "redis -k 0 (new conn per GET), conn/s ↑",
+]
+rows = [r for r in order if r in rows] + sorted(
+    (r for r in rows if r not in order), key=lambda r: (not r.startswith("RSS idle"), r))
+
+def num(s):
+    try:
+        return float(s)
+    except (TypeError, ValueError):
+        return None
+
+def fmt(x):
+    a = abs(x)
+    if a >= 1000: return f"{x:,.0f}"
+    if a >= 100: return f"{x:.0f}"
+    if a >= 10: return f"{x:.1f}"
+    if a >= 1: return f"{x:.2f}"
+    return f"{x:.3f}"
+
+head = ["figure"] + cols
+lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+for row in rows:
+    cells = [row]
+    refv = num(vals.get((row, ref)))
+    for col in cols:
+        raw = vals.get((row, col))
+        v = num(raw)
+        if raw is None:
+            cells.append("—")
+        elif v is None:
+            cells.append(raw)
+        elif col.startswith("frp-uring") and refv:
+            cells.append(f"{fmt(v)} ({v / refv:.2f}×)")
+        else:
+            cells.append(fmt(v))
+    lines.append("| " + " | ".join(cells) + " |")
+notes = [
+    "",
+    f"Ratios: frp-uring ÷ {ref} (same run). ↑ higher is better, ↓ lower is better.",
+    "CPU-s per GB: utime+stime of both tunnel processes over the run ÷ bytes iperf3 received.",
+    "RSS: VmRSS of both tunnel processes; per idle conn = (held − idle) ÷ connections held.",
+]
+if why:
+    notes.append(f"No rathole column: {why}")
+table = "\n".join(lines + notes) + "\n"
+print(table)
+with open(out_md, "w", encoding="utf-8") as f:
+    f.write("# scripts/bench.sh results\n\n" + table)
+EOF
+log "table written to $OUTDIR/results.md"

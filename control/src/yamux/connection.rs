@@ -20,8 +20,6 @@ use super::{Config, Mode, YamuxError};
 /// Stop accepting stream writes while this much is already queued for the socket; the writers
 /// are told (`StreamWritable`) once the driver takes the queue.
 const TRANSMIT_HIGH_WATER: usize = 512 * 1024;
-/// A drained receive buffer bigger than this is freed rather than kept for reuse.
-const RECV_BUFFER_KEEP: usize = 256 * 1024;
 /// Largest Data frame we emit, so that streams sharing the socket interleave.
 const MAX_DATA_FRAME: usize = 64 * 1024;
 
@@ -387,6 +385,7 @@ impl Connection {
     /// [`Event::StreamReadable`].
     pub fn stream_read(&mut self, id: u32, buf: &mut [u8]) -> Result<Option<usize>, YamuxError> {
         let max_window = self.max_window;
+        let inflight = self.inflight(id);
         let Some(st) = self.streams.get_mut(&id) else {
             return Err(YamuxError::UnknownStream(id));
         };
@@ -397,11 +396,10 @@ impl Connection {
             let n = buf.len().min(st.recv_buf.len());
             buf[..n].copy_from_slice(&st.recv_buf[..n]);
             st.recv_buf.advance(n);
-            if st.recv_buf.is_empty() && st.recv_buf.capacity() > RECV_BUFFER_KEEP {
-                st.recv_buf = BytesMut::new();
-            }
+            // The buffer's capacity is kept while the stream is busy (regrowing it costs a copy
+            // per doubling); `shrink_buffers` frees it once the stream is idle.
             if self.closed.is_none() && !st.wire_done {
-                credit_window(&mut self.out, id, st, max_window);
+                credit_window(&mut self.out, id, st, max_window, inflight);
             }
             return Ok(Some(n));
         }
@@ -503,6 +501,7 @@ impl Connection {
     /// finishes too, its data is discarded and its window kept open, so it never blocks.
     pub fn stream_release(&mut self, id: u32) {
         let max_window = self.max_window;
+        let inflight = self.inflight(id);
         let closed = self.closed.is_some();
         let Some(st) = self.streams.get_mut(&id) else {
             return;
@@ -520,7 +519,7 @@ impl Connection {
             put_header(&mut self.out, TYPE_WINDOW_UPDATE, FLAG_FIN, id, 0);
         }
         st.recv_buf = BytesMut::new();
-        credit_window(&mut self.out, id, st, max_window);
+        credit_window(&mut self.out, id, st, max_window, inflight);
         if st.remote_fin {
             self.wire_done(id);
         }
@@ -757,10 +756,19 @@ impl Connection {
         self.events.push_back(Event::IncomingStream(id));
     }
 
+    /// Bytes of the Data frame being received for stream `id` that have not arrived yet.
+    fn inflight(&self, id: u32) -> u32 {
+        match &self.payload {
+            Some(p) if p.stream_id == id && !p.discard => p.remaining,
+            _ => 0,
+        }
+    }
+
     /// Payload bytes of the current Data frame for stream `id`.
     fn deliver(&mut self, id: u32, data: &[u8]) {
         let max_window = self.max_window;
         let done = self.payload.is_none();
+        let inflight = self.inflight(id);
         let Some(st) = self.streams.get_mut(&id) else {
             return;
         };
@@ -768,7 +776,7 @@ impl Connection {
             // Data riding on a RST frame: Go buffers it but its reads fail; drop it.
         } else if st.released {
             // Nobody will read it: consume and credit so the peer never stalls.
-            credit_window(&mut self.out, id, st, max_window);
+            credit_window(&mut self.out, id, st, max_window, inflight);
         } else {
             st.recv_buf.extend_from_slice(data);
             self.events.push_back(Event::StreamReadable(id));
@@ -781,9 +789,21 @@ impl Connection {
 
 /// Go's `sendWindowUpdate`: give back what the application consumed once it is at least half
 /// the maximum window.
-fn credit_window(out: &mut BytesMut, id: u32, st: &mut StreamState, max_window: u32) {
-    let buffered = st.recv_buf.len() as u32;
-    let delta = (max_window - buffered) - st.recv_window;
+///
+/// `inflight` is the part of the current Data frame for this stream that has not arrived yet:
+/// it was taken from `recv_window` when the frame header came, so it must not be credited
+/// again (a frame split across reads would otherwise over-credit the peer's window).
+fn credit_window(
+    out: &mut BytesMut,
+    id: u32,
+    st: &mut StreamState,
+    max_window: u32,
+    inflight: u32,
+) {
+    let used = (st.recv_buf.len() as u32).saturating_add(inflight);
+    let delta = max_window
+        .saturating_sub(used)
+        .saturating_sub(st.recv_window);
     if delta < max_window / 2 {
         return;
     }
@@ -880,6 +900,49 @@ mod tests {
         (0..len)
             .map(|i| (i as u32).wrapping_mul(2654435761).wrapping_add(seed) as u8 ^ (i >> 11) as u8)
             .collect()
+    }
+
+    /// Regression: a Data frame whose payload arrives in pieces, read by the application
+    /// between the pieces, must not be credited twice (the window accounting used to
+    /// underflow, and the peer was granted ~4 GiB of window and then overran us).
+    #[test]
+    fn partial_payloads_read_mid_frame_keep_the_window_exact() {
+        let cfg = no_keepalive();
+        let (mut c, mut s, _) = pair(&cfg, &cfg);
+        let mut rng = Rng(7);
+        let id = c.open_stream().unwrap().unwrap();
+        pump(&mut c, &mut s, &mut rng);
+        assert_eq!(s.accept_stream(), Some(id));
+        let data = pattern(3, 20 * MIB);
+        let (mut sent, mut got) = (0, Vec::new());
+        while got.len() < data.len() {
+            if sent < data.len() {
+                sent += c.stream_write(id, &data[sent..]).unwrap();
+            }
+            let wire = transmit(&mut c);
+            // Small pieces, and a short read after every piece: credits happen mid-frame
+            // while part of the buffer is still unread.
+            let mut small = vec![0u8; 1 + rng.below(1500)];
+            for piece in wire.chunks(1000 + rng.below(3000)) {
+                s.handle_input(piece).expect("no window violation");
+                if let Some(n) = s.stream_read(id, &mut small).unwrap() {
+                    got.extend_from_slice(&small[..n]);
+                }
+                let back = transmit(&mut s);
+                c.handle_input(&back).unwrap();
+                assert!(
+                    c.stream_send_window(id) <= cfg.max_stream_window,
+                    "peer granted more than the maximum window"
+                );
+            }
+            if wire.is_empty() {
+                // Sender blocked on the window or done: let the reader catch up.
+                read_available(&mut s, id, &mut got);
+                let back = transmit(&mut s);
+                c.handle_input(&back).unwrap();
+            }
+        }
+        assert!(got == data, "payload corrupted");
     }
 
     // ------------------------------------------------------------ byte-exact frames

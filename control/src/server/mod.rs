@@ -714,7 +714,7 @@ impl State {
             return;
         }
         if ctl.work_tx.try_send(conn).is_err() {
-            warn!("[{}] work connection pool is full, discarding", ctl.run_id);
+            debug!("[{}] work connection pool is full, discarding", ctl.run_id);
         }
     }
 }

@@ -2,6 +2,10 @@
 //! server upgrade, and [`WsStream`], which carries a byte stream in websocket messages the way
 //! golang.org/x/net/websocket does: every write is one **binary** frame (frp ≥ 0.70), and
 //! reads take the payload of binary *and* text frames (older frpc/frps send text) as bytes.
+//!
+//! A websocket has no half-close: shutting the write side down sends the Close frame, which
+//! ends both directions once the peer answers it. Go frp behaves the same (its `io.Join`
+//! closes both connections on the first EOF).
 
 use std::io;
 use std::pin::Pin;

@@ -16,7 +16,10 @@
 //!   *logical connections*.
 //! - [`layered`]: an async stream seen through a work connection's encryption/compression
 //!   layers (frps' HTTP vhost speaks HTTP through it).
-//! - [`msgconn`]: a logical connection that reads and writes frp messages, encrypted or not.
+//! - [`msgconn`]: a logical connection that reads and writes frp messages in wire protocol v1
+//!   or v2, encrypted or not.
+//! - [`handshake`]: the opening exchange of a logical connection on both sides: v1/v2
+//!   detection, the v2 Hello exchange, Login/LoginResp, switching the control channel's cipher.
 //! - [`log`]: frp-shaped log lines on the console or in a file.
 //! - [`server`]: the frps runtime. [`client`]: the frpc runtime.
 
@@ -24,6 +27,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod handshake;
 pub mod layered;
 pub mod log;
 pub mod msg;

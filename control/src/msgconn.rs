@@ -1,11 +1,26 @@
-//! A logical connection that carries frp messages: the v1 codec driven over any async byte
-//! stream, with the control channel's AES-128-CFB switched on after LoginResp (spec §4.1, §6.1).
+//! A logical connection that carries frp messages in either wire protocol (spec §3, §6):
+//!
+//! - **v1**: the golib codec (type byte, i64 length, JSON); the control channel switches to
+//!   AES-128-CFB after LoginResp (§4.1, §6.1).
+//! - **v2**: the 7-byte magic, then frames; message frames are written like Go writes them,
+//!   header and payload separately, so over the AEAD control channel (§6.2) every frame is two
+//!   records. [`MsgConn::accept`] detects the version from the first 7 bytes (frps);
+//!   [`MsgConn::client`] sends the magic before the first frame (frpc).
+//!
+//! Ciphers are plain [`Transform`]s, switched on with [`MsgConn::enable_encryption`] (v1 CFB)
+//! or [`MsgConn::enable_transforms`] (any pair, e.g. the v2 AEAD streams).
+
+use std::time::Duration;
 
 use dataplane::Transform;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::crypto::{CfbDecryptor, CfbEncryptor, CryptoKey};
 use crate::msg::{CodecError, Message, V1Decoder, encode_v1_into};
+use crate::wire_v2::{
+    self, FRAME_MESSAGE, Frame, MAGIC, V2Decoder, WireError, WireVersion, encode_v2_message_parts,
+    frame_header,
+};
 
 /// Reading or writing a message failed.
 #[derive(Debug, thiserror::Error)]
@@ -16,39 +31,132 @@ pub enum MsgError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Codec(#[from] CodecError),
+    #[error("{0}")]
+    Wire(#[from] WireError),
     #[error("decrypt: {0}")]
     Transform(#[from] dataplane::TransformError),
     #[error("read timeout")]
     Timeout,
+    #[error("v2 frame operation on a v1 connection")]
+    NotV2,
 }
 
 const READ_CHUNK: usize = 16 * 1024;
 
-/// The reading half: raw bytes → (decrypt) → v1 decoder → messages.
+/// A boxed cipher stage (CFB, AEAD).
+pub type Cipher = Box<dyn Transform>;
+
+/// The version-specific decoder.
+enum Decoder {
+    V1(V1Decoder),
+    V2(V2Decoder),
+}
+
+impl Decoder {
+    fn new(version: WireVersion) -> Decoder {
+        match version {
+            WireVersion::V1 => Decoder::V1(V1Decoder::new()),
+            WireVersion::V2 => Decoder::V2(V2Decoder::new()),
+        }
+    }
+    fn version(&self) -> WireVersion {
+        match self {
+            Decoder::V1(_) => WireVersion::V1,
+            Decoder::V2(_) => WireVersion::V2,
+        }
+    }
+    fn feed(&mut self, b: &[u8]) {
+        match self {
+            Decoder::V1(d) => d.feed(b),
+            Decoder::V2(d) => d.feed(b),
+        }
+    }
+    fn next_message(&mut self) -> Result<Option<Message>, MsgError> {
+        Ok(match self {
+            Decoder::V1(d) => d.next_message()?,
+            Decoder::V2(d) => d.next_message()?,
+        })
+    }
+    fn take_remaining(&mut self) -> Vec<u8> {
+        match self {
+            Decoder::V1(d) => d.take_remaining(),
+            Decoder::V2(d) => d.take_remaining(),
+        }
+    }
+    fn buffered(&self) -> usize {
+        match self {
+            Decoder::V1(d) => d.buffered(),
+            Decoder::V2(d) => d.buffered(),
+        }
+    }
+}
+
+/// The reading half: raw bytes → (decrypt) → v1 or v2 decoder → messages.
 pub struct MsgReader<R> {
     io: R,
-    dec: V1Decoder,
-    decrypt: Option<CfbDecryptor>,
+    dec: Decoder,
+    decrypt: Option<Cipher>,
     raw: Vec<u8>,
     plain: Vec<u8>,
 }
 
 impl<R: AsyncRead + Unpin> MsgReader<R> {
+    /// A v1 reader.
     pub fn new(io: R) -> Self {
+        Self::with_version(io, WireVersion::V1)
+    }
+
+    /// A reader for bytes after the preamble of a `version` connection.
+    pub fn with_version(io: R, version: WireVersion) -> Self {
         MsgReader {
             io,
-            dec: V1Decoder::new(),
+            dec: Decoder::new(version),
             decrypt: None,
             raw: Vec::new(),
             plain: Vec::new(),
         }
     }
 
-    /// From now on, bytes read are decrypted (the peer's IV comes first). Bytes already read
-    /// past the last message (a peer that did not wait for LoginResp) are ciphertext too and
-    /// are decrypted now.
+    /// frps' detection (spec §2.5): reads until 7 bytes are in; the v2 magic is consumed,
+    /// anything else is kept and decoded as v1.
+    pub async fn detect(mut io: R) -> Result<(Self, WireVersion), MsgError> {
+        let mut head = Vec::with_capacity(READ_CHUNK);
+        let mut buf = vec![0u8; READ_CHUNK];
+        while head.len() < MAGIC.len() {
+            let n = io.read(&mut buf).await?;
+            if n == 0 {
+                return Err(if head.is_empty() {
+                    MsgError::Closed
+                } else {
+                    MsgError::Io(std::io::ErrorKind::UnexpectedEof.into())
+                });
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let version = if wire_v2::detect_magic(&head) == Some(true) {
+            head.drain(..MAGIC.len());
+            WireVersion::V2
+        } else {
+            WireVersion::V1
+        };
+        let mut r = Self::with_version(io, version);
+        r.dec.feed(&head);
+        r.raw = buf;
+        Ok((r, version))
+    }
+
+    pub fn version(&self) -> WireVersion {
+        self.dec.version()
+    }
+
+    /// From now on, bytes read are decrypted with AES-128-CFB (the peer's IV comes first).
     pub fn enable_decryption(&mut self, key: &CryptoKey) -> Result<(), MsgError> {
-        let mut d = CfbDecryptor::new(key);
+        self.enable_inbound(Box::new(CfbDecryptor::new(key)))
+    }
+
+    /// From now on, bytes read go through `d`. Bytes already read past the last message (a
+    /// peer that did not wait for LoginResp) are ciphertext too and are decrypted now.
+    pub fn enable_inbound(&mut self, mut d: Cipher) -> Result<(), MsgError> {
         let pending = self.dec.take_remaining();
         if !pending.is_empty() {
             self.plain.clear();
@@ -59,31 +167,50 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
         Ok(())
     }
 
+    /// Reads more bytes into the decoder. `MsgError::Closed` on EOF with nothing buffered.
+    async fn fill(&mut self) -> Result<(), MsgError> {
+        if self.raw.len() < READ_CHUNK {
+            self.raw.resize(READ_CHUNK, 0);
+        }
+        let n = self.io.read(&mut self.raw).await?;
+        if n == 0 {
+            return Err(if self.dec.buffered() == 0 {
+                MsgError::Closed
+            } else {
+                MsgError::Io(std::io::ErrorKind::UnexpectedEof.into())
+            });
+        }
+        match &mut self.decrypt {
+            None => self.dec.feed(&self.raw[..n]),
+            Some(d) => {
+                self.plain.clear();
+                d.transform(&self.raw[..n], &mut self.plain)?;
+                self.dec.feed(&self.plain);
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the next message. `MsgError::Closed` on a clean EOF between messages.
     pub async fn read_msg(&mut self) -> Result<Message, MsgError> {
         loop {
             if let Some(m) = self.dec.next_message()? {
                 return Ok(m);
             }
-            if self.raw.len() < READ_CHUNK {
-                self.raw.resize(READ_CHUNK, 0);
+            self.fill().await?;
+        }
+    }
+
+    /// Reads the next v2 frame of any type (Hello frames).
+    pub async fn read_frame(&mut self) -> Result<Frame, MsgError> {
+        loop {
+            let Decoder::V2(d) = &mut self.dec else {
+                return Err(MsgError::NotV2);
+            };
+            if let Some(f) = d.next_frame()? {
+                return Ok(f);
             }
-            let n = self.io.read(&mut self.raw).await?;
-            if n == 0 {
-                return Err(if self.dec.buffered() == 0 {
-                    MsgError::Closed
-                } else {
-                    MsgError::Io(std::io::ErrorKind::UnexpectedEof.into())
-                });
-            }
-            match &mut self.decrypt {
-                None => self.dec.feed(&self.raw[..n]),
-                Some(d) => {
-                    self.plain.clear();
-                    d.transform(&self.raw[..n], &mut self.plain)?;
-                    self.dec.feed(&self.plain);
-                }
-            }
+            self.fill().await?;
         }
     }
 
@@ -95,41 +222,112 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
     }
 }
 
-/// The writing half: message → v1 frame → (encrypt) → one write.
-pub struct MsgWriter<W> {
-    io: W,
-    encrypt: Option<CfbEncryptor>,
+/// Turns messages and frames into wire bytes: framing, the v2 magic on the first write of a
+/// client connection, and the optional cipher.
+struct Encoder {
+    version: WireVersion,
+    magic_pending: bool,
+    encrypt: Option<Cipher>,
     frame: Vec<u8>,
     wire: Vec<u8>,
 }
 
-impl<W: AsyncWrite + Unpin> MsgWriter<W> {
-    pub fn new(io: W) -> Self {
-        MsgWriter {
-            io,
+impl Encoder {
+    fn new(version: WireVersion, send_magic: bool) -> Encoder {
+        Encoder {
+            version,
+            magic_pending: send_magic && version == WireVersion::V2,
             encrypt: None,
             frame: Vec::new(),
             wire: Vec::new(),
         }
     }
 
-    /// From now on, bytes written are encrypted (our IV goes out with the first message).
-    pub fn enable_encryption(&mut self, key: &CryptoKey) {
-        self.encrypt = Some(CfbEncryptor::new(key));
+    fn start(&mut self) {
+        self.wire.clear();
+        if self.magic_pending {
+            // The magic precedes everything, in the clear.
+            self.wire.extend_from_slice(&MAGIC);
+            self.magic_pending = false;
+        }
     }
 
-    /// Writes one message (one write call, as Go does) and flushes.
-    pub async fn write_msg(&mut self, msg: &Message) -> Result<(), MsgError> {
-        self.frame.clear();
-        encode_v1_into(msg, &mut self.frame);
+    /// Appends one write's worth of bytes (one AEAD record when encrypting).
+    fn push(&mut self, part: &[u8]) -> Result<(), MsgError> {
         match &mut self.encrypt {
-            None => self.io.write_all(&self.frame).await?,
-            Some(e) => {
-                self.wire.clear();
-                e.transform(&self.frame, &mut self.wire)?;
-                self.io.write_all(&self.wire).await?;
+            None => self.wire.extend_from_slice(part),
+            Some(e) => e.transform(part, &mut self.wire)?,
+        }
+        Ok(())
+    }
+
+    fn encode_msg(&mut self, msg: &Message) -> Result<&[u8], MsgError> {
+        match self.version {
+            WireVersion::V1 => {
+                self.frame.clear();
+                encode_v1_into(msg, &mut self.frame);
+                self.start();
+                let frame = std::mem::take(&mut self.frame);
+                let r = self.push(&frame);
+                self.frame = frame;
+                r?;
+            }
+            WireVersion::V2 => {
+                let (header, payload) = encode_v2_message_parts(msg)?;
+                self.start();
+                self.push(&header)?;
+                self.push(&payload)?;
             }
         }
+        Ok(&self.wire)
+    }
+
+    fn encode_frame(&mut self, frame_type: u16, payload: &[u8]) -> Result<&[u8], MsgError> {
+        if self.version != WireVersion::V2 {
+            return Err(MsgError::NotV2);
+        }
+        debug_assert_ne!(frame_type, FRAME_MESSAGE, "use write_msg for messages");
+        let header = frame_header(frame_type, payload.len())?;
+        self.start();
+        self.push(&header)?;
+        self.push(payload)?;
+        Ok(&self.wire)
+    }
+}
+
+/// The writing half: message → v1 or v2 frame → (encrypt) → one write.
+pub struct MsgWriter<W> {
+    io: W,
+    enc: Encoder,
+}
+
+impl<W: AsyncWrite + Unpin> MsgWriter<W> {
+    /// A v1 writer.
+    pub fn new(io: W) -> Self {
+        Self::with_version(io, WireVersion::V1)
+    }
+
+    /// A writer framing in `version` (no magic: for connections whose preamble is done).
+    pub fn with_version(io: W, version: WireVersion) -> Self {
+        MsgWriter {
+            io,
+            enc: Encoder::new(version, false),
+        }
+    }
+
+    pub fn version(&self) -> WireVersion {
+        self.enc.version
+    }
+
+    /// From now on, bytes written are AES-128-CFB encrypted (our IV goes out first).
+    pub fn enable_encryption(&mut self, key: &CryptoKey) {
+        self.enc.encrypt = Some(Box::new(CfbEncryptor::new(key)));
+    }
+
+    /// Writes one message (one write call) and flushes.
+    pub async fn write_msg(&mut self, msg: &Message) -> Result<(), MsgError> {
+        let wire = self.enc.encode_msg(msg)?;
+        self.io.write_all(wire).await?;
         self.io.flush().await?;
         Ok(())
     }
@@ -148,20 +346,50 @@ impl<W: AsyncWrite + Unpin> MsgWriter<W> {
 /// Both halves over one stream, for handshakes; [`MsgConn::split`] for long-lived loops.
 pub struct MsgConn<S> {
     reader: MsgReader<S>,
-    writer: MsgWriter<()>,
+    enc: Encoder,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
+    /// A v1 connection.
     pub fn new(io: S) -> Self {
+        Self::with_version(io, WireVersion::V1)
+    }
+
+    /// A connection framing in `version` whose preamble (if any) is already done: frps' side,
+    /// e.g. writing StartWorkConn on a parked work connection.
+    pub fn with_version(io: S, version: WireVersion) -> Self {
         MsgConn {
-            reader: MsgReader::new(io),
-            writer: MsgWriter {
-                io: (),
-                encrypt: None,
-                frame: Vec::new(),
-                wire: Vec::new(),
-            },
+            reader: MsgReader::with_version(io, version),
+            enc: Encoder::new(version, false),
         }
+    }
+
+    /// frpc's side of a new logical connection: with v2 the magic goes out in front of the
+    /// first frame written.
+    pub fn client(io: S, version: WireVersion) -> Self {
+        MsgConn {
+            reader: MsgReader::with_version(io, version),
+            enc: Encoder::new(version, true),
+        }
+    }
+
+    /// frps' side of a new logical connection: detects the wire version from the first 7
+    /// bytes (spec §2.5), within `deadline`.
+    pub async fn accept(io: S, deadline: Duration) -> Result<(Self, WireVersion), MsgError> {
+        let (reader, version) = tokio::time::timeout(deadline, MsgReader::detect(io))
+            .await
+            .map_err(|_| MsgError::Timeout)??;
+        Ok((
+            MsgConn {
+                reader,
+                enc: Encoder::new(version, false),
+            },
+            version,
+        ))
+    }
+
+    pub fn version(&self) -> WireVersion {
+        self.enc.version
     }
 
     pub async fn read_msg(&mut self) -> Result<Message, MsgError> {
@@ -169,33 +397,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
     }
 
     /// Reads one message with a deadline.
-    pub async fn read_msg_timeout(&mut self, t: std::time::Duration) -> Result<Message, MsgError> {
+    pub async fn read_msg_timeout(&mut self, t: Duration) -> Result<Message, MsgError> {
         match tokio::time::timeout(t, self.reader.read_msg()).await {
             Ok(r) => r,
             Err(_) => Err(MsgError::Timeout),
         }
     }
 
+    /// Reads one v2 frame of any type (the Hello exchange).
+    pub async fn read_frame(&mut self) -> Result<Frame, MsgError> {
+        self.reader.read_frame().await
+    }
+
     pub async fn write_msg(&mut self, msg: &Message) -> Result<(), MsgError> {
-        self.writer.frame.clear();
-        encode_v1_into(msg, &mut self.writer.frame);
+        let wire = self.enc.encode_msg(msg)?;
         let io = &mut self.reader.io;
-        match &mut self.writer.encrypt {
-            None => io.write_all(&self.writer.frame).await?,
-            Some(e) => {
-                self.writer.wire.clear();
-                e.transform(&self.writer.frame, &mut self.writer.wire)?;
-                io.write_all(&self.writer.wire).await?;
-            }
-        }
+        io.write_all(wire).await?;
         io.flush().await?;
         Ok(())
     }
 
-    /// Switches both directions to AES-128-CFB (after LoginResp).
+    /// Writes one non-message v2 frame (ClientHello, ServerHello).
+    pub async fn write_frame(&mut self, frame_type: u16, payload: &[u8]) -> Result<(), MsgError> {
+        let wire = self.enc.encode_frame(frame_type, payload)?;
+        let io = &mut self.reader.io;
+        io.write_all(wire).await?;
+        io.flush().await?;
+        Ok(())
+    }
+
+    /// Switches both directions to AES-128-CFB (v1, after LoginResp).
     pub fn enable_encryption(&mut self, key: &CryptoKey) -> Result<(), MsgError> {
-        self.reader.enable_decryption(key)?;
-        self.writer.encrypt = Some(CfbEncryptor::new(key));
+        self.enable_transforms(
+            Box::new(CfbDecryptor::new(key)),
+            Box::new(CfbEncryptor::new(key)),
+        )
+    }
+
+    /// Switches both directions to the given ciphers (v2: the AEAD streams of
+    /// [`crate::wire_v2::ControlKeys`]).
+    pub fn enable_transforms(&mut self, inbound: Cipher, outbound: Cipher) -> Result<(), MsgError> {
+        self.reader.enable_inbound(inbound)?;
+        self.enc.encrypt = Some(outbound);
         Ok(())
     }
 
@@ -224,9 +467,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
             },
             MsgWriter {
                 io: w,
-                encrypt: self.writer.encrypt,
-                frame: Vec::new(),
-                wire: Vec::new(),
+                enc: self.enc,
             },
         )
     }
@@ -266,6 +507,34 @@ mod tests {
             rb.read_msg().await.unwrap(),
             Message::ReqWorkConn(ReqWorkConn {})
         );
+    }
+
+    /// Like Go, a v2 frame over AEAD is two records (header, payload); the magic of a client
+    /// connection goes out once, in the clear, in front of the first frame.
+    #[tokio::test]
+    async fn v2_frames_are_two_aead_records_after_the_magic() {
+        use crate::crypto::aead::{AeadAlgorithm, AeadReader, AeadWriter};
+        let key = [7u8; 32];
+        let (a, mut b) = tokio::io::duplex(4096);
+        let mut ca = MsgConn::client(a, WireVersion::V2);
+        let w = AeadWriter::with_stream_nonce(AeadAlgorithm::Aes256Gcm, &key, &[0; 12]).unwrap();
+        let r = AeadReader::new(AeadAlgorithm::Aes256Gcm, &key);
+        ca.enable_transforms(Box::new(r), Box::new(w)).unwrap();
+        ca.write_msg(&Ping::default().into()).await.unwrap();
+        let mut wire = vec![0u8; 7 + 12 + (4 + 8 + 16) + (4 + 4 + 16)];
+        b.read_exact(&mut wire).await.unwrap();
+        assert_eq!(&wire[..7], &MAGIC);
+        assert_eq!(&wire[19..23], &[0, 0, 0, 24], "header record: 8 + tag");
+        assert_eq!(&wire[47..51], &[0, 0, 0, 20], "payload record: 4 + tag");
+        let mut r = AeadReader::new(AeadAlgorithm::Aes256Gcm, &key);
+        let mut plain = Vec::new();
+        r.transform(&wire[7..], &mut plain).unwrap();
+        assert_eq!(hex::encode(plain), "0010000000000004000b7b7d");
+        // A second message: no second magic.
+        ca.write_msg(&Ping::default().into()).await.unwrap();
+        let mut more = vec![0u8; (4 + 8 + 16) + (4 + 4 + 16)];
+        b.read_exact(&mut more).await.unwrap();
+        assert_eq!(&more[..4], &[0, 0, 0, 24]);
     }
 
     #[tokio::test]

@@ -1,20 +1,30 @@
 //! From sockets to *logical connections* (spec §2): frpc dials frps (TCP, the optional 0x17
 //! byte, TLS, yamux), frps classifies what arrives on `bindPort` (sniffing, TLS detection).
 //! Everything above this module sees a [`Conn`]: one control, work or visitor connection.
+//!
+//! Transports: `tcp`, `websocket` and `wss` (client), plain/TLS/websocket on `bindPort`
+//! (server; [`websocket`]); frpc may reach frps through an HTTP CONNECT or SOCKS5 proxy
+//! ([`proxy`]) and from a chosen local address. QUIC and KCP are not implemented: frpc refuses
+//! them at start-up, frps ignores `quicBindPort`/`kcpBindPort` with a warning.
+
+pub mod proxy;
+pub mod websocket;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use dataplane::{AsyncStream, Endpoint};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
 
+use crate::config::ClientConfig;
 use crate::tls::{FRP_TLS_HEAD_BYTE, TLS_RECORD_BYTE};
 use crate::yamux;
+use proxy::ProxyUrl;
 
 /// One logical connection: a bare TCP socket (the data plane may splice it) or any other
 /// stream (TLS, a yamux stream).
@@ -80,14 +90,33 @@ pub fn tune_tcp(s: &TcpStream, keepalive_secs: i64) {
 // ---------------------------------------------------------------------------------------------
 // frpc side
 
+/// `transport.protocol` values frpc can dial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// TCP → [0x17] → [TLS].
+    Tcp,
+    /// TCP → websocket → [0x17] → [TLS].
+    Websocket,
+    /// TCP → TLS (always, no custom byte) → websocket.
+    Wss,
+}
+
 /// How frpc reaches frps, from `serverAddr`, `serverPort` and `transport.*`.
 #[derive(Clone)]
 pub struct DialConfig {
     pub server_addr: String,
     pub server_port: u16,
+    pub protocol: Protocol,
+    /// The websocket Host header (and Origin host): `serverAddr:serverPort` for websocket,
+    /// the TLS server name for wss (Go's choice).
+    pub ws_host: String,
+    /// `transport.proxyURL`.
+    pub proxy: Option<ProxyUrl>,
+    /// `transport.connectServerLocalIP`.
+    pub local_ip: Option<IpAddr>,
     pub dial_timeout: Duration,
     pub keepalive_secs: i64,
-    /// TLS connector and the name to present, when `transport.tls.enable`.
+    /// TLS connector and the name to present, when `transport.tls.enable` (always for wss).
     pub tls: Option<(
         tokio_rustls::TlsConnector,
         rustls::pki_types::ServerName<'static>,
@@ -110,9 +139,87 @@ pub enum DialError {
     Tls { addr: String, source: io::Error },
     #[error("open yamux stream: {0}")]
     Mux(String),
+    #[error("dial {addr} through proxy {proxy}: {source}")]
+    Proxy {
+        addr: String,
+        proxy: String,
+        source: io::Error,
+    },
+    #[error("websocket connection to {addr}: {source}")]
+    Websocket { addr: String, source: io::Error },
+}
+
+/// frpc's transport settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(
+        "transport.protocol = \"{0}\" is not supported by this frpc build (use tcp, websocket or wss)"
+    )]
+    UnsupportedProtocol(String),
+    #[error("{0}")]
+    ProxyUrl(#[from] proxy::ProxyUrlError),
+    #[error("invalid transport.connectServerLocalIP [{0}]: want an IP address")]
+    LocalIp(String),
 }
 
 impl DialConfig {
+    /// The dialing side of frpc's config: transport protocol, TLS, proxy, local address.
+    pub fn from_client_config(cfg: &ClientConfig) -> Result<DialConfig, SetupError> {
+        let t = &cfg.transport;
+        let protocol = match t.protocol.as_str() {
+            "" | "tcp" => Protocol::Tcp,
+            "websocket" => Protocol::Websocket,
+            "wss" => Protocol::Wss,
+            other => return Err(SetupError::UnsupportedProtocol(other.to_string())),
+        };
+        let server_name = if t.tls.server_name.is_empty() {
+            cfg.server_addr.clone()
+        } else {
+            t.tls.server_name.clone()
+        };
+        let tls = if t.tls.enable || protocol == Protocol::Wss {
+            let cc = crate::tls::client_config(
+                &t.tls.cert_file,
+                &t.tls.key_file,
+                &t.tls.trusted_ca_file,
+            )?;
+            Some((
+                tokio_rustls::TlsConnector::from(cc),
+                crate::tls::server_name(&server_name)?,
+            ))
+        } else {
+            None
+        };
+        let local_ip = match t.connect_server_local_ip.as_str() {
+            "" => None,
+            ip => Some(
+                ip.parse::<IpAddr>()
+                    .map_err(|_| SetupError::LocalIp(ip.to_string()))?,
+            ),
+        };
+        let mut d = DialConfig {
+            server_addr: cfg.server_addr.clone(),
+            server_port: cfg.server_port,
+            protocol,
+            ws_host: String::new(),
+            proxy: ProxyUrl::parse(&t.proxy_url)?,
+            local_ip,
+            dial_timeout: Duration::from_secs(t.dial_server_timeout.max(1) as u64),
+            keepalive_secs: t.dial_server_keepalive,
+            tls,
+            custom_tls_first_byte: !t.tls.disable_custom_tls_first_byte,
+            tcp_mux: t.tcp_mux,
+            tcp_mux_keepalive_secs: t.tcp_mux_keepalive_interval,
+        };
+        d.ws_host = match protocol {
+            Protocol::Wss => server_name,
+            _ => d.addr(),
+        };
+        Ok(d)
+    }
+
     fn addr(&self) -> String {
         if self.server_addr.contains(':') && !self.server_addr.starts_with('[') {
             format!("[{}]:{}", self.server_addr, self.server_port)
@@ -121,32 +228,121 @@ impl DialConfig {
         }
     }
 
-    /// One new transport connection: TCP, then the optional first byte and TLS.
-    pub async fn dial(&self) -> Result<Conn, DialError> {
+    /// A TCP connection to `addr` (from `connectServerLocalIP` when set).
+    async fn connect_tcp(&self, addr: &str) -> io::Result<TcpStream> {
+        let Some(local) = self.local_ip else {
+            return TcpStream::connect(addr).await;
+        };
+        let mut last = io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!(
+                "no {} address for {addr}",
+                if local.is_ipv4() { "IPv4" } else { "IPv6" }
+            ),
+        );
+        for remote in tokio::net::lookup_host(addr).await? {
+            if remote.is_ipv4() != local.is_ipv4() {
+                continue;
+            }
+            let sock = if local.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            sock.bind(SocketAddr::new(local, 0)).map_err(|e| {
+                io::Error::new(e.kind(), format!("bind connectServerLocalIP {local}: {e}"))
+            })?;
+            match sock.connect(remote).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// TCP to frps, or to the proxy and through it to frps.
+    async fn dial_tcp(&self) -> Result<TcpStream, DialError> {
         let addr = self.addr();
-        let tcp = match tokio::time::timeout(self.dial_timeout, TcpStream::connect(&addr)).await {
-            Err(_) => return Err(DialError::Timeout(addr)),
-            Ok(Err(e)) => return Err(DialError::Connect { addr, source: e }),
-            Ok(Ok(s)) => s,
+        let Some(proxy) = &self.proxy else {
+            let tcp = match tokio::time::timeout(self.dial_timeout, self.connect_tcp(&addr)).await {
+                Err(_) => return Err(DialError::Timeout(addr)),
+                Ok(Err(e)) => return Err(DialError::Connect { addr, source: e }),
+                Ok(Ok(s)) => s,
+            };
+            return Ok(tcp);
         };
-        tune_tcp(&tcp, self.keepalive_secs);
+        let via = async {
+            let tcp = self.connect_tcp(&proxy.addr).await?;
+            tune_tcp(&tcp, self.keepalive_secs);
+            proxy.tunnel(tcp, &self.server_addr, self.server_port).await
+        };
+        match tokio::time::timeout(self.dial_timeout, via).await {
+            Err(_) => Err(DialError::Timeout(addr)),
+            Ok(Err(e)) => Err(DialError::Proxy {
+                addr,
+                proxy: proxy.addr.clone(),
+                source: e,
+            }),
+            Ok(Ok(s)) => Ok(s),
+        }
+    }
+
+    /// The optional 0x17 byte and the TLS client handshake over `io`.
+    async fn tls_over<S: AsyncStream>(
+        &self,
+        mut io: S,
+        custom_byte: bool,
+    ) -> Result<Conn, DialError> {
+        let addr = self.addr();
         let Some((connector, name)) = &self.tls else {
-            return Ok(Conn::Tcp(tcp));
+            return Ok(Conn::Boxed(Box::new(io)));
         };
-        let mut tcp = tcp;
-        if self.custom_tls_first_byte {
-            tcp.write_all(&[FRP_TLS_HEAD_BYTE])
+        if custom_byte {
+            io.write_all(&[FRP_TLS_HEAD_BYTE])
                 .await
                 .map_err(|e| DialError::Tls {
                     addr: addr.clone(),
                     source: e,
                 })?;
         }
-        let tls = tokio::time::timeout(self.dial_timeout, connector.connect(name.clone(), tcp))
+        let tls = tokio::time::timeout(self.dial_timeout, connector.connect(name.clone(), io))
             .await
             .map_err(|_| DialError::Timeout(addr.clone()))?
             .map_err(|e| DialError::Tls { addr, source: e })?;
         Ok(Conn::Boxed(Box::new(tls)))
+    }
+
+    async fn websocket_over<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: S,
+    ) -> Result<websocket::WsStream<S>, DialError> {
+        let addr = self.addr();
+        match tokio::time::timeout(self.dial_timeout, websocket::connect(io, &self.ws_host)).await {
+            Err(_) => Err(DialError::Timeout(addr)),
+            Ok(Err(e)) => Err(DialError::Websocket { addr, source: e }),
+            Ok(Ok(ws)) => Ok(ws),
+        }
+    }
+
+    /// One new transport connection, by `transport.protocol`: TCP (through the proxy, if
+    /// any), then the websocket / first byte / TLS layers (spec §2.1).
+    pub async fn dial(&self) -> Result<Conn, DialError> {
+        let tcp = self.dial_tcp().await?;
+        tune_tcp(&tcp, self.keepalive_secs);
+        match self.protocol {
+            Protocol::Tcp if self.tls.is_none() => Ok(Conn::Tcp(tcp)),
+            Protocol::Tcp => self.tls_over(tcp, self.custom_tls_first_byte).await,
+            Protocol::Websocket => {
+                let ws = self.websocket_over(tcp).await?;
+                self.tls_over(ws, self.custom_tls_first_byte).await
+            }
+            Protocol::Wss => {
+                let Conn::Boxed(tls) = self.tls_over(tcp, false).await? else {
+                    unreachable!("wss always has TLS");
+                };
+                Ok(Conn::Boxed(Box::new(self.websocket_over(tls).await?)))
+            }
+        }
     }
 
     /// Connects to frps: with tcpMux one session whose streams are the logical connections,
@@ -155,7 +351,7 @@ impl DialConfig {
     pub async fn connect(&self) -> Result<(Connector, Conn), DialError> {
         let first = self.dial().await?;
         if !self.tcp_mux {
-            return Ok((Connector::Direct(self.clone()), first));
+            return Ok((Connector::Direct(Arc::new(self.clone())), first));
         }
         let (session, mut incoming) = yamux::session(
             first,
@@ -176,7 +372,7 @@ impl DialConfig {
 #[derive(Clone)]
 pub enum Connector {
     Mux(yamux::Session),
-    Direct(DialConfig),
+    Direct(Arc<DialConfig>),
 }
 
 impl Connector {
@@ -271,8 +467,8 @@ pub enum AcceptError {
     TlsRequired,
     #[error("tls handshake: {0}")]
     Tls(io::Error),
-    #[error("websocket transport is not supported by this frps build yet")]
-    Websocket,
+    #[error("websocket: {0}")]
+    Websocket(io::Error),
 }
 
 /// Sniffs and, where needed, completes TLS on an accepted `bindPort` connection.
@@ -282,7 +478,13 @@ pub async fn accept_transport(
     deadline: Duration,
 ) -> Result<Conn, AcceptError> {
     match sniff(&tcp, deadline).await.map_err(AcceptError::Sniff)? {
-        Sniffed::Websocket => Err(AcceptError::Websocket),
+        Sniffed::Websocket => {
+            let ws = tokio::time::timeout(deadline, websocket::accept(tcp))
+                .await
+                .map_err(|_| AcceptError::Websocket(io::ErrorKind::TimedOut.into()))?
+                .map_err(AcceptError::Websocket)?;
+            detect_tls(ws, tls, deadline).await
+        }
         Sniffed::Plain if tls.force => Err(AcceptError::TlsRequired),
         Sniffed::Plain => Ok(Conn::Tcp(tcp)),
         Sniffed::Tls { custom_byte } => {
@@ -299,6 +501,43 @@ pub async fn accept_transport(
             Ok(Conn::Boxed(Box::new(s)))
         }
     }
+}
+
+/// TLS detection on a stream that cannot be peeked (a websocket): reads the first byte and
+/// puts it back unless it is frp's 0x17 (spec §2.3).
+async fn detect_tls<S: AsyncStream>(
+    mut io: S,
+    tls: &ServerTls,
+    deadline: Duration,
+) -> Result<Conn, AcceptError> {
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(deadline, io.read_exact(&mut b)).await {
+        Err(_) => {
+            return Err(AcceptError::Sniff(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no data within 10s",
+            )));
+        }
+        Ok(Err(e)) => return Err(AcceptError::Sniff(e)),
+        Ok(Ok(_)) => {}
+    }
+    let (is_tls, replay) = match b[0] {
+        FRP_TLS_HEAD_BYTE => (true, Vec::new()),
+        TLS_RECORD_BYTE => (true, vec![TLS_RECORD_BYTE]),
+        other => (false, vec![other]),
+    };
+    let io = websocket::Rewind::new(replay, io);
+    if !is_tls {
+        if tls.force {
+            return Err(AcceptError::TlsRequired);
+        }
+        return Ok(Conn::Boxed(Box::new(io)));
+    }
+    let s = tokio::time::timeout(deadline, tls.acceptor.accept(io))
+        .await
+        .map_err(|_| AcceptError::Tls(io::ErrorKind::TimedOut.into()))?
+        .map_err(AcceptError::Tls)?;
+    Ok(Conn::Boxed(Box::new(s)))
 }
 
 /// Formats a socket address the way frp logs and sends them (IP without brackets, port).

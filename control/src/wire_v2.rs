@@ -46,6 +46,41 @@ pub const CRYPTO_RANDOM_LEN: usize = 32;
 const TRANSCRIPT_LABEL: &[u8] = b"frp wire v2 crypto transcript";
 const HKDF_INFO_PREFIX: &str = "frp wire v2 control aead";
 
+/// The frp wire protocol a logical connection speaks: `transport.wireProtocol` on frpc, detected
+/// per connection on frps (spec §2.5). It decides the message framing (v1: type byte + i64
+/// length; v2: frames) and the control channel's cipher (v1: AES-128-CFB; v2: AEAD).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum WireVersion {
+    #[default]
+    V1,
+    V2,
+}
+
+impl WireVersion {
+    /// frp's spelling: `"v1"` / `"v2"` (config values, `/api/clients`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WireVersion::V1 => "v1",
+            WireVersion::V2 => "v2",
+        }
+    }
+
+    /// Parses a `transport.wireProtocol` value.
+    pub fn from_config(s: &str) -> Option<WireVersion> {
+        match s {
+            "" | "v1" => Some(WireVersion::V1),
+            "v2" => Some(WireVersion::V2),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for WireVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What went wrong framing or decoding v2 bytes.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {

@@ -70,11 +70,26 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, program: &Path, args: &[&str], dir: &Path) -> Proc {
+        Self::spawn_with_env(name, program, args, dir, &[])
+    }
+
+    /// Like [`Proc::spawn`] with extra environment variables. The children never inherit
+    /// `http_proxy`/`HTTP_PROXY` (frpc's default `transport.proxyURL`) from the test runner.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        dir: &Path,
+        envs: &[(&str, &str)],
+    ) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         let child = Command::new(program)
             .args(args)
+            .env_remove("http_proxy")
+            .env_remove("HTTP_PROXY")
+            .envs(envs.iter().copied())
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out)
@@ -193,16 +208,22 @@ impl Env {
 
     /// Starts frps with `bindPort = port` plus `extra` TOML lines.
     pub fn frps(&self, name: &str, port: u16, extra: &str) -> Proc {
+        self.frps_with_env(name, port, extra, &[])
+    }
+
+    /// [`Env::frps`] with extra environment variables (test-only hooks).
+    pub fn frps_with_env(&self, name: &str, port: u16, extra: &str, envs: &[(&str, &str)]) -> Proc {
         let extra = format!("{extra}{}", engine_table());
         let cfg = format!(
             "bindAddr = \"127.0.0.1\"\nbindPort = {port}\nproxyBindAddr = \"127.0.0.1\"\n{extra}\n"
         );
         let path = self.write(&format!("{name}.toml"), &cfg);
-        let p = Proc::spawn(
+        let p = Proc::spawn_with_env(
             name,
             &bin("frps"),
             &["-c", path.to_str().unwrap()],
             self.path(),
+            envs,
         );
         p.wait_log("start frps success", Duration::from_secs(10));
         p

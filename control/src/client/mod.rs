@@ -17,9 +17,11 @@ use tracing::{debug, info, warn};
 use crate::auth;
 use crate::config::{ClientConfig, ProxyConfig, ProxyType};
 use crate::crypto::{self, CryptoKey};
+use crate::handshake::{self, HandshakeError, Role};
 use crate::msg::{CloseProxy, Login, Message, NewProxy, NewWorkConn, Ping};
 use crate::msgconn::{MsgConn, MsgError};
 use crate::transport::{self, Conn, Connector, DialConfig, DialError};
+use crate::wire_v2::WireVersion;
 
 /// Why frpc stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,8 @@ pub enum ClientError {
     LoginFailed(String),
     #[error("invalid TLS settings: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Transport(#[from] transport::SetupError),
 }
 
 /// One login attempt failed.
@@ -41,8 +45,17 @@ enum LoginError {
     Msg(#[from] MsgError),
     #[error("{0}")]
     Refused(String),
-    #[error("unexpected message {0} instead of LoginResp")]
-    Unexpected(&'static str),
+    #[error("{0}")]
+    Handshake(HandshakeError),
+}
+
+impl From<HandshakeError> for LoginError {
+    fn from(e: HandshakeError) -> Self {
+        match e {
+            HandshakeError::Msg(m) => LoginError::Msg(m),
+            other => LoginError::Handshake(other),
+        }
+    }
 }
 
 fn explain_msg_error(e: &MsgError) -> String {
@@ -74,6 +87,8 @@ pub struct Client {
     cfg: ClientConfig,
     key: CryptoKey,
     dial: DialConfig,
+    /// `transport.wireProtocol`: every logical connection (control, work) speaks it.
+    wire: WireVersion,
     engine: Engine,
     run_id: Mutex<String>,
     proxies: Arc<Mutex<HashMap<String, ProxyRuntime>>>,
@@ -97,35 +112,8 @@ fn backoff_next(prev: Duration, cap: Duration) -> Duration {
 
 impl Client {
     pub fn new(cfg: ClientConfig) -> Result<Client, ClientError> {
-        let t = &cfg.transport;
-        let tls = if t.tls.enable {
-            let cc = crate::tls::client_config(
-                &t.tls.cert_file,
-                &t.tls.key_file,
-                &t.tls.trusted_ca_file,
-            )?;
-            let name = if t.tls.server_name.is_empty() {
-                cfg.server_addr.clone()
-            } else {
-                t.tls.server_name.clone()
-            };
-            Some((
-                tokio_rustls::TlsConnector::from(cc),
-                crate::tls::server_name(&name)?,
-            ))
-        } else {
-            None
-        };
-        let dial = DialConfig {
-            server_addr: cfg.server_addr.clone(),
-            server_port: cfg.server_port,
-            dial_timeout: Duration::from_secs(t.dial_server_timeout.max(1) as u64),
-            keepalive_secs: t.dial_server_keepalive,
-            tls,
-            custom_tls_first_byte: !t.tls.disable_custom_tls_first_byte,
-            tcp_mux: t.tcp_mux,
-            tcp_mux_keepalive_secs: t.tcp_mux_keepalive_interval,
-        };
+        let dial = DialConfig::from_client_config(&cfg)?;
+        let wire = WireVersion::from_config(&cfg.transport.wire_protocol).unwrap_or_default();
         let mut proxies = HashMap::new();
         for p in &cfg.proxies {
             if !p.enabled {
@@ -165,6 +153,7 @@ impl Client {
         Ok(Client {
             key: CryptoKey::derive(cfg.auth.token.as_bytes()),
             dial,
+            wire,
             engine: Engine::new(cfg.dataplane.engine_config()),
             run_id: Mutex::new(String::new()),
             proxies: Arc::new(Mutex::new(proxies)),
@@ -250,7 +239,7 @@ impl Client {
 
     async fn login(&self) -> Result<Session, LoginError> {
         let (connector, conn) = self.dial.connect().await?;
-        let mut mc = MsgConn::new(conn);
+        let mut mc = MsgConn::client(conn, self.wire);
         let timestamp = unix_now();
         let login = Login {
             version: crate::FRP_VERSION.into(),
@@ -266,16 +255,12 @@ impl Client {
             pool_count: self.cfg.transport.pool_count,
             ..Default::default()
         };
-        let result = async {
-            mc.write_msg(&login.into()).await?;
-            match mc.read_msg_timeout(Duration::from_secs(10)).await? {
-                Message::LoginResp(r) if !r.error.is_empty() => Err(LoginError::Refused(r.error)),
-                Message::LoginResp(r) => Ok(r),
-                other => Err(LoginError::Unexpected(other.name())),
-            }
-        }
-        .await;
-        let resp = match result {
+        let result = match handshake::client_login(&mut mc, login, self.bootstrap_info()).await {
+            Ok((r, _)) if !r.error.is_empty() => Err(LoginError::Refused(r.error)),
+            Ok(ok) => Ok(ok),
+            Err(e) => Err(e.into()),
+        };
+        let (resp, crypto) = match result {
             Ok(r) => r,
             Err(e) => {
                 connector.close();
@@ -284,8 +269,25 @@ impl Client {
         };
         *self.run_id.lock().unwrap() = resp.run_id.clone();
         info!("login to server success, get run id [{}]", resp.run_id);
-        mc.enable_encryption(&self.key)?;
+        let token = &self.cfg.auth.token;
+        handshake::enable_control_encryption(
+            &mut mc,
+            crypto.as_ref(),
+            token,
+            &self.key,
+            Role::Client,
+        )?;
         Ok(Session { connector, mc })
+    }
+
+    /// ClientHello.bootstrap (informational): how this frpc reaches frps.
+    fn bootstrap_info(&self) -> crate::wire_v2::BootstrapInfo {
+        let t = &self.cfg.transport;
+        crate::wire_v2::BootstrapInfo {
+            transport: t.protocol.clone(),
+            tls: t.tls.enable || t.protocol == "wss" || t.protocol == "quic",
+            tcp_mux: t.tcp_mux,
+        }
     }
 
     /// Drives one control session. Returns true if frpc was asked to stop.
@@ -461,7 +463,7 @@ impl Client {
                 return;
             }
         };
-        let mut mc = MsgConn::new(conn);
+        let mut mc = MsgConn::client(conn, self.wire);
         let mut nwc = NewWorkConn {
             run_id,
             ..Default::default()

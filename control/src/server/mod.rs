@@ -22,12 +22,14 @@ use tracing::{debug, info, warn};
 use crate::auth;
 use crate::config::ServerConfig;
 use crate::crypto::{self, CryptoKey};
+use crate::handshake::{self, Role};
 use crate::msg::{
     CodecError, Login, LoginResp, Message, NewProxy, NewProxyResp, NewVisitorConnResp, NewWorkConn,
     Pong, ReqWorkConn, StartWorkConn,
 };
 use crate::msgconn::{MsgConn, MsgError};
 use crate::transport::{self, Conn, ServerTls};
+use crate::wire_v2::{CryptoContext, WireVersion};
 use crate::yamux;
 
 mod ports;
@@ -83,6 +85,11 @@ pub(crate) struct Control {
     run_id: String,
     login: Login,
     remote: SocketAddr,
+    /// The wire protocol of this client's control connection. Its work connections speak the
+    /// same one (checked when they arrive): frame StartWorkConn, and the UDPPacket/Ping
+    /// messages of UDP work connections (frp >= 0.69.1), with
+    /// `MsgConn::with_version(conn, ctl.wire)`.
+    pub(crate) wire: WireVersion,
     pool_count: usize,
     msg_tx: mpsc::Sender<Message>,
     work_tx: mpsc::Sender<Conn>,
@@ -113,6 +120,17 @@ impl Server {
                 addr: bind.clone(),
                 source: e,
             })?;
+        handshake::warn_test_hooks();
+        for (key, port) in [
+            ("kcpBindPort", cfg.kcp_bind_port),
+            ("quicBindPort", cfg.quic_bind_port),
+        ] {
+            if port > 0 {
+                warn!(
+                    "{key} = {port} ignored: KCP and QUIC transports are not supported by this frps build"
+                );
+            }
+        }
         let scopes = Scopes {
             heartbeats: cfg
                 .auth
@@ -247,9 +265,8 @@ impl State {
     }
 
     async fn handle_logical(self: Arc<Self>, conn: Conn, remote: SocketAddr) {
-        let mut mc = MsgConn::new(conn);
-        let first = match mc.read_msg_timeout(FIRST_MESSAGE_TIMEOUT).await {
-            Ok(m) => m,
+        let accepted = match handshake::server_accept(conn, FIRST_MESSAGE_TIMEOUT).await {
+            Ok(a) => a,
             Err(e) => {
                 warn!(
                     "connection from {remote} closed: {}",
@@ -258,8 +275,9 @@ impl State {
                 return;
             }
         };
-        match first {
-            Message::Login(login) => self.handle_login(mc, login, remote).await,
+        let mut mc = accepted.conn;
+        match accepted.first {
+            Message::Login(login) => self.handle_login(mc, login, remote, accepted.crypto).await,
             Message::NewWorkConn(nwc) => self.handle_new_work_conn(mc, nwc, remote).await,
             Message::NewVisitorConn(v) => {
                 warn!(
@@ -286,12 +304,20 @@ impl State {
         mut mc: MsgConn<Conn>,
         login: Login,
         remote: SocketAddr,
+        crypto: Option<CryptoContext>,
     ) {
         info!(
-            "client login info: ip [{remote}] version [{}] hostname [{}] os [{}] arch [{}]",
-            login.version, login.hostname, login.os, login.arch
+            "client login info: ip [{remote}] version [{}] hostname [{}] os [{}] arch [{}] wire protocol [{}]",
+            login.version,
+            login.hostname,
+            login.os,
+            login.arch,
+            mc.version()
         );
-        if let Err(reason) = self.check_login(&login) {
+        let checked = handshake::check_control_crypto(mc.version(), crypto.as_ref())
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.check_login(&login));
+        if let Err(reason) = checked {
             warn!("login from {remote} refused: {reason}");
             let error = if self.cfg.detailed_errors_to_client {
                 reason
@@ -329,6 +355,7 @@ impl State {
             run_id: run_id.clone(),
             login,
             remote,
+            wire: mc.version(),
             pool_count,
             msg_tx,
             work_tx,
@@ -349,7 +376,14 @@ impl State {
             warn!("[{run_id}] write LoginResp: {e}");
             return;
         }
-        if let Err(e) = mc.enable_encryption(&self.key) {
+        let enabled = handshake::enable_control_encryption(
+            &mut mc,
+            crypto.as_ref(),
+            &self.token,
+            &self.key,
+            Role::Server,
+        );
+        if let Err(e) = enabled {
             warn!("[{run_id}] control connection: {e}");
             return;
         }
@@ -649,7 +683,7 @@ impl State {
                 .get_work_conn(timeout)
                 .await
                 .map_err(|e| format!("failed to get work connection: {e}"))?;
-            let mut mc = MsgConn::new(work);
+            let mut mc = MsgConn::with_version(work, ctl.wire);
             if let Err(e) = mc.write_msg(&start.clone().into()).await {
                 debug!(
                     "[{}] [{}] write StartWorkConn to a stale work connection: {e}",
@@ -681,6 +715,15 @@ impl State {
             );
             return;
         };
+        if mc.version() != ctl.wire {
+            warn!(
+                "[{}] work connection from {remote} speaks wire protocol {} but its control speaks {}; closed",
+                ctl.run_id,
+                mc.version(),
+                ctl.wire
+            );
+            return;
+        }
         if self.scopes.new_work_conns
             && !auth::verify_privilege_key(&self.token, nwc.timestamp, &nwc.privilege_key)
         {
@@ -799,11 +842,11 @@ fn new_run_id() -> String {
     hex::encode(b)
 }
 
-fn first_message_error(e: &MsgError) -> String {
+fn first_message_error(e: &handshake::HandshakeError) -> String {
+    let handshake::HandshakeError::Msg(e) = e else {
+        return e.to_string();
+    };
     match e {
-        MsgError::Codec(CodecError::UnknownType(b'F', _)) => {
-            "frp wire protocol v2 is not supported by this frps build yet".into()
-        }
         MsgError::Codec(CodecError::UnknownType(0, _)) => {
             "yamux frame on a plain connection: the client uses tcpMux but this frps has transport.tcpMux = false (transport.tcpMux must be the same on frpc and frps)".into()
         }

@@ -1,0 +1,448 @@
+//! Wire protocol v2 and the other ways frpc reaches frps, end to end: v1/v2 × tcpMux × TLS,
+//! websocket, wss (behind a TLS-terminating proxy, as frp requires), one frps serving v1 and
+//! v2 clients at once, HTTP CONNECT and SOCKS5 proxies with credentials,
+//! connectServerLocalIP, and the clear refusal of QUIC/KCP.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use e2e::*;
+use http_body_util::Empty;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOKEN: &str = "e2e-token";
+
+/// frpc config lines for the common section, before `frpc_tcp_config`'s.
+fn frpc_cfg(
+    server_port: u16,
+    extra: &str,
+    tcp_mux: bool,
+    tls: bool,
+    enc: bool,
+    local: u16,
+    remote: u16,
+) -> String {
+    format!(
+        "{extra}\n{}",
+        frpc_tcp_config(server_port, TOKEN, tcp_mux, tls, enc, local, remote)
+    )
+}
+
+fn frps_extra(tcp_mux: bool) -> String {
+    format!("auth.token = \"{TOKEN}\"\ntransport.tcpMux = {tcp_mux}\nlog.level = \"debug\"")
+}
+
+/// Sends `data` and reads the echo back without half-closing first: a websocket cannot carry
+/// a half-close (closing it ends both directions, as frp's own join does on the first EOF).
+async fn echo_exact(port: u16, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let s = TcpStream::connect(("127.0.0.1", port)).await?;
+    let (mut r, mut w) = s.into_split();
+    let owned = data.to_vec();
+    let writer = tokio::spawn(async move { w.write_all(&owned).await.map(|()| w) });
+    let mut got = vec![0u8; data.len()];
+    r.read_exact(&mut got).await?;
+    writer.await.unwrap()?;
+    Ok(got)
+}
+
+/// Small, large and compressible payloads through the proxy on `remote`.
+async fn check_payloads(remote: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r =
+            tokio::time::timeout(Duration::from_secs(2), echo_exact(remote, b"hello frp")).await;
+        if matches!(&r, Ok(Ok(got)) if got == b"hello frp") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no working tunnel: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, data) in [pattern(300_000, 3), vec![b'z'; 100_000]]
+        .iter()
+        .enumerate()
+    {
+        let got = tokio::time::timeout(Duration::from_secs(20), echo_exact(remote, data))
+            .await
+            .unwrap_or_else(|_| panic!("payload {i} timed out"))
+            .unwrap();
+        let bad = got.iter().zip(data.iter()).position(|(a, b)| a != b);
+        assert!(
+            bad.is_none() && got.len() == data.len(),
+            "payload {i} corrupted: {} of {} bytes back, first difference at {bad:?}",
+            got.len(),
+            data.len()
+        );
+    }
+}
+
+/// frps + frpc (with `extra` transport lines) + one tcp proxy; checks traffic and which wire
+/// protocol frps saw.
+async fn tunnel_case(extra: &str, wire: &str, tcp_mux: bool, tls: bool, enc: bool) {
+    let env = Env::new();
+    let echo = echo_server().await;
+    let bind = free_port();
+    let remote = free_port();
+    let frps = env.frps("frps", bind, &frps_extra(tcp_mux));
+    let frpc = env.frpc(
+        "frpc",
+        &frpc_cfg(bind, extra, tcp_mux, tls, enc, echo, remote),
+    );
+    frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
+    frps.wait_log(&format!("wire protocol [{wire}]"), Duration::from_secs(1));
+    check_payloads(remote).await;
+}
+
+macro_rules! cases {
+    ($($name:ident: $extra:expr, $wire:expr, $mux:expr, $tls:expr, $enc:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            tunnel_case($extra, $wire, $mux, $tls, $enc).await;
+        }
+    )*};
+}
+
+const V2: &str = "transport.wireProtocol = \"v2\"";
+const WS_V1: &str = "transport.protocol = \"websocket\"";
+const WS_V2: &str = "transport.protocol = \"websocket\"\ntransport.wireProtocol = \"v2\"";
+
+cases! {
+    v2_mux_tls_enc: V2, "v2", true, true, true;
+    v2_mux_notls_plain: V2, "v2", true, false, false;
+    v2_nomux_tls_plain: V2, "v2", false, true, false;
+    v2_nomux_notls_enc: V2, "v2", false, false, true;
+    websocket_mux_tls_v1: WS_V1, "v1", true, true, false;
+    websocket_nomux_notls_v2: WS_V2, "v2", false, false, true;
+    websocket_nomux_custom_tls_byte_v1:
+        "transport.protocol = \"websocket\"\ntransport.tls.disableCustomTLSFirstByte = false",
+        "v1", false, true, false;
+}
+
+/// A TLS-terminating reverse proxy in front of `backend` (what frp needs for wss); returns
+/// its port and how many connections it forwarded.
+async fn tls_terminator(backend: u16) -> (u16, Arc<Mutex<usize>>) {
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(control::tls::server_config("", "", "").unwrap());
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = Arc::new(Mutex::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            let c = c.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let Ok(mut up) = TcpStream::connect(("127.0.0.1", backend)).await else {
+                    return;
+                };
+                *c.lock().unwrap() += 1;
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    (port, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_through_a_tls_terminating_proxy() {
+    for (tcp_mux, wire) in [(true, "v2"), (false, "v1")] {
+        let env = Env::new();
+        let echo = echo_server().await;
+        let bind = free_port();
+        let remote = free_port();
+        let frps = env.frps("frps", bind, &frps_extra(tcp_mux));
+        let (front, forwarded) = tls_terminator(bind).await;
+        let extra = format!("transport.protocol = \"wss\"\ntransport.wireProtocol = \"{wire}\"");
+        // tls.enable = false: wss has its own TLS layer below the websocket regardless.
+        let frpc = env.frpc(
+            "frpc",
+            &frpc_cfg(front, &extra, tcp_mux, false, false, echo, remote),
+        );
+        frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
+        frps.wait_log(&format!("wire protocol [{wire}]"), Duration::from_secs(1));
+        check_payloads(remote).await;
+        assert!(*forwarded.lock().unwrap() >= 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_frps_serves_v1_and_v2_clients_at_once() {
+    let env = Env::new();
+    let echo = echo_server().await;
+    let bind = free_port();
+    let (r1, r2) = (free_port(), free_port());
+    let frps = env.frps("frps", bind, &frps_extra(true));
+    let c1 = env.frpc("frpc-v1", &frpc_cfg(bind, "", true, true, true, echo, r1));
+    let c2 = env.frpc(
+        "frpc-v2",
+        &frpc_cfg(bind, V2, true, true, true, echo, r2)
+            .replace("name = \"echo\"", "name = \"echo2\""),
+    );
+    c1.wait_log("[echo] start proxy success", Duration::from_secs(10));
+    c2.wait_log("[echo2] start proxy success", Duration::from_secs(10));
+    frps.wait_log("wire protocol [v1]", Duration::from_secs(1));
+    frps.wait_log("wire protocol [v2]", Duration::from_secs(1));
+    tokio::join!(check_payloads(r1), check_payloads(r2));
+}
+
+// ------------------------------------------------------------------------ proxies
+
+const USER: &str = "alice";
+const PASS: &str = "s3cret";
+/// `Basic base64("alice:s3cret")`.
+const BASIC: &str = "Basic YWxpY2U6czNjcmV0";
+
+/// An HTTP CONNECT proxy (hyper) requiring alice's credentials; returns its port and the
+/// targets it tunnelled to.
+async fn http_connect_proxy() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let seen = seen2.clone();
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let seen = seen.clone();
+                async move {
+                    let mut resp = Response::new(Empty::<Bytes>::new());
+                    if req.method() != Method::CONNECT {
+                        *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+                        return Ok::<_, std::convert::Infallible>(resp);
+                    }
+                    let auth = req.headers().get("proxy-authorization");
+                    if auth.and_then(|v| v.to_str().ok()) != Some(BASIC) {
+                        *resp.status_mut() = StatusCode::PROXY_AUTHENTICATION_REQUIRED;
+                        return Ok(resp);
+                    }
+                    let target = req
+                        .uri()
+                        .authority()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    seen.lock().unwrap().push(target.clone());
+                    tokio::spawn(async move {
+                        let Ok(up) = hyper::upgrade::on(req).await else {
+                            return;
+                        };
+                        let Ok(mut backend) = TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        let mut up = TokioIo::new(up);
+                        let _ = tokio::io::copy_bidirectional(&mut up, &mut backend).await;
+                    });
+                    Ok(resp)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// A SOCKS5 proxy (RFC 1928/1929) that only accepts username/password auth as alice; returns
+/// its port and the targets it connected to.
+async fn socks5_proxy() -> (u16, Arc<Mutex<Vec<String>>>) {
+    async fn serve(mut s: TcpStream, seen: Arc<Mutex<Vec<String>>>) -> std::io::Result<()> {
+        let mut hdr = [0u8; 2];
+        s.read_exact(&mut hdr).await?;
+        let mut methods = vec![0u8; hdr[1] as usize];
+        s.read_exact(&mut methods).await?;
+        if hdr[0] != 5 || !methods.contains(&2) {
+            s.write_all(&[5, 0xff]).await?;
+            return Ok(());
+        }
+        s.write_all(&[5, 2]).await?;
+        let ver_ulen = [s.read_u8().await?, s.read_u8().await?];
+        let mut user = vec![0u8; ver_ulen[1] as usize];
+        s.read_exact(&mut user).await?;
+        let mut pass = vec![0u8; s.read_u8().await? as usize];
+        s.read_exact(&mut pass).await?;
+        if user != USER.as_bytes() || pass != PASS.as_bytes() {
+            s.write_all(&[1, 1]).await?;
+            return Ok(());
+        }
+        s.write_all(&[1, 0]).await?;
+        let mut req = [0u8; 4];
+        s.read_exact(&mut req).await?;
+        let host = match req[3] {
+            1 => {
+                let mut a = [0u8; 4];
+                s.read_exact(&mut a).await?;
+                std::net::Ipv4Addr::from(a).to_string()
+            }
+            3 => {
+                let mut name = vec![0u8; s.read_u8().await? as usize];
+                s.read_exact(&mut name).await?;
+                String::from_utf8_lossy(&name).into_owned()
+            }
+            _ => return Ok(()),
+        };
+        let port = s.read_u16().await?;
+        let target = format!("{host}:{port}");
+        seen.lock().unwrap().push(target.clone());
+        let mut backend = TcpStream::connect(&target).await?;
+        s.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]).await?;
+        tokio::io::copy_bidirectional(&mut s, &mut backend).await?;
+        Ok(())
+    }
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(serve(s, seen2.clone()));
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_an_http_connect_proxy_with_credentials() {
+    let env = Env::new();
+    let echo = echo_server().await;
+    let bind = free_port();
+    let remote = free_port();
+    let frps = env.frps("frps", bind, &frps_extra(false));
+    let (proxy, seen) = http_connect_proxy().await;
+    // Without tcpMux every work connection is a new dial through the proxy too.
+    let extra = format!("{V2}\ntransport.proxyURL = \"http://{USER}:{PASS}@127.0.0.1:{proxy}\"");
+    let frpc = env.frpc(
+        "frpc",
+        &frpc_cfg(bind, &extra, false, true, false, echo, remote),
+    );
+    frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
+    check_payloads(remote).await;
+    frps.wait_log("wire protocol [v2]", Duration::from_secs(1));
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.len() >= 2,
+        "control and work connections via the proxy: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|t| *t == format!("127.0.0.1:{bind}")),
+        "{seen:?}"
+    );
+
+    // Wrong password: the proxy answers 407 and frpc gives up (loginFailExit).
+    let extra = format!("transport.proxyURL = \"http://{USER}:wrong@127.0.0.1:{proxy}\"");
+    let mut bad = env.frpc(
+        "frpc-bad",
+        &frpc_cfg(bind, &extra, true, true, false, echo, free_port()),
+    );
+    let st = bad.wait_exit(Duration::from_secs(15)).expect("frpc exits");
+    assert!(!st.success());
+    let log = bad.log_text();
+    assert!(log.contains("StatusCode [407]"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_socks5_proxy_with_credentials() {
+    let env = Env::new();
+    let echo = echo_server().await;
+    let bind = free_port();
+    let remote = free_port();
+    let _frps = env.frps("frps", bind, &frps_extra(true));
+    let (proxy, seen) = socks5_proxy().await;
+    // websocket dialing goes through the proxy as well.
+    let extra =
+        format!("{WS_V2}\ntransport.proxyURL = \"socks5://{USER}:{PASS}@127.0.0.1:{proxy}\"");
+    let frpc = env.frpc(
+        "frpc",
+        &frpc_cfg(bind, &extra, true, true, true, echo, remote),
+    );
+    frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
+    check_payloads(remote).await;
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        vec![format!("127.0.0.1:{bind}")]
+    );
+
+    let extra = format!("transport.proxyURL = \"socks5://{USER}:nope@127.0.0.1:{proxy}\"");
+    let mut bad = env.frpc(
+        "frpc-bad",
+        &frpc_cfg(bind, &extra, true, true, false, echo, free_port()),
+    );
+    let st = bad.wait_exit(Duration::from_secs(15)).expect("frpc exits");
+    assert!(!st.success());
+    assert!(
+        bad.log_text().contains("socks5 proxy"),
+        "{}",
+        bad.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_server_local_ip_binds_the_source_address() {
+    let env = Env::new();
+    let echo = echo_server().await;
+    let bind = free_port();
+    let remote = free_port();
+    let frps = env.frps("frps", bind, &frps_extra(false));
+    let extra = "transport.connectServerLocalIP = \"127.0.0.1\"";
+    let frpc = env.frpc(
+        "frpc",
+        &frpc_cfg(bind, extra, false, false, false, echo, remote),
+    );
+    frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
+    frps.wait_log("client login info: ip [127.0.0.1:", Duration::from_secs(1));
+    check_payloads(remote).await;
+
+    // An address this host does not have: the bind fails locally (nothing is sent).
+    let extra = "transport.connectServerLocalIP = \"192.0.2.1\"";
+    let mut bad = env.frpc(
+        "frpc-bad",
+        &frpc_cfg(bind, extra, false, false, false, echo, free_port()),
+    );
+    let st = bad.wait_exit(Duration::from_secs(15)).expect("frpc exits");
+    assert!(!st.success());
+    let log = bad.log_text();
+    assert!(log.contains("bind connectServerLocalIP 192.0.2.1"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_and_kcp_are_refused_clearly() {
+    let env = Env::new();
+    for proto in ["quic", "kcp"] {
+        let extra = format!("transport.protocol = \"{proto}\"");
+        let mut frpc = env.frpc(
+            &format!("frpc-{proto}"),
+            &frpc_cfg(free_port(), &extra, true, true, false, 1, free_port()),
+        );
+        let st = frpc.wait_exit(Duration::from_secs(10)).expect("frpc exits");
+        assert!(!st.success());
+        let log = frpc.log_text();
+        assert!(
+            log.contains(&format!(
+                "transport.protocol = \"{proto}\" is not supported"
+            )),
+            "{log}"
+        );
+    }
+    let frps = env.frps(
+        "frps",
+        free_port(),
+        &format!(
+            "kcpBindPort = {}\nquicBindPort = {}",
+            free_port(),
+            free_port()
+        ),
+    );
+    frps.wait_log("kcpBindPort = ", Duration::from_secs(1));
+    frps.wait_log("quicBindPort = ", Duration::from_secs(1));
+}

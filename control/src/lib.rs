@@ -16,6 +16,7 @@
 //!   *logical connections*.
 //! - [`msgconn`]: a logical connection that reads and writes frp messages, encrypted or not.
 //! - [`log`]: frp-shaped log lines on the console or in a file.
+//! - [`proxy_protocol`]: the PROXY protocol v1/v2 headers frpc writes to local services.
 //! - [`server`]: the frps runtime. [`client`]: the frpc runtime.
 
 pub mod auth;
@@ -25,6 +26,7 @@ pub mod crypto;
 pub mod log;
 pub mod msg;
 pub mod msgconn;
+pub mod proxy_protocol;
 pub mod server;
 pub mod tls;
 pub mod transport;

@@ -1,10 +1,10 @@
 //! A logical connection that carries frp messages: the v1 codec driven over any async byte
 //! stream, with the control channel's AES-128-CFB switched on after LoginResp (spec §4.1, §6.1).
 
-use dataplane::Transform;
+use dataplane::transform::run_chain;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
-use crate::crypto::{CfbDecryptor, CfbEncryptor, CryptoKey};
+use crate::crypto::{CfbDecryptor, CfbEncryptor, CryptoKey, TransformChain};
 use crate::msg::{CodecError, Message, V1Decoder, encode_v1_into};
 
 /// Reading or writing a message failed.
@@ -24,13 +24,16 @@ pub enum MsgError {
 
 const READ_CHUNK: usize = 16 * 1024;
 
-/// The reading half: raw bytes → (decrypt) → v1 decoder → messages.
+/// The reading half: raw bytes → (inbound layers: decrypt, decompress) → v1 decoder →
+/// messages.
 pub struct MsgReader<R> {
     io: R,
     dec: V1Decoder,
-    decrypt: Option<CfbDecryptor>,
+    inbound: TransformChain,
     raw: Vec<u8>,
     plain: Vec<u8>,
+    /// Wire bytes read from `io` so far.
+    wire_bytes: u64,
 }
 
 impl<R: AsyncRead + Unpin> MsgReader<R> {
@@ -38,25 +41,48 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
         MsgReader {
             io,
             dec: V1Decoder::new(),
-            decrypt: None,
+            inbound: Vec::new(),
             raw: Vec::new(),
             plain: Vec::new(),
+            wire_bytes: 0,
         }
+    }
+
+    /// Wire bytes read from the stream so far (what a rate limiter on the connection counts).
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire_bytes
+    }
+
+    /// Messages carried inside a work connection's layers (a UDP proxy's work connection:
+    /// v1 frames inside the optional CFB/snappy of §6.3). `leftover` holds wire bytes already
+    /// read from `io` (what followed StartWorkConn).
+    pub fn with_layers(io: R, inbound: TransformChain, leftover: &[u8]) -> Result<Self, MsgError> {
+        let mut r = MsgReader {
+            inbound,
+            ..MsgReader::new(io)
+        };
+        r.feed_wire(leftover)?;
+        Ok(r)
+    }
+
+    fn feed_wire(&mut self, wire: &[u8]) -> Result<(), MsgError> {
+        if self.inbound.is_empty() {
+            self.dec.feed(wire);
+        } else if !wire.is_empty() {
+            self.plain.clear();
+            run_chain(&mut self.inbound, wire, &mut self.plain)?;
+            self.dec.feed(&self.plain);
+        }
+        Ok(())
     }
 
     /// From now on, bytes read are decrypted (the peer's IV comes first). Bytes already read
     /// past the last message (a peer that did not wait for LoginResp) are ciphertext too and
     /// are decrypted now.
     pub fn enable_decryption(&mut self, key: &CryptoKey) -> Result<(), MsgError> {
-        let mut d = CfbDecryptor::new(key);
         let pending = self.dec.take_remaining();
-        if !pending.is_empty() {
-            self.plain.clear();
-            d.transform(&pending, &mut self.plain)?;
-            self.dec.feed(&self.plain);
-        }
-        self.decrypt = Some(d);
-        Ok(())
+        self.inbound = vec![Box::new(CfbDecryptor::new(key))];
+        self.feed_wire(&pending)
     }
 
     /// Reads the next message. `MsgError::Closed` on a clean EOF between messages.
@@ -69,6 +95,7 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
                 self.raw.resize(READ_CHUNK, 0);
             }
             let n = self.io.read(&mut self.raw).await?;
+            self.wire_bytes += n as u64;
             if n == 0 {
                 return Err(if self.dec.buffered() == 0 {
                     MsgError::Closed
@@ -76,13 +103,12 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
                     MsgError::Io(std::io::ErrorKind::UnexpectedEof.into())
                 });
             }
-            match &mut self.decrypt {
-                None => self.dec.feed(&self.raw[..n]),
-                Some(d) => {
-                    self.plain.clear();
-                    d.transform(&self.raw[..n], &mut self.plain)?;
-                    self.dec.feed(&self.plain);
-                }
+            if self.inbound.is_empty() {
+                self.dec.feed(&self.raw[..n]);
+            } else {
+                self.plain.clear();
+                run_chain(&mut self.inbound, &self.raw[..n], &mut self.plain)?;
+                self.dec.feed(&self.plain);
             }
         }
     }
@@ -95,19 +121,24 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
     }
 }
 
-/// The writing half: message → v1 frame → (encrypt) → one write.
+/// The writing half: message → v1 frame → (outbound layers: compress, encrypt) → one write.
 pub struct MsgWriter<W> {
     io: W,
-    encrypt: Option<CfbEncryptor>,
+    outbound: TransformChain,
     frame: Vec<u8>,
     wire: Vec<u8>,
 }
 
 impl<W: AsyncWrite + Unpin> MsgWriter<W> {
     pub fn new(io: W) -> Self {
+        Self::with_layers(io, Vec::new())
+    }
+
+    /// Messages written inside a work connection's layers (see [`MsgReader::with_layers`]).
+    pub fn with_layers(io: W, outbound: TransformChain) -> Self {
         MsgWriter {
             io,
-            encrypt: None,
+            outbound,
             frame: Vec::new(),
             wire: Vec::new(),
         }
@@ -115,23 +146,25 @@ impl<W: AsyncWrite + Unpin> MsgWriter<W> {
 
     /// From now on, bytes written are encrypted (our IV goes out with the first message).
     pub fn enable_encryption(&mut self, key: &CryptoKey) {
-        self.encrypt = Some(CfbEncryptor::new(key));
+        self.outbound = vec![Box::new(CfbEncryptor::new(key))];
     }
 
-    /// Writes one message (one write call, as Go does) and flushes.
-    pub async fn write_msg(&mut self, msg: &Message) -> Result<(), MsgError> {
+    /// Writes one message (one write call, as Go does) and flushes. Returns the number of
+    /// bytes that went on the wire.
+    pub async fn write_msg(&mut self, msg: &Message) -> Result<usize, MsgError> {
         self.frame.clear();
         encode_v1_into(msg, &mut self.frame);
-        match &mut self.encrypt {
-            None => self.io.write_all(&self.frame).await?,
-            Some(e) => {
-                self.wire.clear();
-                e.transform(&self.frame, &mut self.wire)?;
-                self.io.write_all(&self.wire).await?;
-            }
-        }
+        let n = if self.outbound.is_empty() {
+            self.io.write_all(&self.frame).await?;
+            self.frame.len()
+        } else {
+            self.wire.clear();
+            run_chain(&mut self.outbound, &self.frame, &mut self.wire)?;
+            self.io.write_all(&self.wire).await?;
+            self.wire.len()
+        };
         self.io.flush().await?;
-        Ok(())
+        Ok(n)
     }
 
     /// Shuts the write side down (FIN).
@@ -157,7 +190,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
             reader: MsgReader::new(io),
             writer: MsgWriter {
                 io: (),
-                encrypt: None,
+                outbound: Vec::new(),
                 frame: Vec::new(),
                 wire: Vec::new(),
             },
@@ -180,13 +213,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
         self.writer.frame.clear();
         encode_v1_into(msg, &mut self.writer.frame);
         let io = &mut self.reader.io;
-        match &mut self.writer.encrypt {
-            None => io.write_all(&self.writer.frame).await?,
-            Some(e) => {
-                self.writer.wire.clear();
-                e.transform(&self.writer.frame, &mut self.writer.wire)?;
-                io.write_all(&self.writer.wire).await?;
-            }
+        let w = &mut self.writer;
+        if w.outbound.is_empty() {
+            io.write_all(&w.frame).await?;
+        } else {
+            w.wire.clear();
+            run_chain(&mut w.outbound, &w.frame, &mut w.wire)?;
+            io.write_all(&w.wire).await?;
         }
         io.flush().await?;
         Ok(())
@@ -195,7 +228,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
     /// Switches both directions to AES-128-CFB (after LoginResp).
     pub fn enable_encryption(&mut self, key: &CryptoKey) -> Result<(), MsgError> {
         self.reader.enable_decryption(key)?;
-        self.writer.encrypt = Some(CfbEncryptor::new(key));
+        self.writer.outbound = vec![Box::new(CfbEncryptor::new(key))];
         Ok(())
     }
 
@@ -209,22 +242,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
         let MsgReader {
             io,
             dec,
-            decrypt,
+            inbound,
             raw,
             plain,
+            wire_bytes,
         } = self.reader;
         let (r, w) = tokio::io::split(io);
         (
             MsgReader {
                 io: r,
                 dec,
-                decrypt,
+                inbound,
                 raw,
                 plain,
+                wire_bytes,
             },
             MsgWriter {
                 io: w,
-                encrypt: self.writer.encrypt,
+                outbound: self.writer.outbound,
                 frame: Vec::new(),
                 wire: Vec::new(),
             },

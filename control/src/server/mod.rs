@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dataplane::{Counters, Engine, Pair, Side};
+use dataplane::{Counters, Engine, Pair, RateLimiter, Side};
 use rand::RngExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
@@ -32,6 +32,7 @@ use crate::yamux;
 
 mod ports;
 mod tcp;
+mod udp;
 use ports::PortManager;
 
 /// How long frps waits for the first bytes and the first message of a connection.
@@ -64,6 +65,8 @@ pub(crate) struct State {
     /// Registered proxies by wire name — global across clients, as in frp.
     proxies: Mutex<HashMap<String, ProxyEntry>>,
     ports: Mutex<PortManager>,
+    /// UDP ports of udp proxies (frp keeps separate TCP and UDP port managers).
+    udp_ports: Mutex<PortManager>,
 }
 
 struct ProxyEntry {
@@ -133,6 +136,7 @@ impl Server {
             controls: Mutex::new(HashMap::new()),
             proxies: Mutex::new(HashMap::new()),
             ports: Mutex::new(ports),
+            udp_ports: Mutex::new(PortManager::new(&cfg)),
             cfg,
         });
         Ok(Server { state, listener })
@@ -517,10 +521,12 @@ impl State {
             use_encryption: np.use_encryption,
             use_compression: np.use_compression,
             counters: Arc::new(Counters::default()),
+            limiter: server_limiter(np),
             msg: np.clone(),
         });
         let started = match ty.as_str() {
             "tcp" => tcp::start(self, ctl, &info).await?,
+            "udp" => udp::start(self, ctl, &info).await?,
             other => {
                 return Err(format!(
                     "proxy type [{other}] is not supported by this frps build yet"
@@ -624,8 +630,10 @@ impl State {
                     prefix: rest.into(),
                     inbound,
                     outbound,
+                    initial_write: Default::default(),
                 },
                 counters: Some(proxy.counters.clone()),
+                limiter: proxy.limiter.clone(),
             };
             debug!(
                 "[{}] [{}] join connections, user [{}:{}]",
@@ -746,6 +754,8 @@ pub(crate) struct ProxyInfo {
     pub use_compression: bool,
     /// Traffic through this proxy (dashboard, metrics).
     pub counters: Arc<Counters>,
+    /// `bandwidthLimitMode = "server"`: one limiter for all the proxy's traffic.
+    pub limiter: Option<Arc<RateLimiter>>,
     /// The NewProxy message as received.
     pub msg: NewProxy,
 }
@@ -768,6 +778,25 @@ fn proxy_type(np: &NewProxy) -> &str {
         "tcp"
     } else {
         np.proxy_type.as_str()
+    }
+}
+
+/// frps enforces `bandwidth_limit` only when frpc asked for `"server"` mode (spec §6.3);
+/// rate = burst = the limit in bytes per second, as frp's `rate.NewLimiter(limit, limit)`.
+fn server_limiter(np: &NewProxy) -> Option<Arc<RateLimiter>> {
+    if np.bandwidth_limit_mode != "server" {
+        return None;
+    }
+    match crate::config::BandwidthQuantity::parse(&np.bandwidth_limit) {
+        Ok(q) if q.bytes() > 0 => Some(Arc::new(RateLimiter::new(q.bytes() as u64))),
+        Ok(_) => None,
+        Err(e) => {
+            warn!(
+                "proxy [{}]: bandwidth_limit {:?}: {e}; not limited",
+                np.proxy_name, np.bandwidth_limit
+            );
+            None
+        }
     }
 }
 

@@ -27,7 +27,7 @@ pub(crate) async fn start(
     if !(0..=65535).contains(&np.remote_port) {
         return Err("port not allowed".into());
     }
-    let listener = st
+    let listener: std::net::TcpListener = st
         .ports
         .lock()
         .unwrap()

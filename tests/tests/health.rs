@@ -116,7 +116,11 @@ async fn tcp_health_check_withdraws_and_restores_the_proxy() {
 /// A local HTTP service whose status code the test sets; it reports each request head.
 async fn http_service(
     status: Arc<AtomicU16>,
-) -> (u16, mpsc::UnboundedReceiver<String>, tokio::task::JoinHandle<()>) {
+) -> (
+    u16,
+    mpsc::UnboundedReceiver<String>,
+    tokio::task::JoinHandle<()>,
+) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -171,7 +175,10 @@ healthCheck.httpHeaders = [{ name = "X-Check", value = "frpc" }]"#;
     let head = requests.recv().await.unwrap().to_ascii_lowercase();
     assert!(head.starts_with("get /status http/1.1\r\n"), "{head}");
     assert!(head.contains("x-check: frpc\r\n"), "{head}");
-    assert!(head.contains(&format!("host: 127.0.0.1:{local}\r\n")), "{head}");
+    assert!(
+        head.contains(&format!("host: 127.0.0.1:{local}\r\n")),
+        "{head}"
+    );
     assert!(!frpc.log_text().contains("[svc] start proxy success"));
     assert!(!frps.log_text().contains("new proxy [svc]"));
     assert!(!is_listening(remote));

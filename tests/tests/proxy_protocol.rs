@@ -71,7 +71,11 @@ async fn pp_echo_server() -> (u16, mpsc::UnboundedReceiver<Seen>) {
                             HeaderResult::V2(Ok(h)) => h.len(),
                             other => panic!("bad PROXY header {other:?}: {buf:?}"),
                         };
-                        let version = if matches!(h, HeaderResult::V1(_)) { 1 } else { 2 };
+                        let version = if matches!(h, HeaderResult::V1(_)) {
+                            1
+                        } else {
+                            2
+                        };
                         break (
                             Seen {
                                 version,
@@ -157,7 +161,11 @@ async fn tcp_header(version: &str, want: u8, tcp_mux: bool) {
     assert_eq!(s.version, want);
     let (src, dst) = s.addrs.expect("TCP4 addresses");
     assert_eq!(src, user_addr, "the real user address");
-    assert_eq!(dst, SocketAddr::from(([127, 0, 0, 1], remote)), "frps' socket");
+    assert_eq!(
+        dst,
+        SocketAddr::from(([127, 0, 0, 1], remote)),
+        "frps' socket"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +226,9 @@ async fn udp_proxy_protocol_v2_on_the_first_datagram_only() {
         .is_ok()
     {}
 
-    user.send_to(b"second", ("127.0.0.1", remote)).await.unwrap();
+    user.send_to(b"second", ("127.0.0.1", remote))
+        .await
+        .unwrap();
     let (src, payload) = tokio::time::timeout(Duration::from_secs(5), seen.recv())
         .await
         .unwrap()

@@ -216,6 +216,7 @@ async fn spawn_hop(
             a,
             b,
             counters: None,
+            limiter: None,
         });
     });
     Ok(addr)

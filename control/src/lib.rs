@@ -21,6 +21,7 @@
 //! - [`handshake`]: the opening exchange of a logical connection on both sides: v1/v2
 //!   detection, the v2 Hello exchange, Login/LoginResp, switching the control channel's cipher.
 //! - [`log`]: frp-shaped log lines on the console or in a file.
+//! - [`proxy_protocol`]: the PROXY protocol v1/v2 headers frpc writes to local services.
 //! - [`server`]: the frps runtime. [`client`]: the frpc runtime.
 
 pub mod auth;
@@ -32,6 +33,7 @@ pub mod layered;
 pub mod log;
 pub mod msg;
 pub mod msgconn;
+pub mod proxy_protocol;
 pub mod server;
 pub mod tls;
 pub mod transport;

@@ -289,6 +289,43 @@ pub struct UdpAddr {
     pub zone: String,
 }
 
+impl From<std::net::SocketAddr> for UdpAddr {
+    /// Go's spelling: IPv4 (also IPv4-mapped IPv6) as dotted quad, IPv6 with its scope id as
+    /// `Zone`.
+    fn from(a: std::net::SocketAddr) -> Self {
+        let (ip, zone) = match a {
+            std::net::SocketAddr::V4(v4) => (v4.ip().to_string(), String::new()),
+            std::net::SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                Some(v4) => (v4.to_string(), String::new()),
+                None if v6.scope_id() != 0 => (v6.ip().to_string(), v6.scope_id().to_string()),
+                None => (v6.ip().to_string(), String::new()),
+            },
+        };
+        UdpAddr {
+            ip,
+            port: a.port(),
+            zone,
+        }
+    }
+}
+
+impl UdpAddr {
+    /// The socket address, or `None` when `IP` does not parse. A non-numeric `Zone` (an
+    /// interface name) is dropped.
+    pub fn to_socket_addr(&self) -> Option<std::net::SocketAddr> {
+        let ip: std::net::IpAddr = self.ip.parse().ok()?;
+        Some(match ip {
+            std::net::IpAddr::V4(v4) => std::net::SocketAddr::from((v4, self.port)),
+            std::net::IpAddr::V6(v6) => std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+                v6,
+                self.port,
+                0,
+                self.zone.parse().unwrap_or(0),
+            )),
+        })
+    }
+}
+
 /// One datagram on a UDP proxy's work connection. `c` is the payload as padded std base64.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UdpPacket {

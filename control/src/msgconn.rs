@@ -91,11 +91,30 @@ impl Decoder {
     }
 }
 
+/// A chain of transforms (e.g. decrypt then decompress) as one stage.
+struct Chain(crate::crypto::TransformChain);
+
+impl Transform for Chain {
+    fn transform(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), dataplane::TransformError> {
+        dataplane::transform::run_chain(&mut self.0, input, out)
+    }
+}
+
+fn chain_stage(chain: crate::crypto::TransformChain) -> Option<Cipher> {
+    (!chain.is_empty()).then(|| Box::new(Chain(chain)) as Cipher)
+}
+
 /// The reading half: raw bytes → (decrypt) → v1 or v2 decoder → messages.
 pub struct MsgReader<R> {
     io: R,
     dec: Decoder,
     decrypt: Option<Cipher>,
+    /// Wire bytes read from `io` so far (bandwidth accounting).
+    wire_bytes: u64,
     raw: Vec<u8>,
     plain: Vec<u8>,
 }
@@ -112,6 +131,7 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
             io,
             dec: Decoder::new(version),
             decrypt: None,
+            wire_bytes: 0,
             raw: Vec::new(),
             plain: Vec::new(),
         }
@@ -173,6 +193,7 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
             self.raw.resize(READ_CHUNK, 0);
         }
         let n = self.io.read(&mut self.raw).await?;
+        self.wire_bytes += n as u64;
         if n == 0 {
             return Err(if self.dec.buffered() == 0 {
                 MsgError::Closed
@@ -189,6 +210,30 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
             }
         }
         Ok(())
+    }
+
+    /// A v1 reader whose bytes pass through `inbound` (a work connection's decrypt and
+    /// decompress layers); `leftover` are wire bytes already read from `io`.
+    pub fn with_layers(
+        io: R,
+        inbound: crate::crypto::TransformChain,
+        leftover: &[u8],
+    ) -> Result<Self, MsgError> {
+        let mut r = Self::new(io);
+        r.decrypt = chain_stage(inbound);
+        match &mut r.decrypt {
+            None => r.dec.feed(leftover),
+            Some(d) => {
+                d.transform(leftover, &mut r.plain)?;
+                r.dec.feed(&r.plain);
+            }
+        }
+        Ok(r)
+    }
+
+    /// Wire bytes read so far.
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire_bytes
     }
 
     /// Reads the next message. `MsgError::Closed` on a clean EOF between messages.
@@ -324,12 +369,21 @@ impl<W: AsyncWrite + Unpin> MsgWriter<W> {
         self.enc.encrypt = Some(Box::new(CfbEncryptor::new(key)));
     }
 
-    /// Writes one message (one write call) and flushes.
-    pub async fn write_msg(&mut self, msg: &Message) -> Result<(), MsgError> {
+    /// A v1 writer whose bytes pass through `outbound` (a work connection's compress and
+    /// encrypt layers).
+    pub fn with_layers(io: W, outbound: crate::crypto::TransformChain) -> Self {
+        let mut w = Self::new(io);
+        w.enc.encrypt = chain_stage(outbound);
+        w
+    }
+
+    /// Writes one message (one write call) and flushes; returns the wire bytes written.
+    pub async fn write_msg(&mut self, msg: &Message) -> Result<usize, MsgError> {
         let wire = self.enc.encode_msg(msg)?;
+        let n = wire.len();
         self.io.write_all(wire).await?;
         self.io.flush().await?;
-        Ok(())
+        Ok(n)
     }
 
     /// Shuts the write side down (FIN).
@@ -453,6 +507,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
             io,
             dec,
             decrypt,
+            wire_bytes,
             raw,
             plain,
         } = self.reader;
@@ -462,6 +517,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
                 io: r,
                 dec,
                 decrypt,
+                wire_bytes,
                 raw,
                 plain,
             },

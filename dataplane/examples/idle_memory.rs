@@ -73,6 +73,7 @@ fn main() {
                 a: Side::plain(Endpoint::Tcp(ra)),
                 b: Side::plain(Endpoint::Tcp(rb)),
                 counters: None,
+                limiter: None,
             });
         }
         // One round trip through every pair, then silence.

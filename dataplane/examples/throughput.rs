@@ -115,6 +115,7 @@ fn engine_flow(total: u64, engine: &Engine, rt: &tokio::runtime::Runtime) -> Sam
             a: Side::plain(Endpoint::Tcp(a)),
             b: Side::plain(Endpoint::Tcp(b)),
             counters: None,
+            limiter: None,
         });
     })
 }

@@ -10,11 +10,14 @@
 //! - [`engine`]: [`Engine`], which runs plain TCP pairs on thread-per-core io_uring or epoll
 //!   event loops (zero-copy splice through pooled pipes when no transform applies) and every
 //!   other pair on tokio.
+//! - [`limit`]: [`RateLimiter`], the lock-free token bucket behind `bandwidthLimit`, consulted
+//!   once per chunk by every engine.
 //! - [`sys`]: the small, tested wrappers around every system call the engines make.
 //!
 //! The control plane never touches a pair's bytes after the hand-off.
 
 pub mod engine;
+pub mod limit;
 pub mod relay;
 pub mod sys;
 pub mod transform;
@@ -23,5 +26,6 @@ pub mod transform;
 mod testutil;
 
 pub use engine::{Engine, EngineConfig, EngineKind, EngineStats};
+pub use limit::{Grant, RateLimiter};
 pub use relay::{AsyncStream, Counters, Endpoint, Pair, Side};
 pub use transform::{Transform, TransformError};

@@ -13,6 +13,11 @@
 //! - Any error (read, write, [`TransformError`]) closes both endpoints at once.
 //! - An idle direction holds only a small inline buffer; the large read buffer exists only
 //!   while data is flowing.
+//! - A side's `initial_write` goes to that endpoint first, untransformed, before anything
+//!   relayed (a PROXY protocol header for the local service).
+//! - With a [`RateLimiter`] on the pair, each direction takes tokens before every read and
+//!   reads at most what it was granted (one limiter, both directions); out of tokens, the
+//!   direction sleeps until enough have accrued.
 //!
 //! [`relay`] runs a pair as one future on a tokio runtime. The [`Engine`] uses it for pairs with
 //! a `Stream` side and for [`EngineKind::Tokio`](crate::EngineKind::Tokio); plain TCP pairs run
@@ -30,6 +35,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use crate::limit::{Grant, RateLimiter};
 use crate::transform::{Transform, TransformError, run_chain};
 
 /// Any byte stream the relay can drive: a TLS stream, a yamux stream, a test duplex.
@@ -54,6 +60,9 @@ pub struct Side {
     pub prefix: Bytes,
     pub inbound: Vec<Box<dyn Transform>>,
     pub outbound: Vec<Box<dyn Transform>>,
+    /// Wire bytes written to this endpoint before anything relayed to it, untransformed and
+    /// not counted (e.g. the PROXY protocol header frpc sends to the local service).
+    pub initial_write: Bytes,
 }
 
 impl Side {
@@ -64,6 +73,7 @@ impl Side {
             prefix: Bytes::new(),
             inbound: Vec::new(),
             outbound: Vec::new(),
+            initial_write: Bytes::new(),
         }
     }
 }
@@ -83,6 +93,9 @@ pub struct Pair {
     pub a: Side,
     pub b: Side,
     pub counters: Option<Arc<Counters>>,
+    /// The proxy's bandwidth limiter, shared by all its pairs and both directions; bytes are
+    /// counted as read from each side (before its inbound chain).
+    pub limiter: Option<Arc<RateLimiter>>,
 }
 
 pub use crate::engine::{Engine, EngineConfig};
@@ -185,7 +198,12 @@ const KEEP_WHEN_IDLE: usize = 4 * 1024;
 /// Relays `pair` until both directions end (see the module docs for the semantics) and reports
 /// how it went. Dropping the future closes both endpoints.
 pub async fn relay(pair: Pair) -> RelayOutcome {
-    let Pair { a, b, counters } = pair;
+    let Pair {
+        a,
+        b,
+        counters,
+        limiter,
+    } = pair;
     let (a_read, a_write) = split(a.endpoint);
     let (b_read, b_write) = split(b.endpoint);
     let (a_counter, b_counter) = match &counters {
@@ -197,12 +215,16 @@ pub async fn relay(pair: Pair) -> RelayOutcome {
         from: SideId::A,
         reader: a_read,
         prefix: a.prefix,
+        initial: b.initial_write,
+        limiter: limiter.as_deref(),
         fwd: Forwarder::new(SideId::A, b_write, a.inbound, b.outbound, a_counter),
     };
     let b_to_a = Direction {
         from: SideId::B,
         reader: b_read,
         prefix: b.prefix,
+        initial: a.initial_write,
+        limiter: limiter.as_deref(),
         fwd: Forwarder::new(SideId::B, a_write, b.inbound, a.outbound, b_counter),
     };
 
@@ -324,6 +346,9 @@ struct Direction<'c> {
     from: SideId,
     reader: ReadEnd,
     prefix: Bytes,
+    /// The writing side's `initial_write`.
+    initial: Bytes,
+    limiter: Option<&'c RateLimiter>,
     fwd: Forwarder<'c>,
 }
 
@@ -344,6 +369,10 @@ impl Direction<'_> {
     async fn pump(&mut self) -> Result<(), RelayError> {
         let from = self.from;
         let read_err = |source| RelayError::Read { side: from, source };
+        if !self.initial.is_empty() {
+            let initial = std::mem::take(&mut self.initial);
+            self.fwd.write_raw(&initial).await?;
+        }
         if !self.prefix.is_empty() {
             let prefix = std::mem::take(&mut self.prefix);
             self.fwd.forward(&prefix).await?;
@@ -356,11 +385,13 @@ impl Direction<'_> {
         let mut idle = [0u8; IDLE_READ];
         loop {
             self.fwd.release_idle_buffers();
-            let n = self.reader.read(&mut idle).await.map_err(read_err)?;
+            let cap = grant(self.limiter, idle.len()).await;
+            let n = self.reader.read(&mut idle[..cap]).await.map_err(read_err)?;
+            self.refund(cap, n);
             if n == 0 {
                 break;
             }
-            if n < idle.len() {
+            if n < cap {
                 // Interactive traffic usually ends here and never needs the big buffer.
                 self.fwd.forward(&idle[..n]).await?;
                 continue;
@@ -371,7 +402,28 @@ impl Direction<'_> {
             busy[..n].copy_from_slice(&idle[..n]);
             let mut filled = n;
             loop {
-                let ready = read_ready(&mut self.reader, &mut busy[filled..]).await;
+                let room = busy.len() - filled;
+                let cap = match self.limiter {
+                    None => room,
+                    Some(l) => match l.acquire(room) {
+                        Grant::Bytes(n) => n,
+                        // Out of tokens: forward what we have, then wait in the outer loop.
+                        Grant::Wait(_) => 0,
+                    },
+                };
+                let ready = if cap == 0 {
+                    None
+                } else {
+                    let r = read_ready(&mut self.reader, &mut busy[filled..filled + cap]).await;
+                    self.refund(
+                        cap,
+                        r.as_ref()
+                            .and_then(|r| r.as_ref().ok())
+                            .copied()
+                            .unwrap_or(0),
+                    );
+                    r
+                };
                 let eof = match ready {
                     Some(Ok(0)) => true,
                     Some(Ok(m)) => {
@@ -394,6 +446,27 @@ impl Direction<'_> {
             }
         }
         self.fwd.finish().await
+    }
+}
+
+/// How many bytes the next read may take: `want`, or with a limiter what it grants, after
+/// sleeping until it grants something.
+async fn grant(limiter: Option<&RateLimiter>, want: usize) -> usize {
+    let Some(l) = limiter else { return want };
+    loop {
+        match l.acquire(want) {
+            Grant::Bytes(n) => return n,
+            Grant::Wait(d) => tokio::time::sleep(d).await,
+        }
+    }
+}
+
+impl Direction<'_> {
+    /// Gives back the part of a grant of `granted` bytes that a read of `used` did not use.
+    fn refund(&self, granted: usize, used: usize) {
+        if let Some(l) = self.limiter {
+            l.refund(granted.saturating_sub(used));
+        }
     }
 }
 
@@ -481,6 +554,14 @@ impl<'c> Forwarder<'c> {
             }
         }
         Ok(())
+    }
+
+    /// Writes bytes as they are (no transform, not counted).
+    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), RelayError> {
+        let to = self.from.other();
+        let write_err = |source| RelayError::Write { side: to, source };
+        self.writer.write_all(bytes).await.map_err(write_err)?;
+        self.writer.flush().await.map_err(write_err)
     }
 
     /// Propagates a clean EOF from the reading side as a half-close of the writing side.

@@ -477,6 +477,30 @@ pub mod uring {
             self.push(e)
         }
 
+        /// Whether `io_uring_enter` takes a timeout (`IORING_FEAT_EXT_ARG`, Linux 5.11+); the
+        /// engine's timers need it.
+        pub fn supports_wait_timeout(&self) -> bool {
+            self.ring.params().is_feature_ext_arg()
+        }
+
+        /// Submits the queued requests and waits for at least `want` completions or until
+        /// `timeout` has passed (needs [`Ring::supports_wait_timeout`]).
+        pub fn submit_and_wait_timeout(
+            &mut self,
+            want: usize,
+            timeout: std::time::Duration,
+        ) -> io::Result<()> {
+            let ts = types::Timespec::from(timeout);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(want, &args) {
+                Ok(_) => Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+
         /// Submits the queued requests and waits for at least `want` completions.
         pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
             match self.ring.submit_and_wait(want) {

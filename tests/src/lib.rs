@@ -349,3 +349,41 @@ transport.useCompression = {enc}
 "#
     )
 }
+
+/// A UDP echo service on 127.0.0.1 (each datagram goes back to its sender); returns its port.
+/// Runs until the runtime ends.
+pub async fn udp_echo_server() -> u16 {
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = s.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            let _ = s.send_to(&buf[..n], from).await;
+        }
+    });
+    port
+}
+
+/// Sends `probe` from `sock` to 127.0.0.1:port every 200 ms until a datagram comes back (the
+/// udp tunnel is up) or `timeout`; returns the reply.
+pub async fn udp_probe(
+    sock: &tokio::net::UdpSocket,
+    port: u16,
+    probe: &[u8],
+    timeout: Duration,
+) -> Vec<u8> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        sock.send_to(probe, ("127.0.0.1", port)).await.unwrap();
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), sock.recv(&mut buf)).await
+        {
+            return buf[..n].to_vec();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no udp reply through port {port} within {timeout:?}"
+        );
+    }
+}

@@ -5,10 +5,11 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dataplane::{Engine, Pair, Side};
+use dataplane::{Engine, Pair, RateLimiter, Side};
 use rand::RngExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -20,8 +21,12 @@ use crate::crypto::{self, CryptoKey};
 use crate::handshake::{self, HandshakeError, Role};
 use crate::msg::{CloseProxy, Login, Message, NewProxy, NewWorkConn, Ping};
 use crate::msgconn::{MsgConn, MsgError};
+use crate::proxy_protocol;
 use crate::transport::{self, Conn, Connector, DialConfig, DialError};
 use crate::wire_v2::WireVersion;
+
+mod health;
+mod udp;
 
 /// Why frpc stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -73,13 +78,24 @@ pub enum Phase {
     New,
     WaitStart(Instant),
     StartError(Instant, String),
-    Running { remote_addr: String },
+    Running {
+        remote_addr: String,
+    },
+    /// The health check failed: the proxy was withdrawn (CloseProxy) until it passes again.
+    CheckFailed,
 }
 
 struct ProxyRuntime {
     cfg: ProxyConfig,
     wire_name: String,
     phase: Phase,
+    /// `bandwidthLimitMode = "client"`: one limiter for all the proxy's work connections.
+    limiter: Option<Arc<RateLimiter>>,
+    /// Whether the health check passes; always true without one. Like frp, a checked proxy
+    /// starts unhealthy and registers only after its first successful check.
+    healthy: bool,
+    /// The task serving a udp proxy's work connection (replaced by the next one).
+    udp_work: Option<tokio::task::AbortHandle>,
 }
 
 /// A running frpc.
@@ -119,10 +135,7 @@ impl Client {
             if !p.enabled {
                 continue;
             }
-            if matches!(
-                p.proxy_type,
-                ProxyType::Udp | ProxyType::Sudp | ProxyType::Xtcp
-            ) {
+            if matches!(p.proxy_type, ProxyType::Sudp | ProxyType::Xtcp) {
                 warn!(
                     "[{}] proxy type [{}] is not supported by this frpc build yet; skipped",
                     p.name,
@@ -135,12 +148,18 @@ impl Client {
             } else {
                 format!("{}.{}", cfg.user, p.name)
             };
+            let limit = p.transport.bandwidth_limit.bytes();
+            let limiter = (limit > 0 && p.transport.bandwidth_limit_mode != "server")
+                .then(|| Arc::new(RateLimiter::new(limit as u64)));
             proxies.insert(
                 p.name.clone(),
                 ProxyRuntime {
                     cfg: p.clone(),
                     wire_name,
                     phase: Phase::New,
+                    limiter,
+                    healthy: !health::enabled(p),
+                    udp_work: None,
                 },
             );
         }
@@ -309,12 +328,21 @@ impl Client {
             }
         });
 
+        // Like frp's proxy wrappers (made anew per session): checked proxies start unhealthy
+        // and register once their first check passes.
+        let (health_tx, mut health_rx) = mpsc::channel::<health::Report>(16);
+        let mut monitors = Vec::new();
         {
             let mut proxies = self.proxies.lock().unwrap();
             for p in proxies.values_mut() {
                 p.phase = Phase::New;
+                p.healthy = !health::enabled(&p.cfg);
+                if health::enabled(&p.cfg) {
+                    monitors.push(health::spawn(&p.cfg, health_tx.clone()));
+                }
             }
         }
+        drop(health_tx);
         self.register_due_proxies(&tx);
 
         let hb_interval = self.cfg.transport.heartbeat_interval;
@@ -373,6 +401,7 @@ impl Client {
                     }
                 }
                 _ = register_tick.tick() => self.register_due_proxies(&tx),
+                Some((name, healthy)) = health_rx.recv() => self.on_health(&name, healthy, &tx),
                 _ = shutdown.as_mut() => break None,
             }
         };
@@ -398,10 +427,48 @@ impl Client {
             }
         }
         connector.close();
+        for m in monitors {
+            m.abort();
+        }
         for p in self.proxies.lock().unwrap().values_mut() {
             p.phase = Phase::New;
+            if let Some(w) = p.udp_work.take() {
+                w.abort();
+            }
         }
         stopping
+    }
+
+    /// A health monitor changed its verdict (frp's statusNormal/statusFailed callbacks plus
+    /// the wrapper's reaction): withdraw the proxy, or register it again.
+    fn on_health(&self, name: &str, healthy: bool, tx: &mpsc::Sender<Message>) {
+        {
+            let mut proxies = self.proxies.lock().unwrap();
+            let Some(p) = proxies.get_mut(name) else {
+                return;
+            };
+            p.healthy = healthy;
+            if healthy {
+                info!("[{name}] health check success");
+            } else {
+                info!("[{name}] health check failed");
+                if matches!(p.phase, Phase::Running { .. } | Phase::WaitStart(_)) {
+                    let _ = tx.try_send(
+                        CloseProxy {
+                            proxy_name: p.wire_name.clone(),
+                        }
+                        .into(),
+                    );
+                    p.phase = Phase::CheckFailed;
+                    if let Some(w) = p.udp_work.take() {
+                        w.abort();
+                    }
+                }
+            }
+        }
+        if healthy {
+            self.register_due_proxies(tx);
+        }
     }
 
     /// Sends NewProxy for proxies that are new, or waited too long for an answer (frp: 20 s in
@@ -409,8 +476,11 @@ impl Client {
     fn register_due_proxies(&self, tx: &mpsc::Sender<Message>) {
         let mut proxies = self.proxies.lock().unwrap();
         for p in proxies.values_mut() {
+            if !p.healthy {
+                continue;
+            }
             let due = match &p.phase {
-                Phase::New => true,
+                Phase::New | Phase::CheckFailed => true,
                 Phase::WaitStart(t) => t.elapsed() > Duration::from_secs(20),
                 Phase::StartError(t, _) => t.elapsed() > Duration::from_secs(30),
                 Phase::Running { .. } => false,
@@ -502,16 +572,43 @@ impl Client {
             return;
         }
         let name = self.strip_user(&start.proxy_name).to_string();
-        let cfg = {
+        let (cfg, limiter) = {
             let proxies = self.proxies.lock().unwrap();
             match proxies.get(&name) {
-                Some(p) if matches!(p.phase, Phase::Running { .. }) => p.cfg.clone(),
+                Some(p) if matches!(p.phase, Phase::Running { .. }) => {
+                    (p.cfg.clone(), p.limiter.clone())
+                }
                 _ => {
                     warn!("[{name}] work connection for a proxy that is not running; closed");
                     return;
                 }
             }
         };
+        if cfg.proxy_type == ProxyType::Udp {
+            return self.start_udp_work(name, cfg, limiter, mc).await;
+        }
+        // PROXY protocol header for the local service, sent before any relayed byte.
+        let mut initial_write = bytes::Bytes::new();
+        if !cfg.transport.proxy_protocol_version.is_empty()
+            && !start.src_addr.is_empty()
+            && start.src_port != 0
+        {
+            match start_addrs(&start) {
+                Some((src, dst)) => match proxy_protocol::header(
+                    &cfg.transport.proxy_protocol_version,
+                    src,
+                    dst,
+                    proxy_protocol::Transport::Stream,
+                ) {
+                    Ok(h) => initial_write = h.into(),
+                    Err(e) => warn!("[{name}] {e}"),
+                },
+                None => warn!(
+                    "[{name}] StartWorkConn addresses [{}:{}] / [{}:{}] unusable for the PROXY protocol header",
+                    start.src_addr, start.src_port, start.dst_addr, start.dst_port
+                ),
+            }
+        }
         let local_addr = format!("{}:{}", bracket(&cfg.local_ip), cfg.local_port);
         let local =
             match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&local_addr))
@@ -544,10 +641,61 @@ impl Client {
                 prefix: rest.into(),
                 inbound,
                 outbound,
+                initial_write: bytes::Bytes::new(),
             },
-            b: Side::plain(dataplane::Endpoint::Tcp(local)),
+            b: Side {
+                initial_write,
+                ..Side::plain(dataplane::Endpoint::Tcp(local))
+            },
             counters: None,
+            limiter,
         });
+    }
+
+    /// A udp proxy's work connection: served by its own task, which replaces (and so closes)
+    /// the proxy's previous one.
+    async fn start_udp_work(
+        self: Arc<Self>,
+        name: String,
+        cfg: ProxyConfig,
+        limiter: Option<Arc<RateLimiter>>,
+        mc: MsgConn<Conn>,
+    ) {
+        let local_addr = join_host_port(&cfg.local_ip, cfg.local_port);
+        let local = match tokio::net::lookup_host(&local_addr).await {
+            Ok(mut addrs) => addrs.next(),
+            Err(e) => {
+                warn!("[{name}] resolve local udp service [{local_addr}]: {e}");
+                return;
+            }
+        };
+        let Some(local) = local else {
+            warn!("[{name}] resolve local udp service [{local_addr}]: no address");
+            return;
+        };
+        let (work, rest) = mc.into_parts();
+        let (inbound, outbound) = crypto::work_conn_layers(
+            Some(&self.key),
+            cfg.transport.use_encryption,
+            cfg.transport.use_compression,
+        );
+        let proxy = udp::UdpProxy {
+            name: name.clone(),
+            local,
+            proxy_protocol: cfg.transport.proxy_protocol_version.clone(),
+            packet_size: self.cfg.udp_packet_size.clamp(1, 65535) as usize,
+            limiter,
+        };
+        let task = tokio::spawn(udp::serve(proxy, work, rest, inbound, outbound));
+        let mut proxies = self.proxies.lock().unwrap();
+        match proxies.get_mut(&name) {
+            Some(p) if matches!(p.phase, Phase::Running { .. }) => {
+                if let Some(old) = p.udp_work.replace(task.abort_handle()) {
+                    old.abort();
+                }
+            }
+            _ => task.abort(),
+        }
     }
 
     /// Proxy phases for status reporting.
@@ -591,6 +739,26 @@ fn new_proxy_msg(p: &ProxyConfig, wire_name: &str) -> NewProxy {
         allow_users: p.allow_users.clone(),
         multiplexer: p.multiplexer.clone(),
     }
+}
+
+/// `host:port`, with brackets around an IPv6 host.
+fn join_host_port(host: &str, port: u16) -> String {
+    format!("{}:{port}", bracket(host))
+}
+
+/// The user's address and frps' socket address from StartWorkConn; an empty `dst_addr` is
+/// 127.0.0.1, as in frp.
+fn start_addrs(start: &crate::msg::StartWorkConn) -> Option<(SocketAddr, SocketAddr)> {
+    let src_ip: std::net::IpAddr = start.src_addr.parse().ok()?;
+    let dst_ip: std::net::IpAddr = if start.dst_addr.is_empty() {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    } else {
+        start.dst_addr.parse().ok()?
+    };
+    Some((
+        SocketAddr::new(src_ip, start.src_port),
+        SocketAddr::new(dst_ip, start.dst_port),
+    ))
 }
 
 fn bracket(ip: &str) -> String {

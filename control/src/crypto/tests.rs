@@ -225,8 +225,10 @@ mod relay {
                 prefix: bytes::Bytes::copy_from_slice(&reply_wire[..21]),
                 inbound,
                 outbound,
+                initial_write: bytes::Bytes::new(),
             },
             counters: Some(counters.clone()),
+            limiter: None,
         };
         let relay = tokio::spawn(relay(pair));
 

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dataplane::{Counters, Engine, Pair, Side};
+use dataplane::{Counters, Engine, Pair, RateLimiter, Side};
 use rand::RngExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
@@ -34,6 +34,7 @@ use crate::yamux;
 
 mod ports;
 mod tcp;
+mod udp;
 mod vhost;
 use ports::PortManager;
 
@@ -72,6 +73,8 @@ pub(crate) struct State {
     vhost: Arc<vhost::Vhost>,
     /// tcp load-balancing groups by name.
     tcp_groups: Mutex<HashMap<String, Arc<tcp::TcpGroup>>>,
+    /// UDP ports of udp proxies (frp keeps separate TCP and UDP port managers).
+    udp_ports: Mutex<PortManager>,
 }
 
 struct ProxyEntry {
@@ -160,6 +163,7 @@ impl Server {
             ports: Mutex::new(ports),
             vhost,
             tcp_groups: Mutex::new(HashMap::new()),
+            udp_ports: Mutex::new(PortManager::new(&cfg)),
             cfg,
         });
         Ok(Server {
@@ -565,6 +569,7 @@ impl State {
             use_encryption: np.use_encryption,
             use_compression: np.use_compression,
             counters: Arc::new(Counters::default()),
+            limiter: server_limiter(np),
             msg: np.clone(),
         });
         let started = match ty.as_str() {
@@ -572,6 +577,7 @@ impl State {
             "http" => vhost::register(self, ctl, &info, vhost::Kind::Http)?,
             "https" => vhost::register(self, ctl, &info, vhost::Kind::Https)?,
             "tcpmux" => vhost::register(self, ctl, &info, vhost::Kind::TcpMux)?,
+            "udp" => udp::start(self, ctl, &info).await?,
             other => {
                 return Err(format!(
                     "proxy type [{other}] is not supported by this frps build yet"
@@ -657,8 +663,10 @@ impl State {
                 prefix: rest.into(),
                 inbound,
                 outbound,
+                initial_write: Default::default(),
             },
             counters: Some(proxy.counters.clone()),
+            limiter: proxy.limiter.clone(),
         };
         debug!(
             "[{}] [{}] join connections, user [{}:{}]",
@@ -812,6 +820,8 @@ pub(crate) struct ProxyInfo {
     pub use_compression: bool,
     /// Traffic through this proxy (dashboard, metrics).
     pub counters: Arc<Counters>,
+    /// `bandwidthLimitMode = "server"`: one limiter for all the proxy's traffic.
+    pub limiter: Option<Arc<RateLimiter>>,
     /// The NewProxy message as received.
     pub msg: NewProxy,
 }
@@ -834,6 +844,25 @@ fn proxy_type(np: &NewProxy) -> &str {
         "tcp"
     } else {
         np.proxy_type.as_str()
+    }
+}
+
+/// frps enforces `bandwidth_limit` only when frpc asked for `"server"` mode (spec §6.3);
+/// rate = burst = the limit in bytes per second, as frp's `rate.NewLimiter(limit, limit)`.
+fn server_limiter(np: &NewProxy) -> Option<Arc<RateLimiter>> {
+    if np.bandwidth_limit_mode != "server" {
+        return None;
+    }
+    match crate::config::BandwidthQuantity::parse(&np.bandwidth_limit) {
+        Ok(q) if q.bytes() > 0 => Some(Arc::new(RateLimiter::new(q.bytes() as u64))),
+        Ok(_) => None,
+        Err(e) => {
+            warn!(
+                "proxy [{}]: bandwidth_limit {:?}: {e}; not limited",
+                np.proxy_name, np.bandwidth_limit
+            );
+            None
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! TCP port allocation for tcp proxies (spec §7.3).
+//! Port allocation for tcp and udp proxies (spec §7.3). frps keeps one [`PortManager`] per
+//! protocol, as frp does (`TCPPortManager`, `UDPPortManager`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -7,7 +8,35 @@ use rand::RngExt;
 use super::join_host_port;
 use crate::config::ServerConfig;
 
-/// TCP port allocation for tcp proxies (spec §7.3): `allowPorts`, ports in use, and the port a
+/// A socket a [`PortManager`] binds: a TCP listener or a UDP socket (non-blocking).
+pub(crate) trait PortSocket: Sized {
+    fn bind_port(addr: &str) -> std::io::Result<Self>;
+    fn port(&self) -> std::io::Result<u16>;
+}
+
+impl PortSocket for std::net::TcpListener {
+    fn bind_port(addr: &str) -> std::io::Result<Self> {
+        let l = std::net::TcpListener::bind(addr)?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    }
+    fn port(&self) -> std::io::Result<u16> {
+        Ok(self.local_addr()?.port())
+    }
+}
+
+impl PortSocket for std::net::UdpSocket {
+    fn bind_port(addr: &str) -> std::io::Result<Self> {
+        let s = std::net::UdpSocket::bind(addr)?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    }
+    fn port(&self) -> std::io::Result<u16> {
+        Ok(self.local_addr()?.port())
+    }
+}
+
+/// Port allocation for one protocol (spec §7.3): `allowPorts`, ports in use, and the port a
 /// proxy name had last (so a reconnecting client asking for "any port" gets the same one).
 pub(crate) struct PortManager {
     bind_addr: String,
@@ -44,19 +73,13 @@ impl PortManager {
         self.allowed.is_empty() || self.allowed.iter().any(|&(a, b)| a <= port && port <= b)
     }
 
-    fn bind(&self, port: u16) -> std::io::Result<std::net::TcpListener> {
-        let l = std::net::TcpListener::bind(join_host_port(&self.bind_addr, port))?;
-        l.set_nonblocking(true)?;
-        Ok(l)
+    fn bind<S: PortSocket>(&self, port: u16) -> std::io::Result<S> {
+        S::bind_port(&join_host_port(&self.bind_addr, port))
     }
 
     /// Binds the proxy's port: `port`, or with 0 a free allowed one.
-    pub(crate) fn acquire(
-        &mut self,
-        name: &str,
-        port: u16,
-    ) -> Result<std::net::TcpListener, String> {
-        let l = if port != 0 {
+    pub(crate) fn acquire<S: PortSocket>(&mut self, name: &str, port: u16) -> Result<S, String> {
+        let l: S = if port != 0 {
             if !self.is_allowed(port) {
                 return Err("port not allowed".into());
             }
@@ -68,13 +91,13 @@ impl PortManager {
         } else {
             self.acquire_any(name)?
         };
-        let got = l.local_addr().map_err(|e| e.to_string())?.port();
+        let got = l.port().map_err(|e| e.to_string())?;
         self.used.insert(got);
         self.last_port.insert(name.to_string(), got);
         Ok(l)
     }
 
-    fn acquire_any(&self, name: &str) -> Result<std::net::TcpListener, String> {
+    fn acquire_any<S: PortSocket>(&self, name: &str) -> Result<S, String> {
         if let Some(&p) = self.last_port.get(name)
             && !self.used.contains(&p)
             && self.is_allowed(p)

@@ -38,7 +38,7 @@ pub(crate) async fn start(
     if !(0..=65535).contains(&np.remote_port) {
         return Err("port not allowed".into());
     }
-    let listener = st
+    let listener: std::net::TcpListener = st
         .ports
         .lock()
         .unwrap()
@@ -132,7 +132,7 @@ fn start_group(
             if !(0..=65535).contains(&np.remote_port) {
                 return Err("port not allowed".into());
             }
-            let std_listener = st
+            let std_listener: std::net::TcpListener = st
                 .ports
                 .lock()
                 .unwrap()

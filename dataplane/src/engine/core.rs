@@ -1,14 +1,20 @@
-//! A core thread: an event loop (epoll or io_uring readiness) over the pairs it owns.
+//! A core thread: an event loop (epoll or io_uring readiness) over the pairs it owns, with a
+//! timer heap for pairs throttled by a rate limiter (the wait for readiness ends at the
+//! earliest timer: epoll's timeout, or io_uring_enter's EXT_ARG timeout).
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use super::pair::{COPY_READ_PLAIN, CoreCx, Drive, PairState, Turn};
 use super::pipes::PipePool;
 use super::{CoreSide, EngineConfig, EngineStats};
+use crate::limit::RateLimiter;
 use crate::relay::Counters;
 use crate::sys;
 use crate::sys::uring::{Completion, Ring};
@@ -18,6 +24,7 @@ pub(crate) struct Incoming {
     pub a: CoreSide,
     pub b: CoreSide,
     pub counters: Option<Arc<Counters>>,
+    pub limiter: Option<Arc<RateLimiter>>,
 }
 
 /// Per-core counters, summed by `Engine::stats`.
@@ -125,7 +132,10 @@ impl Poller {
 
     pub fn uring() -> io::Result<Poller> {
         let mut ring = Ring::new(1024)?;
-        if !ring.supports_engine_ops()? || !ring.supports_multishot_poll()? {
+        if !ring.supports_engine_ops()?
+            || !ring.supports_multishot_poll()?
+            || !ring.supports_wait_timeout()
+        {
             return Err(io::Error::from_raw_os_error(libc::ENOSYS));
         }
         Ok(Poller::Uring {
@@ -152,16 +162,18 @@ impl Poller {
         }
     }
 
-    /// Waits for readiness (or only collects what is there when `block` is false).
-    fn wait(&mut self, block: bool, out: &mut Vec<Ready>) -> io::Result<()> {
+    /// Waits for readiness up to `timeout` (`None`: no limit; zero: only collects what is
+    /// there).
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Ready>) -> io::Result<()> {
         out.clear();
         match self {
             Poller::Epoll { epoll, events } => {
-                let timeout = if block {
-                    None
-                } else {
-                    Some(std::time::Duration::ZERO)
-                };
+                // epoll counts milliseconds: round up, so a timer never wakes us early and
+                // spins.
+                let timeout = timeout.map(|t| {
+                    let ms = t.as_nanos().div_ceil(1_000_000);
+                    Duration::from_millis(ms.min(u64::MAX as u128) as u64)
+                });
                 epoll.wait(events, timeout)?;
                 out.extend(events.iter().map(|e| Ready {
                     token: e.token,
@@ -170,7 +182,11 @@ impl Poller {
                 }));
             }
             Poller::Uring { ring, completions } => {
-                ring.submit_and_wait(usize::from(block))?;
+                match timeout {
+                    None => ring.submit_and_wait(1)?,
+                    Some(t) if t.is_zero() => ring.submit_and_wait(0)?,
+                    Some(t) => ring.submit_and_wait_timeout(1, t)?,
+                }
                 ring.reap(completions);
                 for c in completions.iter() {
                     if c.user_data == REMOVED {
@@ -227,6 +243,8 @@ pub(crate) struct Core {
     slots: Vec<Slot>,
     free: Vec<u32>,
     run_queue: Vec<(u32, u32)>,
+    /// Throttled pairs: (deadline, slot, generation), earliest first.
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     buf: Box<[u8]>,
     plain: Vec<u8>,
     wire: Vec<u8>,
@@ -248,6 +266,7 @@ impl Core {
             slots: Vec::new(),
             free: Vec::new(),
             run_queue: Vec::new(),
+            timers: BinaryHeap::new(),
             buf: vec![0u8; COPY_READ_PLAIN].into_boxed_slice(),
             plain: Vec::new(),
             wire: Vec::new(),
@@ -281,8 +300,14 @@ impl Core {
         self.poller.register(self.shared.wake.as_fd(), WAKE)?;
         let mut ready = Vec::with_capacity(256);
         loop {
-            let block = self.run_queue.is_empty();
-            self.poller.wait(block, &mut ready)?;
+            let timeout = if !self.run_queue.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                self.timers
+                    .peek()
+                    .map(|Reverse((at, _, _))| at.saturating_duration_since(Instant::now()))
+            };
+            self.poller.wait(timeout, &mut ready)?;
             for r in &ready {
                 if r.token == WAKE {
                     if r.rearm {
@@ -308,6 +333,7 @@ impl Core {
                 }
                 self.drive(slot, generation);
             }
+            self.fire_timers();
             let queue = std::mem::take(&mut self.run_queue);
             for (slot, generation) in queue {
                 if let Some(pair) = live_pair(&mut self.slots, slot, generation) {
@@ -319,6 +345,25 @@ impl Core {
                 self.poller.flush()?;
                 return Ok(());
             }
+        }
+    }
+
+    /// Drives the pairs whose timer is due.
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, slot, generation))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(pair) = live_pair(&mut self.slots, slot, generation) else {
+                continue; // the pair is gone
+            };
+            if pair.timer != Some(at) {
+                continue; // superseded by an earlier timer
+            }
+            pair.timer = None;
+            self.drive(slot, generation);
         }
     }
 
@@ -339,8 +384,13 @@ impl Core {
     }
 
     fn add(&mut self, incoming: Incoming) {
-        let Incoming { a, b, counters } = incoming;
-        let pair = PairState::new(a, b, counters);
+        let Incoming {
+            a,
+            b,
+            counters,
+            limiter,
+        } = incoming;
+        let pair = PairState::new(a, b, counters, limiter);
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -386,11 +436,18 @@ impl Core {
             wire: &mut self.wire,
         };
         match pair.drive(&mut cx) {
-            Drive::Running(Turn::Parked) => {}
-            Drive::Running(Turn::Yield) => {
-                if !pair.queued {
+            Drive::Running(turn) => {
+                if turn == Turn::Yield && !pair.queued {
                     pair.queued = true;
                     self.run_queue.push((slot, generation));
+                }
+                // Out of tokens: wake the pair when enough have accrued (one timer per pair,
+                // the earliest wins).
+                if let Some(at) = pair.wake_at()
+                    && pair.timer.is_none_or(|t| at < t)
+                {
+                    pair.timer = Some(at);
+                    self.timers.push(Reverse((at, slot, generation)));
                 }
             }
             Drive::Finished(outcome) => {

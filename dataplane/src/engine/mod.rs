@@ -278,13 +278,19 @@ impl Engine {
         if self.inner.cores.is_empty() {
             return self.spawn_tokio(pair);
         }
-        let Pair { a, b, counters } = pair;
+        let Pair {
+            a,
+            b,
+            counters,
+            limiter,
+        } = pair;
         match (a.endpoint, b.endpoint) {
             (Endpoint::Tcp(ta), Endpoint::Tcp(tb)) => match (tcp_into_fd(ta), tcp_into_fd(tb)) {
                 (Ok(fa), Ok(fb)) => self.spawn_core(Incoming {
-                    a: CoreSide::new(fa, a.prefix, a.inbound, a.outbound),
-                    b: CoreSide::new(fb, b.prefix, b.inbound, b.outbound),
+                    a: CoreSide::new(fa, a.prefix, a.inbound, a.outbound, a.initial_write),
+                    b: CoreSide::new(fb, b.prefix, b.inbound, b.outbound, b.initial_write),
                     counters,
+                    limiter,
                 }),
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(error = %e, "dataplane: cannot take over a TCP socket; pair closed");
@@ -294,6 +300,7 @@ impl Engine {
                 a: Side { endpoint: ea, ..a },
                 b: Side { endpoint: eb, ..b },
                 counters,
+                limiter,
             }),
         }
     }
@@ -383,6 +390,7 @@ pub(crate) struct CoreSide {
     pub prefix: bytes::Bytes,
     pub inbound: Vec<Box<dyn Transform>>,
     pub outbound: Vec<Box<dyn Transform>>,
+    pub initial_write: bytes::Bytes,
 }
 
 impl CoreSide {
@@ -391,12 +399,14 @@ impl CoreSide {
         prefix: bytes::Bytes,
         inbound: Vec<Box<dyn Transform>>,
         outbound: Vec<Box<dyn Transform>>,
+        initial_write: bytes::Bytes,
     ) -> Self {
         CoreSide {
             fd,
             prefix,
             inbound,
             outbound,
+            initial_write,
         }
     }
 }

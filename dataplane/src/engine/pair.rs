@@ -11,7 +11,12 @@
 //!   other direction keeps going;
 //! - any error → the pair is closed at once;
 //! - the prefix of a side goes through that side's inbound chain (and the other side's
-//!   outbound chain) before anything read from the socket.
+//!   outbound chain) before anything read from the socket;
+//! - a side's `initial_write` is the first thing written to it (it starts as the pending
+//!   output of the direction writing there);
+//! - with a rate limiter, a direction takes tokens before each read and reads at most what it
+//!   was granted; without tokens it parks and reports when to be woken ([`PairState::wake_at`]),
+//!   and the core arms a timer.
 //!
 //! A direction with no transforms splices socket → pipe → socket with a pipe from the core's
 //! pool; with transforms (or when the pool has no pipe) it copies through the core's shared
@@ -22,12 +27,14 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::CoreSide;
 use super::core::CoreStats;
 use super::pipes::{Pipe, PipePool};
+use crate::limit::{Grant, RateLimiter};
 use crate::relay::{Counters, RelayError, RelayOutcome, SideId};
 use crate::sys;
 use crate::transform::{Transform, run_chain};
@@ -76,6 +83,9 @@ struct Dir {
     eof: bool,
     done: bool,
     total: u64,
+    limiter: Option<Arc<RateLimiter>>,
+    /// Out of tokens: run again at this instant.
+    wake_at: Option<Instant>,
 }
 
 /// How a direction's turn ended.
@@ -97,6 +107,8 @@ impl Dir {
         prefix: Bytes,
         inbound: Vec<Box<dyn Transform>>,
         outbound: Vec<Box<dyn Transform>>,
+        initial_write: Bytes,
+        limiter: Option<Arc<RateLimiter>>,
     ) -> Dir {
         Dir {
             from,
@@ -105,12 +117,37 @@ impl Dir {
             outbound,
             pipe: None,
             in_pipe: 0,
-            pending: Vec::new(),
+            // Written (uncounted: pending_plain = 0) before anything else.
+            pending: initial_write.to_vec(),
             sent: 0,
             pending_plain: 0,
             eof: false,
             done: false,
             total: 0,
+            limiter,
+            wake_at: None,
+        }
+    }
+
+    /// The most the next read may take: unlimited, or what the limiter grants. `None` when the
+    /// limiter has no tokens now (`wake_at` is then set).
+    fn grant(&mut self, want: usize) -> Option<usize> {
+        let Some(l) = &self.limiter else {
+            return Some(usize::MAX);
+        };
+        match l.acquire(want) {
+            Grant::Bytes(n) => Some(n),
+            Grant::Wait(d) => {
+                self.wake_at = Some(Instant::now() + d);
+                None
+            }
+        }
+    }
+
+    /// Gives back the unused part of a grant.
+    fn refund(&self, granted: usize, used: usize) {
+        if let Some(l) = &self.limiter {
+            l.refund(granted.saturating_sub(used));
         }
     }
 
@@ -158,6 +195,7 @@ impl Dir {
     ) -> Result<Turn, RelayError> {
         let (from, to) = (self.from, self.from.other());
         let mut budget = BUDGET;
+        self.wake_at = None;
         loop {
             if self.done {
                 return Ok(Turn::Parked);
@@ -226,12 +264,23 @@ impl Dir {
                 self.release(cx);
                 return Ok(Turn::Parked);
             }
+            let len = if self.transforms() {
+                COPY_READ_TRANSFORMED
+            } else {
+                COPY_READ_PLAIN
+            };
+            let Some(granted) = self.grant(len) else {
+                self.release(cx);
+                return Ok(Turn::Parked);
+            };
             if !self.transforms() && cx.pool.enabled() {
                 if self.pipe.is_none() {
                     self.pipe = cx.pool.take(cx.stats);
                 }
                 if let Some(pipe) = &self.pipe {
-                    match sys::splice(src.fd.as_fd(), pipe.write.as_fd(), pipe.cap) {
+                    let r = sys::splice(src.fd.as_fd(), pipe.write.as_fd(), pipe.cap.min(granted));
+                    self.refund(granted, *r.as_ref().unwrap_or(&0));
+                    match r {
                         Ok(0) => self.eof = true,
                         Ok(n) => self.in_pipe = n,
                         Err(e) if would_block(&e) => src.readable = false,
@@ -240,13 +289,10 @@ impl Dir {
                     continue;
                 }
             }
-            let len = if self.transforms() {
-                COPY_READ_TRANSFORMED
-            } else {
-                COPY_READ_PLAIN
-            };
-            let len = len.min(cx.buf.len());
-            match sys::recv(src.fd.as_fd(), &mut cx.buf[..len]) {
+            let len = len.min(cx.buf.len()).min(granted);
+            let r = sys::recv(src.fd.as_fd(), &mut cx.buf[..len]);
+            self.refund(granted, *r.as_ref().unwrap_or(&0));
+            match r {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     let data = &cx.buf[..n];
@@ -322,6 +368,8 @@ pub(crate) struct PairState {
     first_ended: Option<SideId>,
     /// Already in the core's run queue.
     pub queued: bool,
+    /// The deadline of the timer the core armed for this pair, if any.
+    pub timer: Option<Instant>,
 }
 
 /// Records which side ended first: the one that failed, or the first to send EOF.
@@ -349,18 +397,25 @@ pub(crate) enum Drive {
 }
 
 impl PairState {
-    pub fn new(a: CoreSide, b: CoreSide, counters: Option<Arc<Counters>>) -> PairState {
+    pub fn new(
+        a: CoreSide,
+        b: CoreSide,
+        counters: Option<Arc<Counters>>,
+        limiter: Option<Arc<RateLimiter>>,
+    ) -> PairState {
         let CoreSide {
             fd: fa,
             prefix: pa,
             inbound: ia,
             outbound: oa,
+            initial_write: wa,
         } = a;
         let CoreSide {
             fd: fb,
             prefix: pb,
             inbound: ib,
             outbound: ob,
+            initial_write: wb,
         } = b;
         let conn = |fd| Conn {
             fd,
@@ -370,12 +425,21 @@ impl PairState {
         PairState {
             conns: [conn(fa), conn(fb)],
             dirs: [
-                Dir::new(SideId::A, pa, ia, ob),
-                Dir::new(SideId::B, pb, ib, oa),
+                Dir::new(SideId::A, pa, ia, ob, wb, limiter.clone()),
+                Dir::new(SideId::B, pb, ib, oa, wa, limiter),
             ],
             counters,
             first_ended: None,
             queued: false,
+            timer: None,
+        }
+    }
+
+    /// When a direction that ran out of tokens wants to run again (the earlier of the two).
+    pub fn wake_at(&self) -> Option<Instant> {
+        match (self.dirs[0].wake_at, self.dirs[1].wake_at) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
         }
     }
 

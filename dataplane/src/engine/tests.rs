@@ -91,6 +91,7 @@ async fn bytes_both_ways_with_prefixes(kind: EngineKind) {
         a,
         b,
         counters: Some(counters.clone()),
+        limiter: None,
     });
     let (at_b, at_a) = exchange(ca, cb, b"hello from a", b"hello from b").await;
     assert_eq!(at_b, b"prefix-a|hello from a");
@@ -111,6 +112,7 @@ async fn half_close_keeps_the_reply_flowing(kind: EngineKind) {
         a: tcp_side(ra),
         b: tcp_side(rb),
         counters: None,
+        limiter: None,
     });
     let request = pattern(300_000, 1);
     ca.write_all(&request).await.unwrap();
@@ -141,6 +143,7 @@ async fn reset_from_one_side_closes_the_other(kind: EngineKind) {
         a: tcp_side(ra),
         b: tcp_side(rb),
         counters: None,
+        limiter: None,
     });
     // Make sure the pair is running before the reset.
     cb.write_all(b"x").await.unwrap();
@@ -173,6 +176,7 @@ async fn transform_error_closes_both_ends(kind: EngineKind) {
         a,
         b: tcp_side(rb),
         counters: None,
+        limiter: None,
     });
     ca.write_all(b"fine").await.unwrap();
     let mut got = [0u8; 4];
@@ -201,6 +205,7 @@ async fn transforms_run_on_the_copy_path(kind: EngineKind) {
         a,
         b,
         counters: None,
+        limiter: None,
     });
     let sent_a = pattern(1 << 20, 3);
     let sent_b = pattern(1 << 20, 4);
@@ -234,6 +239,7 @@ async fn plain_pairs_splice(kind: EngineKind) {
         a,
         b: tcp_side(rb),
         counters: None,
+        limiter: None,
     });
     let (at_b, at_a) = exchange(ca, cb, &pattern(4 << 20, 5), &pattern(4 << 20, 6)).await;
     assert!(at_b[..3] == *b"hdr" && at_b[3..] == pattern(4 << 20, 5));
@@ -263,6 +269,7 @@ async fn pool_exhaustion_falls_back_to_copying(kind: EngineKind) {
         a: tcp_side(ra),
         b: tcp_side(rb),
         counters: None,
+        limiter: None,
     });
     let big = pattern(16 << 20, 99);
     let writer = tokio::spawn(async move {
@@ -290,6 +297,7 @@ async fn pool_exhaustion_falls_back_to_copying(kind: EngineKind) {
             a: tcp_side(ra),
             b: tcp_side(rb),
             counters: None,
+            limiter: None,
         });
         tasks.push(tokio::spawn(async move {
             let (at_b, at_a) =
@@ -328,6 +336,7 @@ async fn no_pool_means_no_pipes(kind: EngineKind) {
         a: tcp_side(ra),
         b: tcp_side(rb),
         counters: None,
+        limiter: None,
     });
     let (at_b, at_a) = exchange(ca, cb, &pattern(1 << 20, 7), b"ok").await;
     assert!(at_b == pattern(1 << 20, 7));
@@ -352,6 +361,7 @@ async fn hundred_pairs_of_one_mib_each_way(kind: EngineKind) {
             a: tcp_side(ra),
             b: tcp_side(rb),
             counters: Some(counters.clone()),
+            limiter: None,
         });
         clients.push(tokio::spawn(async move {
             let (at_b, at_a) =
@@ -391,6 +401,7 @@ async fn stalled_reader_blocks_the_writer(kind: EngineKind) {
         a: tcp_side(ra),
         b: tcp_side(rb),
         counters: None,
+        limiter: None,
     });
     let chunk = pattern(64 * 1024, 8);
     let mut written = 0usize;
@@ -437,6 +448,7 @@ async fn counters_count_plaintext_after_inbound(kind: EngineKind) {
         a,
         b,
         counters: Some(counters.clone()),
+        limiter: None,
     });
     let sent = pattern(250_001, 5);
     let (at_b, at_a) = exchange(ca, cb, &sent, b"ack").await;
@@ -460,6 +472,7 @@ async fn idle_pairs_hold_no_pipe(kind: EngineKind) {
             a: tcp_side(ra),
             b: tcp_side(rb),
             counters: None,
+            limiter: None,
         });
         // A burst, then silence.
         let data = pattern(512 * 1024, i);
@@ -499,6 +512,7 @@ async fn stream_sides_stay_on_tokio(kind: EngineKind) {
         a: stream_side(relay_a),
         b: tcp_side(rb),
         counters: None,
+        limiter: None,
     });
     let (mut client_r, mut client_w) = tokio::io::split(client);
     client_w.write_all(b"ping").await.unwrap();
@@ -509,6 +523,75 @@ async fn stream_sides_stay_on_tokio(kind: EngineKind) {
     assert_eq!(read_all(&mut client_r).await, b"pong");
     let s = engine.stats();
     assert_eq!((s.tokio_pairs, s.pairs_started), (1, 0));
+}
+
+async fn initial_write_goes_first_even_if_nothing_is_relayed(kind: EngineKind) {
+    let Some(engine) = engine(kind) else { return };
+    let (ca, ra) = tcp_pair().await;
+    let (mut cb, rb) = tcp_pair().await;
+    let mut b = tcp_side(rb);
+    b.initial_write = Bytes::from_static(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n");
+    // Transforms on a's side must not touch the initial bytes written to b.
+    let mut a = tcp_side(ra);
+    a.inbound.push(Box::new(Xor(0x55)));
+    engine.spawn(Pair {
+        a,
+        b,
+        counters: None,
+        limiter: None,
+    });
+    // A server-speaks-first service gets the header before the user sent anything.
+    let mut head = [0u8; 32];
+    timeout(HANG_GUARD, cb.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&head, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n");
+    let masked: Vec<u8> = b"data".iter().map(|b| b ^ 0x55).collect();
+    let (at_b, at_a) = exchange(ca, cb, &masked, b"reply").await;
+    assert_eq!(at_b, b"data");
+    assert_eq!(at_a, b"reply");
+}
+
+/// Moves `to_b` and `to_a` at once through a pair limited to `rate` B/s with `burst`, and
+/// checks the combined time against the token arithmetic: never faster (the limit holds,
+/// both directions share it), and not much slower.
+async fn limited_exchange(kind: EngineKind, rate: u64, burst: u64, to_b: usize, to_a: usize) {
+    let Some(engine) = engine(kind) else { return };
+    let (ca, ra) = tcp_pair().await;
+    let (cb, rb) = tcp_pair().await;
+    let limiter = Arc::new(crate::RateLimiter::with_burst(rate, burst));
+    engine.spawn(Pair {
+        a: tcp_side(ra),
+        b: tcp_side(rb),
+        counters: None,
+        limiter: Some(limiter),
+    });
+    let (d1, d2) = (pattern(to_b, 1), pattern(to_a, 2));
+    let t = std::time::Instant::now();
+    let (at_b, at_a) = exchange(ca, cb, &d1, &d2).await;
+    let took = t.elapsed().as_secs_f64();
+    assert!(at_b == d1 && at_a == d2, "data intact");
+    let want = (to_b + to_a) as f64 - burst as f64;
+    let want = want / rate as f64;
+    assert!(
+        took >= want * 0.9,
+        "{kind}: {took:.3}s, the limit allows no less than {want:.3}s"
+    );
+    assert!(
+        took <= want * 2.0 + 0.3,
+        "{kind}: {took:.3}s, expected about {want:.3}s"
+    );
+}
+
+async fn rate_limit_holds_for_both_directions_together(kind: EngineKind) {
+    // 2.5 MiB total at 4 MiB/s after a 0.5 MiB burst: 0.5 s.
+    limited_exchange(kind, 4 << 20, 512 << 10, 1536 << 10, 1 << 20).await;
+}
+
+async fn rate_limit_holds_at_a_small_rate(kind: EngineKind) {
+    // 12 KiB at 20 KiB/s after a 2 KiB burst: reads are capped far below the 64 KiB buffer.
+    limited_exchange(kind, 20 << 10, 2 << 10, 12 << 10, 0).await;
 }
 
 macro_rules! suite {
@@ -554,6 +637,9 @@ suite!(
     counters_count_plaintext_after_inbound,
     idle_pairs_hold_no_pipe,
     stream_sides_stay_on_tokio,
+    initial_write_goes_first_even_if_nothing_is_relayed,
+    rate_limit_holds_for_both_directions_together,
+    rate_limit_holds_at_a_small_rate,
 );
 
 // ----- engine choice ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ async fn bytes_both_ways_with_prefixes() {
         a,
         b,
         counters: None,
+        limiter: None,
     }));
 
     ca.write_all(b"hello from a").await.unwrap();
@@ -44,6 +45,7 @@ async fn half_close_keeps_the_reply_flowing() {
         a: tcp_side(ra),
         b: tcp_side(rb),
         counters: None,
+        limiter: None,
     }));
 
     // The client sends its whole request, then half-closes.
@@ -80,6 +82,7 @@ async fn transform_error_closes_both_ends() {
         a,
         b: tcp_side(rb),
         counters: None,
+        limiter: None,
     }));
 
     ca.write_all(b"fine").await.unwrap();
@@ -114,6 +117,7 @@ async fn reset_from_one_side_closes_the_other() {
         a: tcp_side(ra),
         b: tcp_side(rb),
         counters: None,
+        limiter: None,
     }));
     // An abortive close (RST) of a is an error, not an EOF: b is closed, not half-closed.
     ca.set_zero_linger().unwrap();
@@ -157,6 +161,7 @@ async fn transforms_apply_in_chain_order_both_ways() {
         a,
         b,
         counters: None,
+        limiter: None,
     }));
 
     let sent_a = pattern(100_000, 3);
@@ -203,6 +208,7 @@ async fn counters_count_plaintext_after_inbound() {
         a,
         b,
         counters: Some(counters.clone()),
+        limiter: None,
     }));
 
     let sent = pattern(250_001, 5);
@@ -235,6 +241,7 @@ async fn hundred_pairs_of_one_mib_each_way() {
             a: tcp_side(ra),
             b: tcp_side(rb),
             counters: Some(counters.clone()),
+            limiter: None,
         });
         clients.push(tokio::spawn(async move {
             let (mut ca_r, mut ca_w) = ca.into_split();
@@ -273,6 +280,7 @@ async fn tcp_and_stream_endpoints_mix() {
         a: stream_side(relay_a),
         b: tcp_side(rb),
         counters: None,
+        limiter: None,
     }));
     let sent = pattern(500_000, 6);
     let (mut client_r, mut client_w) = tokio::io::split(client);
@@ -307,6 +315,7 @@ async fn stalled_reader_blocks_the_writer_with_bounded_buffering() {
         a: stream_side(relay_a),
         b: stream_side(relay_b),
         counters: None,
+        limiter: None,
     }));
 
     // Write until a write makes no progress; 64 MiB would go through if nothing pushed back.
@@ -360,6 +369,7 @@ async fn stalled_tcp_reader_blocks_the_writer() {
         a: tcp_side(ra),
         b: tcp_side(rb),
         counters: None,
+        limiter: None,
     }));
 
     let chunk = pattern(64 * 1024, 8);
@@ -407,6 +417,7 @@ async fn idle_pair_state_is_small() {
         a: tcp_side(ra),
         b: tcp_side(rb),
         counters: None,
+        limiter: None,
     });
     let size = std::mem::size_of_val(&fut);
     assert!(size <= 2 * IDLE_READ + 4096, "relay future is {size} bytes");

@@ -252,6 +252,26 @@ mod ring {
     }
 
     #[test]
+    fn wait_with_a_timeout_returns_after_it_without_completions() {
+        let Some(mut ring) = ring_or_skip() else {
+            return;
+        };
+        if !ring.supports_wait_timeout() {
+            eprintln!("SKIPPED: no IORING_FEAT_EXT_ARG (Linux < 5.11)");
+            return;
+        }
+        let t = std::time::Instant::now();
+        ring.submit_and_wait_timeout(1, Duration::from_millis(30))
+            .unwrap();
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(25), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        let mut out = Vec::new();
+        ring.reap(&mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
     fn probe_knows_poll() {
         let Some(ring) = ring_or_skip() else { return };
         assert!(ring.supports_engine_ops().unwrap());

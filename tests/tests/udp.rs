@@ -1,0 +1,184 @@
+//! udp proxies end to end: real frps and frpc processes on 127.0.0.1, a UDP echo service
+//! behind frpc, several user sockets in front of frps.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use e2e::*;
+use tokio::net::UdpSocket;
+
+const TOKEN: &str = "e2e-udp";
+const USERS: usize = 5;
+const PER_USER: usize = 40;
+
+fn frpc_udp_config(
+    server_port: u16,
+    tcp_mux: bool,
+    enc: bool,
+    local_port: u16,
+    remote_port: u16,
+) -> String {
+    format!(
+        r#"serverAddr = "127.0.0.1"
+serverPort = {server_port}
+auth.token = "{TOKEN}"
+transport.tcpMux = {tcp_mux}
+transport.tls.enable = false
+log.level = "debug"
+
+[[proxies]]
+name = "dns"
+type = "udp"
+localIP = "127.0.0.1"
+localPort = {local_port}
+remotePort = {remote_port}
+transport.useEncryption = {enc}
+transport.useCompression = {enc}
+"#
+    )
+}
+
+/// The datagram user `u` sends as its `seq`-th: its identity, then padding that differs in
+/// length so that replies cannot be matched by size alone.
+fn datagram(u: usize, seq: usize) -> Vec<u8> {
+    let mut d = format!("user{u}-seq{seq}-").into_bytes();
+    d.extend(pattern(
+        50 + (u * 97 + seq * 13) % 900,
+        (u * 1000 + seq) as u64,
+    ));
+    d
+}
+
+async fn echo_through_tunnel(tcp_mux: bool, enc: bool) {
+    let env = Env::new();
+    let echo = udp_echo_server().await;
+    let bind = free_port();
+    let remote = free_port();
+    let frps = env.frps(
+        "frps",
+        bind,
+        &format!("auth.token = \"{TOKEN}\"\ntransport.tcpMux = {tcp_mux}\nlog.level = \"debug\""),
+    );
+    let frpc = env.frpc("frpc", &frpc_udp_config(bind, tcp_mux, enc, echo, remote));
+    frpc.wait_log("[dns] start proxy success", Duration::from_secs(10));
+    frps.wait_log("new proxy [dns] type [udp] success", Duration::from_secs(5));
+    frps.wait_log("udp proxy listen port [", Duration::from_secs(1));
+
+    let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let got = udp_probe(&probe, remote, b"probe", Duration::from_secs(10)).await;
+    assert_eq!(got, b"probe");
+    frpc.wait_log(
+        "incoming a new work connection for udp proxy",
+        Duration::from_secs(1),
+    );
+
+    let mut users = Vec::new();
+    for _ in 0..USERS {
+        users.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let ports: BTreeSet<u16> = users
+        .iter()
+        .map(|u| u.local_addr().unwrap().port())
+        .collect();
+    assert_eq!(ports.len(), USERS, "distinct source addresses");
+
+    // Interleaved: every user sends its next datagram in turn. Paced a little: UDP has no
+    // flow control, and a burst larger than a socket's receive buffer would be dropped by the
+    // kernel before frps (or the echo service) reads it.
+    for seq in 0..PER_USER {
+        for (u, sock) in users.iter().enumerate() {
+            sock.send_to(&datagram(u, seq), ("127.0.0.1", remote))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    for (u, sock) in users.iter().enumerate() {
+        let mut seen = BTreeSet::new();
+        let mut buf = vec![0u8; 4096];
+        while seen.len() < PER_USER {
+            let n = match tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf)).await {
+                Ok(r) => r.unwrap(),
+                Err(_) => panic!(
+                    "user {u}: only {} of {PER_USER} replies (tcpMux={tcp_mux}, enc={enc})",
+                    seen.len()
+                ),
+            };
+            let reply = &buf[..n];
+            let prefix = format!("user{u}-seq");
+            assert!(
+                reply.starts_with(prefix.as_bytes()),
+                "user {u} got someone else's reply: {:?}",
+                String::from_utf8_lossy(&reply[..reply.len().min(20)])
+            );
+            let rest = &reply[prefix.len()..];
+            let dash = rest.iter().position(|&b| b == b'-').unwrap();
+            let seq: usize = std::str::from_utf8(&rest[..dash]).unwrap().parse().unwrap();
+            assert_eq!(
+                reply,
+                datagram(u, seq),
+                "user {u} seq {seq}: payload intact"
+            );
+            assert!(seen.insert(seq), "user {u} seq {seq} twice");
+        }
+    }
+    // Nothing extra arrives.
+    let mut buf = [0u8; 64];
+    for sock in &users {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), sock.recv(&mut buf))
+                .await
+                .is_err(),
+            "an unexpected extra datagram"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_echo_mux_plain() {
+    echo_through_tunnel(true, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_echo_mux_encrypted_compressed() {
+    echo_through_tunnel(true, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_echo_nomux_plain() {
+    echo_through_tunnel(false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_echo_nomux_encrypted_compressed() {
+    echo_through_tunnel(false, true).await;
+}
+
+/// frps takes a new work connection when the old one dies: restarting frpc (a new client with
+/// the same config) brings the udp tunnel back, and closing the client frees the UDP port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_port_is_released_and_reacquired() {
+    let env = Env::new();
+    let echo = udp_echo_server().await;
+    let bind = free_port();
+    let remote = free_port();
+    let frps = env.frps("frps", bind, &format!("auth.token = \"{TOKEN}\""));
+    let mut frpc = env.frpc("frpc", &frpc_udp_config(bind, true, false, echo, remote));
+    frpc.wait_log("[dns] start proxy success", Duration::from_secs(10));
+    let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp_probe(&probe, remote, b"one", Duration::from_secs(10)).await;
+    assert!(
+        std::net::UdpSocket::bind(("127.0.0.1", remote)).is_err(),
+        "frps holds the UDP port"
+    );
+    frpc.kill();
+    frps.wait_log("client exit success", Duration::from_secs(10));
+    std::net::UdpSocket::bind(("127.0.0.1", remote)).expect("UDP port free again");
+
+    let frpc2 = env.frpc("frpc2", &frpc_udp_config(bind, true, false, echo, remote));
+    frpc2.wait_log("[dns] start proxy success", Duration::from_secs(10));
+    let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let got = udp_probe(&probe, remote, b"two", Duration::from_secs(10)).await;
+    assert_eq!(got, b"two");
+}

@@ -19,7 +19,10 @@
 //! - [`msgconn`]: a logical connection that reads and writes frp messages, encrypted or not.
 //! - [`log`]: frp-shaped log lines on the console or in a file.
 //! - [`server`]: the frps runtime. [`client`]: the frpc runtime.
+//! - [`web`]: the `webServer` plumbing (hyper, Basic auth, frp's JSON responses) used by
+//!   [`admin`] (frpc's admin API, `frpc reload|status|stop`).
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -31,6 +34,7 @@ pub mod msgconn;
 pub mod server;
 pub mod tls;
 pub mod transport;
+pub mod web;
 pub mod wire_v2;
 pub mod yamux;
 

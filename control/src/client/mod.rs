@@ -15,11 +15,14 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::auth;
-use crate::config::{ClientConfig, ProxyConfig, ProxyType};
+use crate::config::{ClientConfig, ProxyConfig};
 use crate::crypto::{self, CryptoKey};
 use crate::msg::{CloseProxy, Login, Message, NewProxy, NewWorkConn, Ping};
 use crate::msgconn::{MsgConn, MsgError};
 use crate::transport::{self, Conn, Connector, DialConfig, DialError};
+
+mod handle;
+pub use handle::{ProxyStatus, ReloadSummary};
 
 /// Why frpc stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +80,8 @@ pub struct Client {
     engine: Engine,
     run_id: Mutex<String>,
     proxies: Arc<Mutex<HashMap<String, ProxyRuntime>>>,
+    /// The live control session's message queue (admin API reloads send through it).
+    session_tx: Mutex<Option<mpsc::Sender<Message>>>,
 }
 
 struct Session {
@@ -126,36 +131,7 @@ impl Client {
             tcp_mux: t.tcp_mux,
             tcp_mux_keepalive_secs: t.tcp_mux_keepalive_interval,
         };
-        let mut proxies = HashMap::new();
-        for p in &cfg.proxies {
-            if !p.enabled {
-                continue;
-            }
-            if matches!(
-                p.proxy_type,
-                ProxyType::Udp | ProxyType::Sudp | ProxyType::Xtcp
-            ) {
-                warn!(
-                    "[{}] proxy type [{}] is not supported by this frpc build yet; skipped",
-                    p.name,
-                    p.proxy_type.as_str()
-                );
-                continue;
-            }
-            let wire_name = if cfg.user.is_empty() {
-                p.name.clone()
-            } else {
-                format!("{}.{}", cfg.user, p.name)
-            };
-            proxies.insert(
-                p.name.clone(),
-                ProxyRuntime {
-                    cfg: p.clone(),
-                    wire_name,
-                    phase: Phase::New,
-                },
-            );
-        }
+        let proxies = handle::proxy_runtimes(&cfg);
         if !cfg.visitors.is_empty() {
             warn!(
                 "visitors are not supported by this frpc build yet; {} visitor(s) ignored",
@@ -168,6 +144,7 @@ impl Client {
             engine: Engine::new(cfg.dataplane.engine_config()),
             run_id: Mutex::new(String::new()),
             proxies: Arc::new(Mutex::new(proxies)),
+            session_tx: Mutex::new(None),
             cfg,
         })
     }
@@ -313,6 +290,7 @@ impl Client {
                 p.phase = Phase::New;
             }
         }
+        *self.session_tx.lock().unwrap() = Some(tx.clone());
         self.register_due_proxies(&tx);
 
         let hb_interval = self.cfg.transport.heartbeat_interval;
@@ -375,6 +353,8 @@ impl Client {
             }
         };
 
+        // Dropping the last sender lets the writer finish.
+        *self.session_tx.lock().unwrap() = None;
         let stopping = reason.is_none();
         match reason {
             Some(r) => warn!("[{run_id}] control closed: {r}"),

@@ -19,14 +19,16 @@
 //! - [`msgconn`]: a logical connection that reads and writes frp messages, encrypted or not.
 //! - [`log`]: frp-shaped log lines on the console or in a file.
 //! - [`server`]: the frps runtime. [`client`]: the frpc runtime.
-//! - [`web`]: the `webServer` plumbing (hyper, Basic auth, frp's JSON responses) used by
-//!   [`admin`] (frpc's admin API, `frpc reload|status|stop`).
+//! - [`web`]: the `webServer` plumbing (hyper, Basic auth, frp's JSON responses) shared by
+//!   [`admin`] (frpc's admin API, `frpc reload|status|stop`) and [`dashboard`] (frps'
+//!   dashboard API, web page and Prometheus `/metrics`).
 
 pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod dashboard;
 pub mod layered;
 pub mod log;
 pub mod msg;

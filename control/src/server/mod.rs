@@ -70,6 +70,8 @@ pub(crate) struct State {
     vhost: Arc<vhost::Vhost>,
     /// tcp load-balancing groups by name.
     tcp_groups: Mutex<HashMap<String, Arc<tcp::TcpGroup>>>,
+    /// Clients, proxies and traffic for the dashboard and `/metrics`.
+    stats: Arc<crate::dashboard::Stats>,
 }
 
 struct ProxyEntry {
@@ -142,6 +144,7 @@ impl Server {
             ports: Mutex::new(ports),
             vhost,
             tcp_groups: Mutex::new(HashMap::new()),
+            stats: Arc::new(crate::dashboard::Stats::new()),
             cfg,
         });
         Ok(Server {
@@ -154,6 +157,11 @@ impl Server {
     /// The address frps listens on (useful with `bindPort = 0` in tests).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The statistics the dashboard serves (see [`crate::dashboard::Dashboard`]).
+    pub fn stats(&self) -> Arc<crate::dashboard::Stats> {
+        self.state.stats.clone()
     }
 
     /// Accepts connections until the task is dropped.
@@ -357,6 +365,7 @@ impl State {
             .lock()
             .unwrap()
             .insert(run_id.clone(), ctl.clone());
+        self.stats.on_login(&run_id, &ctl.login, remote, "v1");
         info!("[{run_id}] client login success, pool count {pool_count}");
 
         let (mut reader, mut writer) = mc.split();
@@ -509,6 +518,7 @@ impl State {
                 controls.remove(&ctl.run_id);
             }
         }
+        self.stats.on_logout(&ctl.run_id);
         ctl.finished
             .store(true, std::sync::atomic::Ordering::SeqCst);
         ctl.done.notify_waiters();
@@ -552,6 +562,7 @@ impl State {
             return Err(format!("proxy [{}] already exists", np.proxy_name));
         }
         let remote_addr = started.remote_addr.clone();
+        let counters = info.counters.clone();
         proxies.insert(
             np.proxy_name.clone(),
             ProxyEntry {
@@ -561,6 +572,10 @@ impl State {
             },
         );
         ctl.proxies.lock().unwrap().insert(np.proxy_name.clone());
+        drop(proxies);
+        let user = &ctl.login.user;
+        self.stats
+            .on_proxy_start(np, &ty, &counters, user, &ctl.login.client_id);
         Ok(remote_addr)
     }
 
@@ -588,6 +603,7 @@ impl State {
             }
         };
         if let Some(mut e) = entry {
+            self.stats.on_proxy_close(name);
             if let Some(started) = e.started.take() {
                 self.release(ctl, started);
             }

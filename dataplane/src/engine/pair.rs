@@ -28,7 +28,7 @@ use bytes::Bytes;
 use super::CoreSide;
 use super::core::CoreStats;
 use super::pipes::{Pipe, PipePool};
-use crate::relay::{Counters, RelayError, RelayOutcome, SideId};
+use crate::relay::{ConnGuard, Counters, RelayError, RelayOutcome, SideId};
 use crate::sys;
 use crate::transform::{Transform, run_chain};
 
@@ -319,6 +319,8 @@ pub(crate) struct PairState {
     pub conns: [Conn; 2],
     dirs: [Dir; 2],
     counters: Option<Arc<Counters>>,
+    /// Keeps the pair counted in `counters.conns` until the pair is dropped.
+    _live: Option<ConnGuard>,
     first_ended: Option<SideId>,
     /// Already in the core's run queue.
     pub queued: bool,
@@ -373,6 +375,7 @@ impl PairState {
                 Dir::new(SideId::A, pa, ia, ob),
                 Dir::new(SideId::B, pb, ib, oa),
             ],
+            _live: counters.as_ref().map(ConnGuard::new),
             counters,
             first_ended: None,
             queued: false,

@@ -23,12 +23,17 @@
 //! - [`log`]: frp-shaped log lines on the console or in a file.
 //! - [`proxy_protocol`]: the PROXY protocol v1/v2 headers frpc writes to local services.
 //! - [`server`]: the frps runtime. [`client`]: the frpc runtime.
+//! - [`web`]: the `webServer` plumbing (hyper, Basic auth, frp's JSON responses) shared by
+//!   [`admin`] (frpc's admin API, `frpc reload|status|stop`) and [`dashboard`] (frps'
+//!   dashboard API, web page and Prometheus `/metrics`).
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod handshake;
+pub mod dashboard;
 pub mod layered;
 pub mod log;
 pub mod msg;
@@ -37,6 +42,7 @@ pub mod proxy_protocol;
 pub mod server;
 pub mod tls;
 pub mod transport;
+pub mod web;
 pub mod wire_v2;
 pub mod yamux;
 

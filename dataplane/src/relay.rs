@@ -86,6 +86,26 @@ pub struct Counters {
     pub a_to_b: AtomicU64,
     /// Plaintext bytes read from side `b` and delivered to side `a`.
     pub b_to_a: AtomicU64,
+    /// Pairs using these counters that are being relayed right now (frp's "current
+    /// connections"); maintained by [`ConnGuard`].
+    pub conns: AtomicU64,
+}
+
+/// Counts one pair in [`Counters::conns`] from its start until it is dropped, whichever
+/// driver (core thread or tokio task) runs it.
+pub(crate) struct ConnGuard(Arc<Counters>);
+
+impl ConnGuard {
+    pub(crate) fn new(counters: &Arc<Counters>) -> ConnGuard {
+        counters.conns.fetch_add(1, Ordering::Relaxed);
+        ConnGuard(counters.clone())
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.conns.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A matched pair of endpoints handed to the data plane.
@@ -204,6 +224,7 @@ pub async fn relay(pair: Pair) -> RelayOutcome {
         counters,
         limiter,
     } = pair;
+    let _live = counters.as_ref().map(ConnGuard::new);
     let (a_read, a_write) = split(a.endpoint);
     let (b_read, b_write) = split(b.endpoint);
     let (a_counter, b_counter) = match &counters {

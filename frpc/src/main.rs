@@ -1,12 +1,18 @@
 //! frpc — the frp client, frp-uring edition. Parses frp's command line, loads the config,
-//! runs the client; everything else lives in the `control` and `dataplane` crates.
+//! runs the client (and its admin API); everything else lives in the `control` and
+//! `dataplane` crates.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{ArgAction, Parser, Subcommand};
+use control::admin::api_client::{AdminClient, parse_go_duration};
+use control::config::ClientConfig;
+
+mod quick;
 
 #[derive(Parser)]
 #[command(
@@ -33,10 +39,31 @@ struct Cli {
     cmd: Option<Cmd>,
 }
 
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Timeout for admin API calls
+    #[arg(long = "api-timeout", default_value = "30s", value_parser = parse_go_duration)]
+    api_timeout: Duration,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Verify that the configures is valid
     Verify,
+    /// Hot-Reload frpc configuration
+    Reload(AdminArgs),
+    /// Overview of all proxies status
+    Status(AdminArgs),
+    /// Stop the running frpc
+    Stop(AdminArgs),
+    /// Run frpc with a single tcp proxy
+    Tcp(quick::TcpArgs),
+    /// Run frpc with a single udp proxy
+    Udp(quick::TcpArgs),
+    /// Run frpc with a single http proxy
+    Http(quick::HttpArgs),
+    /// Run frpc with a single https proxy
+    Https(quick::DomainArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,22 +72,65 @@ fn main() -> ExitCode {
         println!("{}", control::FRP_VERSION);
         return ExitCode::SUCCESS;
     }
-    if let Some(Cmd::Verify) = cli.cmd {
-        return match control::config::load_client_config(&cli.config, cli.strict_config) {
-            Ok(_) => {
-                println!(
-                    "frpc: the configuration file {} syntax is ok",
-                    cli.config.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                println!("{e}");
-                ExitCode::FAILURE
-            }
-        };
+    match &cli.cmd {
+        Some(Cmd::Verify) => {
+            return match control::config::load_client_config(&cli.config, cli.strict_config) {
+                Ok(_) => {
+                    println!(
+                        "frpc: the configuration file {} syntax is ok",
+                        cli.config.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Cmd::Reload(a) | Cmd::Status(a) | Cmd::Stop(a)) => {
+            // frp prints the error on stdout and exits 1.
+            return match admin_command(&cli, a.api_timeout) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    println!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
-    match run(cli) {
+    let quick = match &cli.cmd {
+        Some(Cmd::Tcp(a)) => Some(quick::tcp_config("tcp", a)),
+        Some(Cmd::Udp(a)) => Some(quick::tcp_config("udp", a)),
+        Some(Cmd::Http(a)) => Some(quick::http_config(a)),
+        Some(Cmd::Https(a)) => Some(quick::https_config(a)),
+        _ => None,
+    };
+    let cfg = match quick {
+        // Proxies from flags are checked as frp checks them before starting.
+        Some(Ok(c)) => match c.validate() {
+            Ok(()) => c,
+            Err(e) => {
+                println!("{}", e.0);
+                return ExitCode::FAILURE;
+            }
+        },
+        Some(Err(e)) => {
+            println!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+        None => match control::config::load_client_config(&cli.config, cli.strict_config) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    // Quick proxies have no file: nothing to reload from.
+    let config_file = cli.cmd.is_none().then(|| cli.config.clone());
+    match run(cfg, config_file, cli.strict_config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e:#}");
@@ -69,28 +139,77 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// `frpc reload|status|stop`: calls the admin API of the config's `webServer`.
+fn admin_command(cli: &Cli, timeout: Duration) -> anyhow::Result<()> {
     let cfg = control::config::load_client_config(&cli.config, cli.strict_config)?;
+    if cfg.web_server.port == 0 {
+        anyhow::bail!("web server port should be set if you want to use this feature");
+    }
+    let api = AdminClient::new(&cfg.web_server, timeout);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match &cli.cmd {
+            Some(Cmd::Reload(_)) => {
+                api.reload(cli.strict_config).await?;
+                println!("reload success");
+            }
+            Some(Cmd::Status(_)) => {
+                let status = api.status().await?;
+                print!("{}", control::admin::format_status(&status));
+            }
+            Some(Cmd::Stop(_)) => {
+                api.stop().await?;
+                println!("stop success");
+            }
+            _ => unreachable!("not an admin command"),
+        }
+        anyhow::Ok(())
+    })
+}
+
+fn run(cfg: ClientConfig, config_file: Option<PathBuf>, strict: bool) -> anyhow::Result<()> {
     control::log::init(&cfg.log.to, &cfg.log.level, cfg.log.disable_print_color)
         .with_context(|| format!("open log file {}", cfg.log.to))?;
-    tracing::info!(
-        "start frpc service for config file [{}]",
-        cli.config.display()
-    );
+    let label = config_file
+        .as_deref()
+        .unwrap_or(Path::new("<command line>"))
+        .display()
+        .to_string();
+    tracing::info!("start frpc service for config file [{label}]");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let web = cfg.web_server.clone();
         let client = Arc::new(control::client::Client::new(cfg)?);
-        let result = client.run(shutdown_signal()).await;
+        if web.port != 0 {
+            let admin = control::admin::AdminServer::bind(
+                &web,
+                client.clone(),
+                config_file.clone().unwrap_or_default(),
+                strict,
+                stop.clone(),
+            )
+            .await
+            .context("start admin server")?;
+            tracing::info!("admin server listen on {}", admin.local_addr()?);
+            tokio::spawn(admin.run());
+        }
+        let shutdown = async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = stop.notified() => tracing::info!("stop requested through the admin API"),
+            }
+        };
+        let result = client.run(shutdown).await;
         if let Err(e) = &result {
             tracing::warn!("{e}");
         }
         result?;
-        tracing::info!(
-            "frpc service for config file [{}] stopped",
-            cli.config.display()
-        );
+        tracing::info!("frpc service for config file [{label}] stopped");
         anyhow::Ok(())
     })
 }

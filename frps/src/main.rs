@@ -78,7 +78,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        let web = cfg.web_server.clone();
+        let dashboard_cfg = (web.port != 0).then(|| cfg.clone());
         let server = control::server::Server::bind(cfg).await?;
+        if let Some(cfg) = dashboard_cfg {
+            let dashboard = control::dashboard::Dashboard::bind(&cfg, server.stats())
+                .await
+                .context("start dashboard")?;
+            tracing::info!("dashboard listen on {}", dashboard.local_addr()?);
+            if cfg.enable_prometheus {
+                tracing::info!("prometheus metrics enabled at /metrics");
+            }
+            tokio::spawn(dashboard.run());
+        }
         tokio::select! {
             _ = server.run() => {}
             _ = shutdown_signal() => tracing::info!("frps received a stop signal, exiting"),

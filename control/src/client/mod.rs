@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::auth;
-use crate::config::{ClientConfig, ProxyConfig, ProxyType};
+use crate::config::{ClientConfig, ProxyConfig};
 use crate::crypto::{self, CryptoKey};
 use crate::handshake::{self, HandshakeError, Role};
 use crate::msg::{CloseProxy, Login, Message, NewProxy, NewWorkConn, Ping};
@@ -27,6 +27,9 @@ use crate::wire_v2::WireVersion;
 
 mod health;
 mod udp;
+
+mod handle;
+pub use handle::{ProxyStatus, ReloadSummary};
 
 /// Why frpc stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +111,8 @@ pub struct Client {
     engine: Engine,
     run_id: Mutex<String>,
     proxies: Arc<Mutex<HashMap<String, ProxyRuntime>>>,
+    /// The live control session's message queue (admin API reloads send through it).
+    session_tx: Mutex<Option<mpsc::Sender<Message>>>,
 }
 
 struct Session {
@@ -130,39 +135,7 @@ impl Client {
     pub fn new(cfg: ClientConfig) -> Result<Client, ClientError> {
         let dial = DialConfig::from_client_config(&cfg)?;
         let wire = WireVersion::from_config(&cfg.transport.wire_protocol).unwrap_or_default();
-        let mut proxies = HashMap::new();
-        for p in &cfg.proxies {
-            if !p.enabled {
-                continue;
-            }
-            if matches!(p.proxy_type, ProxyType::Sudp | ProxyType::Xtcp) {
-                warn!(
-                    "[{}] proxy type [{}] is not supported by this frpc build yet; skipped",
-                    p.name,
-                    p.proxy_type.as_str()
-                );
-                continue;
-            }
-            let wire_name = if cfg.user.is_empty() {
-                p.name.clone()
-            } else {
-                format!("{}.{}", cfg.user, p.name)
-            };
-            let limit = p.transport.bandwidth_limit.bytes();
-            let limiter = (limit > 0 && p.transport.bandwidth_limit_mode != "server")
-                .then(|| Arc::new(RateLimiter::new(limit as u64)));
-            proxies.insert(
-                p.name.clone(),
-                ProxyRuntime {
-                    cfg: p.clone(),
-                    wire_name,
-                    phase: Phase::New,
-                    limiter,
-                    healthy: !health::enabled(p),
-                    udp_work: None,
-                },
-            );
-        }
+        let proxies = handle::proxy_runtimes(&cfg);
         if !cfg.visitors.is_empty() {
             warn!(
                 "visitors are not supported by this frpc build yet; {} visitor(s) ignored",
@@ -176,6 +149,7 @@ impl Client {
             engine: Engine::new(cfg.dataplane.engine_config()),
             run_id: Mutex::new(String::new()),
             proxies: Arc::new(Mutex::new(proxies)),
+            session_tx: Mutex::new(None),
             cfg,
         })
     }
@@ -343,6 +317,7 @@ impl Client {
             }
         }
         drop(health_tx);
+        *self.session_tx.lock().unwrap() = Some(tx.clone());
         self.register_due_proxies(&tx);
 
         let hb_interval = self.cfg.transport.heartbeat_interval;
@@ -406,6 +381,8 @@ impl Client {
             }
         };
 
+        // Dropping the last sender lets the writer finish.
+        *self.session_tx.lock().unwrap() = None;
         let stopping = reason.is_none();
         match reason {
             Some(r) => warn!("[{run_id}] control closed: {r}"),
@@ -584,7 +561,7 @@ impl Client {
                 }
             }
         };
-        if cfg.proxy_type == ProxyType::Udp {
+        if cfg.proxy_type == crate::config::ProxyType::Udp {
             return self.start_udp_work(name, cfg, limiter, mc).await;
         }
         // PROXY protocol header for the local service, sent before any relayed byte.

@@ -75,6 +75,8 @@ pub(crate) struct State {
     tcp_groups: Mutex<HashMap<String, Arc<tcp::TcpGroup>>>,
     /// UDP ports of udp proxies (frp keeps separate TCP and UDP port managers).
     udp_ports: Mutex<PortManager>,
+    /// Clients, proxies and traffic for the dashboard and `/metrics`.
+    stats: Arc<crate::dashboard::Stats>,
 }
 
 struct ProxyEntry {
@@ -164,6 +166,7 @@ impl Server {
             vhost,
             tcp_groups: Mutex::new(HashMap::new()),
             udp_ports: Mutex::new(PortManager::new(&cfg)),
+            stats: Arc::new(crate::dashboard::Stats::new()),
             cfg,
         });
         Ok(Server {
@@ -176,6 +179,11 @@ impl Server {
     /// The address frps listens on (useful with `bindPort = 0` in tests).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The statistics the dashboard serves (see [`crate::dashboard::Dashboard`]).
+    pub fn stats(&self) -> Arc<crate::dashboard::Stats> {
+        self.state.stats.clone()
     }
 
     /// Accepts connections until the task is dropped.
@@ -395,6 +403,7 @@ impl State {
             .lock()
             .unwrap()
             .insert(run_id.clone(), ctl.clone());
+        self.stats.on_login(&run_id, &ctl.login, remote, "v1");
         info!("[{run_id}] client login success, pool count {pool_count}");
 
         let (mut reader, mut writer) = mc.split();
@@ -547,6 +556,7 @@ impl State {
                 controls.remove(&ctl.run_id);
             }
         }
+        self.stats.on_logout(&ctl.run_id);
         ctl.finished
             .store(true, std::sync::atomic::Ordering::SeqCst);
         ctl.done.notify_waiters();
@@ -592,6 +602,7 @@ impl State {
             return Err(format!("proxy [{}] already exists", np.proxy_name));
         }
         let remote_addr = started.remote_addr.clone();
+        let counters = info.counters.clone();
         proxies.insert(
             np.proxy_name.clone(),
             ProxyEntry {
@@ -601,6 +612,10 @@ impl State {
             },
         );
         ctl.proxies.lock().unwrap().insert(np.proxy_name.clone());
+        drop(proxies);
+        let user = &ctl.login.user;
+        self.stats
+            .on_proxy_start(np, &ty, &counters, user, &ctl.login.client_id);
         Ok(remote_addr)
     }
 
@@ -628,6 +643,7 @@ impl State {
             }
         };
         if let Some(mut e) = entry {
+            self.stats.on_proxy_close(name);
             if let Some(started) = e.started.take() {
                 self.release(ctl, started);
             }

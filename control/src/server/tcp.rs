@@ -38,11 +38,7 @@ pub(crate) async fn start(
     if !(0..=65535).contains(&np.remote_port) {
         return Err("port not allowed".into());
     }
-    let listener: std::net::TcpListener = st
-        .ports
-        .lock()
-        .unwrap()
-        .acquire(&info.name, np.remote_port as u16)?;
+    let listener = acquire_port(st, &info.name, np.remote_port as u16).await?;
     *ctl.ports_used.lock().unwrap() += 1;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let started = Started {
@@ -66,6 +62,28 @@ pub(crate) async fn start(
         tasks: vec![task],
         ..started
     })
+}
+
+/// Binds the port, giving a just-closed proxy's listener a moment to go: its accept task is
+/// aborted, and the socket closes when that task is next polled (a proxy re-registered on
+/// the same port right after CloseProxy, e.g. by `frpc reload`, must not see "port
+/// unavailable").
+async fn acquire_port(
+    st: &Arc<State>,
+    name: &str,
+    port: u16,
+) -> Result<std::net::TcpListener, String> {
+    let mut attempts = 0;
+    loop {
+        let r = st.ports.lock().unwrap().acquire(name, port);
+        match r {
+            Err(e) if port != 0 && e == "port unavailable" && attempts < 10 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 async fn accept_loop(

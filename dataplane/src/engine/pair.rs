@@ -35,7 +35,7 @@ use super::CoreSide;
 use super::core::CoreStats;
 use super::pipes::{Pipe, PipePool};
 use crate::limit::{Grant, RateLimiter};
-use crate::relay::{Counters, RelayError, RelayOutcome, SideId};
+use crate::relay::{ConnGuard, Counters, RelayError, RelayOutcome, SideId};
 use crate::sys;
 use crate::transform::{Transform, run_chain};
 
@@ -365,6 +365,8 @@ pub(crate) struct PairState {
     pub conns: [Conn; 2],
     dirs: [Dir; 2],
     counters: Option<Arc<Counters>>,
+    /// Keeps the pair counted in `counters.conns` until the pair is dropped.
+    _live: Option<ConnGuard>,
     first_ended: Option<SideId>,
     /// Already in the core's run queue.
     pub queued: bool,
@@ -428,6 +430,7 @@ impl PairState {
                 Dir::new(SideId::A, pa, ia, ob, wb, limiter.clone()),
                 Dir::new(SideId::B, pb, ib, oa, wa, limiter),
             ],
+            _live: counters.as_ref().map(ConnGuard::new),
             counters,
             first_ended: None,
             queued: false,

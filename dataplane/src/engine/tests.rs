@@ -104,6 +104,41 @@ async fn bytes_both_ways_with_prefixes(kind: EngineKind) {
     }
 }
 
+async fn conns_counts_live_pairs(kind: EngineKind) {
+    let Some(engine) = engine(kind) else { return };
+    let counters = Arc::new(Counters::default());
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let (ca, ra) = tcp_pair().await;
+        let (cb, rb) = tcp_pair().await;
+        engine.spawn(Pair {
+            a: tcp_side(ra),
+            b: tcp_side(rb),
+            counters: Some(counters.clone()),
+            limiter: None,
+        });
+        clients.push((ca, cb));
+    }
+    let conns = || counters.conns.load(Ordering::Relaxed);
+    timeout(HANG_GUARD, async {
+        while conns() != 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("both pairs counted");
+    for (ca, cb) in clients {
+        exchange(ca, cb, b"x", b"y").await;
+    }
+    timeout(HANG_GUARD, async {
+        while conns() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("finished pairs uncounted");
+}
+
 async fn half_close_keeps_the_reply_flowing(kind: EngineKind) {
     let Some(engine) = engine(kind) else { return };
     let (mut ca, ra) = tcp_pair().await;
@@ -625,6 +660,7 @@ macro_rules! suite {
 
 suite!(
     bytes_both_ways_with_prefixes,
+    conns_counts_live_pairs,
     half_close_keeps_the_reply_flowing,
     reset_from_one_side_closes_the_other,
     transform_error_closes_both_ends,

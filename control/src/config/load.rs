@@ -1,4 +1,4 @@
-//! From text to typed config: legacy-INI detection, template rendering, format detection
+//! From text to typed config: legacy-INI dispatch, template rendering, format detection
 //! (frp's `LoadConfigure`), decoding with key paths and lines, strict unknown-key checks,
 //! `includes`.
 
@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use super::client::ClientConfig;
 use super::proxy::{ClientPluginType, ProxyType, VisitorType};
 use super::server::ServerConfig;
-use super::{ConfigError, ConfigFormat, template};
+use super::{ConfigError, ConfigFormat, legacy, template};
 
 /// Environment lookup used for `.Envs`.
 pub(crate) type Envs<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -40,16 +40,6 @@ pub(crate) fn path_string(path: &[Seg]) -> String {
         }
     }
     s
-}
-
-/// frp's `DetectLegacyINIFormat`: an INI file with a `[common]` section.
-pub(crate) fn is_legacy_ini(text: &str) -> bool {
-    text.lines().any(|l| {
-        let l = l.trim();
-        l.strip_prefix('[')
-            .and_then(|r| r.strip_suffix(']'))
-            .is_some_and(|name| name.trim() == "common")
-    })
 }
 
 /// The format frp ends up decoding `text` as: TOML whenever it parses as TOML; otherwise
@@ -90,10 +80,8 @@ pub(crate) fn decode_document<T: DeserializeOwned>(
     strict: bool,
     envs: Envs<'_>,
 ) -> Result<T, ConfigError> {
-    if is_legacy_ini(raw) {
-        return Err(ConfigError::LegacyIni {
-            file: file.to_owned(),
-        });
+    if let Some(e) = legacy::broken_ini(file, raw) {
+        return Err(e);
     }
     let text = template::render(raw, envs).map_err(|e| ConfigError::Template {
         file: file.to_owned(),
@@ -418,7 +406,11 @@ pub(crate) fn server_from_text(
     strict: bool,
     envs: Envs<'_>,
 ) -> Result<ServerConfig, ConfigError> {
-    let mut cfg: ServerConfig = decode_document(file, text, hint, strict, envs)?;
+    let mut cfg: ServerConfig = if legacy::is_legacy_ini(text) {
+        legacy::server_from_ini(file, text, envs)?
+    } else {
+        decode_document(file, text, hint, strict, envs)?
+    };
     cfg.complete();
     Ok(cfg)
 }
@@ -430,8 +422,14 @@ pub(crate) fn client_from_text(
     strict: bool,
     envs: Envs<'_>,
 ) -> Result<ClientConfig, ConfigError> {
-    let mut cfg: ClientConfig = decode_document(file, text, hint, strict, envs)?;
-    load_includes(file, &mut cfg, strict, envs)?;
+    let mut cfg: ClientConfig = if legacy::is_legacy_ini(text) {
+        // Legacy `includes` are INI files merged by the legacy reader.
+        legacy::client_from_ini(file, text, envs)?
+    } else {
+        let mut cfg = decode_document(file, text, hint, strict, envs)?;
+        load_includes(file, &mut cfg, strict, envs)?;
+        cfg
+    };
     cfg.complete();
     check_duplicate_names(&cfg).map_err(|message| ConfigError::Invalid {
         file: file.to_owned(),

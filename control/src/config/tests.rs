@@ -1038,24 +1038,6 @@ fn server_side_proxy_checks() {
 
 // ---- legacy INI, includes, files ----
 
-#[test]
-fn legacy_ini_is_a_clear_error() {
-    let e = client_from_text(
-        "frpc.ini",
-        "[common]\nserver_addr = 1.2.3.4\nserver_port = 7000\n\n[ssh]\ntype = tcp\n",
-        ConfigFormat::Auto,
-        true,
-        &no_env,
-    )
-    .unwrap_err();
-    assert!(matches!(e, ConfigError::LegacyIni { .. }));
-    let msg = e.to_string();
-    assert!(
-        msg.contains("frpc.ini") && msg.contains("not supported yet"),
-        "{msg}"
-    );
-}
-
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("frp-uring-config-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

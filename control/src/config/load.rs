@@ -349,7 +349,10 @@ pub(crate) fn find_key_line(text: &str, path: &[Seg]) -> Option<usize> {
                     .filter(|(_, l)| l.trim().replace(' ', "") == header)
                     .nth(*n)
                     .map(|(at, _)| at)
-                    .or_else(|| (from..lines.len()).find(|&at| line_has_key(lines[at], k)));
+                    .or_else(|| {
+                        let at = (from..lines.len()).find(|&at| line_has_key(lines[at], k))?;
+                        Some(nth_element_line(&lines, at, *n).unwrap_or(at))
+                    });
                 if let Some(at) = hit {
                     found = Some(at + 1);
                     from = at;
@@ -367,6 +370,90 @@ pub(crate) fn find_key_line(text: &str, path: &[Seg]) -> Option<usize> {
         }
     }
     found
+}
+
+/// The 0-based line where element `n` of the list under the key on line `at` starts: a
+/// YAML block sequence (`- ` items at one indentation) or a JSON array (its `{`/values at
+/// depth one).
+fn nth_element_line(lines: &[&str], at: usize, n: usize) -> Option<usize> {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let key_line = lines[at];
+    let after_key = key_line
+        .find(':')
+        .map_or("", |c| key_line[c + 1..].trim_start());
+    if after_key.starts_with('[') || key_line.trim_start().starts_with('"') {
+        // JSON (or a YAML flow sequence): scan from the `[` counting elements at depth 1.
+        let mut depth = 0usize;
+        let mut count = 0usize;
+        let mut in_str = false;
+        let mut escaped = false;
+        let mut expecting = false;
+        let start_col = key_line.find(':').map_or(0, |c| c + 1);
+        for (li, line) in lines.iter().enumerate().skip(at) {
+            let from = if li == at { start_col } else { 0 };
+            for c in line[from..].chars() {
+                if in_str {
+                    match (escaped, c) {
+                        (true, _) => escaped = false,
+                        (false, '\\') => escaped = true,
+                        (false, '"') => in_str = false,
+                        _ => {}
+                    }
+                    continue;
+                }
+                if expecting && !c.is_whitespace() {
+                    expecting = false;
+                    if c == ']' && depth == 1 {
+                        return None;
+                    }
+                    if count == n {
+                        return Some(li);
+                    }
+                    count += 1;
+                }
+                match c {
+                    '"' => in_str = true,
+                    '[' | '{' => {
+                        depth += 1;
+                        if depth == 1 {
+                            expecting = true;
+                        }
+                    }
+                    ']' | '}' => {
+                        if depth <= 1 {
+                            return None;
+                        }
+                        depth -= 1;
+                    }
+                    ',' if depth == 1 => expecting = true,
+                    _ => {}
+                }
+            }
+        }
+        return None;
+    }
+    // YAML block sequence.
+    let mut item_indent = None;
+    let mut count = 0usize;
+    for (li, line) in lines.iter().enumerate().skip(at + 1) {
+        let t = line.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let is_item = t == "-" || t.starts_with("- ");
+        let ind = indent(line);
+        let want = *item_indent.get_or_insert(ind);
+        if ind < want || ind == want && !is_item {
+            return None;
+        }
+        if ind == want {
+            if count == n {
+                return Some(li);
+            }
+            count += 1;
+        }
+    }
+    None
 }
 
 fn line_has_key(line: &str, key: &str) -> bool {

@@ -355,15 +355,21 @@ fn parse_ports_ranges(s: &str) -> Result<Vec<PortsRange>, String> {
         .collect()
 }
 
-/// frp's `util.ParseRangeNumbers`: "6000-6002,6005" → every number.
+/// frp's `util.ParseRangeNumbers` for ports: "6000-6002,6005" → every number.
 fn parse_range_numbers(s: &str) -> Result<Vec<i64>, String> {
     let mut out = Vec::new();
     for part in s.trim().split(',') {
         let nums: Vec<&str> = part.split('-').collect();
+        // Ports: bounded, so that a huge range cannot exhaust memory.
         let num = |t: &str| -> Result<i64, String> {
-            t.trim()
+            let v: i64 = t
+                .trim()
                 .parse()
-                .map_err(|_| format!("range number is invalid, {:?} is not a number", t.trim()))
+                .map_err(|_| format!("range number is invalid, {:?} is not a number", t.trim()))?;
+            if !(0..=65535).contains(&v) {
+                return Err(format!("port number {v} must be in the range 0..65535"));
+            }
+            Ok(v)
         };
         match nums.as_slice() {
             [single] => out.push(num(single)?),

@@ -239,6 +239,14 @@ fn range_sections_expand() {
             && msg.contains("should be same"),
         "{msg}"
     );
+    let msg =
+        ini_client("[common]\n[range:x]\nlocal_port = 0-9223372036854775807\nremote_port = 1\n")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        msg.contains("`local_port`") && msg.contains("0..65535"),
+        "{msg}"
+    );
     let msg = ini_client("[common]\n[range:x]\nlocal_port = 1-3\n")
         .unwrap_err()
         .to_string();

@@ -170,8 +170,13 @@ fn admin_command(cli: &Cli, timeout: Duration) -> anyhow::Result<()> {
 }
 
 fn run(cfg: ClientConfig, config_file: Option<PathBuf>, strict: bool) -> anyhow::Result<()> {
-    control::log::init(&cfg.log.to, &cfg.log.level, cfg.log.disable_print_color)
-        .with_context(|| format!("open log file {}", cfg.log.to))?;
+    control::log::init_logger(
+        &cfg.log.to,
+        &cfg.log.level,
+        cfg.log.max_days,
+        cfg.log.disable_print_color,
+    )
+    .with_context(|| format!("open log file {}", cfg.log.to))?;
     let label = config_file
         .as_deref()
         .unwrap_or(Path::new("<command line>"))

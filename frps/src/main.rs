@@ -72,8 +72,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => control::config::load_server_config(path, cli.strict_config)?,
         None => control::config::ServerConfig::default(),
     };
-    control::log::init(&cfg.log.to, &cfg.log.level, cfg.log.disable_print_color)
-        .with_context(|| format!("open log file {}", cfg.log.to))?;
+    control::log::init_logger(
+        &cfg.log.to,
+        &cfg.log.level,
+        cfg.log.max_days,
+        cfg.log.disable_print_color,
+    )
+    .with_context(|| format!("open log file {}", cfg.log.to))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -1,4 +1,4 @@
-//! From text to typed config: legacy-INI detection, template rendering, format detection
+//! From text to typed config: legacy-INI dispatch, template rendering, format detection
 //! (frp's `LoadConfigure`), decoding with key paths and lines, strict unknown-key checks,
 //! `includes`.
 
@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use super::client::ClientConfig;
 use super::proxy::{ClientPluginType, ProxyType, VisitorType};
 use super::server::ServerConfig;
-use super::{ConfigError, ConfigFormat, template};
+use super::{ConfigError, ConfigFormat, legacy, template};
 
 /// Environment lookup used for `.Envs`.
 pub(crate) type Envs<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -40,16 +40,6 @@ pub(crate) fn path_string(path: &[Seg]) -> String {
         }
     }
     s
-}
-
-/// frp's `DetectLegacyINIFormat`: an INI file with a `[common]` section.
-pub(crate) fn is_legacy_ini(text: &str) -> bool {
-    text.lines().any(|l| {
-        let l = l.trim();
-        l.strip_prefix('[')
-            .and_then(|r| r.strip_suffix(']'))
-            .is_some_and(|name| name.trim() == "common")
-    })
 }
 
 /// The format frp ends up decoding `text` as: TOML whenever it parses as TOML; otherwise
@@ -90,10 +80,8 @@ pub(crate) fn decode_document<T: DeserializeOwned>(
     strict: bool,
     envs: Envs<'_>,
 ) -> Result<T, ConfigError> {
-    if is_legacy_ini(raw) {
-        return Err(ConfigError::LegacyIni {
-            file: file.to_owned(),
-        });
+    if let Some(e) = legacy::broken_ini(file, raw) {
+        return Err(e);
     }
     let text = template::render(raw, envs).map_err(|e| ConfigError::Template {
         file: file.to_owned(),
@@ -361,7 +349,10 @@ pub(crate) fn find_key_line(text: &str, path: &[Seg]) -> Option<usize> {
                     .filter(|(_, l)| l.trim().replace(' ', "") == header)
                     .nth(*n)
                     .map(|(at, _)| at)
-                    .or_else(|| (from..lines.len()).find(|&at| line_has_key(lines[at], k)));
+                    .or_else(|| {
+                        let at = (from..lines.len()).find(|&at| line_has_key(lines[at], k))?;
+                        Some(nth_element_line(&lines, at, *n).unwrap_or(at))
+                    });
                 if let Some(at) = hit {
                     found = Some(at + 1);
                     from = at;
@@ -379,6 +370,90 @@ pub(crate) fn find_key_line(text: &str, path: &[Seg]) -> Option<usize> {
         }
     }
     found
+}
+
+/// The 0-based line where element `n` of the list under the key on line `at` starts: a
+/// YAML block sequence (`- ` items at one indentation) or a JSON array (its `{`/values at
+/// depth one).
+fn nth_element_line(lines: &[&str], at: usize, n: usize) -> Option<usize> {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let key_line = lines[at];
+    let after_key = key_line
+        .find(':')
+        .map_or("", |c| key_line[c + 1..].trim_start());
+    if after_key.starts_with('[') || key_line.trim_start().starts_with('"') {
+        // JSON (or a YAML flow sequence): scan from the `[` counting elements at depth 1.
+        let mut depth = 0usize;
+        let mut count = 0usize;
+        let mut in_str = false;
+        let mut escaped = false;
+        let mut expecting = false;
+        let start_col = key_line.find(':').map_or(0, |c| c + 1);
+        for (li, line) in lines.iter().enumerate().skip(at) {
+            let from = if li == at { start_col } else { 0 };
+            for c in line[from..].chars() {
+                if in_str {
+                    match (escaped, c) {
+                        (true, _) => escaped = false,
+                        (false, '\\') => escaped = true,
+                        (false, '"') => in_str = false,
+                        _ => {}
+                    }
+                    continue;
+                }
+                if expecting && !c.is_whitespace() {
+                    expecting = false;
+                    if c == ']' && depth == 1 {
+                        return None;
+                    }
+                    if count == n {
+                        return Some(li);
+                    }
+                    count += 1;
+                }
+                match c {
+                    '"' => in_str = true,
+                    '[' | '{' => {
+                        depth += 1;
+                        if depth == 1 {
+                            expecting = true;
+                        }
+                    }
+                    ']' | '}' => {
+                        if depth <= 1 {
+                            return None;
+                        }
+                        depth -= 1;
+                    }
+                    ',' if depth == 1 => expecting = true,
+                    _ => {}
+                }
+            }
+        }
+        return None;
+    }
+    // YAML block sequence.
+    let mut item_indent = None;
+    let mut count = 0usize;
+    for (li, line) in lines.iter().enumerate().skip(at + 1) {
+        let t = line.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let is_item = t == "-" || t.starts_with("- ");
+        let ind = indent(line);
+        let want = *item_indent.get_or_insert(ind);
+        if ind < want || ind == want && !is_item {
+            return None;
+        }
+        if ind == want {
+            if count == n {
+                return Some(li);
+            }
+            count += 1;
+        }
+    }
+    None
 }
 
 fn line_has_key(line: &str, key: &str) -> bool {
@@ -418,7 +493,11 @@ pub(crate) fn server_from_text(
     strict: bool,
     envs: Envs<'_>,
 ) -> Result<ServerConfig, ConfigError> {
-    let mut cfg: ServerConfig = decode_document(file, text, hint, strict, envs)?;
+    let mut cfg: ServerConfig = if legacy::is_legacy_ini(text) {
+        legacy::server_from_ini(file, text, envs)?
+    } else {
+        decode_document(file, text, hint, strict, envs)?
+    };
     cfg.complete();
     Ok(cfg)
 }
@@ -430,8 +509,14 @@ pub(crate) fn client_from_text(
     strict: bool,
     envs: Envs<'_>,
 ) -> Result<ClientConfig, ConfigError> {
-    let mut cfg: ClientConfig = decode_document(file, text, hint, strict, envs)?;
-    load_includes(file, &mut cfg, strict, envs)?;
+    let mut cfg: ClientConfig = if legacy::is_legacy_ini(text) {
+        // Legacy `includes` are INI files merged by the legacy reader.
+        legacy::client_from_ini(file, text, envs)?
+    } else {
+        let mut cfg = decode_document(file, text, hint, strict, envs)?;
+        load_includes(file, &mut cfg, strict, envs)?;
+        cfg
+    };
     cfg.complete();
     check_duplicate_names(&cfg).map_err(|message| ConfigError::Invalid {
         file: file.to_owned(),

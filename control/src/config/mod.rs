@@ -1,7 +1,9 @@
 //! frps.toml / frpc.toml: frp v0.52+ configuration in TOML, YAML or JSON.
 //!
 //! Loading follows frp's `pkg/config/load.go`:
-//! 1. a file with a `[common]` section is legacy INI — not supported yet, a clear error;
+//! 1. a file with a `[common]` section is legacy INI: read and converted as frp's
+//!    `pkg/config/legacy` does (the key mapping is in `legacy.rs`), then
+//!    completed like a v1 file; loading one from a file prints frp's deprecation warning;
 //! 2. the file is rendered as a Go template (`{{ .Envs.NAME }}`, `parseNumberRange`, …;
 //!    see [`template`]);
 //! 3. it is TOML if it parses as TOML; otherwise (unless its extension says TOML) JSON if it
@@ -19,12 +21,16 @@
 
 mod client;
 mod common;
+mod ini;
+mod legacy;
 mod load;
 mod proxy;
 mod server;
 pub mod template;
 mod validate;
 
+#[cfg(test)]
+mod legacy_tests;
 #[cfg(test)]
 mod tests;
 
@@ -39,6 +45,7 @@ pub use common::{
     BandwidthQuantity, DataplaneConfig, DataplaneEngine, ExecSource, FileSource, HeaderOperations,
     LogConfig, NameValue, PortsRange, QuicOptions, TlsConfig, ValueSource, WebServerConfig,
 };
+pub use legacy::DEPRECATION_WARNING;
 pub use proxy::{
     ClientPluginConfig, ClientPluginType, HealthCheckConfig, LoadBalancerConfig,
     NatTraversalConfig, ProxyConfig, ProxyTransport, ProxyType, VisitorConfig, VisitorPluginConfig,
@@ -103,11 +110,17 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{file}: legacy INI config (a [common] section) is not supported yet by this build; \
-         convert it to the TOML/YAML/JSON format of frp v0.52+"
-    )]
-    LegacyIni { file: String },
+    /// A legacy INI file's syntax error, or a value no v1 field can hold; names the section
+    /// and key when there is one.
+    #[error("{}", fmt_ini(file, *line, section.as_deref(), key.as_deref(), message))]
+    Ini {
+        file: String,
+        /// 1-based.
+        line: Option<usize>,
+        section: Option<String>,
+        key: Option<String>,
+        message: String,
+    },
     #[error("{file}: line {line}: template: {message}")]
     Template {
         file: String,
@@ -160,12 +173,35 @@ fn fmt_parse(
     s
 }
 
+fn fmt_ini(
+    file: &str,
+    line: Option<usize>,
+    section: Option<&str>,
+    key: Option<&str>,
+    message: &str,
+) -> String {
+    let mut s = format!("{file}: ini");
+    if let Some(l) = line {
+        s.push_str(&format!(" line {l}"));
+    }
+    if let Some(sec) = section {
+        s.push_str(&format!(", section [{sec}]"));
+    }
+    if let Some(k) = key {
+        s.push_str(&format!(", key `{k}`"));
+    }
+    s.push_str(": ");
+    s.push_str(message);
+    s
+}
+
 impl ConfigError {
     /// The 1-based line, when the error has one.
     pub fn line(&self) -> Option<usize> {
         match self {
             Self::Parse { line, .. } => *line,
             Self::Template { line, .. } => Some(*line),
+            Self::Ini { line, .. } => *line,
             Self::Include { source, .. } => source.line(),
             _ => None,
         }
@@ -177,28 +213,50 @@ fn label(path: &Path) -> String {
 }
 
 /// Loads frps' config file (rendered, parsed, completed; not validated).
+///
+/// A legacy INI file is accepted (`strict` does not apply to it, as in frp); the first
+/// one loaded in the process prints frp's [`DEPRECATION_WARNING`] to stdout, as frp does.
 pub fn load_server_config(path: &Path, strict: bool) -> Result<ServerConfig, ConfigError> {
     let text = load::read(path)?;
-    load::server_from_text(
+    let cfg = load::server_from_text(
         &label(path),
         &text,
         ConfigFormat::from_path(path),
         strict,
         &load::process_env,
-    )
+    )?;
+    warn_if_legacy(&text);
+    Ok(cfg)
 }
 
 /// Loads frpc's config file with its `includes` (rendered, parsed, completed; not
-/// validated).
+/// validated). Legacy INI as in [`load_server_config`].
 pub fn load_client_config(path: &Path, strict: bool) -> Result<ClientConfig, ConfigError> {
     let text = load::read(path)?;
-    load::client_from_text(
+    let cfg = load::client_from_text(
         &label(path),
         &text,
         ConfigFormat::from_path(path),
         strict,
         &load::process_env,
-    )
+    )?;
+    warn_if_legacy(&text);
+    Ok(cfg)
+}
+
+/// Whether `text` is a legacy INI config (frp's `DetectLegacyINIFormat`: it parses as INI
+/// and has a `[common]` section).
+pub fn is_legacy_ini(text: &str) -> bool {
+    legacy::is_legacy_ini(text)
+}
+
+/// frp prints the warning before it starts logging, once per load; printing it once per
+/// process keeps config reloads quiet.
+fn warn_if_legacy(text: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if legacy::is_legacy_ini(text) {
+        WARNED.call_once(|| println!("{DEPRECATION_WARNING}"));
+    }
 }
 
 /// [`load_server_config`] for text; `format` is the hint a file extension would give.

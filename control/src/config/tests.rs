@@ -1038,24 +1038,6 @@ fn server_side_proxy_checks() {
 
 // ---- legacy INI, includes, files ----
 
-#[test]
-fn legacy_ini_is_a_clear_error() {
-    let e = client_from_text(
-        "frpc.ini",
-        "[common]\nserver_addr = 1.2.3.4\nserver_port = 7000\n\n[ssh]\ntype = tcp\n",
-        ConfigFormat::Auto,
-        true,
-        &no_env,
-    )
-    .unwrap_err();
-    assert!(matches!(e, ConfigError::LegacyIni { .. }));
-    let msg = e.to_string();
-    assert!(
-        msg.contains("frpc.ini") && msg.contains("not supported yet"),
-        "{msg}"
-    );
-}
-
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("frp-uring-config-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -1170,4 +1152,42 @@ fn proxy_type_names() {
         ]
     );
     assert_eq!(ProxyType::parse("xtcp"), Some(ProxyType::Xtcp));
+}
+
+#[test]
+fn errors_in_later_list_elements_name_their_own_line() {
+    // (text, format, line, key path): the key also appears in an earlier element, so a
+    // search for the key alone would name the wrong line.
+    let cases: &[(&str, ConfigFormat, usize, &str)] = &[
+        (
+            "proxies:\n  - name: a\n    type: http\n    localPort: 1\n    customDomains: [x]\n  - name: b\n    type: tcp\n    localPort: 2\n    customDomains: [y]\n",
+            ConfigFormat::Yaml,
+            9,
+            "proxies[1].customDomains",
+        ),
+        (
+            "proxies:\n- name: a\n  type: tcp\n  localPort: 1\n# comment\n\n- name: b\n  type: tcp\n  localPort: abc\nvisitors: []\n",
+            ConfigFormat::Yaml,
+            9,
+            "proxies[1].localPort",
+        ),
+        (
+            "{\n \"proxies\": [\n  {\"name\": \"a\", \"type\": \"http\",\n   \"customDomains\": [\"x\"]},\n  {\"name\": \"b[\", \"type\": \"tcp\",\n   \"customDomains\": [\"y\"]}\n ]\n}\n",
+            ConfigFormat::Json,
+            6,
+            "proxies[1].customDomains",
+        ),
+        (
+            "visitors:\n  - name: a\n    type: stcp\n    bindPort: 1\n  - name: b\n    type: stcp\n    bindPort: x\n",
+            ConfigFormat::Yaml,
+            7,
+            "visitors[1].bindPort",
+        ),
+    ];
+    for (text, format, line, key) in cases {
+        let e = client(text, *format).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.line(), Some(*line), "{msg}");
+        assert!(msg.contains(key) && msg.contains("frpc.test"), "{msg}");
+    }
 }

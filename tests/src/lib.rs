@@ -55,6 +55,20 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Waits (up to `timeout`) until nothing listens on 127.0.0.1:port any more; returns whether
+/// that happened. frps closes a proxy's listener as its aborted task is dropped, a moment
+/// after it logs the clean-up.
+pub fn wait_port_closed(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while is_listening(port) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 /// Whether something listens on 127.0.0.1:port.
 pub fn is_listening(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300))

@@ -131,7 +131,8 @@ async fn replay(scenario: &str, tcp_mux: bool, v2: bool) {
     drop(s);
     frps.wait_log("client exit success", Duration::from_secs(10));
     assert!(
-        !is_listening(27110) && !is_listening(27111),
+        wait_port_closed(27110, Duration::from_secs(5))
+            && wait_port_closed(27111, Duration::from_secs(5)),
         "ports released after the replay ends"
     );
 }

@@ -200,7 +200,7 @@ async fn killed_control_connection_frees_its_ports() {
         frpc.kill();
         frps.wait_log("client exit success", Duration::from_secs(10));
         assert!(
-            !is_listening(remote),
+            wait_port_closed(remote, Duration::from_secs(5)),
             "port {remote} still open after its client died"
         );
         std::net::TcpListener::bind(("127.0.0.1", remote)).expect("port must be free again");
@@ -217,7 +217,7 @@ async fn graceful_stop_sends_close_proxy() {
         .expect("frpc exits on SIGTERM");
     assert!(st.success(), "graceful stop exits 0");
     frps.wait_log("close proxy [echo] success", Duration::from_secs(5));
-    assert!(!is_listening(remote));
+    assert!(wait_port_closed(remote, Duration::from_secs(5)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,18 @@ const TOKEN: &str = "e2e-health";
 
 /// A TCP echo service on `port` that stops when the handle is aborted (the listener closes).
 async fn stoppable_echo(port: u16) -> tokio::task::JoinHandle<()> {
-    let l = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    // A previous, aborted instance releases the port when its task is dropped: retry briefly.
+    let mut tries = 0;
+    let l = loop {
+        match TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => break l,
+            Err(_) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("bind 127.0.0.1:{port}: {e}"),
+        }
+    };
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = l.accept().await else {

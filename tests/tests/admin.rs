@@ -403,7 +403,7 @@ async fn stop_command_exits_frpc_zero_and_frps_closes_the_proxy() {
         .expect("frpc did not exit after stop");
     assert_eq!(status.code(), Some(0));
     frps.wait_log("close proxy [echo] success", Duration::from_secs(5));
-    assert!(!is_listening(remote));
+    assert!(wait_port_closed(remote, Duration::from_secs(5)));
 
     // Nothing listens any more: the CLI reports the dial error and exits 1.
     let out = frpc_cli(env.path(), &["status", "-c", path.to_str().unwrap()]);

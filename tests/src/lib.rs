@@ -7,6 +7,8 @@
 //! - [`Env`]: a temporary directory holding configs and logs for one test.
 //! - [`echo_server`], [`roundtrip`]: a local service and a user of it.
 
+pub mod lossy;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

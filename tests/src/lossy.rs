@@ -8,6 +8,7 @@
 //! rest after a fixed delay, in both directions. Both keep traffic on loopback.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
@@ -84,6 +85,54 @@ where
     tx
 }
 
+/// The upstream socket of one client: returns the delay line towards upstream and starts the
+/// way back (its own coin and delay line) towards `from`.
+async fn open_peer(
+    front: &Arc<UdpSocket>,
+    from: SocketAddr,
+    upstream: SocketAddr,
+    mut back_coin: Coin,
+    loss: f64,
+    delay: Duration,
+    st: &Arc<LinkStats>,
+) -> Option<Delayed> {
+    let up = UdpSocket::bind("127.0.0.1:0").await.ok()?;
+    up.connect(upstream).await.ok()?;
+    let up = Arc::new(up);
+    let back = {
+        let front = front.clone();
+        delay_line(move |d| {
+            let front = front.clone();
+            Some(tokio::spawn(async move {
+                let _ = front.send_to(&d, from).await;
+            }))
+        })
+    };
+    let (up_r, st2) = (up.clone(), st.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = up_r.recv(&mut buf).await {
+            if back_coin.lose(loss) {
+                st2.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            st2.forwarded.fetch_add(1, Ordering::Relaxed);
+            if back
+                .send((Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    Some(delay_line(move |d| {
+        let up = up.clone();
+        Some(tokio::spawn(async move {
+            let _ = up.send(&d).await;
+        }))
+    }))
+}
+
 impl LossyLink {
     /// Starts the link on `127.0.0.1:listen_port` (0: any free port) towards `upstream`.
     pub async fn start(
@@ -106,49 +155,14 @@ impl LossyLink {
                 let Ok((n, from)) = front.recv_from(&mut buf).await else {
                     return;
                 };
-                if !peers.contains_key(&from) {
-                    let Ok(up) = UdpSocket::bind("127.0.0.1:0").await else {
+                if let Entry::Vacant(v) = peers.entry(from) {
+                    let back_coin = Coin(coin.0.rotate_left(17) | 1);
+                    let Some(fwd) =
+                        open_peer(&front, from, upstream, back_coin, loss, delay, &st).await
+                    else {
                         continue;
                     };
-                    if up.connect(upstream).await.is_err() {
-                        continue;
-                    }
-                    let up = Arc::new(up);
-                    // upstream → client: its own coin (seeded from the first) and delay line
-                    let back = {
-                        let front = front.clone();
-                        delay_line(move |d| {
-                            let front = front.clone();
-                            Some(tokio::spawn(async move {
-                                let _ = front.send_to(&d, from).await;
-                            }))
-                        })
-                    };
-                    let mut back_coin = Coin(coin.0.rotate_left(17) | 1);
-                    let (up_r, st2) = (up.clone(), st.clone());
-                    tokio::spawn(async move {
-                        let mut buf = vec![0u8; 65536];
-                        while let Ok(n) = up_r.recv(&mut buf).await {
-                            if back_coin.lose(loss) {
-                                st2.dropped.fetch_add(1, Ordering::Relaxed);
-                                continue;
-                            }
-                            st2.forwarded.fetch_add(1, Ordering::Relaxed);
-                            if back
-                                .send((Instant::now() + delay, buf[..n].to_vec()))
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                    });
-                    let fwd = delay_line(move |d| {
-                        let up = up.clone();
-                        Some(tokio::spawn(async move {
-                            let _ = up.send(&d).await;
-                        }))
-                    });
-                    peers.insert(from, fwd);
+                    v.insert(fwd);
                 }
                 if coin.lose(loss) {
                     st.dropped.fetch_add(1, Ordering::Relaxed);

@@ -17,7 +17,9 @@
 # BENCH_CONN_N (requests with -k 0, 5000), BENCH_PERF=1 (after the first tcpMux-on column's
 # measurements, one more 1-stream iperf3 run under `perf record -g` of frps+frpc, not counted in
 # the table; top symbols go to target/bench/perf-top.txt),
-# BENCH_SKIP_INSTALL=1 (use what is on PATH).
+# BENCH_SKIP_INSTALL=1 (use what is on PATH), BENCH_TRANSPORTS (the other transports to measure
+# with frp's defaults, tcpMux on + TLS: "websocket quic kcp"; "" for none; engine: the first one).
+# Transport columns measure iperf3 (throughput, CPU-s/GB) and redis -c 1 latency only.
 #
 # Nothing leaves 127.0.0.1. Every process started here is killed on exit.
 set -uo pipefail
@@ -300,6 +302,7 @@ run_redis() {
   else
     record "redis -c 1 GET p50, µs ↓" "$col" fail
   fi
+  [[ ${RUN_REDIS_LIGHT:-0} == 1 ]] && return 0
   if csv=$(redis_bench "$col" "-c 64" -p "$public" -t set,get -n "$RPS_N" -c 64 -r 1000); then
     while IFS=, read -r test rps _; do
       test=${test//\"/}
@@ -357,10 +360,16 @@ wait_tunnel() {
   return 1
 }
 
-measure_column() { # col perf tunnel-pids...
+measure_column() { # col perf tunnel-pids...   (perf: 1 = also profile, light = iperf3 + -c 1)
   local col=$1 perf=$2
   shift 2
   COLUMNS_ORDER+=("$col")
+  if [[ $perf == light ]]; then
+    run_iperf "$col" "$IPERF_PUBLIC" 1 "$@"
+    run_iperf "$col" "$IPERF_PUBLIC" 8 "$@"
+    RUN_REDIS_LIGHT=1 run_redis "$col" "$REDIS_PUBLIC"
+    return 0
+  fi
   run_hold "$col" "$HOLD_PUBLIC" "$HOLD_LOCAL" "$@"
   run_iperf "$col" "$IPERF_PUBLIC" 1 "$@"
   run_iperf "$col" "$IPERF_PUBLIC" 8 "$@"
@@ -386,9 +395,17 @@ run_iperf direct "$IPERF_PORT" 8
 run_redis direct "$REDIS_PORT"
 
 # ---- frp-uring
-frp_column() { # name mux tls engine perf
-  local col=$1 mux=$2 tls=$3 engine=$4 perf=$5 frps frpc
+frp_column() { # name mux tls engine perf [protocol]
+  local col=$1 mux=$2 tls=$3 engine=$4 perf=$5 proto=${6:-tcp} frps frpc
   new_ports
+  # QUIC and KCP: frpc's serverPort is frps' UDP quicBindPort / kcpBindPort.
+  local server_port=$BIND_PORT udp_line=""
+  case $proto in
+    quic | kcp)
+      server_port=$(free_port)
+      udp_line="${proto}BindPort = $server_port"
+      ;;
+  esac
   local dir=$WORK/$col
   dir=${dir// /_}
   mkdir -p "$dir"
@@ -396,6 +413,7 @@ frp_column() { # name mux tls engine perf
 bindAddr = "127.0.0.1"
 bindPort = $BIND_PORT
 proxyBindAddr = "127.0.0.1"
+$udp_line
 auth.token = "$TOKEN"
 transport.tcpMux = $mux
 log.level = "warn"
@@ -405,8 +423,9 @@ engine = "$engine"
 EOF
   cat >"$dir/frpc.toml" <<EOF
 serverAddr = "127.0.0.1"
-serverPort = $BIND_PORT
+serverPort = $server_port
 auth.token = "$TOKEN"
+transport.protocol = "$proto"
 transport.tcpMux = $mux
 transport.tls.enable = $tls
 log.level = "warn"
@@ -435,7 +454,7 @@ localIP = "127.0.0.1"
 localPort = $HOLD_LOCAL
 remotePort = $HOLD_PUBLIC
 EOF
-  log "column: $col (tcpMux=$mux tls=$tls engine=$engine)"
+  log "column: $col (protocol=$proto tcpMux=$mux tls=$tls engine=$engine)"
   start frps "$dir/frps.log" "$FRPS" -c "$dir/frps.toml"
   wait_listen "$BIND_PORT" 5 || { log "$col: frps did not start: $(tail -3 "$dir/frps.log")"; }
   start frpc "$dir/frpc.log" "$FRPC" -c "$dir/frpc.toml"
@@ -457,6 +476,10 @@ for engine in "${ENGINES[@]}"; do
   frp_column "frp-uring mux on$suffix" true false "$engine" "$perf_once"
   perf_once=0
   frp_column "frp-uring mux+TLS$suffix" true true "$engine" 0
+done
+read -r -a TRANSPORTS <<<"${BENCH_TRANSPORTS-websocket quic kcp}"
+for proto in "${TRANSPORTS[@]}"; do
+  frp_column "frp-uring $proto" true true "${ENGINES[0]}" light "$proto"
 done
 
 # ---- rathole

@@ -219,7 +219,17 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
         inbound: crate::crypto::TransformChain,
         leftover: &[u8],
     ) -> Result<Self, MsgError> {
-        let mut r = Self::new(io);
+        Self::with_version_and_layers(io, WireVersion::V1, inbound, leftover)
+    }
+
+    /// [`MsgReader::with_layers`] for `version` frames (UDP payloads of a v2 session).
+    pub fn with_version_and_layers(
+        io: R,
+        version: WireVersion,
+        inbound: crate::crypto::TransformChain,
+        leftover: &[u8],
+    ) -> Result<Self, MsgError> {
+        let mut r = Self::with_version(io, version);
         r.decrypt = chain_stage(inbound);
         match &mut r.decrypt {
             None => r.dec.feed(leftover),
@@ -372,7 +382,16 @@ impl<W: AsyncWrite + Unpin> MsgWriter<W> {
     /// A v1 writer whose bytes pass through `outbound` (a work connection's compress and
     /// encrypt layers).
     pub fn with_layers(io: W, outbound: crate::crypto::TransformChain) -> Self {
-        let mut w = Self::new(io);
+        Self::with_version_and_layers(io, WireVersion::V1, outbound)
+    }
+
+    /// [`MsgWriter::with_layers`] framing in `version`.
+    pub fn with_version_and_layers(
+        io: W,
+        version: WireVersion,
+        outbound: crate::crypto::TransformChain,
+    ) -> Self {
+        let mut w = Self::with_version(io, version);
         w.enc.encrypt = chain_stage(outbound);
         w
     }

@@ -39,7 +39,7 @@ pub struct ReloadSummary {
 pub(super) fn proxy_runtimes(cfg: &ClientConfig) -> HashMap<String, ProxyRuntime> {
     let mut proxies = HashMap::new();
     for p in cfg.active_proxies() {
-        if matches!(p.proxy_type, ProxyType::Sudp | ProxyType::Xtcp) {
+        if matches!(p.proxy_type, ProxyType::Xtcp) {
             warn!(
                 "[{}] proxy type [{}] is not supported by this frpc build yet; skipped",
                 p.name,
@@ -65,6 +65,7 @@ pub(super) fn proxy_runtimes(cfg: &ClientConfig) -> HashMap<String, ProxyRuntime
                 limiter,
                 healthy: !super::health::enabled(p),
                 udp_work: None,
+                sudp_work: Vec::new(),
             },
         );
     }

@@ -27,6 +27,7 @@ use crate::wire_v2::WireVersion;
 
 mod health;
 mod udp;
+mod visitor;
 
 mod handle;
 pub use handle::{ProxyStatus, ReloadSummary};
@@ -99,6 +100,8 @@ struct ProxyRuntime {
     healthy: bool,
     /// The task serving a udp proxy's work connection (replaced by the next one).
     udp_work: Option<tokio::task::AbortHandle>,
+    /// The tasks serving an sudp proxy's work connections, one per visitor connection.
+    sudp_work: Vec<tokio::task::AbortHandle>,
 }
 
 /// A running frpc.
@@ -319,6 +322,17 @@ impl Client {
         drop(health_tx);
         *self.session_tx.lock().unwrap() = Some(tx.clone());
         self.register_due_proxies(&tx);
+        let visitor_tasks = visitor::start_all(
+            &visitor::Session {
+                connector: connector.clone(),
+                run_id: run_id.clone(),
+                wire: self.wire,
+                user: self.cfg.user.clone(),
+                engine: self.engine.clone(),
+                udp_packet_size: self.cfg.udp_packet_size.clamp(1, 65535) as usize,
+            },
+            self.cfg.active_visitors(),
+        );
 
         let hb_interval = self.cfg.transport.heartbeat_interval;
         let hb_timeout = self.cfg.transport.heartbeat_timeout;
@@ -404,12 +418,15 @@ impl Client {
             }
         }
         connector.close();
-        for m in monitors {
-            m.abort();
+        for t in monitors.into_iter().chain(visitor_tasks) {
+            t.abort();
         }
         for p in self.proxies.lock().unwrap().values_mut() {
             p.phase = Phase::New;
             if let Some(w) = p.udp_work.take() {
+                w.abort();
+            }
+            for w in p.sudp_work.drain(..) {
                 w.abort();
             }
         }
@@ -561,7 +578,10 @@ impl Client {
                 }
             }
         };
-        if cfg.proxy_type == crate::config::ProxyType::Udp {
+        if matches!(
+            cfg.proxy_type,
+            crate::config::ProxyType::Udp | crate::config::ProxyType::Sudp
+        ) {
             return self.start_udp_work(name, cfg, limiter, mc).await;
         }
         // PROXY protocol header for the local service, sent before any relayed byte.
@@ -666,6 +686,14 @@ impl Client {
         let task = tokio::spawn(udp::serve(proxy, work, rest, inbound, outbound));
         let mut proxies = self.proxies.lock().unwrap();
         match proxies.get_mut(&name) {
+            // sudp: every visitor connection has its own work connection.
+            Some(p)
+                if matches!(p.phase, Phase::Running { .. })
+                    && cfg.proxy_type == crate::config::ProxyType::Sudp =>
+            {
+                p.sudp_work.retain(|t| !t.is_finished());
+                p.sudp_work.push(task.abort_handle());
+            }
             Some(p) if matches!(p.phase, Phase::Running { .. }) => {
                 if let Some(old) = p.udp_work.replace(task.abort_handle()) {
                     old.abort();

@@ -24,8 +24,8 @@ use crate::config::ServerConfig;
 use crate::crypto::{self, CryptoKey};
 use crate::handshake::{self, Role};
 use crate::msg::{
-    CodecError, Login, LoginResp, Message, NewProxy, NewProxyResp, NewVisitorConnResp, NewWorkConn,
-    Pong, ReqWorkConn, StartWorkConn,
+    CodecError, Login, LoginResp, Message, NewProxy, NewProxyResp, NewWorkConn, Pong, ReqWorkConn,
+    StartWorkConn,
 };
 use crate::msgconn::{MsgConn, MsgError};
 use crate::transport::{self, Conn, ServerTls};
@@ -36,6 +36,7 @@ mod ports;
 mod tcp;
 mod udp;
 mod vhost;
+mod visitor;
 use ports::PortManager;
 
 /// How long frps waits for the first bytes and the first message of a connection.
@@ -287,21 +288,11 @@ impl State {
                 return;
             }
         };
-        let mut mc = accepted.conn;
+        let mc = accepted.conn;
         match accepted.first {
             Message::Login(login) => self.handle_login(mc, login, remote, accepted.crypto).await,
             Message::NewWorkConn(nwc) => self.handle_new_work_conn(mc, nwc, remote).await,
-            Message::NewVisitorConn(v) => {
-                warn!(
-                    "visitor connection from {remote} for proxy [{}] refused: stcp/sudp visitors are not supported by this frps build yet",
-                    v.proxy_name
-                );
-                let resp = NewVisitorConnResp {
-                    proxy_name: v.proxy_name,
-                    error: "visitor connections are not supported by this frps build yet".into(),
-                };
-                let _ = mc.write_msg(&resp.into()).await;
-            }
+            Message::NewVisitorConn(v) => self.handle_visitor_conn(mc, v, remote).await,
             other => warn!(
                 "connection from {remote} closed: unexpected first message {} (want Login, NewWorkConn or NewVisitorConn)",
                 other.name()
@@ -588,6 +579,7 @@ impl State {
             "https" => vhost::register(self, ctl, &info, vhost::Kind::Https)?,
             "tcpmux" => vhost::register(self, ctl, &info, vhost::Kind::TcpMux)?,
             "udp" => udp::start(self, ctl, &info).await?,
+            "stcp" | "sudp" => visitor::start(ctl, &info),
             other => {
                 return Err(format!(
                     "proxy type [{other}] is not supported by this frps build yet"

@@ -1,0 +1,340 @@
+//! `[[visitors]]`, frpc side (spec §10.1, §10.2): local entry points to another client's
+//! `stcp`/`sudp` proxy through frps.
+//!
+//! Visitors live as long as a control session, like frp's visitor manager: started after
+//! login, stopped when the session ends. One that cannot start (its port is taken) is retried
+//! every 10 s. Each visitor connection is a new logical connection to frps (a tcpMux stream, a
+//! QUIC stream or a new connection, with the v2 magic when the client speaks v2) that starts
+//! with `NewVisitorConn{run_id, proxy_name, sign_key = md5(sk + ts), …}` and waits ≤ 10 s for
+//! `NewVisitorConnResp`; after that its bytes are wrapped with the sk-keyed encryption and
+//! compression the visitor asked for.
+//!
+//! - **stcp:** a TCP listener on `bindAddr:bindPort`; each accepted connection gets its own
+//!   visitor connection, and the pair goes to the data plane.
+//! - **sudp:** a UDP socket on `bindAddr:bindPort`; datagrams travel as `UDPPacket{c, r = the
+//!   local user's address}` over one visitor connection, opened at the first datagram and again
+//!   at the first datagram after it failed. A visitor connection silent for 60 s is dropped
+//!   (the owner pings every 30 s).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dataplane::{Engine, Pair, Side};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, trace, warn};
+
+use crate::auth;
+use crate::config::{VisitorConfig, VisitorType};
+use crate::crypto::{self, CryptoKey};
+use crate::msg::{Message, NewVisitorConn, UdpPacket};
+use crate::msgconn::{MsgConn, MsgError, MsgReader, MsgWriter};
+use crate::transport::{self, Conn, Connector};
+use crate::wire_v2::WireVersion;
+
+/// How often a visitor that failed to start is tried again (frp: 10 s).
+const RETRY: Duration = Duration::from_secs(10);
+/// How long frpc waits for NewVisitorConnResp.
+const RESP_TIMEOUT: Duration = Duration::from_secs(10);
+/// An sudp visitor connection without a message for this long is dropped.
+const SUDP_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Queue depth between the sudp socket and its visitor connection (frp: 1024).
+const QUEUE: usize = 1024;
+
+/// What every visitor of one session shares.
+#[derive(Clone)]
+pub(crate) struct Session {
+    pub connector: Connector,
+    pub run_id: String,
+    pub wire: WireVersion,
+    /// Our `user` (the default owner of the target proxy).
+    pub user: String,
+    pub engine: Engine,
+    /// `udpPacketSize`: the sudp read buffer.
+    pub udp_packet_size: usize,
+}
+
+/// frp's `BuildTargetServerProxyName`: the owner's user prefix, `serverUser` overriding ours.
+pub(crate) fn target_proxy_name(local_user: &str, server_user: &str, server_name: &str) -> String {
+    let user = if server_user.is_empty() {
+        local_user
+    } else {
+        server_user
+    };
+    if user.is_empty() {
+        server_name.to_string()
+    } else {
+        format!("{user}.{server_name}")
+    }
+}
+
+/// Starts the visitors; the returned tasks end them when aborted.
+pub(crate) fn start_all<'a>(
+    s: &Session,
+    visitors: impl Iterator<Item = &'a VisitorConfig>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let mut names = Vec::new();
+    for v in visitors {
+        names.push(v.name.clone());
+        let (s, v) = (s.clone(), Arc::new(v.clone()));
+        tasks.push(tokio::spawn(async move { run(s, v).await }));
+    }
+    if !names.is_empty() {
+        info!("[{}] visitor added: [{}]", s.run_id, names.join(" "));
+    }
+    tasks
+}
+
+/// One visitor: bind (retrying every 10 s), then serve.
+async fn run(s: Session, v: Arc<VisitorConfig>) {
+    let name = &v.name;
+    let addr = join_host_port(&v.bind_addr, v.bind_port);
+    let mut first = true;
+    loop {
+        if !first {
+            tokio::time::sleep(RETRY).await;
+            info!("[{}] try to start visitor [{name}]", s.run_id);
+        }
+        first = false;
+        let started = match v.visitor_type {
+            VisitorType::Xtcp => {
+                warn!(
+                    "[{}] [{name}] start error: xtcp visitors (NAT hole punching) are not supported by this frpc build; use stcp",
+                    s.run_id
+                );
+                return;
+            }
+            // bindPort < 0: reachable only through other visitors or plugins, which this build
+            // does not have; nothing to serve.
+            _ if v.bind_port <= 0 => {
+                info!("[{}] [{name}] start visitor success", s.run_id);
+                return std::future::pending().await;
+            }
+            VisitorType::Stcp => TcpListener::bind(&addr).await.map(Bound::Tcp),
+            VisitorType::Sudp => UdpSocket::bind(&addr).await.map(Bound::Udp),
+        };
+        match started {
+            Err(e) => warn!("[{}] [{name}] start error: listen {addr}: {e}", s.run_id),
+            Ok(Bound::Tcp(l)) => {
+                info!("[{}] [{name}] start visitor success", s.run_id);
+                return serve_stcp(s, v, l).await;
+            }
+            Ok(Bound::Udp(u)) => {
+                info!(
+                    "[{}] [{name}] sudp start to work, listen on {addr}",
+                    s.run_id
+                );
+                info!("[{}] [{name}] start visitor success", s.run_id);
+                return serve_sudp(s, v, u).await;
+            }
+        }
+    }
+}
+
+enum Bound {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+fn join_host_port(host: &str, port: i64) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Opens a visitor connection to frps and completes the NewVisitorConn exchange. Returns the
+/// connection and the wire bytes read past the response.
+async fn dial(s: &Session, v: &VisitorConfig) -> Result<(Conn, Vec<u8>), String> {
+    let conn = s
+        .connector
+        .open()
+        .await
+        .map_err(|e| format!("connect to server error: {e}"))?;
+    let mut mc = MsgConn::client(conn, s.wire);
+    let now = chrono::Utc::now().timestamp();
+    let m = NewVisitorConn {
+        run_id: s.run_id.clone(),
+        proxy_name: target_proxy_name(&s.user, &v.server_user, &v.server_name),
+        sign_key: auth::sign_key(&v.secret_key, now),
+        timestamp: now,
+        use_encryption: v.transport.use_encryption,
+        use_compression: v.transport.use_compression,
+    };
+    mc.write_msg(&m.into())
+        .await
+        .map_err(|e| format!("send newVisitorConnMsg to server error: {e}"))?;
+    match mc.read_msg_timeout(RESP_TIMEOUT).await {
+        Ok(Message::NewVisitorConnResp(r)) if r.error.is_empty() => Ok(mc.into_parts()),
+        Ok(Message::NewVisitorConnResp(r)) => {
+            Err(format!("start new visitor connection error: {}", r.error))
+        }
+        Ok(other) => Err(format!(
+            "read newVisitorConnRespMsg error: unexpected message {}",
+            other.name()
+        )),
+        Err(e) => Err(format!("read newVisitorConnRespMsg error: {e}")),
+    }
+}
+
+/// The sk-keyed layers of a visitor connection.
+fn layers(v: &VisitorConfig) -> (crypto::TransformChain, crypto::TransformChain) {
+    let key = CryptoKey::derive(v.secret_key.as_bytes());
+    crypto::work_conn_layers(
+        Some(&key),
+        v.transport.use_encryption,
+        v.transport.use_compression,
+    )
+}
+
+async fn serve_stcp(s: Session, v: Arc<VisitorConfig>, l: TcpListener) {
+    loop {
+        let (user, from) = match l.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("[{}] stcp local listener: {e}", v.name);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        transport::tune_tcp(&user, 0);
+        let (s, v) = (s.clone(), v.clone());
+        tokio::spawn(async move {
+            debug!("[{}] get a new stcp user connection from {from}", v.name);
+            let (conn, rest) = match dial(&s, &v).await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("[{}] dialRawVisitorConn error: {e}", v.name);
+                    return;
+                }
+            };
+            let (inbound, outbound) = layers(&v);
+            s.engine.spawn(Pair {
+                a: Side::plain(dataplane::Endpoint::Tcp(user)),
+                b: Side {
+                    endpoint: conn.into_endpoint(),
+                    prefix: rest.into(),
+                    inbound,
+                    outbound,
+                    initial_write: Default::default(),
+                },
+                counters: None,
+                limiter: None,
+            });
+        });
+    }
+}
+
+async fn serve_sudp(s: Session, v: Arc<VisitorConfig>, sock: UdpSocket) {
+    let sock = Arc::new(sock);
+    let (tx, mut rx) = mpsc::channel::<UdpPacket>(QUEUE);
+    // user datagrams → queue
+    let reader = {
+        let (sock, name, size) = (sock.clone(), v.name.clone(), s.udp_packet_size);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; size.max(1)];
+            loop {
+                match sock.recv_from(&mut buf).await {
+                    Ok((n, from)) => {
+                        let pkt = UdpPacket {
+                            content: buf[..n].to_vec(),
+                            local_addr: None,
+                            remote_addr: Some(from.into()),
+                        };
+                        if tx.try_send(pkt).is_err() {
+                            trace!("[{name}] sudp queue full; datagram dropped");
+                        }
+                    }
+                    Err(e) => debug!("[{name}] sudp recv: {e}"),
+                }
+            }
+        })
+    };
+    let _reader = AbortOnDrop(reader);
+    // One visitor connection at a time, opened by the first datagram waiting for it.
+    while let Some(first) = rx.recv().await {
+        let (conn, rest) = match dial(&s, &v).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(
+                    "[{}] newVisitorConn to frps error: {e}, try to reconnect",
+                    v.name
+                );
+                continue;
+            }
+        };
+        match sudp_worker(&s, &v, &sock, conn, rest, first, &mut rx).await {
+            Ok(()) => {}
+            Err(e) => warn!("[{}] sudp worker: {e}", v.name),
+        }
+        info!("[{}] sudp worker is closed", v.name);
+    }
+}
+
+/// Moves datagrams over one visitor connection until it fails.
+async fn sudp_worker(
+    s: &Session,
+    v: &VisitorConfig,
+    sock: &UdpSocket,
+    conn: Conn,
+    rest: Vec<u8>,
+    first: UdpPacket,
+    rx: &mut mpsc::Receiver<UdpPacket>,
+) -> Result<(), MsgError> {
+    let (inbound, outbound) = layers(v);
+    let (r, w) = tokio::io::split(conn);
+    let mut reader = MsgReader::with_version_and_layers(r, s.wire, inbound, &rest)?;
+    let mut writer = MsgWriter::with_version_and_layers(w, s.wire, outbound);
+    writer.write_msg(&first.into()).await?;
+    let from_frps = async {
+        loop {
+            let m = match tokio::time::timeout(SUDP_READ_TIMEOUT, reader.read_msg()).await {
+                Ok(m) => m?,
+                Err(_) => return Err(MsgError::Io(std::io::ErrorKind::TimedOut.into())),
+            };
+            match m {
+                Message::UdpPacket(p) => {
+                    if let Some(to) = p.remote_addr.as_ref().and_then(|a| a.to_socket_addr()) {
+                        let _ = sock.send_to(&p.content, to).await;
+                    }
+                }
+                Message::Ping(_) => trace!("[{}] sudp visitor got a ping", v.name),
+                other => debug!("[{}] sudp visitor: ignoring {}", v.name, other.name()),
+            }
+        }
+    };
+    let to_frps = async {
+        while let Some(p) = rx.recv().await {
+            writer.write_msg(&p.into()).await?;
+        }
+        Ok::<(), MsgError>(())
+    };
+    tokio::select! {
+        r = from_frps => r,
+        r = to_frps => r,
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_names_follow_frp() {
+        assert_eq!(target_proxy_name("", "", "db"), "db");
+        assert_eq!(target_proxy_name("alice", "", "db"), "alice.db");
+        assert_eq!(target_proxy_name("alice", "bob", "db"), "bob.db");
+        assert_eq!(target_proxy_name("", "bob", "db"), "bob.db");
+    }
+}

@@ -2,10 +2,12 @@
 //! behind frpc, several user sockets in front of frps.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use e2e::*;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 const TOKEN: &str = "e2e-udp";
 const USERS: usize = 5;
@@ -82,6 +84,74 @@ async fn echo_through_tunnel(tcp_mux: bool, enc: bool) {
     echo_through_tunnel_wire(tcp_mux, enc, Wire::V1).await;
 }
 
+/// Both directions of every connection through a TCP relay to `target`: (client → server,
+/// server → client), each the concatenation over all connections.
+type Recorded = Arc<Mutex<(Vec<u8>, Vec<u8>)>>;
+
+/// A recording TCP relay in front of `target`; returns its port.
+async fn recording_relay(target: u16) -> (u16, Recorded) {
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        rec: Recorded,
+        c2s: bool,
+    ) {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            let mut r = rec.lock().unwrap();
+            if c2s { &mut r.0 } else { &mut r.1 }.extend_from_slice(&buf[..n]);
+        }
+        let _ = to.shutdown().await;
+    }
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let rec: Recorded = Arc::default();
+    let rec2 = rec.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = l.accept().await {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(pump(cr, sw, rec2.clone(), true));
+            tokio::spawn(pump(sr, cw, rec2.clone(), false));
+        }
+    });
+    (port, rec)
+}
+
+/// Checks that every UDPPacket (`{"c":"…`) in `bytes` is framed as `wire` says (spec §3.1:
+/// `'u'`, i64 length; §3.2: frame type 16, flags 0, u32 length, type ID 13) and that there
+/// is at least one.
+fn assert_udp_packet_framing(bytes: &[u8], wire: Wire, dir: &str) {
+    let needle = br#"{"c":""#;
+    let mut found = 0;
+    for at in
+        (0..bytes.len().saturating_sub(needle.len())).filter(|&i| bytes[i..].starts_with(needle))
+    {
+        found += 1;
+        match wire {
+            Wire::V1 => assert!(
+                at >= 9 && bytes[at - 9] == b'u' && bytes[at - 8..at - 2] == [0; 6],
+                "{dir}: UDPPacket at {at} is not a v1 message: {:02x?}",
+                &bytes[at.saturating_sub(10)..at]
+            ),
+            Wire::V2 => assert!(
+                at >= 10
+                    && bytes[at - 10..at - 6] == [0x00, 0x10, 0x00, 0x00]
+                    && bytes[at - 2..at] == [0x00, 0x0d],
+                "{dir}: UDPPacket at {at} is not a v2 message frame: {:02x?}",
+                &bytes[at.saturating_sub(10)..at]
+            ),
+        }
+    }
+    assert!(found > 0, "{dir}: no UDPPacket seen");
+}
+
 async fn echo_through_tunnel_wire(tcp_mux: bool, enc: bool, wire: Wire) {
     let env = Env::new();
     let echo = udp_echo_server().await;
@@ -92,9 +162,17 @@ async fn echo_through_tunnel_wire(tcp_mux: bool, enc: bool, wire: Wire) {
         bind,
         &format!("auth.token = \"{TOKEN}\"\ntransport.tcpMux = {tcp_mux}\nlog.level = \"debug\""),
     );
+    // Without tcpMux and encryption the work connection's messages are readable on the wire:
+    // frpc goes through a recording relay and the framing is checked below.
+    let (server_port, recorded) = if !tcp_mux && !enc {
+        let (port, rec) = recording_relay(bind).await;
+        (port, Some(rec))
+    } else {
+        (bind, None)
+    };
     let frpc = env.frpc(
         "frpc",
-        &frpc_udp_config_wire(bind, tcp_mux, enc, echo, remote, wire),
+        &frpc_udp_config_wire(server_port, tcp_mux, enc, echo, remote, wire),
     );
     frpc.wait_log("[dns] start proxy success", Duration::from_secs(10));
     frps.wait_log(
@@ -172,6 +250,11 @@ async fn echo_through_tunnel_wire(tcp_mux: bool, enc: bool, wire: Wire) {
                 .is_err(),
             "an unexpected extra datagram"
         );
+    }
+    if let Some(rec) = recorded {
+        let (c2s, s2c) = rec.lock().unwrap().clone();
+        assert_udp_packet_framing(&s2c, wire, "frps -> frpc");
+        assert_udp_packet_framing(&c2s, wire, "frpc -> frps");
     }
 }
 

@@ -386,8 +386,8 @@ mod tests {
         );
     }
 
-    /// A CHALLENGE like a proxy sends: target name, flags 0xe28a8233 (UNICODE, NTLM, target
-    /// info, VERSION, ... but not KEY_EXCH), target info.
+    /// A CHALLENGE like a proxy sends: target name "Domain", `flags`, the §4.2.4 server
+    /// challenge, a version, `target_info`.
     fn challenge_bytes(flags: u32, target_info: &[u8]) -> Vec<u8> {
         let name = utf16le("Domain");
         let mut m = Vec::new();

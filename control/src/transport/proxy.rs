@@ -10,7 +10,7 @@
 //!   / `SSL_CERT_DIR`, else the distribution's bundle.
 //! - `socks5://[user:pass@]host:port`: RFC 1928, username/password auth (RFC 1929) when
 //!   credentials are given; the target is sent as a domain name unless it is an IP literal.
-//! - `ntlm://[DOMAIN\\user:pass@]host:port` (the backslash may be written `%5C`): CONNECT with
+//! - `ntlm://[DOMAIN\user:pass@]host:port` (the backslash may be written `%5C`): CONNECT with
 //!   NTLM authentication on one connection, as golib with go-ntlmssp does: the first CONNECT
 //!   carries `Proxy-Authorization: Negotiate <NEGOTIATE>`; a 407 whose `Proxy-Authenticate` is
 //!   `Negotiate <CHALLENGE>` (or `NTLM <CHALLENGE>`, which Go ignores) is answered by a second

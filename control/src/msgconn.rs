@@ -212,18 +212,9 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
         Ok(())
     }
 
-    /// A v1 reader whose bytes pass through `inbound` (a work connection's decrypt and
-    /// decompress layers); `leftover` are wire bytes already read from `io`.
+    /// A reader framing in `version` whose bytes pass through `inbound` (a work connection's
+    /// decrypt and decompress layers); `leftover` are wire bytes already read from `io`.
     pub fn with_layers(
-        io: R,
-        inbound: crate::crypto::TransformChain,
-        leftover: &[u8],
-    ) -> Result<Self, MsgError> {
-        Self::with_version_and_layers(io, WireVersion::V1, inbound, leftover)
-    }
-
-    /// [`MsgReader::with_layers`] for `version` frames (UDP payloads of a v2 session).
-    pub fn with_version_and_layers(
         io: R,
         version: WireVersion,
         inbound: crate::crypto::TransformChain,
@@ -379,14 +370,9 @@ impl<W: AsyncWrite + Unpin> MsgWriter<W> {
         self.enc.encrypt = Some(Box::new(CfbEncryptor::new(key)));
     }
 
-    /// A v1 writer whose bytes pass through `outbound` (a work connection's compress and
-    /// encrypt layers).
-    pub fn with_layers(io: W, outbound: crate::crypto::TransformChain) -> Self {
-        Self::with_version_and_layers(io, WireVersion::V1, outbound)
-    }
-
-    /// [`MsgWriter::with_layers`] framing in `version`.
-    pub fn with_version_and_layers(
+    /// A writer framing in `version` (no magic) whose bytes pass through `outbound` (a work
+    /// connection's compress and encrypt layers).
+    pub fn with_layers(
         io: W,
         version: WireVersion,
         outbound: crate::crypto::TransformChain,
@@ -610,6 +596,81 @@ mod tests {
         let mut more = vec![0u8; (4 + 8 + 16) + (4 + 4 + 16)];
         b.read_exact(&mut more).await.unwrap();
         assert_eq!(&more[..4], &[0, 0, 0, 24]);
+    }
+
+    /// A udp work connection of a v2 client (frp >= 0.69.1): UDPPacket and Ping as message
+    /// frames (spec §3.2: type 16, flags 0, u32 length, u16 type ID 13 / 11, Go's JSON).
+    #[tokio::test]
+    async fn udp_work_conn_v2_frames_match_the_spec() {
+        use crate::msg::{UdpAddr, UdpPacket};
+        let json = br#"{"c":"aGVsbG8=","r":{"IP":"127.0.0.1","Port":5353,"Zone":""}}"#;
+        let mut frame = vec![0x00, 0x10, 0x00, 0x00];
+        frame.extend_from_slice(&(json.len() as u32 + 2).to_be_bytes());
+        frame.extend_from_slice(&[0x00, 0x0d]);
+        frame.extend_from_slice(json);
+        let pkt = Message::UdpPacket(UdpPacket {
+            content: b"hello".to_vec(),
+            local_addr: None,
+            remote_addr: Some(UdpAddr {
+                ip: "127.0.0.1".into(),
+                port: 5353,
+                zone: String::new(),
+            }),
+        });
+
+        let (a, mut b) = tokio::io::duplex(4096);
+        let mut w = MsgWriter::with_layers(a, WireVersion::V2, Vec::new());
+        w.write_msg(&pkt).await.unwrap();
+        let mut wire = vec![0u8; frame.len()];
+        b.read_exact(&mut wire).await.unwrap();
+        assert_eq!(
+            hex::encode(&wire),
+            hex::encode(&frame),
+            "no magic, one frame"
+        );
+
+        // The reader takes bytes already read past StartWorkConn, then the stream.
+        let (mut a, b) = tokio::io::duplex(4096);
+        let mut r = MsgReader::with_layers(b, WireVersion::V2, Vec::new(), &frame[..5]).unwrap();
+        a.write_all(&frame[5..]).await.unwrap();
+        a.write_all(&hex::decode("0010000000000004000b7b7d").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.read_msg().await.unwrap(), pkt);
+        assert_eq!(r.read_msg().await.unwrap(), Message::Ping(Ping::default()));
+
+        // The same bytes are not a v1 stream.
+        let (mut a, b) = tokio::io::duplex(4096);
+        let mut r = MsgReader::with_layers(b, WireVersion::V1, Vec::new(), &[]).unwrap();
+        a.write_all(&frame).await.unwrap();
+        assert!(r.read_msg().await.is_err());
+    }
+
+    /// v2 frames inside the CFB + snappy layers of `useEncryption` / `useCompression`.
+    #[tokio::test]
+    async fn udp_work_conn_v2_round_trips_through_the_layers() {
+        use crate::msg::UdpPacket;
+        let key = CryptoKey::derive(b"12345678");
+        let (_, out) = crate::crypto::work_conn_layers(Some(&key), true, true);
+        let (inb, _) = crate::crypto::work_conn_layers(Some(&key), true, true);
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut w = MsgWriter::with_layers(a, WireVersion::V2, out);
+        let mut r = MsgReader::with_layers(b, WireVersion::V2, inb, &[]).unwrap();
+        let big = UdpPacket {
+            content: (0..WireVersion::V2.max_udp_datagram())
+                .map(|i| (i * 7) as u8)
+                .collect(),
+            local_addr: None,
+            remote_addr: Some("[::1]:9".parse::<std::net::SocketAddr>().unwrap().into()),
+        };
+        for m in [
+            Message::UdpPacket(big.clone()),
+            Ping::default().into(),
+            Message::UdpPacket(big),
+        ] {
+            w.write_msg(&m).await.unwrap();
+            assert_eq!(r.read_msg().await.unwrap(), m);
+        }
     }
 
     #[tokio::test]

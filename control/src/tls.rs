@@ -34,6 +34,10 @@ pub enum TlsError {
     Generate(String),
     #[error("invalid TLS server name {0:?}")]
     ServerName(String),
+    #[error(
+        "no system root certificates to verify the proxy with ({0}); set SSL_CERT_FILE or SSL_CERT_DIR"
+    )]
+    NoSystemRoots(String),
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -131,6 +135,33 @@ pub fn client_config(
     } else {
         builder.with_no_client_auth()
     };
+    Ok(Arc::new(cfg))
+}
+
+/// A TLS client config that verifies the peer against the system's root certificates, like
+/// Go's default `tls.Config{}` (used for `https://` proxies). The roots are found as Go finds
+/// them on Linux: `SSL_CERT_FILE` / `SSL_CERT_DIR` when set, else the distribution's bundle.
+pub fn system_roots_client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(TlsError::NoSystemRoots(if why.is_empty() {
+            "none found".into()
+        } else {
+            why
+        }));
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(Arc::new(cfg))
 }
 

@@ -3,10 +3,11 @@
 //! Everything above this module sees a [`Conn`]: one control, work or visitor connection.
 //!
 //! Transports: `tcp`, `websocket` and `wss` (client), plain/TLS/websocket on `bindPort`
-//! (server; [`websocket`]); frpc may reach frps through an HTTP CONNECT or SOCKS5 proxy
-//! ([`proxy`]) and from a chosen local address. QUIC and KCP are not implemented: frpc refuses
+//! (server; [`websocket`]); frpc may reach frps through an HTTP(S) CONNECT, NTLM or SOCKS5
+//! proxy ([`proxy`], [`ntlm`]) and from a chosen local address. QUIC and KCP are not implemented: frpc refuses
 //! them at start-up, frps ignores `quicBindPort`/`kcpBindPort` with a warning.
 
+pub mod ntlm;
 pub mod proxy;
 pub mod websocket;
 
@@ -260,8 +261,9 @@ impl DialConfig {
         Err(last)
     }
 
-    /// TCP to frps, or to the proxy and through it to frps.
-    async fn dial_tcp(&self) -> Result<TcpStream, DialError> {
+    /// TCP to frps, or to the proxy and through it to frps (TLS to an `https` proxy: then the
+    /// connection is no longer a bare socket).
+    async fn dial_tcp(&self) -> Result<Conn, DialError> {
         let addr = self.addr();
         let Some(proxy) = &self.proxy else {
             let tcp = match tokio::time::timeout(self.dial_timeout, self.connect_tcp(&addr)).await {
@@ -269,7 +271,8 @@ impl DialConfig {
                 Ok(Err(e)) => return Err(DialError::Connect { addr, source: e }),
                 Ok(Ok(s)) => s,
             };
-            return Ok(tcp);
+            tune_tcp(&tcp, self.keepalive_secs);
+            return Ok(Conn::Tcp(tcp));
         };
         let via = async {
             let tcp = self.connect_tcp(&proxy.addr).await?;
@@ -328,9 +331,8 @@ impl DialConfig {
     /// any), then the websocket / first byte / TLS layers (spec §2.1).
     pub async fn dial(&self) -> Result<Conn, DialError> {
         let tcp = self.dial_tcp().await?;
-        tune_tcp(&tcp, self.keepalive_secs);
         match self.protocol {
-            Protocol::Tcp if self.tls.is_none() => Ok(Conn::Tcp(tcp)),
+            Protocol::Tcp if self.tls.is_none() => Ok(tcp),
             Protocol::Tcp => self.tls_over(tcp, self.custom_tls_first_byte).await,
             Protocol::Websocket => {
                 let ws = self.websocket_over(tcp).await?;

@@ -73,6 +73,18 @@ impl WireVersion {
             _ => None,
         }
     }
+
+    /// The largest datagram a `UDPPacket` on a udp work connection can carry in this framing
+    /// (spec §9): the base64 content (4/3 of the datagram) plus the JSON around it and the
+    /// user's address must fit a v1 body (10240 bytes) or a v2 frame payload (64 KiB, the
+    /// type ID included). frp itself writes bigger ones and the peer then drops the whole work
+    /// connection (v1 reader, v2 writer); frp-uring drops only the datagram.
+    pub fn max_udp_datagram(self) -> usize {
+        match self {
+            WireVersion::V1 => 7400,
+            WireVersion::V2 => 49000,
+        }
+    }
 }
 
 impl std::fmt::Display for WireVersion {
@@ -1183,6 +1195,37 @@ mod tests {
         let generated = ClientHello::generate(bootstrap());
         assert_eq!(generated.capabilities.crypto.client_random.len(), 32);
         assert_eq!(generated.validate(), Ok(preferred_algorithms()[0]));
+    }
+
+    /// The per-version udp datagram limits hold for the longest address Go can write.
+    #[test]
+    fn largest_udp_datagram_fits_each_framing() {
+        use crate::msg::{UdpAddr, UdpPacket, V1_MAX_BODY, V1Decoder, encode_v1};
+        let pkt = |n: usize| {
+            Message::UdpPacket(UdpPacket {
+                content: vec![0xa5; n],
+                local_addr: None,
+                remote_addr: Some(UdpAddr {
+                    ip: "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".into(),
+                    port: 65535,
+                    zone: u32::MAX.to_string(),
+                }),
+            })
+        };
+        let v1 = encode_v1(&pkt(WireVersion::V1.max_udp_datagram()));
+        assert!(v1.len() - 9 <= V1_MAX_BODY, "v1 body {}", v1.len() - 9);
+        let mut d = V1Decoder::new();
+        d.feed(&v1);
+        assert!(d.next_message().unwrap().is_some());
+
+        let max = WireVersion::V2.max_udp_datagram();
+        assert!(max > WireVersion::V1.max_udp_datagram());
+        let v2 = encode_v2_message(&pkt(max)).unwrap();
+        let mut d = V2Decoder::new();
+        d.feed(&v2);
+        assert_eq!(d.next_message().unwrap(), Some(pkt(max)));
+        // What does not fit is refused by the writer, not sent.
+        assert!(encode_v2_message(&pkt(max + 3000)).is_err());
     }
 
     #[test]

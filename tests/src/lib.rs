@@ -247,13 +247,19 @@ impl Env {
 
     /// Starts frpc with the given full TOML config.
     pub fn frpc(&self, name: &str, cfg: &str) -> Proc {
+        self.frpc_with_env(name, cfg, &[])
+    }
+
+    /// [`Env::frpc`] with extra environment variables (e.g. `SSL_CERT_FILE`).
+    pub fn frpc_with_env(&self, name: &str, cfg: &str, envs: &[(&str, &str)]) -> Proc {
         let cfg = format!("{cfg}{}", engine_table());
         let path = self.write(&format!("{name}.toml"), &cfg);
-        Proc::spawn(
+        Proc::spawn_with_env(
             name,
             &bin("frpc"),
             &["-c", path.to_str().unwrap()],
             self.path(),
+            envs,
         )
     }
 }

@@ -1,6 +1,6 @@
 //! Wire protocol v2 and the other ways frpc reaches frps, end to end: v1/v2 × tcpMux × TLS,
 //! websocket, wss (behind a TLS-terminating proxy, as frp requires), one frps serving v1 and
-//! v2 clients at once, HTTP CONNECT and SOCKS5 proxies with credentials,
+//! v2 clients at once, HTTP CONNECT, HTTPS CONNECT, NTLM and SOCKS5 proxies with credentials,
 //! connectServerLocalIP, and the clear refusal of QUIC/KCP.
 
 use std::sync::{Arc, Mutex};
@@ -204,6 +204,11 @@ const BASIC: &str = "Basic YWxpY2U6czNjcmV0";
 /// An HTTP CONNECT proxy (hyper) requiring alice's credentials; returns its port and the
 /// targets it tunnelled to.
 async fn http_connect_proxy() -> (u16, Arc<Mutex<Vec<String>>>) {
+    connect_proxy(None).await
+}
+
+/// [`http_connect_proxy`], inside TLS when `tls` is given (an `https://` proxy).
+async fn connect_proxy(tls: Option<tokio_rustls::TlsAcceptor>) -> (u16, Arc<Mutex<Vec<String>>>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -211,6 +216,7 @@ async fn http_connect_proxy() -> (u16, Arc<Mutex<Vec<String>>>) {
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             let seen = seen2.clone();
+            let tls = tls.clone();
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let seen = seen.clone();
                 async move {
@@ -244,10 +250,24 @@ async fn http_connect_proxy() -> (u16, Arc<Mutex<Vec<String>>>) {
                 }
             });
             tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .with_upgrades()
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    None => {
+                        let _ = http
+                            .serve_connection(TokioIo::new(s), svc)
+                            .with_upgrades()
+                            .await;
+                    }
+                    Some(acceptor) => {
+                        let Ok(s) = acceptor.accept(s).await else {
+                            return;
+                        };
+                        let _ = http
+                            .serve_connection(TokioIo::new(s), svc)
+                            .with_upgrades()
+                            .await;
+                    }
+                }
             });
         }
     });
@@ -349,6 +369,252 @@ async fn through_an_http_connect_proxy_with_credentials() {
     assert!(!st.success());
     let log = bad.log_text();
     assert!(log.contains("StatusCode [407]"), "{log}");
+}
+
+/// A self-signed certificate for 127.0.0.1: the TLS acceptor and the PEM to trust it with.
+fn self_signed_for_localhost() -> (tokio_rustls::TlsAcceptor, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+        ck.cert.pem(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_an_https_connect_proxy_with_credentials() {
+    let env = Env::new();
+    let echo = echo_server().await;
+    let bind = free_port();
+    let remote = free_port();
+    let _frps = env.frps("frps", bind, &frps_extra(false));
+    let (acceptor, pem) = self_signed_for_localhost();
+    let (proxy, seen) = connect_proxy(Some(acceptor)).await;
+    // frpc trusts the proxy's certificate the way Go does: through the system roots, here
+    // pointed at the test's certificate.
+    let ca = env.write("proxy-ca.pem", &pem);
+    let ssl_cert_file = [("SSL_CERT_FILE", ca.to_str().unwrap())];
+    let extra = format!("transport.proxyURL = \"https://{USER}:{PASS}@127.0.0.1:{proxy}\"");
+    let frpc = env.frpc_with_env(
+        "frpc",
+        &frpc_cfg(bind, &extra, false, true, true, echo, remote),
+        &ssl_cert_file,
+    );
+    frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
+    check_payloads(remote).await;
+    let got = seen.lock().unwrap().clone();
+    assert!(got.len() >= 2, "control and work connections: {got:?}");
+    assert!(
+        got.iter().all(|t| *t == format!("127.0.0.1:{bind}")),
+        "{got:?}"
+    );
+
+    // A proxy certificate frpc does not trust: the TLS handshake fails, naming the proxy.
+    let (_, other_pem) = self_signed_for_localhost();
+    let other = env.write("other-ca.pem", &other_pem);
+    let mut bad = env.frpc_with_env(
+        "frpc-untrusted",
+        &frpc_cfg(bind, &extra, true, true, false, echo, free_port()),
+        &[("SSL_CERT_FILE", other.to_str().unwrap())],
+    );
+    let st = bad.wait_exit(Duration::from_secs(15)).expect("frpc exits");
+    assert!(!st.success());
+    let log = bad.log_text();
+    assert!(log.contains("TLS handshake with HTTPS proxy"), "{log}");
+    assert!(
+        log.contains(&format!("through proxy 127.0.0.1:{proxy}")),
+        "{log}"
+    );
+
+    // Wrong password: 407 from inside the TLS session.
+    let extra = format!("transport.proxyURL = \"https://{USER}:wrong@127.0.0.1:{proxy}\"");
+    let mut bad = env.frpc_with_env(
+        "frpc-bad",
+        &frpc_cfg(bind, &extra, true, true, false, echo, free_port()),
+        &ssl_cert_file,
+    );
+    let st = bad.wait_exit(Duration::from_secs(15)).expect("frpc exits");
+    assert!(!st.success());
+    assert!(
+        bad.log_text().contains("StatusCode [407]"),
+        "{}",
+        bad.log_text()
+    );
+}
+
+const NTLM_DOMAIN: &str = "CORP";
+const NTLM_PASS: &str = "N7lm-pass";
+
+/// Reads one request head (up to the empty line) from `s`.
+async fn read_head(s: &mut TcpStream) -> std::io::Result<String> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(s.read_u8().await?);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+fn request_header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// An HTTP CONNECT proxy that authenticates with NTLM on each connection, as a Windows proxy
+/// does: NEGOTIATE → 407 with a fresh CHALLENGE (and a body) → AUTHENTICATE, whose NTLMv2
+/// proof it recomputes from `CORP\alice`'s password. Returns its port and, per connection,
+/// `Ok(target)` or `Err(why it refused)`.
+async fn ntlm_proxy() -> (u16, Arc<Mutex<Vec<Result<String, String>>>>) {
+    use base64::Engine;
+    use control::transport::ntlm;
+    async fn serve(mut s: TcpStream) -> Result<String, String> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let io = |e: std::io::Error| e.to_string();
+        let first = read_head(&mut s).await.map_err(io)?;
+        let nego = request_header(&first, "proxy-authorization")
+            .and_then(|v| v.strip_prefix("Negotiate "))
+            .ok_or("no NEGOTIATE")?;
+        let nego = b64.decode(nego).map_err(|e| e.to_string())?;
+        if nego.get(..12) != Some(b"NTLMSSP\0\x01\0\0\0".as_slice()) {
+            return Err("not an NTLM NEGOTIATE".into());
+        }
+        let server_challenge: [u8; 8] = rand::random();
+        // Target info: NbDomainName "CORP", a timestamp, EOL.
+        let mut ti = vec![2, 0, 8, 0];
+        ti.extend(NTLM_DOMAIN.encode_utf16().flat_map(u16::to_le_bytes));
+        ti.extend_from_slice(&[7, 0, 8, 0]);
+        ti.extend_from_slice(&0x01dc_0000_1234_5678u64.to_le_bytes());
+        ti.extend_from_slice(&[0, 0, 0, 0]);
+        let flags = ntlm::FLAG_UNICODE | ntlm::FLAG_NTLM | ntlm::FLAG_TARGET_INFO;
+        let mut ch = b"NTLMSSP\0\x02\0\0\0".to_vec();
+        ch.extend_from_slice(&[0, 0, 0, 0, 48, 0, 0, 0]);
+        ch.extend_from_slice(&flags.to_le_bytes());
+        ch.extend_from_slice(&server_challenge);
+        ch.extend_from_slice(&[0; 8]);
+        ch.extend_from_slice(&(ti.len() as u16).to_le_bytes());
+        ch.extend_from_slice(&(ti.len() as u16).to_le_bytes());
+        ch.extend_from_slice(&48u32.to_le_bytes());
+        ch.extend_from_slice(&ti);
+        let body = "NTLM authentication required";
+        let resp = format!(
+            "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate {}\r\nContent-Length: {}\r\n\r\n{body}",
+            b64.encode(&ch),
+            body.len()
+        );
+        s.write_all(resp.as_bytes()).await.map_err(io)?;
+
+        let second = read_head(&mut s).await.map_err(io)?;
+        let token = request_header(&second, "proxy-authorization")
+            .and_then(|v| v.strip_prefix("Negotiate "))
+            .ok_or("no AUTHENTICATE")?;
+        let a = ntlm::Authenticate::parse(&b64.decode(token).map_err(|e| e.to_string())?)
+            .ok_or("bad AUTHENTICATE")?;
+        let key = ntlm::ntowf_v2(NTLM_PASS, &a.user, &a.domain);
+        let proof_ok = a.nt_response.len() > 16
+            && ntlm::nt_proof_str(&key, &server_challenge, &a.nt_response[16..])
+                == a.nt_response[..16];
+        // The blob echoes the challenge's timestamp and target info.
+        let blob_ok = a.nt_response.get(24..32) == Some(&ti[16..24]);
+        if !(proof_ok && blob_ok && a.user == USER && a.domain == NTLM_DOMAIN) {
+            let _ = s
+                .write_all(b"HTTP/1.1 407 Denied\r\nContent-Length: 0\r\n\r\n")
+                .await;
+            return Err(format!("denied {}\\{}", a.domain, a.user));
+        }
+        let target = second
+            .split_whitespace()
+            .nth(1)
+            .ok_or("no target")?
+            .to_string();
+        let mut up = TcpStream::connect(&target).await.map_err(io)?;
+        s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .map_err(io)?;
+        tokio::spawn(async move {
+            let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+        });
+        Ok(target)
+    }
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let r = serve(s).await;
+                seen.lock().unwrap().push(r);
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_an_ntlm_proxy() {
+    let env = Env::new();
+    let echo = echo_server().await;
+    let bind = free_port();
+    let remote = free_port();
+    let frps = env.frps("frps", bind, &frps_extra(false));
+    let (proxy, seen) = ntlm_proxy().await;
+    // DOMAIN\user, percent-encoded as Go's url.Parse wants it; v2 over no tcpMux, so the
+    // control and every work connection authenticate separately.
+    let extra = format!(
+        "{V2}\ntransport.proxyURL = \"ntlm://{NTLM_DOMAIN}%5C{USER}:{NTLM_PASS}@127.0.0.1:{proxy}\""
+    );
+    let frpc = env.frpc(
+        "frpc",
+        &frpc_cfg(bind, &extra, false, true, true, echo, remote),
+    );
+    frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
+    check_payloads(remote).await;
+    frps.wait_log("wire protocol [v2]", Duration::from_secs(1));
+    let got = seen.lock().unwrap().clone();
+    assert!(got.len() >= 2, "control and work connections: {got:?}");
+    assert!(
+        got.iter().all(|t| *t == Ok(format!("127.0.0.1:{bind}"))),
+        "{got:?}"
+    );
+
+    // Wrong password: the proxy refuses the NTLMv2 response; frpc says which proxy and user.
+    let extra =
+        format!("transport.proxyURL = \"ntlm://{NTLM_DOMAIN}%5C{USER}:wrong@127.0.0.1:{proxy}\"");
+    let mut bad = env.frpc(
+        "frpc-bad",
+        &frpc_cfg(bind, &extra, true, true, false, echo, free_port()),
+    );
+    let st = bad.wait_exit(Duration::from_secs(15)).expect("frpc exits");
+    assert!(!st.success());
+    let log = bad.log_text();
+    assert!(
+        log.contains(&format!("through proxy 127.0.0.1:{proxy}")),
+        "{log}"
+    );
+    assert!(
+        log.contains("DialTcpByNTLMHttpProxy error, StatusCode [407]"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("NTLM authentication as [{NTLM_DOMAIN}\\{USER}]")),
+        "{log}"
+    );
+    assert!(
+        seen.lock()
+            .unwrap()
+            .contains(&Err(format!("denied {NTLM_DOMAIN}\\{USER}"))),
+        "the proxy saw and refused the bad response"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -301,13 +301,11 @@ async fn sudp_nomux_encrypted_compressed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "until frpc frames udp work connections in v2 (merge pending)"]
 async fn sudp_v2_on_both_sides() {
     sudp_case(true, "v2", "v2", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "until frpc frames udp work connections in v2 (merge pending)"]
 async fn sudp_mixed_wire_protocols_are_bridged() {
     sudp_case(true, "v2", "v1", true).await;
     sudp_case(false, "v1", "v2", false).await;

@@ -681,6 +681,7 @@ impl Client {
             local,
             proxy_protocol: cfg.transport.proxy_protocol_version.clone(),
             packet_size: self.cfg.udp_packet_size.clamp(1, 65535) as usize,
+            wire: self.wire,
             limiter,
         };
         let task = tokio::spawn(udp::serve(proxy, work, rest, inbound, outbound));

@@ -1,5 +1,6 @@
 //! udp proxies, frpc side (spec §9): the one work connection frps keeps per udp proxy carries
-//! `UDPPacket{c, r}` messages (v1 frames inside the proxy's CFB/snappy layers).
+//! `UDPPacket{c, r}` messages, framed in `transport.wireProtocol` (v2 frames for a v2 client,
+//! as frp >= 0.69.1 does) inside the proxy's CFB/snappy layers.
 //!
 //! For each user address `r` frpc keeps a *mapping*: a UDP socket connected to the local
 //! service, created by the first datagram from `r` (which carries the PROXY protocol header
@@ -26,6 +27,7 @@ use crate::msg::{Message, Ping, UdpPacket};
 use crate::msgconn::{MsgReader, MsgWriter};
 use crate::proxy_protocol;
 use crate::transport::Conn;
+use crate::wire_v2::WireVersion;
 
 /// Depth of the reply queue (frp: 1024).
 const QUEUE: usize = 1024;
@@ -43,6 +45,8 @@ pub(crate) struct UdpProxy {
     pub proxy_protocol: String,
     /// Read buffer for replies (frpc `udpPacketSize`).
     pub packet_size: usize,
+    /// The framing of the work connection (`transport.wireProtocol`).
+    pub wire: WireVersion,
     /// `bandwidthLimitMode = "client"`: charged per message, both directions.
     pub limiter: Option<Arc<RateLimiter>>,
 }
@@ -81,14 +85,14 @@ pub(crate) async fn serve(
     let name = proxy.name.clone();
     info!("[{name}] incoming a new work connection for udp proxy");
     let (r, w) = tokio::io::split(work);
-    let reader = match MsgReader::with_layers(r, inbound, &rest) {
+    let reader = match MsgReader::with_layers(r, proxy.wire, inbound, &rest) {
         Ok(r) => r,
         Err(e) => {
             warn!("[{name}] udp work connection: {e}");
             return;
         }
     };
-    let writer = MsgWriter::with_layers(w, outbound);
+    let writer = MsgWriter::with_layers(w, proxy.wire, outbound);
     let (send_tx, send_rx) = mpsc::channel::<UdpPacket>(QUEUE);
     let proxy = Arc::new(proxy);
     tokio::select! {
@@ -239,6 +243,14 @@ async fn replies_of(
             }
             Ok(Ok(n)) => {
                 mapping.touch();
+                if n > proxy.wire.max_udp_datagram() {
+                    debug!(
+                        "[{}] udp reply of {n} bytes for {user} does not fit a UDPPacket message (max {} bytes); dropped",
+                        proxy.name,
+                        proxy.wire.max_udp_datagram()
+                    );
+                    continue;
+                }
                 let pkt = UdpPacket {
                     content: buf[..n].to_vec(),
                     local_addr: None,

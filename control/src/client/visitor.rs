@@ -286,8 +286,8 @@ async fn sudp_worker(
 ) -> Result<(), MsgError> {
     let (inbound, outbound) = layers(v);
     let (r, w) = tokio::io::split(conn);
-    let mut reader = MsgReader::with_version_and_layers(r, s.wire, inbound, &rest)?;
-    let mut writer = MsgWriter::with_version_and_layers(w, s.wire, outbound);
+    let mut reader = MsgReader::with_layers(r, s.wire, inbound, &rest)?;
+    let mut writer = MsgWriter::with_layers(w, s.wire, outbound);
     writer.write_msg(&first.into()).await?;
     let from_frps = async {
         loop {

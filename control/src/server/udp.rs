@@ -1,6 +1,8 @@
 //! udp proxies (spec §9): a UDP socket on `remotePort`. Every datagram a user sends travels to
 //! frpc as `UDPPacket{c, r}` over one long-lived work connection; frpc's replies come back the
-//! same way and leave with `send_to(r)`.
+//! same way and leave with `send_to(r)`. The messages are framed in the wire protocol of the
+//! client's control connection (v2 frames for a v2 client, as frp >= 0.69.1 does), inside the
+//! proxy's CFB/snappy layers.
 //!
 //! Tasks per proxy: one reads the public socket into a bounded queue (1024, drops when full,
 //! as frp); one owns the work connection — it takes a connection from the pool 500 ms after
@@ -33,9 +35,6 @@ const FIRST_WORK_CONN_DELAY: Duration = Duration::from_millis(500);
 const RETRY: Duration = Duration::from_secs(1);
 /// Read deadline per message on the work connection (frpc pings every 30 s).
 const WORK_READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest datagram that still fits a v1 frame (body ≤ 10240 bytes: base64 grows it by 4/3,
-/// the addresses take the rest). Bigger ones would make a Go peer drop the connection.
-pub(crate) const MAX_V1_DATAGRAM: usize = 7400;
 
 /// Binds the proxy's UDP port and starts its tasks.
 pub(crate) async fn start(
@@ -80,7 +79,14 @@ pub(crate) async fn start(
     );
     let (tx, rx) = mpsc::channel(QUEUE);
     let packet_size = st.cfg.udp_packet_size.clamp(1, 65535) as usize;
-    let users = tokio::spawn(read_users(sock.clone(), tx, packet_size, info.clone()));
+    let max_datagram = ctl.wire.max_udp_datagram();
+    let users = tokio::spawn(read_users(
+        sock.clone(),
+        tx,
+        packet_size,
+        max_datagram,
+        info.clone(),
+    ));
     let work = tokio::spawn(work_loop(st.clone(), ctl.clone(), info.clone(), sock, rx));
     Ok(Started {
         tasks: vec![users, work],
@@ -95,15 +101,16 @@ async fn read_users(
     sock: Arc<UdpSocket>,
     tx: mpsc::Sender<UdpPacket>,
     packet_size: usize,
+    max_datagram: usize,
     info: Arc<ProxyInfo>,
 ) {
     let mut buf = vec![0u8; packet_size];
     loop {
         match sock.recv_from(&mut buf).await {
             Ok((n, from)) => {
-                if n > MAX_V1_DATAGRAM {
+                if n > max_datagram {
                     debug!(
-                        "[{}] udp datagram of {n} bytes from {from} is too large for a v1 frame; dropped",
+                        "[{}] udp datagram of {n} bytes from {from} does not fit a UDPPacket message (max {max_datagram} bytes); dropped",
                         info.name
                     );
                     continue;
@@ -154,7 +161,7 @@ async fn work_loop(
                 continue;
             }
         };
-        let mut mc = MsgConn::new(work);
+        let mut mc = MsgConn::with_version(work, ctl.wire);
         let start = StartWorkConn {
             proxy_name: info.name.clone(),
             ..Default::default()
@@ -170,14 +177,14 @@ async fn work_loop(
         let (inbound, outbound) =
             crypto::work_conn_layers(Some(&st.key), info.use_encryption, info.use_compression);
         let (r, w) = tokio::io::split(work);
-        let mut reader = match MsgReader::with_layers(r, inbound, &rest) {
+        let mut reader = match MsgReader::with_layers(r, ctl.wire, inbound, &rest) {
             Ok(r) => r,
             Err(e) => {
                 warn!("[{}] [{}] udp work connection: {e}", ctl.run_id, info.name);
                 continue;
             }
         };
-        let mut writer = MsgWriter::with_layers(w, outbound);
+        let mut writer = MsgWriter::with_layers(w, ctl.wire, outbound);
         debug!(
             "[{}] [{}] udp proxy got its work connection",
             ctl.run_id, info.name

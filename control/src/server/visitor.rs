@@ -183,14 +183,14 @@ impl State {
         let (wr, ww) = tokio::io::split(work);
         let (vr, vw) = tokio::io::split(visitor.conn);
         let (mut owner_r, mut owner_w, mut vis_r, mut vis_w) = match (
-            MsgReader::with_version_and_layers(wr, owner.wire, w_in, &rest),
-            MsgReader::with_version_and_layers(vr, visitor.wire, visitor.inbound, &visitor.rest),
+            MsgReader::with_layers(wr, owner.wire, w_in, &rest),
+            MsgReader::with_layers(vr, visitor.wire, visitor.inbound, &visitor.rest),
         ) {
             (Ok(or), Ok(vr)) => (
                 or,
-                MsgWriter::with_version_and_layers(ww, owner.wire, w_out),
+                MsgWriter::with_layers(ww, owner.wire, w_out),
                 vr,
-                MsgWriter::with_version_and_layers(vw, visitor.wire, visitor.outbound),
+                MsgWriter::with_layers(vw, visitor.wire, visitor.outbound),
             ),
             (Err(e), _) | (_, Err(e)) => {
                 warn!("[{}] [{}] sudp bridge: {e}", owner.run_id, info.name);

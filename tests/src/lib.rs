@@ -264,6 +264,84 @@ impl Env {
     }
 }
 
+/// The directory of real Go frp binaries (`frps` and `frpc`, as in frp's release tarballs)
+/// named by env `FRP_GO_BIN_DIR`, or `None` when unset. The interop suite (`interop_go.rs`)
+/// is opt-in on it. Panics when it is set but lacks a binary: that is a mistake to report,
+/// not a reason to skip.
+pub fn go_bin_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("FRP_GO_BIN_DIR").filter(|d| !d.is_empty())?);
+    for name in ["frps", "frpc"] {
+        assert!(
+            dir.join(name).is_file(),
+            "FRP_GO_BIN_DIR={}: no {name} there",
+            dir.display()
+        );
+    }
+    Some(dir)
+}
+
+/// [`go_bin_dir`] for a test: `None` (after printing one skip line naming `test`) when
+/// `FRP_GO_BIN_DIR` is unset, so the test can return and pass.
+pub fn go_bin_dir_or_skip(test: &str) -> Option<PathBuf> {
+    let dir = go_bin_dir();
+    if dir.is_none() {
+        // Straight to the process's stderr: `eprintln!` would be captured by the test
+        // harness and shown only for failures.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping {test}: set FRP_GO_BIN_DIR to a directory holding real frp's frps and frpc to run it"
+        );
+    }
+    dir
+}
+
+impl Env {
+    /// Starts a real (Go) frps from `go_dir` with `bindPort = port` plus `extra` TOML lines;
+    /// waits for its "frps started successfully".
+    pub fn go_frps(&self, go_dir: &Path, name: &str, port: u16, extra: &str) -> Proc {
+        let cfg = format!(
+            "bindAddr = \"127.0.0.1\"\nbindPort = {port}\nproxyBindAddr = \"127.0.0.1\"\n{extra}\n"
+        );
+        let path = self.write(&format!("{name}.toml"), &cfg);
+        let p = Proc::spawn(
+            name,
+            &go_dir.join("frps"),
+            &["-c", path.to_str().unwrap()],
+            self.path(),
+        );
+        p.wait_log("frps started successfully", Duration::from_secs(10));
+        p
+    }
+
+    /// Starts a real (Go) frpc from `go_dir` with the given full TOML config. Its log lines
+    /// to wait for: "login to server success", "[name] start proxy success",
+    /// "start visitor success".
+    pub fn go_frpc(&self, go_dir: &Path, name: &str, cfg: &str) -> Proc {
+        let path = self.write(&format!("{name}.toml"), cfg);
+        Proc::spawn(
+            name,
+            &go_dir.join("frpc"),
+            &["-c", path.to_str().unwrap()],
+            self.path(),
+        )
+    }
+}
+
+/// Sends `data` to 127.0.0.1:port and reads exactly as many bytes back, without half-closing:
+/// frp's join (and a websocket) ends both directions on the first EOF, so an echo through
+/// a real frp hop may lose its tail after a half-close.
+pub async fn echo_exact(port: u16, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let s = TcpStream::connect(("127.0.0.1", port)).await?;
+    let (mut r, mut w) = s.into_split();
+    let owned = data.to_vec();
+    let writer = tokio::spawn(async move { w.write_all(&owned).await.map(|()| w) });
+    let mut got = vec![0u8; data.len()];
+    r.read_exact(&mut got).await?;
+    writer.await.expect("writer task")?;
+    Ok(got)
+}
+
 /// The `[dataplane]` table selecting the relay engine named by `E2E_ENGINE` (io_uring, epoll,
 /// tokio), so the whole suite can run once per engine; empty when unset (auto).
 pub fn engine_table() -> String {

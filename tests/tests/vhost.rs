@@ -702,6 +702,103 @@ transport.useEncryption = true
     assert_ne!(r.code, Some(0), "unknown SNI must fail: {}", r.stdout);
 }
 
+// --- vhost ports shared with bindPort ------------------------------------------------------------
+
+/// vhostHTTPPort = vhostHTTPSPort = bindPort (a common frp set-up, e.g. all on 443/80): frps
+/// tells users' HTTP (method prefix) and TLS (0x16) from frpc's connections, which then use
+/// TLS with the custom 0x17 first byte, the websocket transport (`GET /~!frp`, not HTTP) or
+/// plain TCP. frps used to refuse to start with this config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vhost_ports_shared_with_bind_port() {
+    let env = Env::new();
+    let bind = free_port();
+    let frps = env.frps(
+        "frps",
+        bind,
+        &format!(
+            "auth.token = \"{TOKEN}\"\nvhostHTTPPort = {bind}\nvhostHTTPSPort = {bind}\nlog.level = \"debug\""
+        ),
+    );
+    frps.wait_log("(shared with bindPort)", WAIT);
+    let web = http_backend("WEB").await;
+    let (tls, tls_pem) = https_backend("TLS", "s.example.com").await;
+    let tls_ca = env.write("s.pem", &tls_pem);
+    let echo = echo_server().await;
+    let mut remotes = Vec::new();
+    let mut clients = Vec::new();
+    for (i, transport) in [
+        "transport.tls.disableCustomTLSFirstByte = false",
+        "transport.protocol = \"websocket\"",
+        "transport.tls.enable = false",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let remote = free_port();
+        remotes.push(remote);
+        let frpc = env.frpc(
+            &format!("frpc{i}"),
+            &format!(
+                r#"{head}{transport}
+
+[[proxies]]
+name = "echo{i}"
+type = "tcp"
+localPort = {echo}
+remotePort = {remote}
+{vhosts}"#,
+                head = frpc_head(bind),
+                vhosts = if i == 0 {
+                    format!(
+                        r#"
+[[proxies]]
+name = "web"
+type = "http"
+localPort = {web}
+customDomains = ["w.example.com"]
+
+[[proxies]]
+name = "tls"
+type = "https"
+localPort = {tls}
+customDomains = ["s.example.com"]
+"#
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        );
+        frpc.wait_log(&format!("[echo{i}] start proxy success"), WAIT);
+        clients.push(frpc);
+    }
+    clients[0].wait_log("[web] start proxy success", WAIT);
+    clients[0].wait_log("[tls] start proxy success", WAIT);
+    for remote in remotes {
+        let data = pattern(100_000, remote as u64);
+        assert_eq!(
+            roundtrip_eventually(remote, &data, WAIT).await,
+            data,
+            "tcp proxy on {remote}"
+        );
+    }
+    wait_route(bind, "w.example.com", "/").await;
+    let (st, text) = get(bind, "w.example.com", "/p", &[]).await;
+    assert_eq!(st, 200, "{text}");
+    assert!(text.contains("backend=WEB\n"), "{text}");
+    let resolve = format!("s.example.com:{bind}:127.0.0.1");
+    let r = curl(&[
+        "--cacert",
+        tls_ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        &format!("https://s.example.com:{bind}/"),
+    ])
+    .await;
+    assert_eq!(r.code, Some(0), "https on bindPort: {}", r.stderr);
+    assert!(r.stdout.contains("backend=TLS\n"), "{}", r.stdout);
+}
+
 // --- tcpmux ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -240,6 +240,14 @@ fn join_host_port(host: &str, port: u16) -> String {
 impl State {
     async fn handle_transport(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
         transport::tune_tcp(&tcp, self.cfg.transport.tcp_keepalive);
+        // vhostHTTPPort / vhostHTTPSPort = bindPort: users' HTTP(S) arrives here too.
+        match vhost::shared_port_kind(&self.vhost, &tcp, FIRST_MESSAGE_TIMEOUT).await {
+            Some(vhost::SharedKind::Http) => {
+                return vhost::http::serve_shared(self, tcp, remote).await;
+            }
+            Some(vhost::SharedKind::Https) => return vhost::https::handle(self, tcp, remote).await,
+            None => {}
+        }
         let conn = match transport::accept_transport(tcp, &self.tls, FIRST_MESSAGE_TIMEOUT).await {
             Ok(c) => c,
             Err(e) => {

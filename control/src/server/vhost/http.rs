@@ -31,7 +31,7 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
@@ -54,32 +54,53 @@ type RespBody = BoxBody<Bytes, hyper::Error>;
 /// An upstream connection, seen by hyper's HTTP/1.1 client.
 type Upstream = SendRequest<UpBody>;
 
-/// Accepts on `vhostHTTPPort` and serves each connection with hyper.
-pub(crate) async fn serve(st: Arc<State>, l: TcpListener) {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+type ServerBuilder = hyper_util::server::conn::auto::Builder<TokioExecutor>;
+
+/// The HTTP server settings of the vhost (frp's `http.Server` with ReadHeaderTimeout 60 s).
+fn server_builder() -> Arc<ServerBuilder> {
+    let mut builder = ServerBuilder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(READ_HEADER_TIMEOUT)
         .title_case_headers(true)
         .keep_alive(true);
-    let builder = Arc::new(builder);
+    Arc::new(builder)
+}
+
+/// Accepts on `vhostHTTPPort` and serves each connection with hyper.
+pub(crate) async fn serve(st: Arc<State>, l: TcpListener) {
+    let builder = server_builder();
     let mut backoff = Duration::from_millis(5);
     loop {
         let (tcp, remote) = super::accept(&l, "vhostHTTPPort", &mut backoff).await;
-        let (st, builder) = (st.clone(), builder.clone());
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let st = st.clone();
-                async move { Ok::<_, Infallible>(handle(st, remote, req).await) }
-            });
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                .await
-            {
-                debug!("http connection from {remote}: {e}");
-            }
-        });
+        tokio::spawn(serve_conn(st.clone(), builder.clone(), tcp, remote));
+    }
+}
+
+/// Serves one HTTP connection that arrived on bindPort (vhostHTTPPort = bindPort).
+pub(crate) async fn serve_shared(st: Arc<State>, tcp: TcpStream, remote: SocketAddr) {
+    static BUILDER: std::sync::OnceLock<Arc<ServerBuilder>> = std::sync::OnceLock::new();
+    let builder = BUILDER.get_or_init(server_builder).clone();
+    let _ = tcp.set_nodelay(true);
+    serve_conn(st, builder, tcp, remote).await;
+}
+
+async fn serve_conn(
+    st: Arc<State>,
+    builder: Arc<ServerBuilder>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+) {
+    let svc = hyper::service::service_fn(move |req| {
+        let st = st.clone();
+        async move { Ok::<_, Infallible>(handle(st, remote, req).await) }
+    });
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+        .await
+    {
+        debug!("http connection from {remote}: {e}");
     }
 }
 

@@ -37,7 +37,9 @@ pub(crate) async fn serve(st: Arc<State>, l: TcpListener) {
     }
 }
 
-async fn handle(st: Arc<State>, mut tcp: TcpStream, remote: SocketAddr) {
+/// Routes one connection by its ClientHello's SNI (also for connections that arrived on
+/// bindPort when vhostHTTPSPort = bindPort).
+pub(crate) async fn handle(st: Arc<State>, mut tcp: TcpStream, remote: SocketAddr) {
     let hello = match tokio::time::timeout(MUX_READ_TIMEOUT, read_client_hello(&mut tcp)).await {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {

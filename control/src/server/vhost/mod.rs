@@ -79,6 +79,10 @@ pub(crate) struct Vhost {
     pub(crate) http_port: u16,
     pub(crate) https_port: u16,
     pub(crate) tcpmux_port: u16,
+    /// vhostHTTPPort / vhostHTTPSPort is bindPort (on the same address): those connections
+    /// arrive on bindPort and are told apart by their first bytes ([`shared_port_kind`]).
+    pub(crate) http_on_bind_port: bool,
+    pub(crate) https_on_bind_port: bool,
     custom_404_page: String,
 }
 
@@ -117,34 +121,42 @@ pub(crate) struct Listeners {
     http: Option<TcpListener>,
     https: Option<TcpListener>,
     tcpmux: Option<TcpListener>,
+    /// `proxyBindAddr:vhostHTTPPort` when that is bindPort (served from bindPort), for the log.
+    http_shared: Option<String>,
+    https_shared: Option<String>,
+}
+
+/// Whether a vhost `port` is bindPort itself. As frp (server/service.go `httpMuxOn`), only
+/// when bindAddr and proxyBindAddr are the same string; otherwise the port is bound on its
+/// own (and fails if that address is taken).
+fn on_bind_port(cfg: &ServerConfig, port: u16) -> bool {
+    port != 0 && port == cfg.bind_port && cfg.bind_addr == cfg.proxy_bind_addr
 }
 
 /// Binds the configured vhost ports on `proxyBindAddr` and builds the shared state.
 pub(crate) async fn bind(cfg: &ServerConfig) -> Result<(Arc<Vhost>, Listeners), StartError> {
     async fn listen(cfg: &ServerConfig, port: u16) -> Result<Option<TcpListener>, StartError> {
-        if port == 0 {
+        if port == 0 || on_bind_port(cfg, port) {
             return Ok(None);
         }
         let addr = join_host_port(&cfg.proxy_bind_addr, port);
-        if port == cfg.bind_port {
-            return Err(StartError::Listen {
-                addr,
-                source: std::io::Error::other(
-                    "sharing bindPort with a vhost port is not supported by this frps build yet",
-                ),
-            });
-        }
         TcpListener::bind(&addr)
             .await
             .map(Some)
             .map_err(|e| StartError::Listen { addr, source: e })
     }
+    let shared = |port| on_bind_port(cfg, port).then(|| join_host_port(&cfg.bind_addr, port));
     let listeners = Listeners {
         http: listen(cfg, cfg.vhost_http_port).await?,
         https: listen(cfg, cfg.vhost_https_port).await?,
         tcpmux: listen(cfg, cfg.tcpmux_http_connect_port).await?,
+        http_shared: shared(cfg.vhost_http_port),
+        https_shared: shared(cfg.vhost_https_port),
     };
-    let bound = |l: &Option<TcpListener>| {
+    let bound = |l: &Option<TcpListener>, port| {
+        if on_bind_port(cfg, port) {
+            return port;
+        }
         l.as_ref()
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.port())
@@ -156,12 +168,72 @@ pub(crate) async fn bind(cfg: &ServerConfig) -> Result<(Arc<Vhost>, Listeners), 
         tcpmux: Mutex::default(),
         pool: http::UpstreamPool::default(),
         next_member: AtomicU64::new(1),
-        http_port: bound(&listeners.http),
-        https_port: bound(&listeners.https),
-        tcpmux_port: bound(&listeners.tcpmux),
+        http_port: bound(&listeners.http, cfg.vhost_http_port),
+        https_port: bound(&listeners.https, cfg.vhost_https_port),
+        tcpmux_port: bound(&listeners.tcpmux, cfg.tcpmux_http_connect_port),
+        http_on_bind_port: on_bind_port(cfg, cfg.vhost_http_port),
+        https_on_bind_port: on_bind_port(cfg, cfg.vhost_https_port),
         custom_404_page: cfg.custom_404_page.clone(),
     };
     Ok((Arc::new(vhost), listeners))
+}
+
+/// A connection on bindPort that belongs to a vhost sharing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SharedKind {
+    Http,
+    Https,
+}
+
+/// The first 3 bytes golib's `HTTPMatchFunc` takes for an HTTP request.
+const HTTP_METHOD_PREFIXES: [&[u8; 3]; 9] = [
+    b"GET", b"HEA", b"POS", b"PUT", b"DEL", b"CON", b"OPT", b"TRA", b"PAT",
+];
+
+/// Classifies a new bindPort connection when a vhost shares bindPort, by its first bytes
+/// without consuming them, in frp's rule order (spec §2.2): `GET /~!frp` is frp's
+/// websocket (not HTTP); then an HTTP method prefix goes to the HTTP vhost and a 0x16 TLS
+/// record to the HTTPS vhost; anything else (and EOF or silence, which the frp path then
+/// reports) is frp's. `None` at once when no vhost shares bindPort.
+pub(crate) async fn shared_port_kind(
+    vhost: &Vhost,
+    tcp: &tokio::net::TcpStream,
+    deadline: std::time::Duration,
+) -> Option<SharedKind> {
+    if !vhost.http_on_bind_port && !vhost.https_on_bind_port {
+        return None;
+    }
+    let ws = crate::transport::WEBSOCKET_PREFIX;
+    let decide = async {
+        let mut buf = [0u8; 10];
+        loop {
+            let n = tcp.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            let b = &buf[..n];
+            if b[0] == 0x16 {
+                return vhost.https_on_bind_port.then_some(SharedKind::Https);
+            }
+            if !vhost.http_on_bind_port {
+                return None;
+            }
+            if n < 3 {
+                // Not yet a whole method prefix (frpc's 0x17 byte may come alone).
+                if !HTTP_METHOD_PREFIXES.iter().any(|m| m.starts_with(b)) {
+                    return None;
+                }
+            } else if !HTTP_METHOD_PREFIXES.iter().any(|m| &b[..3] == *m) {
+                return None;
+            } else if n >= ws.len() || !ws.starts_with(b) {
+                // A method, and not frp's websocket (checked first, as in frp).
+                return (b != ws).then_some(SharedKind::Http);
+            }
+            // peek() returns at once while data is pending: poll gently.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(deadline, decide).await.ok().flatten()
 }
 
 impl Listeners {
@@ -172,9 +244,16 @@ impl Listeners {
             tokio::spawn(http::serve(st.clone(), l));
             tokio::spawn(http::reap_idle(st.vhost.clone()));
         }
+        if let Some(addr) = self.http_shared {
+            info!("http service listen on {addr} (shared with bindPort)");
+            tokio::spawn(http::reap_idle(st.vhost.clone()));
+        }
         if let Some(l) = self.https {
             info!("https service listen on {}", addr_of(&l));
             tokio::spawn(https::serve(st.clone(), l));
+        }
+        if let Some(addr) = self.https_shared {
+            info!("https service listen on {addr} (shared with bindPort)");
         }
         if let Some(l) = self.tcpmux {
             info!("tcpmux httpconnect multiplexer listen on {}", addr_of(&l));

@@ -424,11 +424,101 @@ customDomains = ["app.interop.test"]
     assert_eq!(Sha256::digest(&body), Sha256::digest(&data), "POST echo");
     let (status, _) = http_request(vhost, "GET", "other.interop.test", "/", b"").await;
     assert!(status.contains(" 404"), "unknown domain: {status}");
+    // Keep-alive: several requests on one connection.
+    let mut s = TcpStream::connect(("127.0.0.1", vhost)).await.unwrap();
+    for i in 0..5 {
+        s.write_all(format!("GET /k{i} HTTP/1.1\r\nHost: app.interop.test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let want = format!("host=app.interop.test path=/k{i}");
+        let mut got = Vec::new();
+        while !(got.ends_with(want.as_bytes()) && got.windows(4).any(|w| w == b"\r\n\r\n")) {
+            let mut b = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+                .await
+                .unwrap_or_else(|_| panic!("keep-alive request {i}: {got:?}"))
+                .unwrap();
+            assert!(n > 0, "keep-alive request {i}: closed after {got:?}");
+            got.extend_from_slice(&b[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{i}: {got:?}");
+    }
+}
+
+/// One tcp load-balancing group on frps with a real and our frpc as members: both get
+/// connections, and the port stays when one member leaves.
+async fn mixed_group_case(lab: &Lab, server: Imp) {
+    let bind = free_port();
+    let remote = free_port();
+    let _frps = lab.frps(server, "frps", bind, &frps_extra(false, ""));
+    let mut members = Vec::new();
+    for (i, imp) in [Imp::Go, Imp::Ours].into_iter().enumerate() {
+        // Each member's service answers with its name.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = l.local_addr().unwrap().port();
+        let name = format!("{imp:?}");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = s.write_all(name.as_bytes()).await;
+            }
+        });
+        let frpc = lab.frpc(
+            imp,
+            &format!("frpc-{imp:?}"),
+            &format!(
+                "{}{}loadBalancer.group = \"g\"\nloadBalancer.groupKey = \"k\"\n",
+                client_common(bind, &format!("u{i}"), &D, ""),
+                port_proxy("tcp", "member", local, remote, false)
+            ),
+        );
+        frpc.wait_log("[member] start proxy success", WAIT);
+        members.push(frpc);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let mut s = TcpStream::connect(("127.0.0.1", remote)).await.unwrap();
+        let mut got = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut got))
+            .await
+            .expect("group member answer")
+            .unwrap();
+        seen.insert(got);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["Go", "Ours"],
+        "both members serve"
+    );
+    // The real member leaves: ours keeps the port.
+    members[0].kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(("127.0.0.1", remote)).await.unwrap();
+        let mut got = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut got))
+            .await
+            .expect("group member answer")
+            .unwrap();
+        assert_eq!(got, "Ours");
+    }
 }
 
 /// A real or our frpc stays logged in for ~40 s with heartbeats every 5 s (timeout 15 s on
 /// both sides), with tcpMux on (yamux keepalive every 30 s as well) and off; traffic after.
-async fn heartbeat_case(lab: &Lab, server: Imp, client: Imp, nomux: bool, name: &str) {
+///
+/// With `defaults`, no heartbeat settings at all (frp's default: tcpMux on, application
+/// heartbeats off, liveness by yamux keepalive every 30 s with a 10 s reply timeout).
+async fn heartbeat_case(
+    lab: &Lab,
+    server: Imp,
+    client: Imp,
+    nomux: bool,
+    defaults: bool,
+    name: &str,
+) {
     let echo = echo_server().await;
     let bind = free_port();
     let remote = free_port();
@@ -436,7 +526,14 @@ async fn heartbeat_case(lab: &Lab, server: Imp, client: Imp, nomux: bool, name: 
         server,
         &format!("frps-{name}"),
         bind,
-        &frps_extra(nomux, "transport.heartbeatTimeout = 15\n"),
+        &frps_extra(
+            nomux,
+            if defaults {
+                ""
+            } else {
+                "transport.heartbeatTimeout = 15\n"
+            },
+        ),
     );
     let tr = Tr {
         nomux,
@@ -451,7 +548,11 @@ async fn heartbeat_case(lab: &Lab, server: Imp, client: Imp, nomux: bool, name: 
                 bind,
                 "",
                 &tr,
-                "transport.heartbeatInterval = 5\ntransport.heartbeatTimeout = 15\n"
+                if defaults {
+                    ""
+                } else {
+                    "transport.heartbeatInterval = 5\ntransport.heartbeatTimeout = 15\n"
+                }
             ),
             port_proxy("tcp", "echo", echo, remote, false)
         ),
@@ -1149,7 +1250,7 @@ async fn frpc_replaced_case(lab: &Lab, server: Imp, client: Imp) {
     let _frps = lab.frps(server, "frps", bind, &frps_extra(false, ""));
     let cfg = format!(
         "{}{}",
-        client_common(bind, "", &D, ""),
+        client_common(bind, "bob", &D, ""),
         port_proxy("tcp", "echo", echo, remote, false)
     );
     let mut first = lab.frpc(client, "frpc1", &cfg);
@@ -1161,7 +1262,8 @@ async fn frpc_replaced_case(lab: &Lab, server: Imp, client: Imp) {
     wait_tunnel(remote).await;
     // A duplicate while the second one is alive.
     let third = lab.frpc(client, "frpc3", &cfg);
-    third.wait_log("[echo] start error: proxy [echo] already exists", WAIT);
+    // frps names the proxy by its wire name, user prefix included.
+    third.wait_log("[echo] start error: proxy [bob.echo] already exists", WAIT);
     drop(third);
     second.signal(15);
     assert!(
@@ -1347,8 +1449,9 @@ both_directions! {
     http_vhost => |lab, s, c| http_case(&lab, s, c);
     heartbeat_40s => |lab, s, c| async {
         tokio::join!(
-            heartbeat_case(&lab, s, c, false, "mux"),
-            heartbeat_case(&lab, s, c, true, "nomux"),
+            heartbeat_case(&lab, s, c, false, false, "mux"),
+            heartbeat_case(&lab, s, c, true, false, "nomux"),
+            heartbeat_case(&lab, s, c, false, true, "defaults"),
         );
     };
     wrong_token => |lab, s, c| wrong_token_case(&lab, s, c);
@@ -1475,6 +1578,26 @@ macro_rules! secret_cases {
             )*
         }
     };
+}
+
+mod groups {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp_group_real_and_our_frpc_on_our_frps() {
+        let Some(lab) = Lab::new("groups::tcp_group_real_and_our_frpc_on_our_frps") else {
+            return;
+        };
+        mixed_group_case(&lab, Imp::Ours).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp_group_real_and_our_frpc_on_real_frps() {
+        let Some(lab) = Lab::new("groups::tcp_group_real_and_our_frpc_on_real_frps") else {
+            return;
+        };
+        mixed_group_case(&lab, Imp::Go).await;
+    }
 }
 
 // name: case, frps, owner v2? enc?, visitor v2? enc?

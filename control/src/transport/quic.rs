@@ -22,6 +22,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -98,9 +99,19 @@ impl QuicParams {
         }
     }
 
-    /// quinn's transport settings. Like quic-go, the keepalive period is capped at half the
-    /// idle timeout, so an enabled keepalive always keeps an idle connection open.
-    fn transport(&self) -> Result<Arc<TransportConfig>, QuicError> {
+    /// `maxIncomingStreams` as a stream count.
+    fn max_incoming(&self) -> u64 {
+        match self.max_incoming_streams {
+            0 => 100,
+            n if n < 0 => 0,
+            n => n as u64,
+        }
+    }
+
+    /// quinn's transport settings, granting the peer `incoming` concurrent bidirectional
+    /// streams. Like quic-go, the keepalive period is capped at half the idle timeout, so an
+    /// enabled keepalive always keeps an idle connection open.
+    fn transport(&self, incoming: u64) -> Result<Arc<TransportConfig>, QuicError> {
         let idle = Duration::from_secs(if self.max_idle_secs > 0 {
             self.max_idle_secs as u64
         } else {
@@ -110,12 +121,7 @@ impl QuicParams {
             name: "maxIdleTimeout",
             value: self.max_idle_secs,
         })?;
-        let streams = match self.max_incoming_streams {
-            0 => 100,
-            n if n < 0 => 0,
-            n => n as u64,
-        };
-        let streams = VarInt::from_u64(streams).map_err(|_| QuicError::Param {
+        let streams = VarInt::from_u64(incoming).map_err(|_| QuicError::Param {
             name: "maxIncomingStreams",
             value: self.max_incoming_streams,
         })?;
@@ -142,6 +148,8 @@ pub struct QuicStream {
     recv: RecvStream,
     conn: Connection,
     finished: bool,
+    /// frps: its connection's count of open streams (see [`StreamCredit`]).
+    open: Option<Arc<AtomicU64>>,
 }
 
 impl QuicStream {
@@ -151,6 +159,7 @@ impl QuicStream {
             recv,
             conn,
             finished: false,
+            open: None,
         }
     }
 
@@ -166,13 +175,20 @@ impl AsyncRead for QuicStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        AsyncRead::poll_read(Pin::new(&mut self.get_mut().recv), cx, buf)
+        let me = self.get_mut();
+        match me.recv.poll_read_buf(cx, buf) {
+            Poll::Ready(Err(quinn::ReadError::ConnectionLost(e))) => Poll::Ready(Err(lost(e))),
+            other => other.map_err(Into::into),
+        }
     }
 }
 
 impl AsyncWrite for QuicStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        AsyncWrite::poll_write(Pin::new(&mut self.get_mut().send), cx, b)
+        match SendStream::poll_write(Pin::new(&mut self.get_mut().send), cx, b) {
+            Poll::Ready(Err(quinn::WriteError::ConnectionLost(e))) => Poll::Ready(Err(lost(e))),
+            other => other.map_err(Into::into),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -196,6 +212,24 @@ impl AsyncWrite for QuicStream {
     }
 }
 
+/// quinn says only "connection lost"; keep the reason (timed out, closed by peer, reset).
+fn lost(e: quinn::ConnectionError) -> io::Error {
+    let kind = match e {
+        quinn::ConnectionError::TimedOut => io::ErrorKind::TimedOut,
+        quinn::ConnectionError::LocallyClosed => io::ErrorKind::NotConnected,
+        _ => io::ErrorKind::ConnectionReset,
+    };
+    io::Error::new(kind, format!("quic connection lost: {e}"))
+}
+
+impl Drop for QuicStream {
+    fn drop(&mut self) {
+        if let Some(open) = &self.open {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 // Dropping a QuicStream drops its halves: quinn then stops the receive side (code 0) unless
 // everything was read, and finishes the send side unless it was finished or reset, i.e.
 // frp's CancelRead(0) + Close().
@@ -203,9 +237,46 @@ impl AsyncWrite for QuicStream {
 // ---------------------------------------------------------------------------------------------
 // frps side
 
+/// The stream credit frps grants a new QUIC connection at first.
+const INITIAL_STREAM_CREDIT: u64 = 256;
+
+/// `maxIncomingStreams` in steps. quinn keeps state for every stream the peer may open (frp's
+/// default of 100000 would cost megabytes per connection up front, where quic-go allocates
+/// lazily), so frps starts with [`INITIAL_STREAM_CREDIT`] and doubles the grant, up to the
+/// configured maximum, whenever more than half of it is in use.
+struct StreamCredit {
+    max: u64,
+    granted: u64,
+    open: Arc<AtomicU64>,
+}
+
+impl StreamCredit {
+    fn new(max: u64) -> StreamCredit {
+        StreamCredit {
+            max,
+            granted: max.min(INITIAL_STREAM_CREDIT),
+            open: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Counts a newly accepted stream; raises the grant when needed.
+    fn accepted(&mut self, conn: &Connection, stream: &mut QuicStream) {
+        let n = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        stream.open = Some(self.open.clone());
+        if n * 2 > self.granted && self.granted < self.max {
+            self.granted = (self.granted * 2).min(self.max);
+            if let Ok(v) = VarInt::from_u64(self.granted) {
+                conn.set_max_concurrent_bi_streams(v);
+            }
+        }
+    }
+}
+
 /// frps' QUIC listener on `quicBindPort`.
 pub struct QuicListener {
     endpoint: quinn::Endpoint,
+    /// `maxIncomingStreams`.
+    max_streams: u64,
 }
 
 impl QuicListener {
@@ -222,7 +293,8 @@ impl QuicListener {
         tls.max_early_data_size = 0;
         let crypto = QuicServerConfig::try_from(Arc::new(tls))?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        cfg.transport_config(params.transport()?);
+        let max_streams = params.max_incoming();
+        cfg.transport_config(params.transport(max_streams.min(INITIAL_STREAM_CREDIT))?);
         let listen_err = |source| QuicError::Listen {
             addr: addr.to_string(),
             source,
@@ -235,7 +307,10 @@ impl QuicListener {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(listen_err)?;
-        Ok(QuicListener { endpoint })
+        Ok(QuicListener {
+            endpoint,
+            max_streams,
+        })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -258,7 +333,8 @@ impl QuicListener {
                         warn!("quic listener for incoming connections from client closed");
                         return;
                     };
-                    tasks.spawn(serve_connection(incoming, first_stream_timeout, handle.clone()));
+                    let credit = StreamCredit::new(self.max_streams);
+                    tasks.spawn(serve_connection(incoming, credit, first_stream_timeout, handle.clone()));
                 }
                 // Reap finished connection tasks.
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -269,6 +345,7 @@ impl QuicListener {
 
 async fn serve_connection<F, Fut>(
     incoming: quinn::Incoming,
+    mut credit: StreamCredit,
     first_stream_timeout: Duration,
     handle: F,
 ) where
@@ -297,7 +374,8 @@ async fn serve_connection<F, Fut>(
     loop {
         match next {
             Ok((send, recv)) => {
-                let stream = QuicStream::new(send, recv, conn.clone());
+                let mut stream = QuicStream::new(send, recv, conn.clone());
+                credit.accepted(&conn, &mut stream);
                 tokio::spawn(handle(Conn::Boxed(Box::new(stream)), remote));
             }
             Err(e) => {
@@ -337,7 +415,9 @@ impl QuicDialer {
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = QuicClientConfig::try_from(Arc::new(tls))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(params.transport()?);
+        // frps never opens streams towards frpc (frp's client never accepts any), and quinn
+        // keeps state for every stream it allows: grant none.
+        config.transport_config(params.transport(0)?);
         Ok(QuicDialer {
             config,
             server_addr: server_addr.to_string(),
@@ -515,6 +595,71 @@ mod tests {
         assert!(s.close_reason().is_none());
     }
 
+    /// `n` streams opened and kept open at the same time, each echoing its own bytes.
+    async fn hold_streams(s: &QuicSession, n: usize) -> Vec<QuicStream> {
+        let mut held = Vec::new();
+        for i in 0..n {
+            let mut st = tokio::time::timeout(Duration::from_secs(5), s.open())
+                .await
+                .unwrap_or_else(|_| panic!("stream {i} not granted"))
+                .unwrap();
+            st.write_all(&(i as u32).to_be_bytes()).await.unwrap();
+            held.push(st);
+        }
+        for (i, st) in held.iter_mut().enumerate() {
+            let mut b = [0u8; 4];
+            st.read_exact(&mut b).await.unwrap();
+            assert_eq!(u32::from_be_bytes(b), i as u32);
+        }
+        held
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stream_credit_grows_up_to_max_incoming_streams() {
+        let tls = crate::tls::server_config("", "", "").unwrap();
+        let addr = echo_listener(&tls);
+        let s = dialer(addr.port(), "127.0.0.1", &insecure_client())
+            .connect()
+            .await
+            .unwrap();
+        // Far beyond the initial grant, all open at once.
+        let held = hold_streams(&s, 4 * INITIAL_STREAM_CREDIT as usize).await;
+        assert_eq!(held.len(), 1024);
+        s.close();
+    }
+
+    #[tokio::test]
+    async fn max_incoming_streams_caps_concurrent_streams() {
+        let tls = crate::tls::server_config("", "", "").unwrap();
+        let params = QuicParams {
+            max_incoming_streams: 5,
+            ..PARAMS
+        };
+        let l = QuicListener::bind("127.0.0.1:0", &tls, &params).unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(l.serve(Duration::from_secs(10), |conn, _| async move {
+            let (mut r, mut w) = tokio::io::split(conn);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        }));
+        let s = dialer(addr.port(), "127.0.0.1", &insecure_client())
+            .connect()
+            .await
+            .unwrap();
+        let mut held = hold_streams(&s, 5).await;
+        let sixth = tokio::time::timeout(Duration::from_millis(500), s.open()).await;
+        assert!(sixth.is_err(), "a 6th concurrent stream was granted");
+        // One stream ends: its credit comes back.
+        let mut first = held.remove(0);
+        first.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        first.read_to_end(&mut rest).await.unwrap();
+        drop(first);
+        let sixth = tokio::time::timeout(Duration::from_secs(5), s.open()).await;
+        assert!(matches!(sixth, Ok(Ok(_))), "credit not returned");
+        s.close();
+    }
+
     #[tokio::test]
     async fn connection_that_opens_no_stream_is_closed() {
         let tls = crate::tls::server_config("", "", "").unwrap();
@@ -672,14 +817,15 @@ mod tests {
             max_idle_timeout: 0,
             max_incoming_streams: 0,
         });
-        assert!(p.transport().is_ok());
+        assert_eq!(p.max_incoming(), 100);
+        assert!(p.transport(p.max_incoming()).is_ok());
         let p = QuicParams {
             keepalive_secs: 10,
             max_idle_secs: i64::MAX / 1000,
             max_incoming_streams: 1,
         };
         assert!(matches!(
-            p.transport(),
+            p.transport(1),
             Err(QuicError::Param {
                 name: "maxIdleTimeout",
                 ..

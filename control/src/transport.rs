@@ -446,6 +446,14 @@ impl Connector {
         }
     }
 
+    /// After [`Connector::close`], before the process exits: lets a QUIC connection's close
+    /// reach frps (up to `limit`). Nothing to wait for with TCP.
+    pub async fn flush_close(&self, limit: Duration) {
+        if let Connector::Quic(q) = self {
+            q.flush_close(limit).await;
+        }
+    }
+
     /// Tears the whole session down (tcpMux, QUIC); a no-op for direct connections.
     pub fn close(&self) {
         match self {

@@ -428,22 +428,18 @@ async fn connect_server_local_ip_binds_the_source_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kcp_is_refused_clearly() {
     let env = Env::new();
-    for proto in ["kcp"] {
-        let extra = format!("transport.protocol = \"{proto}\"");
-        let mut frpc = env.frpc(
-            &format!("frpc-{proto}"),
-            &frpc_cfg(free_port(), &extra, true, true, false, 1, free_port()),
-        );
-        let st = frpc.wait_exit(Duration::from_secs(10)).expect("frpc exits");
-        assert!(!st.success());
-        let log = frpc.log_text();
-        assert!(
-            log.contains(&format!(
-                "transport.protocol = \"{proto}\" is not supported"
-            )),
-            "{log}"
-        );
-    }
+    let extra = "transport.protocol = \"kcp\"";
+    let mut frpc = env.frpc(
+        "frpc-kcp",
+        &frpc_cfg(free_port(), extra, true, true, false, 1, free_port()),
+    );
+    let st = frpc.wait_exit(Duration::from_secs(10)).expect("frpc exits");
+    assert!(!st.success());
+    let log = frpc.log_text();
+    assert!(
+        log.contains("transport.protocol = \"kcp\" is not supported"),
+        "{log}"
+    );
     let frps = env.frps(
         "frps",
         free_port(),
@@ -654,4 +650,25 @@ async fn quic_silent_stream_is_closed_after_the_first_message_timeout() {
     let r = tokio::time::timeout(Duration::from_secs(5), st2.read(&mut buf)).await;
     assert!(matches!(r, Ok(Ok(n)) if n > 0), "{r:?}");
     session.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_frpc_stop_tells_frps_at_once() {
+    let env = Env::new();
+    let echo = echo_server().await;
+    let QuicTunnel {
+        frps,
+        mut frpc,
+        remote,
+        ..
+    } = quic_tunnel(&env, echo, "", false);
+    check_payloads(remote).await;
+    frpc.signal(15);
+    frpc.wait_exit(Duration::from_secs(5)).expect("frpc stops");
+    // Well before frps' 30 s idle timeout: frpc closed the QUIC connection before exiting.
+    frps.wait_log("client exit success", Duration::from_secs(3));
+    assert!(
+        wait_port_closed(remote, Duration::from_secs(5)),
+        "proxy port still open"
+    );
 }

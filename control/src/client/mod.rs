@@ -404,6 +404,9 @@ impl Client {
             }
         }
         connector.close();
+        if stopping {
+            connector.flush_close(Duration::from_millis(500)).await;
+        }
         for m in monitors {
             m.abort();
         }

@@ -500,6 +500,12 @@ impl QuicSession {
         self.endpoint.close(VarInt::from_u32(0), b"");
     }
 
+    /// After [`QuicSession::close`]: gives quinn up to `limit` to tell frps (CONNECTION_CLOSE),
+    /// for a process about to exit. Without it frps would only notice after its idle timeout.
+    pub async fn flush_close(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.endpoint.wait_idle()).await;
+    }
+
     /// Why the connection ended, once it has.
     pub fn close_reason(&self) -> Option<quinn::ConnectionError> {
         self.conn.close_reason()

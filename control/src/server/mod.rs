@@ -56,6 +56,8 @@ pub struct Server {
     state: Arc<State>,
     listener: TcpListener,
     vhost_listeners: vhost::Listeners,
+    /// `quicBindPort`, when set.
+    quic: Option<transport::quic::QuicListener>,
 }
 
 pub(crate) struct State {
@@ -127,16 +129,21 @@ impl Server {
                 source: e,
             })?;
         handshake::warn_test_hooks();
-        for (key, port) in [
-            ("kcpBindPort", cfg.kcp_bind_port),
-            ("quicBindPort", cfg.quic_bind_port),
-        ] {
+        for (key, port) in [("kcpBindPort", cfg.kcp_bind_port)] {
             if port > 0 {
                 warn!(
-                    "{key} = {port} ignored: KCP and QUIC transports are not supported by this frps build"
+                    "{key} = {port} ignored: the KCP transport is not supported by this frps build"
                 );
             }
         }
+        let quic = match cfg.quic_bind_port {
+            0 => None,
+            port => Some(transport::quic::QuicListener::bind(
+                &join_host_port(&cfg.bind_addr, port),
+                &tls_cfg,
+                &transport::quic::QuicParams::from_config(&cfg.transport.quic),
+            )?),
+        };
         let scopes = Scopes {
             heartbeats: cfg
                 .auth
@@ -174,6 +181,7 @@ impl Server {
             state,
             listener,
             vhost_listeners,
+            quic,
         })
     }
 
@@ -197,6 +205,17 @@ impl Server {
                 .map(|a| a.to_string())
                 .unwrap_or_default()
         );
+        if let Some(q) = self.quic {
+            info!(
+                "frps quic listen on {}",
+                q.local_addr().map(|a| a.to_string()).unwrap_or_default()
+            );
+            let st = self.state.clone();
+            // Each QUIC stream is a logical connection: no sniffing, TLS check or yamux.
+            tokio::spawn(q.serve(FIRST_MESSAGE_TIMEOUT, move |conn, remote| {
+                st.clone().handle_logical(conn, remote)
+            }));
+        }
         info!("start frps success");
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -227,6 +246,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Quic(#[from] transport::quic::QuicError),
 }
 
 fn join_host_port(host: &str, port: u16) -> String {

@@ -54,7 +54,18 @@ struct Scopes {
 pub struct Server {
     state: Arc<State>,
     listener: TcpListener,
+    /// `kcpBindPort`'s listener and address, when set.
+    kcp: Option<(crate::kcp::KcpListener, String)>,
     vhost_listeners: vhost::Listeners,
+}
+
+/// Aborts a spawned task when dropped (ties a listener's task to [`Server::run`]).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 pub(crate) struct State {
@@ -126,13 +137,22 @@ impl Server {
                 source: e,
             })?;
         handshake::warn_test_hooks();
-        for (key, port) in [
-            ("kcpBindPort", cfg.kcp_bind_port),
-            ("quicBindPort", cfg.quic_bind_port),
-        ] {
+        let kcp = if cfg.kcp_bind_port > 0 {
+            let addr = join_host_port(&cfg.bind_addr, cfg.kcp_bind_port);
+            let l = crate::kcp::KcpListener::bind(&addr)
+                .await
+                .map_err(|e| StartError::Listen {
+                    addr: format!("kcp udp address {addr}"),
+                    source: e,
+                })?;
+            Some((l, addr))
+        } else {
+            None
+        };
+        for (key, port) in [("quicBindPort", cfg.quic_bind_port)] {
             if port > 0 {
                 warn!(
-                    "{key} = {port} ignored: KCP and QUIC transports are not supported by this frps build"
+                    "{key} = {port} ignored: the QUIC transport is not supported by this frps build"
                 );
             }
         }
@@ -172,6 +192,7 @@ impl Server {
         Ok(Server {
             state,
             listener,
+            kcp,
             vhost_listeners,
         })
     }
@@ -196,6 +217,11 @@ impl Server {
                 .map(|a| a.to_string())
                 .unwrap_or_default()
         );
+        // Accepts KCP sessions for as long as this future lives.
+        let _kcp = self.kcp.map(|(l, addr)| {
+            info!("frps kcp listen on udp {addr}");
+            AbortOnDrop(tokio::spawn(self.state.clone().serve_kcp(l)))
+        });
         info!("start frps success");
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -246,6 +272,26 @@ impl State {
                 return;
             }
         };
+        self.handle_session(conn, remote).await;
+    }
+
+    /// Accepts KCP sessions: each goes through TLS detection, then on as a `bindPort`
+    /// connection would.
+    async fn serve_kcp(self: Arc<Self>, mut l: crate::kcp::KcpListener) {
+        while let Ok(s) = l.accept().await {
+            let st = self.clone();
+            tokio::spawn(async move {
+                let remote = s.peer_addr();
+                match transport::accept_kcp(s, &st.tls, FIRST_MESSAGE_TIMEOUT).await {
+                    Ok(conn) => st.handle_session(conn, remote).await,
+                    Err(e) => warn!("kcp connection from {remote} closed: {e}"),
+                }
+            });
+        }
+    }
+
+    /// A transport connection after TLS: one logical connection, or a tcpMux session.
+    async fn handle_session(self: Arc<Self>, conn: Conn, remote: SocketAddr) {
         if !self.cfg.transport.tcp_mux {
             self.handle_logical(conn, remote).await;
             return;

@@ -32,6 +32,8 @@ pub struct Session {
     parity: Vec<Vec<u8>>,
     write_delay: bool,
     ack_nodelay: bool,
+    /// KCP packets recovered by FEC and accepted.
+    recovered: u64,
 }
 
 /// What the listener can tell about a datagram before it knows the session.
@@ -94,11 +96,17 @@ impl Session {
             parity: Vec::new(),
             write_delay: true,
             ack_nodelay: false,
+            recovered: 0,
         }
     }
 
     pub fn conv(&self) -> u32 {
         self.kcp.conv()
+    }
+
+    /// KCP packets recovered from parity so far.
+    pub fn fec_recovered(&self) -> u64 {
+        self.recovered
     }
 
     /// Feeds one received datagram. Malformed input is dropped (and reported, for
@@ -118,8 +126,10 @@ impl Session {
                         .is_ok();
                 }
                 for r in &recovered {
-                    if let Some(k) = fec::recovered_kcp(r) {
-                        let _ = self.kcp.input(k, false, self.ack_nodelay, now);
+                    if let Some(k) = fec::recovered_kcp(r)
+                        && self.kcp.input(k, false, self.ack_nodelay, now).is_ok()
+                    {
+                        self.recovered += 1;
                     }
                 }
                 ok
@@ -233,7 +243,7 @@ mod tests {
         }
     }
 
-    fn transfer(loss: u64, seed: u64) -> (Vec<u8>, Vec<u8>, u32) {
+    fn transfer(loss: u64, seed: u64) -> (Vec<u8>, Vec<u8>, u32, u64) {
         let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 + i / 251) as u8).collect();
         let mut a = Session::new(42, Role::Client);
         let mut b = Session::new(42, Role::Server);
@@ -285,19 +295,20 @@ mod tests {
             }
             now += 1;
         }
-        (data, got, now)
+        (data, got, now, b.fec_recovered())
     }
 
     #[test]
     fn one_mib_over_a_lossy_reordering_duplicating_link() {
-        let (data, got, now) = transfer(5, 0x1234_5678);
+        let (data, got, now, recovered) = transfer(5, 0x1234_5678);
         assert_eq!(got.len(), data.len(), "stalled at {now} ms");
         assert!(got == data, "corrupted");
+        assert!(recovered > 0, "FEC never recovered a packet");
     }
 
     #[test]
     fn one_mib_over_a_clean_link() {
-        let (data, got, _) = transfer(0, 99);
+        let (data, got, _, _) = transfer(0, 99);
         assert!(got == data);
     }
 

@@ -116,6 +116,10 @@ impl KcpStream {
     pub fn peer_addr(&self) -> SocketAddr {
         self.remote
     }
+    /// KCP packets this session recovered from FEC parity.
+    pub fn fec_recovered(&self) -> u64 {
+        self.shared.lock().sess.fec_recovered()
+    }
 }
 
 impl Drop for KcpStream {
@@ -609,5 +613,95 @@ mod tests {
         let mut b = [0u8; 1];
         let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b)).await;
         assert!(matches!(r, Ok(Err(_))), "{r:?}");
+    }
+
+    /// A UDP relay to `target` that drops `loss`% of datagrams each way (deterministic).
+    async fn lossy_relay(target: SocketAddr, loss: u64) -> SocketAddr {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        back.connect(target).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let client = Arc::new(Mutex::new(None::<SocketAddr>));
+        let drop_it = move |seed: &mut u64| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed % 100 < loss
+        };
+        let (f, b, c) = (front.clone(), back.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let mut seed = 7u64;
+            while let Ok((n, from)) = f.recv_from(&mut buf).await {
+                *c.lock().unwrap() = Some(from);
+                if !drop_it(&mut seed) {
+                    let _ = b.send(&buf[..n]).await;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let mut seed = 11u64;
+            while let Ok(n) = back.recv(&mut buf).await {
+                let to = *client.lock().unwrap();
+                if let Some(to) = to
+                    && !drop_it(&mut seed)
+                {
+                    let _ = front.send_to(&buf[..n], to).await;
+                }
+            }
+        });
+        addr
+    }
+
+    fn pattern() -> Vec<u8> {
+        (0..1u32 << 20).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// Interop with a kcp-go echo server (frp's settings), through a 5% lossy relay:
+    /// `KCP_GO_SERVER=127.0.0.1:PORT cargo test -p control kcp_go_server -- --ignored`.
+    #[tokio::test]
+    #[ignore = "needs a kcp-go echo server (KCP_GO_SERVER)"]
+    async fn interop_kcp_go_server() {
+        let target: SocketAddr = std::env::var("KCP_GO_SERVER").unwrap().parse().unwrap();
+        let relay = lossy_relay(target, 5).await;
+        let c = dial(&relay.to_string(), None).await.unwrap();
+        let data = pattern();
+        let (mut r, mut w) = tokio::io::split(c);
+        let d = data.clone();
+        let wt = tokio::spawn(async move {
+            w.write_all(&d).await.unwrap();
+            w
+        });
+        let mut got = vec![0u8; data.len()];
+        tokio::time::timeout(Duration::from_secs(60), r.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got == data, "corrupted");
+        let c = r.unsplit(wt.await.unwrap());
+        assert!(c.fec_recovered() > 0, "no packet recovered from kcp-go's parity");
+        println!("recovered from kcp-go parity: {}", c.fec_recovered());
+    }
+
+    /// Serves an echo for a kcp-go client for `KCP_RUST_SERVE_SECS`, through a 5% lossy
+    /// relay whose address it prints.
+    #[tokio::test]
+    #[ignore = "for a kcp-go client (KCP_RUST_SERVE_SECS)"]
+    async fn interop_serve_kcp_go_client() {
+        let secs: u64 = std::env::var("KCP_RUST_SERVE_SECS").unwrap().parse().unwrap();
+        let mut l = KcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = lossy_relay(l.local_addr(), 5).await;
+        println!("RELAY {relay}");
+        let serve = async {
+            loop {
+                let s = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = tokio::io::split(s);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(secs), serve).await;
     }
 }

@@ -419,7 +419,8 @@ async fn connect_server_local_ip_binds_the_source_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_is_refused_clearly() {
     let env = Env::new();
-    for proto in ["quic"] {
+    {
+        let proto = "quic";
         let extra = format!("transport.protocol = \"{proto}\"");
         let mut frpc = env.frpc(
             &format!("frpc-{proto}"),

@@ -443,12 +443,11 @@ impl Kcp {
                     self.parse_fastack(h.sn, h.ts);
                     latest = Some(h.ts);
                 }
-                CMD_PUSH => {
-                    if timediff(h.sn, self.rcv_nxt.wrapping_add(self.rcv_wnd)) < 0 {
-                        self.acklist.push((h.sn, h.ts));
-                        self.parse_data(h.sn, body);
-                    }
+                CMD_PUSH if timediff(h.sn, self.rcv_nxt.wrapping_add(self.rcv_wnd)) < 0 => {
+                    self.acklist.push((h.sn, h.ts));
+                    self.parse_data(h.sn, body);
                 }
+                CMD_PUSH => {} // beyond the receive window: dropped, not acked
                 CMD_WASK => self.probe |= ASK_TELL,
                 _ => {} // CMD_WINS: the window was taken from the header above.
             }

@@ -269,7 +269,7 @@ mod tests {
                 }
                 sent += n;
             }
-            if now % 20 == 0 {
+            if now.is_multiple_of(20) {
                 a.flush(now);
                 b.flush(now);
             }

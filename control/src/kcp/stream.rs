@@ -44,15 +44,15 @@ struct State {
 impl State {
     fn wake(&mut self) {
         let over = self.error.is_some();
-        if over || self.sess.readable() {
-            if let Some(w) = self.read_waker.take() {
-                w.wake();
-            }
+        if (over || self.sess.readable())
+            && let Some(w) = self.read_waker.take()
+        {
+            w.wake();
         }
-        if over || self.sess.can_send() {
-            if let Some(w) = self.write_waker.take() {
-                w.wake();
-            }
+        if (over || self.sess.can_send())
+            && let Some(w) = self.write_waker.take()
+        {
+            w.wake();
         }
     }
 
@@ -680,7 +680,10 @@ mod tests {
             .unwrap();
         assert!(got == data, "corrupted");
         let c = r.unsplit(wt.await.unwrap());
-        assert!(c.fec_recovered() > 0, "no packet recovered from kcp-go's parity");
+        assert!(
+            c.fec_recovered() > 0,
+            "no packet recovered from kcp-go's parity"
+        );
         println!("recovered from kcp-go parity: {}", c.fec_recovered());
     }
 
@@ -689,7 +692,10 @@ mod tests {
     #[tokio::test]
     #[ignore = "for a kcp-go client (KCP_RUST_SERVE_SECS)"]
     async fn interop_serve_kcp_go_client() {
-        let secs: u64 = std::env::var("KCP_RUST_SERVE_SECS").unwrap().parse().unwrap();
+        let secs: u64 = std::env::var("KCP_RUST_SERVE_SECS")
+            .unwrap()
+            .parse()
+            .unwrap();
         let mut l = KcpListener::bind("127.0.0.1:0").await.unwrap();
         let relay = lossy_relay(l.local_addr(), 5).await;
         println!("RELAY {relay}");

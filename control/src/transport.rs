@@ -2,11 +2,13 @@
 //! byte, TLS, yamux), frps classifies what arrives on `bindPort` (sniffing, TLS detection).
 //! Everything above this module sees a [`Conn`]: one control, work or visitor connection.
 //!
-//! Transports: `tcp`, `websocket` and `wss` (client), plain/TLS/websocket on `bindPort`
-//! (server; [`websocket`]); frpc may reach frps through an HTTP(S) CONNECT, NTLM or SOCKS5
-//! proxy ([`proxy`], [`ntlm`]) and from a chosen local address. `quic` on both sides
-//! ([`quic`]: frps' `quicBindPort`, one QUIC stream per logical connection). KCP is not
-//! implemented: frpc refuses it at start-up, frps ignores `kcpBindPort` with a warning.
+//! Transports: `tcp`, `websocket`, `wss`, `kcp` and `quic` (client), plain/TLS/websocket on
+//! `bindPort`, KCP on `kcpBindPort` and QUIC on `quicBindPort` (server; [`websocket`],
+//! [`crate::kcp`], [`quic`]); frpc may reach frps through an HTTP(S) CONNECT, NTLM or SOCKS5
+//! proxy ([`proxy`], [`ntlm`]) and from a chosen local address (both tcp/websocket only, as in
+//! frp). A KCP session is not sniffed: it goes straight to TLS detection ([`accept_kcp`]), then
+//! yamux when tcpMux is on, like a `bindPort` connection. A QUIC stream is a logical
+//! connection by itself: no TLS layer of frp's, no yamux.
 
 pub mod ntlm;
 pub mod proxy;
@@ -104,6 +106,8 @@ pub enum Protocol {
     Wss,
     /// QUIC (UDP) with its own TLS; one stream per logical connection.
     Quic,
+    /// KCP (UDP to `serverAddr:serverPort`) → [0x17] → [TLS].
+    Kcp,
 }
 
 /// How frpc reaches frps, from `serverAddr`, `serverPort` and `transport.*`.
@@ -157,6 +161,8 @@ pub enum DialError {
     Websocket { addr: String, source: io::Error },
     #[error("{0}")]
     Quic(#[from] quic::QuicError),
+    #[error("dial kcp {addr}: {source}")]
+    Kcp { addr: String, source: io::Error },
 }
 
 /// frpc's transport settings cannot be used.
@@ -165,7 +171,7 @@ pub enum SetupError {
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error(
-        "transport.protocol = \"{0}\" is not supported by this frpc build (use tcp, websocket, wss or quic)"
+        "transport.protocol = \"{0}\" is not supported by this frpc build (use tcp, kcp, quic, websocket or wss)"
     )]
     UnsupportedProtocol(String),
     #[error("{0}")]
@@ -205,6 +211,7 @@ impl DialConfig {
             "websocket" => Protocol::Websocket,
             "wss" => Protocol::Wss,
             "quic" => Protocol::Quic,
+            "kcp" => Protocol::Kcp,
             other => return Err(SetupError::UnsupportedProtocol(other.to_string())),
         };
         let server_name = if t.tls.server_name.is_empty() {
@@ -370,8 +377,10 @@ impl DialConfig {
     /// One new transport connection, by `transport.protocol`: TCP (through the proxy, if
     /// any), then the websocket / first byte / TLS layers (spec §2.1).
     pub async fn dial(&self) -> Result<Conn, DialError> {
-        if self.protocol == Protocol::Quic {
-            return Err(quic::QuicError::NoSession.into());
+        match self.protocol {
+            Protocol::Quic => return Err(quic::QuicError::NoSession.into()),
+            Protocol::Kcp => return self.dial_kcp().await,
+            _ => {}
         }
         let tcp = self.dial_tcp().await?;
         match self.protocol {
@@ -388,7 +397,21 @@ impl DialConfig {
                 };
                 Ok(Conn::Boxed(Box::new(self.websocket_over(tls).await?)))
             }
+            Protocol::Kcp => unreachable!("dialed above"),
         }
+    }
+
+    /// KCP to `serverAddr:serverPort` (frps' `kcpBindPort`), then the first byte and TLS.
+    /// frp dials KCP directly: no proxy, no `connectServerLocalIP`.
+    async fn dial_kcp(&self) -> Result<Conn, DialError> {
+        let addr = self.addr();
+        let kcp = match tokio::time::timeout(self.dial_timeout, crate::kcp::dial(&addr, None)).await
+        {
+            Err(_) => return Err(DialError::Timeout(addr)),
+            Ok(Err(e)) => return Err(DialError::Kcp { addr, source: e }),
+            Ok(Ok(s)) => s,
+        };
+        self.tls_over(kcp, self.custom_tls_first_byte).await
     }
 
     /// Connects to frps: with tcpMux one session whose streams are the logical connections,
@@ -572,8 +595,17 @@ pub async fn accept_transport(
     }
 }
 
-/// TLS detection on a stream that cannot be peeked (a websocket): reads the first byte and
-/// puts it back unless it is frp's 0x17 (spec §2.3).
+/// TLS detection on an accepted KCP session (spec §2.3; KCP is not sniffed).
+pub async fn accept_kcp(
+    s: crate::kcp::KcpStream,
+    tls: &ServerTls,
+    deadline: Duration,
+) -> Result<Conn, AcceptError> {
+    detect_tls(s, tls, deadline).await
+}
+
+/// TLS detection on a stream that cannot be peeked (a websocket, a KCP session): reads the
+/// first byte and puts it back unless it is frp's 0x17 (spec §2.3).
 async fn detect_tls<S: AsyncStream>(
     mut io: S,
     tls: &ServerTls,

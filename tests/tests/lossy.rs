@@ -115,7 +115,6 @@ async fn ten_mib_over_a_lossy_path(proto: &str, test: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "KCP transport not merged yet"]
 async fn kcp_carries_10_mib_over_a_lossy_path() {
     ten_mib_over_a_lossy_path("kcp", "kcp_carries_10_mib_over_a_lossy_path").await;
 }

@@ -1,8 +1,9 @@
 //! Wire protocol v2 and the other ways frpc reaches frps, end to end: v1/v2 × tcpMux × TLS,
 //! websocket, wss (behind a TLS-terminating proxy, as frp requires), one frps serving v1 and
 //! v2 clients at once, HTTP CONNECT, HTTPS CONNECT, NTLM and SOCKS5 proxies with credentials,
-//! connectServerLocalIP, QUIC (v1/v2, restarts, garbage, silent streams), and the clear
-//! refusal of KCP.
+//! connectServerLocalIP, QUIC (v1/v2, restarts, garbage, silent streams), KCP
+//! (`kcpBindPort`, `transport.protocol = "kcp"`: v1/v2 × tcpMux × TLS, garbage datagrams, a
+//! killed client) and the clear refusal of an unknown transport.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -692,26 +693,20 @@ async fn connect_server_local_ip_binds_the_source_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kcp_is_refused_clearly() {
+async fn an_unknown_transport_is_refused_clearly() {
     let env = Env::new();
-    let extra = "transport.protocol = \"kcp\"";
+    let extra = "transport.protocol = \"sctp\"";
     let mut frpc = env.frpc(
-        "frpc-kcp",
+        "frpc-sctp",
         &frpc_cfg(free_port(), extra, true, true, false, 1, free_port()),
     );
     let st = frpc.wait_exit(Duration::from_secs(10)).expect("frpc exits");
     assert!(!st.success());
     let log = frpc.log_text();
     assert!(
-        log.contains("transport.protocol = \"kcp\" is not supported"),
+        log.contains("transport.protocol = \"sctp\" is not supported"),
         "{log}"
     );
-    let frps = env.frps(
-        "frps",
-        free_port(),
-        &format!("kcpBindPort = {}", free_port()),
-    );
-    frps.wait_log("kcpBindPort = ", Duration::from_secs(1));
 }
 
 // ------------------------------------------------------------------------ QUIC
@@ -937,4 +932,196 @@ async fn quic_frpc_stop_tells_frps_at_once() {
         wait_port_closed(remote, Duration::from_secs(5)),
         "proxy port still open"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// KCP
+
+/// frps with `kcpBindPort` (and its TCP `bindPort`) and frpc dialing KCP to it.
+struct KcpTunnel {
+    frps: Proc,
+    frpc: Proc,
+    kcp: u16,
+    remote: u16,
+}
+
+/// Starts frps (`kcpBindPort` + `frps_more`) and an frpc over KCP (`frpc_more`) with one tcp
+/// proxy; waits for the proxy.
+async fn kcp_tunnel(
+    env: &Env,
+    tcp_mux: bool,
+    tls: bool,
+    enc: bool,
+    frps_more: &str,
+    frpc_more: &str,
+) -> KcpTunnel {
+    let echo = echo_server().await;
+    let bind = free_port();
+    let kcp = free_port();
+    let remote = free_port();
+    let frps = env.frps(
+        "frps",
+        bind,
+        &format!("{}\nkcpBindPort = {kcp}\n{frps_more}", frps_extra(tcp_mux)),
+    );
+    frps.wait_log(
+        &format!("frps kcp listen on udp 127.0.0.1:{kcp}"),
+        Duration::from_secs(1),
+    );
+    // serverPort is the KCP port: nothing listens on TCP there.
+    let extra = format!("transport.protocol = \"kcp\"\n{frpc_more}");
+    let frpc = env.frpc(
+        "frpc",
+        &frpc_cfg(kcp, &extra, tcp_mux, tls, enc, echo, remote),
+    );
+    frpc.wait_log("[echo] start proxy success", Duration::from_secs(15));
+    KcpTunnel {
+        frps,
+        frpc,
+        kcp,
+        remote,
+    }
+}
+
+async fn kcp_case(wire: &str, tcp_mux: bool, tls: bool, enc: bool, frpc_more: &str) {
+    let env = Env::new();
+    let more = if wire == "v2" {
+        format!("{V2}\n{frpc_more}")
+    } else {
+        frpc_more.to_string()
+    };
+    let t = kcp_tunnel(&env, tcp_mux, tls, enc, "", &more).await;
+    t.frps
+        .wait_log(&format!("wire protocol [{wire}]"), Duration::from_secs(1));
+    check_payloads(t.remote).await;
+}
+
+macro_rules! kcp_cases {
+    ($($name:ident: $wire:expr, $mux:expr, $tls:expr, $enc:expr, $more:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            kcp_case($wire, $mux, $tls, $enc, $more).await;
+        }
+    )*};
+}
+
+kcp_cases! {
+    kcp_mux_tls_v1: "v1", true, true, false, "";
+    kcp_mux_notls_v1_enc: "v1", true, false, true, "";
+    kcp_nomux_tls_v1: "v1", false, true, false, "";
+    kcp_nomux_notls_v1: "v1", false, false, false, "";
+    kcp_mux_tls_v2: "v2", true, true, false, "";
+    kcp_mux_notls_v2: "v2", true, false, false, "";
+    kcp_nomux_tls_v2_enc: "v2", false, true, true, "";
+    kcp_nomux_notls_v2: "v2", false, false, false, "";
+    kcp_mux_custom_tls_byte_v1: "v1", true, true, false,
+        "transport.tls.disableCustomTLSFirstByte = false";
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcp_plain_is_refused_when_tls_is_forced() {
+    let env = Env::new();
+    let bind = free_port();
+    let kcp = free_port();
+    let frps = env.frps(
+        "frps",
+        bind,
+        &format!(
+            "{}\nkcpBindPort = {kcp}\ntransport.tls.force = true",
+            frps_extra(true)
+        ),
+    );
+    let _frpc = env.frpc(
+        "frpc",
+        &frpc_cfg(
+            kcp,
+            "transport.protocol = \"kcp\"",
+            true,
+            false,
+            false,
+            1,
+            free_port(),
+        ),
+    );
+    frps.wait_log(
+        "non-TLS connection received on a TlsOnly server",
+        Duration::from_secs(10),
+    );
+}
+
+/// Datagrams from elsewhere cannot break into or disturb a live KCP tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcp_garbage_datagrams_do_not_disturb_a_live_tunnel() {
+    let env = Env::new();
+    let mut t = kcp_tunnel(&env, true, true, false, "", "").await;
+    check_payloads(t.remote).await;
+    let target = ("127.0.0.1", t.kcp);
+    let spam = tokio::spawn(async move {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let socks = [
+            tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        ];
+        for i in 0..3000u32 {
+            let len = (rnd() % 1600) as usize;
+            let mut p: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+            match i % 4 {
+                // FEC data header + a KCP push with sn 0: opens a session that never
+                // completes TLS detection.
+                0 if len >= 32 => {
+                    p[4..6].copy_from_slice(&0xf1u16.to_le_bytes());
+                    p[12] = 81;
+                    p[20..24].copy_from_slice(&0u32.to_le_bytes());
+                    let body = (len - 32) as u32;
+                    p[28..32].copy_from_slice(&body.to_le_bytes());
+                }
+                1 if len >= 6 => p[4..6].copy_from_slice(&0xf2u16.to_le_bytes()),
+                _ => {}
+            }
+            let s = &socks[(i % 2) as usize];
+            let _ = s.send_to(&p, target).await;
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    check_payloads(t.remote).await;
+    spam.await.unwrap();
+    check_payloads(t.remote).await;
+    let log = t.frps.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(t.frps.wait_exit(Duration::ZERO).is_none(), "frps died");
+}
+
+/// A SIGKILLed frpc sends nothing more over KCP: frps notices through tcpMux keepalives or
+/// heartbeats, as frp does, and frees the client's ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcp_killed_client_frees_its_ports() {
+    for tcp_mux in [true, false] {
+        let env = Env::new();
+        let (frps_more, frpc_more) = if tcp_mux {
+            ("transport.tcpMuxKeepaliveInterval = 1", "")
+        } else {
+            (
+                "transport.heartbeatTimeout = 3",
+                "transport.heartbeatInterval = 1\ntransport.heartbeatTimeout = 3",
+            )
+        };
+        let mut t = kcp_tunnel(&env, tcp_mux, true, false, frps_more, frpc_more).await;
+        assert!(is_listening(t.remote));
+        t.frpc.kill();
+        t.frps
+            .wait_log("client exit success", Duration::from_secs(30));
+        assert!(
+            wait_port_closed(t.remote, Duration::from_secs(5)),
+            "port {} still open after its client died",
+            t.remote
+        );
+    }
 }

@@ -12,6 +12,8 @@
 //! - [`yamux`]: tcpMux — a sans-IO yamux core compatible with fatedier/yamux, and its tokio driver.
 //! - [`config`]: frps.toml / frpc.toml (TOML, YAML, JSON), strict parsing, templating, defaults.
 //! - [`tls`]: rustls client/server configs, the self-signed certificate, frp's first-byte rules.
+//! - [`kcp`]: the KCP transport (kcp-go v5 compatible, FEC 10+3): sans-IO segment, ARQ and
+//!   FEC cores, and the tokio stream, dialer and listener.
 //! - [`transport`]: dialing frps and accepting on `bindPort` (sniffing, TLS, tcpMux) down to
 //!   *logical connections*.
 //! - [`layered`]: an async stream seen through a work connection's encryption/compression
@@ -34,6 +36,7 @@ pub mod config;
 pub mod crypto;
 pub mod dashboard;
 pub mod handshake;
+pub mod kcp;
 pub mod layered;
 pub mod log;
 pub mod msg;

@@ -2,13 +2,17 @@
 //! byte, TLS, yamux), frps classifies what arrives on `bindPort` (sniffing, TLS detection).
 //! Everything above this module sees a [`Conn`]: one control, work or visitor connection.
 //!
-//! Transports: `tcp`, `websocket` and `wss` (client), plain/TLS/websocket on `bindPort`
-//! (server; [`websocket`]); frpc may reach frps through an HTTP(S) CONNECT, NTLM or SOCKS5
-//! proxy ([`proxy`], [`ntlm`]) and from a chosen local address. QUIC and KCP are not implemented: frpc refuses
-//! them at start-up, frps ignores `quicBindPort`/`kcpBindPort` with a warning.
+//! Transports: `tcp`, `websocket`, `wss`, `kcp` and `quic` (client), plain/TLS/websocket on
+//! `bindPort`, KCP on `kcpBindPort` and QUIC on `quicBindPort` (server; [`websocket`],
+//! [`crate::kcp`], [`quic`]); frpc may reach frps through an HTTP(S) CONNECT, NTLM or SOCKS5
+//! proxy ([`proxy`], [`ntlm`]) and from a chosen local address (both tcp/websocket only, as in
+//! frp). A KCP session is not sniffed: it goes straight to TLS detection ([`accept_kcp`]), then
+//! yamux when tcpMux is on, like a `bindPort` connection. A QUIC stream is a logical
+//! connection by itself: no TLS layer of frp's, no yamux.
 
 pub mod ntlm;
 pub mod proxy;
+pub mod quic;
 pub mod websocket;
 
 use std::io;
@@ -100,6 +104,10 @@ pub enum Protocol {
     Websocket,
     /// TCP → TLS (always, no custom byte) → websocket.
     Wss,
+    /// QUIC (UDP) with its own TLS; one stream per logical connection.
+    Quic,
+    /// KCP (UDP to `serverAddr:serverPort`) → [0x17] → [TLS].
+    Kcp,
 }
 
 /// How frpc reaches frps, from `serverAddr`, `serverPort` and `transport.*`.
@@ -127,6 +135,9 @@ pub struct DialConfig {
     /// `transport.tcpMux` and its keepalive interval.
     pub tcp_mux: bool,
     pub tcp_mux_keepalive_secs: i64,
+    /// The QUIC dialer, for `transport.protocol = "quic"` (tcpMux and the TLS layer above
+    /// do not apply then).
+    pub quic: Option<Arc<quic::QuicDialer>>,
 }
 
 /// Dialing frps failed.
@@ -148,6 +159,10 @@ pub enum DialError {
     },
     #[error("websocket connection to {addr}: {source}")]
     Websocket { addr: String, source: io::Error },
+    #[error("{0}")]
+    Quic(#[from] quic::QuicError),
+    #[error("dial kcp {addr}: {source}")]
+    Kcp { addr: String, source: io::Error },
 }
 
 /// frpc's transport settings cannot be used.
@@ -156,13 +171,35 @@ pub enum SetupError {
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error(
-        "transport.protocol = \"{0}\" is not supported by this frpc build (use tcp, websocket or wss)"
+        "transport.protocol = \"{0}\" is not supported by this frpc build (use tcp, kcp, quic, websocket or wss)"
     )]
     UnsupportedProtocol(String),
+    #[error("{0}")]
+    Quic(#[from] quic::QuicError),
     #[error("{0}")]
     ProxyUrl(#[from] proxy::ProxyUrlError),
     #[error("invalid transport.connectServerLocalIP [{0}]: want an IP address")]
     LocalIp(String),
+}
+
+/// frp dials QUIC with its TLS client config (client certificate, trustedCaFile) only when
+/// `transport.tls.enable`; otherwise with an unverifying one.
+fn quic_dialer(cfg: &ClientConfig, server_name: &str) -> Result<quic::QuicDialer, SetupError> {
+    let t = &cfg.transport;
+    crate::tls::server_name(server_name)?;
+    let tls = if t.tls.enable {
+        crate::tls::client_config(&t.tls.cert_file, &t.tls.key_file, &t.tls.trusted_ca_file)?
+    } else {
+        crate::tls::client_config("", "", "")?
+    };
+    Ok(quic::QuicDialer::new(
+        &cfg.server_addr,
+        cfg.server_port,
+        server_name,
+        &tls,
+        &quic::QuicParams::from_config(&t.quic),
+        Duration::from_secs(t.dial_server_timeout.max(1) as u64),
+    )?)
 }
 
 impl DialConfig {
@@ -173,6 +210,8 @@ impl DialConfig {
             "" | "tcp" => Protocol::Tcp,
             "websocket" => Protocol::Websocket,
             "wss" => Protocol::Wss,
+            "quic" => Protocol::Quic,
+            "kcp" => Protocol::Kcp,
             other => return Err(SetupError::UnsupportedProtocol(other.to_string())),
         };
         let server_name = if t.tls.server_name.is_empty() {
@@ -180,7 +219,14 @@ impl DialConfig {
         } else {
             t.tls.server_name.clone()
         };
-        let tls = if t.tls.enable || protocol == Protocol::Wss {
+        let quic = if protocol == Protocol::Quic {
+            Some(Arc::new(quic_dialer(cfg, &server_name)?))
+        } else {
+            None
+        };
+        let tls = if protocol == Protocol::Quic {
+            None
+        } else if t.tls.enable || protocol == Protocol::Wss {
             let cc = crate::tls::client_config(
                 &t.tls.cert_file,
                 &t.tls.key_file,
@@ -213,6 +259,7 @@ impl DialConfig {
             custom_tls_first_byte: !t.tls.disable_custom_tls_first_byte,
             tcp_mux: t.tcp_mux,
             tcp_mux_keepalive_secs: t.tcp_mux_keepalive_interval,
+            quic,
         };
         d.ws_host = match protocol {
             Protocol::Wss => server_name,
@@ -330,6 +377,11 @@ impl DialConfig {
     /// One new transport connection, by `transport.protocol`: TCP (through the proxy, if
     /// any), then the websocket / first byte / TLS layers (spec §2.1).
     pub async fn dial(&self) -> Result<Conn, DialError> {
+        match self.protocol {
+            Protocol::Quic => return Err(quic::QuicError::NoSession.into()),
+            Protocol::Kcp => return self.dial_kcp().await,
+            _ => {}
+        }
         let tcp = self.dial_tcp().await?;
         match self.protocol {
             Protocol::Tcp if self.tls.is_none() => Ok(tcp),
@@ -338,19 +390,45 @@ impl DialConfig {
                 let ws = self.websocket_over(tcp).await?;
                 self.tls_over(ws, self.custom_tls_first_byte).await
             }
+            Protocol::Quic => unreachable!("handled above"),
             Protocol::Wss => {
                 let Conn::Boxed(tls) = self.tls_over(tcp, false).await? else {
                     unreachable!("wss always has TLS");
                 };
                 Ok(Conn::Boxed(Box::new(self.websocket_over(tls).await?)))
             }
+            Protocol::Kcp => unreachable!("dialed above"),
         }
+    }
+
+    /// KCP to `serverAddr:serverPort` (frps' `kcpBindPort`), then the first byte and TLS.
+    /// frp dials KCP directly: no proxy, no `connectServerLocalIP`.
+    async fn dial_kcp(&self) -> Result<Conn, DialError> {
+        let addr = self.addr();
+        let kcp = match tokio::time::timeout(self.dial_timeout, crate::kcp::dial(&addr, None)).await
+        {
+            Err(_) => return Err(DialError::Timeout(addr)),
+            Ok(Err(e)) => return Err(DialError::Kcp { addr, source: e }),
+            Ok(Ok(s)) => s,
+        };
+        self.tls_over(kcp, self.custom_tls_first_byte).await
     }
 
     /// Connects to frps: with tcpMux one session whose streams are the logical connections,
     /// without it a fresh transport connection each time. Returns the first logical
     /// connection (the control connection) too.
     pub async fn connect(&self) -> Result<(Connector, Conn), DialError> {
+        if let Some(q) = &self.quic {
+            let session = q.connect().await?;
+            let control = match session.open().await {
+                Ok(s) => s,
+                Err(e) => {
+                    session.close();
+                    return Err(e.into());
+                }
+            };
+            return Ok((Connector::Quic(session), Conn::Boxed(Box::new(control))));
+        }
         let first = self.dial().await?;
         if !self.tcp_mux {
             return Ok((Connector::Direct(Arc::new(self.clone())), first));
@@ -375,6 +453,7 @@ impl DialConfig {
 pub enum Connector {
     Mux(yamux::Session),
     Direct(Arc<DialConfig>),
+    Quic(quic::QuicSession),
 }
 
 impl Connector {
@@ -388,13 +467,24 @@ impl Connector {
                 Ok(Conn::Boxed(Box::new(st)))
             }
             Connector::Direct(d) => d.dial().await,
+            Connector::Quic(q) => Ok(Conn::Boxed(Box::new(q.open().await?))),
         }
     }
 
-    /// Tears the whole session down (tcpMux); a no-op for direct connections.
+    /// After [`Connector::close`], before the process exits: lets a QUIC connection's close
+    /// reach frps (up to `limit`). Nothing to wait for with TCP.
+    pub async fn flush_close(&self, limit: Duration) {
+        if let Connector::Quic(q) = self {
+            q.flush_close(limit).await;
+        }
+    }
+
+    /// Tears the whole session down (tcpMux, QUIC); a no-op for direct connections.
     pub fn close(&self) {
-        if let Connector::Mux(s) = self {
-            s.close();
+        match self {
+            Connector::Mux(s) => s.close(),
+            Connector::Quic(q) => q.close(),
+            Connector::Direct(_) => {}
         }
     }
 }
@@ -505,8 +595,17 @@ pub async fn accept_transport(
     }
 }
 
-/// TLS detection on a stream that cannot be peeked (a websocket): reads the first byte and
-/// puts it back unless it is frp's 0x17 (spec §2.3).
+/// TLS detection on an accepted KCP session (spec §2.3; KCP is not sniffed).
+pub async fn accept_kcp(
+    s: crate::kcp::KcpStream,
+    tls: &ServerTls,
+    deadline: Duration,
+) -> Result<Conn, AcceptError> {
+    detect_tls(s, tls, deadline).await
+}
+
+/// TLS detection on a stream that cannot be peeked (a websocket, a KCP session): reads the
+/// first byte and puts it back unless it is frp's 0x17 (spec §2.3).
 async fn detect_tls<S: AsyncStream>(
     mut io: S,
     tls: &ServerTls,

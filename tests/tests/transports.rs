@@ -1,7 +1,9 @@
 //! Wire protocol v2 and the other ways frpc reaches frps, end to end: v1/v2 × tcpMux × TLS,
 //! websocket, wss (behind a TLS-terminating proxy, as frp requires), one frps serving v1 and
 //! v2 clients at once, HTTP CONNECT, HTTPS CONNECT, NTLM and SOCKS5 proxies with credentials,
-//! connectServerLocalIP, and the clear refusal of QUIC/KCP.
+//! connectServerLocalIP, QUIC (v1/v2, restarts, garbage, silent streams), KCP
+//! (`kcpBindPort`, `transport.protocol = "kcp"`: v1/v2 × tcpMux × TLS, garbage datagrams, a
+//! killed client) and the clear refusal of an unknown transport.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -97,6 +99,15 @@ async fn tunnel_case(extra: &str, wire: &str, tcp_mux: bool, tls: bool, enc: boo
     frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
     frps.wait_log(&format!("wire protocol [{wire}]"), Duration::from_secs(1));
     check_payloads(remote).await;
+}
+
+macro_rules! cases_quic {
+    ($($name:ident: $extra:expr, $wire:expr, $enc:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            quic_case($extra, $wire, $enc).await;
+        }
+    )*};
 }
 
 macro_rules! cases {
@@ -682,33 +693,435 @@ async fn connect_server_local_ip_binds_the_source_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quic_and_kcp_are_refused_clearly() {
+async fn an_unknown_transport_is_refused_clearly() {
     let env = Env::new();
-    for proto in ["quic", "kcp"] {
-        let extra = format!("transport.protocol = \"{proto}\"");
-        let mut frpc = env.frpc(
-            &format!("frpc-{proto}"),
-            &frpc_cfg(free_port(), &extra, true, true, false, 1, free_port()),
-        );
-        let st = frpc.wait_exit(Duration::from_secs(10)).expect("frpc exits");
-        assert!(!st.success());
-        let log = frpc.log_text();
-        assert!(
-            log.contains(&format!(
-                "transport.protocol = \"{proto}\" is not supported"
-            )),
-            "{log}"
-        );
-    }
+    let extra = "transport.protocol = \"sctp\"";
+    let mut frpc = env.frpc(
+        "frpc-sctp",
+        &frpc_cfg(free_port(), extra, true, true, false, 1, free_port()),
+    );
+    let st = frpc.wait_exit(Duration::from_secs(10)).expect("frpc exits");
+    assert!(!st.success());
+    let log = frpc.log_text();
+    assert!(
+        log.contains("transport.protocol = \"sctp\" is not supported"),
+        "{log}"
+    );
+}
+
+// ------------------------------------------------------------------------ QUIC
+
+struct QuicTunnel {
+    frps: Proc,
+    frpc: Proc,
+    /// frps' TCP `bindPort` and UDP `quicBindPort`.
+    bind: u16,
+    quic: u16,
+    /// The tcp proxy's port on frps.
+    remote: u16,
+}
+
+/// frps with `quicBindPort` and frpc dialing it over QUIC (`serverPort` = the QUIC port, as
+/// in frp; nothing listens on TCP there), one tcp proxy to `echo`.
+fn quic_tunnel(env: &Env, echo: u16, frpc_extra: &str, enc: bool) -> QuicTunnel {
+    let bind = free_port();
+    let quic = free_port();
+    let remote = free_port();
     let frps = env.frps(
         "frps",
-        free_port(),
+        bind,
+        &format!("{}\nquicBindPort = {quic}", frps_extra(true)),
+    );
+    frps.wait_log(
+        &format!("frps quic listen on 127.0.0.1:{quic}"),
+        Duration::from_secs(1),
+    );
+    let extra = format!("transport.protocol = \"quic\"\n{frpc_extra}");
+    let frpc = env.frpc(
+        "frpc",
+        &frpc_cfg(quic, &extra, true, true, enc, echo, remote),
+    );
+    frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
+    QuicTunnel {
+        frps,
+        frpc,
+        bind,
+        quic,
+        remote,
+    }
+}
+
+async fn quic_case(frpc_extra: &str, wire: &str, enc: bool) {
+    let env = Env::new();
+    let echo = echo_server().await;
+    let QuicTunnel {
+        frps, frpc, remote, ..
+    } = quic_tunnel(&env, echo, frpc_extra, enc);
+    frps.wait_log(&format!("wire protocol [{wire}]"), Duration::from_secs(1));
+    check_payloads(remote).await;
+    // Many user connections at once: one QUIC stream each.
+    let results = futures_util::future::join_all((0..32u64).map(|i| async move {
+        let data = pattern(20_000 + i as usize * 1000, i);
+        let got = tokio::time::timeout(Duration::from_secs(20), echo_exact(remote, &data)).await;
+        (matches!(&got, Ok(Ok(g)) if *g == data), i)
+    }))
+    .await;
+    for (ok, i) in results {
+        assert!(ok, "concurrent connection {i} failed");
+    }
+    assert!(
+        !frpc.log_text().contains("control closed"),
+        "{}",
+        frpc.log_text()
+    );
+}
+
+cases_quic! {
+    quic_v1_plain: "", "v1", false;
+    quic_v1_encrypted_compressed: "", "v1", true;
+    quic_v2_plain: V2, "v2", false;
+    quic_v2_encrypted_compressed: V2, "v2", true;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_frps_restart_frpc_reconnects() {
+    let env = Env::new();
+    let echo = echo_server().await;
+    // A short idle timeout: a killed frps sends nothing, so frpc notices through QUIC's idle
+    // timeout (frp's default is 30 s).
+    let extra = "transport.quic.maxIdleTimeout = 2\ntransport.quic.keepalivePeriod = 1";
+    let QuicTunnel {
+        mut frps,
+        frpc,
+        bind,
+        quic,
+        remote,
+    } = quic_tunnel(&env, echo, extra, false);
+    roundtrip_eventually(remote, b"before restart", Duration::from_secs(5)).await;
+
+    frps.kill();
+    let _frps2 = env.frps(
+        "frps2",
+        bind,
+        &format!("{}\nquicBindPort = {quic}", frps_extra(true)),
+    );
+    frpc.wait_log("control closed", Duration::from_secs(15));
+    frpc.wait_log_n("[echo] start proxy success", 2, Duration::from_secs(30));
+    frpc.wait_log("try to reconnect to server", Duration::from_secs(1));
+    roundtrip_eventually(remote, b"after restart", Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_garbage_datagrams_do_not_disturb_a_live_tunnel() {
+    let env = Env::new();
+    let echo = echo_server().await;
+    let QuicTunnel {
+        frps,
+        frpc,
+        quic,
+        remote,
+        ..
+    } = quic_tunnel(&env, echo, "", true);
+    check_payloads(remote).await;
+
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(("127.0.0.1", quic)).await.unwrap();
+    for i in 0..2000u64 {
+        let len = [1, 7, 21, 64, 1200, 1500][i as usize % 6];
+        let mut d = pattern(len, i);
+        match i % 4 {
+            // Looks like a QUIC v1 Initial (long header) with garbage inside.
+            0 if len > 5 => {
+                d[0] = 0xc0;
+                d[1..5].copy_from_slice(&1u32.to_be_bytes());
+            }
+            // An unknown version: answered with Version Negotiation at most.
+            1 if len > 5 => {
+                d[0] = 0xc0;
+                d[1..5].copy_from_slice(&0x1a2a_3a4au32.to_be_bytes());
+            }
+            // A short header for a connection that does not exist.
+            2 => d[0] = 0x40 | (d[0] & 0x3f),
+            _ => {}
+        }
+        let _ = sock.send(&d).await;
+    }
+    check_payloads(remote).await;
+    assert!(
+        !frpc.log_text().contains("control closed"),
+        "{}",
+        frpc.log_text()
+    );
+    assert_eq!(
+        frps.log_text().matches("client login success").count(),
+        1,
+        "{}",
+        frps.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_silent_stream_is_closed_after_the_first_message_timeout() {
+    use control::transport::quic::{QuicDialer, QuicParams};
+    let env = Env::new();
+    let bind = free_port();
+    let quic = free_port();
+    let frps = env.frps(
+        "frps",
+        bind,
+        &format!("{}\nquicBindPort = {quic}", frps_extra(true)),
+    );
+    let params = QuicParams {
+        keepalive_secs: 1,
+        max_idle_secs: 30,
+        max_incoming_streams: 100,
+    };
+    let tls = control::tls::client_config("", "", "").unwrap();
+    let dialer = QuicDialer::new(
+        "127.0.0.1",
+        quic,
+        "127.0.0.1",
+        &tls,
+        &params,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let session = dialer.connect().await.unwrap();
+    let mut st = session.open().await.unwrap();
+    // Part of a v1 message header, then nothing.
+    st.write_all(b"o").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(20), st.read(&mut buf))
+        .await
+        .expect("frps closes the silent stream");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9),
+        "closed after {waited:?}, before the timeout"
+    );
+    frps.wait_log(
+        "closed: no complete first message within 10s",
+        Duration::from_secs(1),
+    );
+    // The QUIC connection itself is still usable: a real login on a new stream works.
+    let mut st2 = session.open().await.unwrap();
+    st2.write_all(b"o\0\0\0\0\0\0\0\x02{}").await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), st2.read(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(n)) if n > 0), "{r:?}");
+    session.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_frpc_stop_tells_frps_at_once() {
+    let env = Env::new();
+    let echo = echo_server().await;
+    let QuicTunnel {
+        frps,
+        mut frpc,
+        remote,
+        ..
+    } = quic_tunnel(&env, echo, "", false);
+    check_payloads(remote).await;
+    frpc.signal(15);
+    frpc.wait_exit(Duration::from_secs(5)).expect("frpc stops");
+    // Well before frps' 30 s idle timeout: frpc closed the QUIC connection before exiting.
+    frps.wait_log("client exit success", Duration::from_secs(3));
+    assert!(
+        wait_port_closed(remote, Duration::from_secs(5)),
+        "proxy port still open"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// KCP
+
+/// frps with `kcpBindPort` (and its TCP `bindPort`) and frpc dialing KCP to it.
+struct KcpTunnel {
+    frps: Proc,
+    frpc: Proc,
+    kcp: u16,
+    remote: u16,
+}
+
+/// Starts frps (`kcpBindPort` + `frps_more`) and an frpc over KCP (`frpc_more`) with one tcp
+/// proxy; waits for the proxy.
+async fn kcp_tunnel(
+    env: &Env,
+    tcp_mux: bool,
+    tls: bool,
+    enc: bool,
+    frps_more: &str,
+    frpc_more: &str,
+) -> KcpTunnel {
+    let echo = echo_server().await;
+    let bind = free_port();
+    let kcp = free_port();
+    let remote = free_port();
+    let frps = env.frps(
+        "frps",
+        bind,
+        &format!("{}\nkcpBindPort = {kcp}\n{frps_more}", frps_extra(tcp_mux)),
+    );
+    frps.wait_log(
+        &format!("frps kcp listen on udp 127.0.0.1:{kcp}"),
+        Duration::from_secs(1),
+    );
+    // serverPort is the KCP port: nothing listens on TCP there.
+    let extra = format!("transport.protocol = \"kcp\"\n{frpc_more}");
+    let frpc = env.frpc(
+        "frpc",
+        &frpc_cfg(kcp, &extra, tcp_mux, tls, enc, echo, remote),
+    );
+    frpc.wait_log("[echo] start proxy success", Duration::from_secs(15));
+    KcpTunnel {
+        frps,
+        frpc,
+        kcp,
+        remote,
+    }
+}
+
+async fn kcp_case(wire: &str, tcp_mux: bool, tls: bool, enc: bool, frpc_more: &str) {
+    let env = Env::new();
+    let more = if wire == "v2" {
+        format!("{V2}\n{frpc_more}")
+    } else {
+        frpc_more.to_string()
+    };
+    let t = kcp_tunnel(&env, tcp_mux, tls, enc, "", &more).await;
+    t.frps
+        .wait_log(&format!("wire protocol [{wire}]"), Duration::from_secs(1));
+    check_payloads(t.remote).await;
+}
+
+macro_rules! kcp_cases {
+    ($($name:ident: $wire:expr, $mux:expr, $tls:expr, $enc:expr, $more:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            kcp_case($wire, $mux, $tls, $enc, $more).await;
+        }
+    )*};
+}
+
+kcp_cases! {
+    kcp_mux_tls_v1: "v1", true, true, false, "";
+    kcp_mux_notls_v1_enc: "v1", true, false, true, "";
+    kcp_nomux_tls_v1: "v1", false, true, false, "";
+    kcp_nomux_notls_v1: "v1", false, false, false, "";
+    kcp_mux_tls_v2: "v2", true, true, false, "";
+    kcp_mux_notls_v2: "v2", true, false, false, "";
+    kcp_nomux_tls_v2_enc: "v2", false, true, true, "";
+    kcp_nomux_notls_v2: "v2", false, false, false, "";
+    kcp_mux_custom_tls_byte_v1: "v1", true, true, false,
+        "transport.tls.disableCustomTLSFirstByte = false";
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcp_plain_is_refused_when_tls_is_forced() {
+    let env = Env::new();
+    let bind = free_port();
+    let kcp = free_port();
+    let frps = env.frps(
+        "frps",
+        bind,
         &format!(
-            "kcpBindPort = {}\nquicBindPort = {}",
-            free_port(),
-            free_port()
+            "{}\nkcpBindPort = {kcp}\ntransport.tls.force = true",
+            frps_extra(true)
         ),
     );
-    frps.wait_log("kcpBindPort = ", Duration::from_secs(1));
-    frps.wait_log("quicBindPort = ", Duration::from_secs(1));
+    let _frpc = env.frpc(
+        "frpc",
+        &frpc_cfg(
+            kcp,
+            "transport.protocol = \"kcp\"",
+            true,
+            false,
+            false,
+            1,
+            free_port(),
+        ),
+    );
+    frps.wait_log(
+        "non-TLS connection received on a TlsOnly server",
+        Duration::from_secs(10),
+    );
+}
+
+/// Datagrams from elsewhere cannot break into or disturb a live KCP tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcp_garbage_datagrams_do_not_disturb_a_live_tunnel() {
+    let env = Env::new();
+    let mut t = kcp_tunnel(&env, true, true, false, "", "").await;
+    check_payloads(t.remote).await;
+    let target = ("127.0.0.1", t.kcp);
+    let spam = tokio::spawn(async move {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let socks = [
+            tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        ];
+        for i in 0..3000u32 {
+            let len = (rnd() % 1600) as usize;
+            let mut p: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+            match i % 4 {
+                // FEC data header + a KCP push with sn 0: opens a session that never
+                // completes TLS detection.
+                0 if len >= 32 => {
+                    p[4..6].copy_from_slice(&0xf1u16.to_le_bytes());
+                    p[12] = 81;
+                    p[20..24].copy_from_slice(&0u32.to_le_bytes());
+                    let body = (len - 32) as u32;
+                    p[28..32].copy_from_slice(&body.to_le_bytes());
+                }
+                1 if len >= 6 => p[4..6].copy_from_slice(&0xf2u16.to_le_bytes()),
+                _ => {}
+            }
+            let s = &socks[(i % 2) as usize];
+            let _ = s.send_to(&p, target).await;
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    check_payloads(t.remote).await;
+    spam.await.unwrap();
+    check_payloads(t.remote).await;
+    let log = t.frps.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(t.frps.wait_exit(Duration::ZERO).is_none(), "frps died");
+}
+
+/// A SIGKILLed frpc sends nothing more over KCP: frps notices through tcpMux keepalives or
+/// heartbeats, as frp does, and frees the client's ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcp_killed_client_frees_its_ports() {
+    for tcp_mux in [true, false] {
+        let env = Env::new();
+        let (frps_more, frpc_more) = if tcp_mux {
+            ("transport.tcpMuxKeepaliveInterval = 1", "")
+        } else {
+            (
+                "transport.heartbeatTimeout = 3",
+                "transport.heartbeatInterval = 1\ntransport.heartbeatTimeout = 3",
+            )
+        };
+        let mut t = kcp_tunnel(&env, tcp_mux, true, false, frps_more, frpc_more).await;
+        assert!(is_listening(t.remote));
+        t.frpc.kill();
+        t.frps
+            .wait_log("client exit success", Duration::from_secs(30));
+        assert!(
+            wait_port_closed(t.remote, Duration::from_secs(5)),
+            "port {} still open after its client died",
+            t.remote
+        );
+    }
 }

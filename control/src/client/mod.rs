@@ -418,6 +418,9 @@ impl Client {
             }
         }
         connector.close();
+        if stopping {
+            connector.flush_close(Duration::from_millis(500)).await;
+        }
         for t in monitors.into_iter().chain(visitor_tasks) {
             t.abort();
         }

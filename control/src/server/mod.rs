@@ -55,7 +55,20 @@ struct Scopes {
 pub struct Server {
     state: Arc<State>,
     listener: TcpListener,
+    /// `kcpBindPort`'s listener and address, when set.
+    kcp: Option<(crate::kcp::KcpListener, String)>,
     vhost_listeners: vhost::Listeners,
+    /// `quicBindPort`, when set.
+    quic: Option<transport::quic::QuicListener>,
+}
+
+/// Aborts a spawned task when dropped (ties a listener's task to [`Server::run`]).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 pub(crate) struct State {
@@ -127,16 +140,26 @@ impl Server {
                 source: e,
             })?;
         handshake::warn_test_hooks();
-        for (key, port) in [
-            ("kcpBindPort", cfg.kcp_bind_port),
-            ("quicBindPort", cfg.quic_bind_port),
-        ] {
-            if port > 0 {
-                warn!(
-                    "{key} = {port} ignored: KCP and QUIC transports are not supported by this frps build"
-                );
-            }
-        }
+        let kcp = if cfg.kcp_bind_port > 0 {
+            let addr = join_host_port(&cfg.bind_addr, cfg.kcp_bind_port);
+            let l = crate::kcp::KcpListener::bind(&addr)
+                .await
+                .map_err(|e| StartError::Listen {
+                    addr: format!("kcp udp address {addr}"),
+                    source: e,
+                })?;
+            Some((l, addr))
+        } else {
+            None
+        };
+        let quic = match cfg.quic_bind_port {
+            0 => None,
+            port => Some(transport::quic::QuicListener::bind(
+                &join_host_port(&cfg.bind_addr, port),
+                &tls_cfg,
+                &transport::quic::QuicParams::from_config(&cfg.transport.quic),
+            )?),
+        };
         let scopes = Scopes {
             heartbeats: cfg
                 .auth
@@ -173,7 +196,9 @@ impl Server {
         Ok(Server {
             state,
             listener,
+            kcp,
             vhost_listeners,
+            quic,
         })
     }
 
@@ -197,6 +222,24 @@ impl Server {
                 .map(|a| a.to_string())
                 .unwrap_or_default()
         );
+        // The UDP listeners serve for as long as this future lives.
+        let _quic = self.quic.map(|q| {
+            info!(
+                "frps quic listen on {}",
+                q.local_addr().map(|a| a.to_string()).unwrap_or_default()
+            );
+            let st = self.state.clone();
+            // Each QUIC stream is a logical connection: no sniffing, TLS check or yamux.
+            AbortOnDrop(tokio::spawn(
+                q.serve(FIRST_MESSAGE_TIMEOUT, move |conn, remote| {
+                    st.clone().handle_logical(conn, remote)
+                }),
+            ))
+        });
+        let _kcp = self.kcp.map(|(l, addr)| {
+            info!("frps kcp listen on udp {addr}");
+            AbortOnDrop(tokio::spawn(self.state.clone().serve_kcp(l)))
+        });
         info!("start frps success");
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -227,6 +270,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Quic(#[from] transport::quic::QuicError),
 }
 
 fn join_host_port(host: &str, port: u16) -> String {
@@ -255,6 +300,26 @@ impl State {
                 return;
             }
         };
+        self.handle_session(conn, remote).await;
+    }
+
+    /// Accepts KCP sessions: each goes through TLS detection, then on as a `bindPort`
+    /// connection would.
+    async fn serve_kcp(self: Arc<Self>, mut l: crate::kcp::KcpListener) {
+        while let Ok(s) = l.accept().await {
+            let st = self.clone();
+            tokio::spawn(async move {
+                let remote = s.peer_addr();
+                match transport::accept_kcp(s, &st.tls, FIRST_MESSAGE_TIMEOUT).await {
+                    Ok(conn) => st.handle_session(conn, remote).await,
+                    Err(e) => warn!("kcp connection from {remote} closed: {e}"),
+                }
+            });
+        }
+    }
+
+    /// A transport connection after TLS: one logical connection, or a tcpMux session.
+    async fn handle_session(self: Arc<Self>, conn: Conn, remote: SocketAddr) {
         if !self.cfg.transport.tcp_mux {
             self.handle_logical(conn, remote).await;
             return;

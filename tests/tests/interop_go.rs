@@ -11,8 +11,7 @@
 //!
 //! Tests are named `<direction>::<case>`: `real_frpc_our_frps` (a real frpc logs in to our
 //! frps) and `our_frpc_real_frps`. Secret proxies mix both frpc implementations as owner and
-//! visitor, through either frps (`visitors::*`). Not covered: QUIC and KCP transports, the
-//! admin/dashboard APIs.
+//! visitor, through either frps (`visitors::*`). Not covered: the admin/dashboard APIs, xtcp.
 //!
 //! Traffic goes through [`echo_exact`] (no half-close): frp's join ends both directions on
 //! the first EOF, so a half-closed echo through a real frp hop can lose its tail.
@@ -84,6 +83,10 @@ struct Tr {
     websocket: bool,
     custom_tls_byte: bool,
     enc: bool,
+    /// `transport.protocol = "quic"` / `"kcp"`: frps gets quicBindPort / kcpBindPort and
+    /// frpc dials it ([`transport_ports`]).
+    quic: bool,
+    kcp: bool,
 }
 
 impl Tr {
@@ -104,6 +107,12 @@ impl Tr {
         if self.websocket {
             s += "transport.protocol = \"websocket\"\n";
         }
+        if self.quic {
+            s += "transport.protocol = \"quic\"\n";
+        }
+        if self.kcp {
+            s += "transport.protocol = \"kcp\"\n";
+        }
         s
     }
 
@@ -120,6 +129,22 @@ fn frps_extra(nomux: bool, more: &str) -> String {
         ""
     };
     format!("auth.token = \"{TOKEN}\"\nlog.level = \"debug\"\n{mux}{more}")
+}
+
+/// For a QUIC or KCP client transport: frps's `quicBindPort`/`kcpBindPort` line and the
+/// UDP port frpc dials (frp's `serverPort` is that port); else no line and `bind`.
+fn transport_ports(tr: &Tr, bind: u16) -> (String, u16) {
+    if tr.quic || tr.kcp {
+        let p = free_port();
+        let key = if tr.quic {
+            "quicBindPort"
+        } else {
+            "kcpBindPort"
+        };
+        (format!("{key} = {p}\n"), p)
+    } else {
+        (String::new(), bind)
+    }
 }
 
 /// The common part of a frpc config.
@@ -267,13 +292,14 @@ async fn tcp_case(lab: &Lab, server: Imp, client: Imp, tr: Tr) {
     let echo = echo_server().await;
     let bind = free_port();
     let remote = free_port();
-    let frps = lab.frps(server, "frps", bind, &frps_extra(tr.nomux, ""));
+    let (more, server_port) = transport_ports(&tr, bind);
+    let frps = lab.frps(server, "frps", bind, &frps_extra(tr.nomux, &more));
     let frpc = lab.frpc(
         client,
         "frpc",
         &format!(
             "{}{}",
-            client_common(bind, "", &tr, ""),
+            client_common(server_port, "", &tr, ""),
             port_proxy("tcp", "echo", echo, remote, tr.enc)
         ),
     );
@@ -288,13 +314,14 @@ async fn udp_case(lab: &Lab, server: Imp, client: Imp, tr: Tr) {
     let echo = udp_echo_server().await;
     let bind = free_port();
     let remote = free_port();
-    let _frps = lab.frps(server, "frps", bind, &frps_extra(tr.nomux, ""));
+    let (more, server_port) = transport_ports(&tr, bind);
+    let _frps = lab.frps(server, "frps", bind, &frps_extra(tr.nomux, &more));
     let frpc = lab.frpc(
         client,
         "frpc",
         &format!(
             "{}{}",
-            client_common(bind, "", &tr, ""),
+            client_common(server_port, "", &tr, ""),
             port_proxy("udp", "dns", echo, remote, tr.enc)
         ),
     );
@@ -511,41 +538,32 @@ async fn mixed_group_case(lab: &Lab, server: Imp) {
 ///
 /// With `defaults`, no heartbeat settings at all (frp's default: tcpMux on, application
 /// heartbeats off, liveness by yamux keepalive every 30 s with a 10 s reply timeout).
-async fn heartbeat_case(
-    lab: &Lab,
-    server: Imp,
-    client: Imp,
-    nomux: bool,
-    defaults: bool,
-    name: &str,
-) {
+async fn heartbeat_case(lab: &Lab, server: Imp, client: Imp, tr: Tr, defaults: bool, name: &str) {
+    let nomux = tr.nomux;
     let echo = echo_server().await;
     let bind = free_port();
     let remote = free_port();
+    let (more, server_port) = transport_ports(&tr, bind);
     let frps = lab.frps(
         server,
         &format!("frps-{name}"),
         bind,
         &frps_extra(
             nomux,
-            if defaults {
-                ""
+            &if defaults {
+                more
             } else {
-                "transport.heartbeatTimeout = 15\n"
+                format!("{more}transport.heartbeatTimeout = 15\n")
             },
         ),
     );
-    let tr = Tr {
-        nomux,
-        ..Tr::default()
-    };
     let frpc = lab.frpc(
         client,
         &format!("frpc-{name}"),
         &format!(
             "{}{}",
             client_common(
-                bind,
+                server_port,
                 "",
                 &tr,
                 if defaults {
@@ -1423,6 +1441,8 @@ const D: Tr = Tr {
     websocket: false,
     custom_tls_byte: false,
     enc: false,
+    quic: false,
+    kcp: false,
 };
 
 both_directions! {
@@ -1441,6 +1461,21 @@ both_directions! {
     websocket_mux_tls => |lab, s, c| tcp_case(&lab, s, c, Tr { websocket: true, ..D });
     websocket_v2_nomux_notls_enc_comp => |lab, s, c| tcp_case(
         &lab, s, c, Tr { websocket: true, v2: true, nomux: true, notls: true, enc: true, ..D });
+    quic_v1 => |lab, s, c| tcp_case(&lab, s, c, Tr { quic: true, ..D });
+    quic_v2_enc_comp => |lab, s, c| tcp_case(&lab, s, c, Tr { quic: true, v2: true, enc: true, ..D });
+    kcp_mux_tls => |lab, s, c| tcp_case(&lab, s, c, Tr { kcp: true, ..D });
+    kcp_v2_nomux_notls_enc_comp => |lab, s, c| tcp_case(
+        &lab, s, c, Tr { kcp: true, v2: true, nomux: true, notls: true, enc: true, ..D });
+    kcp_custom_tls_first_byte =>
+        |lab, s, c| tcp_case(&lab, s, c, Tr { kcp: true, custom_tls_byte: true, ..D });
+    udp_over_quic_v2 => |lab, s, c| udp_case(&lab, s, c, Tr { quic: true, v2: true, ..D });
+    udp_over_kcp => |lab, s, c| udp_case(&lab, s, c, Tr { kcp: true, ..D });
+    quic_kcp_idle_40s => |lab, s, c| async {
+        tokio::join!(
+            heartbeat_case(&lab, s, c, Tr { quic: true, ..D }, true, "quic"),
+            heartbeat_case(&lab, s, c, Tr { kcp: true, ..D }, true, "kcp"),
+        );
+    };
     udp_v1 => |lab, s, c| udp_case(&lab, s, c, D);
     udp_v2 => |lab, s, c| udp_case(&lab, s, c, Tr { v2: true, ..D });
     udp_v1_nomux_enc_comp => |lab, s, c| udp_case(&lab, s, c, Tr { nomux: true, enc: true, ..D });
@@ -1449,9 +1484,9 @@ both_directions! {
     http_vhost => |lab, s, c| http_case(&lab, s, c);
     heartbeat_40s => |lab, s, c| async {
         tokio::join!(
-            heartbeat_case(&lab, s, c, false, false, "mux"),
-            heartbeat_case(&lab, s, c, true, false, "nomux"),
-            heartbeat_case(&lab, s, c, false, true, "defaults"),
+            heartbeat_case(&lab, s, c, D, false, "mux"),
+            heartbeat_case(&lab, s, c, Tr { nomux: true, ..D }, false, "nomux"),
+            heartbeat_case(&lab, s, c, D, true, "defaults"),
         );
     };
     wrong_token => |lab, s, c| wrong_token_case(&lab, s, c);

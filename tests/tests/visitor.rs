@@ -310,3 +310,64 @@ async fn sudp_mixed_wire_protocols_are_bridged() {
     sudp_case(true, "v2", "v1", true).await;
     sudp_case(false, "v1", "v2", false).await;
 }
+
+/// `frpc reload` starts an added visitor, moves a changed one and stops a removed one, without
+/// a new login (frp's visitor manager `UpdateAll`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_changes_and_removes_visitors() {
+    let env = Env::new();
+    let bind = free_port();
+    let _frps = env.frps("frps", bind, &format!("auth.token = \"{TOKEN}\""));
+    let echo = echo_server().await;
+    let owner = env.frpc(
+        "owner",
+        &format!(
+            "{}{}",
+            common(bind, "", true, "v1"),
+            owner_proxy("stcp", "sk", echo, false, "")
+        ),
+    );
+    owner.wait_log("[secret] start proxy success", Duration::from_secs(10));
+    let admin = free_port();
+    let head = format!(
+        "{}webServer.addr = \"127.0.0.1\"\nwebServer.port = {admin}\n",
+        common(bind, "", true, "v1")
+    );
+    let v = env.frpc("visitor", &head);
+    v.wait_log("login to server success", Duration::from_secs(10));
+
+    let reload = |cfg: String| {
+        let path = env.write("visitor.toml", &format!("{cfg}{}", engine_table()));
+        let out = std::process::Command::new(bin("frpc"))
+            .args(["reload", "-c", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "frpc reload: {out:?}");
+    };
+    // Added.
+    let p1 = free_port();
+    reload(format!("{head}{}", visitor("stcp", "sk", "", p1, false)));
+    v.wait_log("start visitor success", Duration::from_secs(10));
+    assert_eq!(
+        roundtrip_eventually(p1, b"added", Duration::from_secs(10)).await,
+        b"added"
+    );
+    // Changed: another port; the old one closes.
+    let p2 = free_port();
+    reload(format!("{head}{}", visitor("stcp", "sk", "", p2, true)));
+    assert_eq!(
+        roundtrip_eventually(p2, b"changed", Duration::from_secs(10)).await,
+        b"changed"
+    );
+    assert!(
+        wait_port_closed(p1, Duration::from_secs(5)),
+        "old visitor port still open"
+    );
+    // Removed.
+    reload(head.clone());
+    assert!(
+        wait_port_closed(p2, Duration::from_secs(5)),
+        "removed visitor still listening"
+    );
+    assert_eq!(v.log_text().matches("login to server success").count(), 1);
+}

@@ -181,11 +181,24 @@ impl Client {
         if let Some(tx) = &tx {
             self.register_due_proxies(tx);
         }
+        let visitors = ClientConfig {
+            start: new.start.clone(),
+            visitors: new.visitors.clone(),
+            ..ClientConfig::default()
+        };
+        let (v_added, v_changed, v_removed) = self
+            .visitors
+            .lock()
+            .unwrap()
+            .reload(visitors.active_visitors());
         info!(
-            "reload: {} proxies added, {} changed, {} removed",
+            "reload: {} proxies added, {} changed, {} removed; {} visitors added, {} changed, {} removed",
             summary.added.len(),
             summary.changed.len(),
-            summary.removed.len()
+            summary.removed.len(),
+            v_added.len(),
+            v_changed.len(),
+            v_removed.len()
         );
         summary
     }

@@ -116,6 +116,8 @@ pub struct Client {
     proxies: Arc<Mutex<HashMap<String, ProxyRuntime>>>,
     /// The live control session's message queue (admin API reloads send through it).
     session_tx: Mutex<Option<mpsc::Sender<Message>>>,
+    /// `[[visitors]]`: started with each session, updated by reloads.
+    visitors: Mutex<visitor::Manager>,
 }
 
 struct Session {
@@ -139,12 +141,6 @@ impl Client {
         let dial = DialConfig::from_client_config(&cfg)?;
         let wire = WireVersion::from_config(&cfg.transport.wire_protocol).unwrap_or_default();
         let proxies = handle::proxy_runtimes(&cfg);
-        if !cfg.visitors.is_empty() {
-            warn!(
-                "visitors are not supported by this frpc build yet; {} visitor(s) ignored",
-                cfg.visitors.len()
-            );
-        }
         Ok(Client {
             key: CryptoKey::derive(cfg.auth.token.as_bytes()),
             dial,
@@ -153,6 +149,7 @@ impl Client {
             run_id: Mutex::new(String::new()),
             proxies: Arc::new(Mutex::new(proxies)),
             session_tx: Mutex::new(None),
+            visitors: Mutex::new(visitor::Manager::new(cfg.active_visitors())),
             cfg,
         })
     }
@@ -322,17 +319,17 @@ impl Client {
         drop(health_tx);
         *self.session_tx.lock().unwrap() = Some(tx.clone());
         self.register_due_proxies(&tx);
-        let visitor_tasks = visitor::start_all(
-            &visitor::Session {
+        self.visitors
+            .lock()
+            .unwrap()
+            .start_session(visitor::Session {
                 connector: connector.clone(),
                 run_id: run_id.clone(),
                 wire: self.wire,
                 user: self.cfg.user.clone(),
                 engine: self.engine.clone(),
                 udp_packet_size: self.cfg.udp_packet_size.clamp(1, 65535) as usize,
-            },
-            self.cfg.active_visitors(),
-        );
+            });
 
         let hb_interval = self.cfg.transport.heartbeat_interval;
         let hb_timeout = self.cfg.transport.heartbeat_timeout;
@@ -421,7 +418,8 @@ impl Client {
         if stopping {
             connector.flush_close(Duration::from_millis(500)).await;
         }
-        for t in monitors.into_iter().chain(visitor_tasks) {
+        self.visitors.lock().unwrap().stop_session();
+        for t in monitors {
             t.abort();
         }
         for p in self.proxies.lock().unwrap().values_mut() {

@@ -69,22 +69,100 @@ pub(crate) fn target_proxy_name(local_user: &str, server_user: &str, server_name
     }
 }
 
-/// Starts the visitors; the returned tasks end them when aborted.
-pub(crate) fn start_all<'a>(
-    s: &Session,
-    visitors: impl Iterator<Item = &'a VisitorConfig>,
-) -> Vec<JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    let mut names = Vec::new();
-    for v in visitors {
-        names.push(v.name.clone());
-        let (s, v) = (s.clone(), Arc::new(v.clone()));
-        tasks.push(tokio::spawn(async move { run(s, v).await }));
+/// frp's visitor manager: the visitors the config wants, and those running in the current
+/// session. Visitors start with a session and stop with it; a reload stops removed and changed
+/// visitors and starts added and changed ones at once (frp's `UpdateAll`).
+#[derive(Default)]
+pub(crate) struct Manager {
+    wanted: Vec<VisitorConfig>,
+    session: Option<Session>,
+    running: Vec<(VisitorConfig, JoinHandle<()>)>,
+}
+
+impl Manager {
+    pub(crate) fn new<'a>(visitors: impl Iterator<Item = &'a VisitorConfig>) -> Manager {
+        Manager {
+            wanted: visitors.cloned().collect(),
+            ..Manager::default()
+        }
     }
-    if !names.is_empty() {
-        info!("[{}] visitor added: [{}]", s.run_id, names.join(" "));
+
+    /// A session began: start every wanted visitor in it.
+    pub(crate) fn start_session(&mut self, s: Session) {
+        self.stop_session();
+        self.session = Some(s);
+        let wanted = self.wanted.clone();
+        self.start(&wanted);
     }
-    tasks
+
+    /// The session ended: stop every visitor.
+    pub(crate) fn stop_session(&mut self) {
+        self.session = None;
+        for (_, t) in self.running.drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Applies a reloaded config's visitors; returns (added, changed, removed) names.
+    pub(crate) fn reload<'a>(
+        &mut self,
+        visitors: impl Iterator<Item = &'a VisitorConfig>,
+    ) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let new: Vec<VisitorConfig> = visitors.cloned().collect();
+        let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+        for old in &self.wanted {
+            match new.iter().find(|v| v.name == old.name) {
+                Some(v) if v == old => {}
+                Some(_) => changed.push(old.name.clone()),
+                None => removed.push(old.name.clone()),
+            }
+        }
+        for v in &new {
+            if !self.wanted.iter().any(|o| o.name == v.name) {
+                added.push(v.name.clone());
+            }
+        }
+        let gone: Vec<&String> = changed.iter().chain(&removed).collect();
+        self.running.retain(|(v, t)| {
+            let keep = !gone.contains(&&v.name);
+            if !keep {
+                t.abort();
+            }
+            keep
+        });
+        if !removed.is_empty() {
+            info!("visitor removed: [{}]", removed.join(" "));
+        }
+        let start: Vec<VisitorConfig> = new
+            .iter()
+            .filter(|v| added.contains(&v.name) || changed.contains(&v.name))
+            .cloned()
+            .collect();
+        self.wanted = new;
+        self.start(&start);
+        (added, changed, removed)
+    }
+
+    fn start(&mut self, visitors: &[VisitorConfig]) {
+        let Some(s) = &self.session else {
+            return;
+        };
+        for v in visitors {
+            let (s2, v2) = (s.clone(), Arc::new(v.clone()));
+            self.running
+                .push((v.clone(), tokio::spawn(async move { run(s2, v2).await })));
+        }
+        if !visitors.is_empty() {
+            let names: Vec<&str> = visitors.iter().map(|v| v.name.as_str()).collect();
+            info!("[{}] visitor added: [{}]", s.run_id, names.join(" "));
+        }
+    }
+
+    /// Names of the visitors running now (tests).
+    #[cfg(test)]
+    fn running_names(&self) -> Vec<String> {
+        self.running.iter().map(|(v, _)| v.name.clone()).collect()
+    }
 }
 
 /// One visitor: bind (retrying every 10 s), then serve.
@@ -329,6 +407,43 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn visitors(toml: &str) -> Vec<VisitorConfig> {
+        let text = format!("serverAddr = \"127.0.0.1\"\nserverPort = 1\n{toml}");
+        crate::config::client_config_from_str(&text, crate::config::ConfigFormat::Toml, true)
+            .unwrap()
+            .visitors
+    }
+
+    fn stcp(name: &str, port: u16) -> String {
+        format!(
+            "[[visitors]]\nname = \"{name}\"\ntype = \"stcp\"\nserverName = \"s\"\nsecretKey = \"k\"\nbindPort = {port}\n"
+        )
+    }
+
+    #[test]
+    fn reload_diffs_visitors_by_name_and_config() {
+        let before = visitors(&format!(
+            "{}{}{}",
+            stcp("keep", 1),
+            stcp("change", 2),
+            stcp("gone", 3)
+        ));
+        let mut m = Manager::new(before.iter());
+        let after = visitors(&format!(
+            "{}{}{}",
+            stcp("keep", 1),
+            stcp("change", 5),
+            stcp("new", 4)
+        ));
+        let (added, changed, removed) = m.reload(after.iter());
+        assert_eq!(added, ["new"]);
+        assert_eq!(changed, ["change"]);
+        assert_eq!(removed, ["gone"]);
+        // No session: nothing runs until one starts.
+        assert!(m.running_names().is_empty());
+        assert_eq!(m.wanted, after);
+    }
 
     #[test]
     fn target_names_follow_frp() {

@@ -151,6 +151,66 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Layered<S> {
     }
 }
 
+/// A stream whose bytes are added to a proxy's traffic counters: bytes written go to
+/// `a_to_b` (traffic in: user → client), bytes read to `b_to_a` (traffic out). It counts as one
+/// of the proxy's current connections while it lives. For connections the data plane does not
+/// relay, such as frps' HTTP vhost upstreams.
+pub struct Counted<S> {
+    io: S,
+    counters: std::sync::Arc<dataplane::Counters>,
+}
+
+impl<S> Counted<S> {
+    pub fn new(io: S, counters: std::sync::Arc<dataplane::Counters>) -> Self {
+        counters
+            .conns
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted { io, counters }
+    }
+}
+
+impl<S> Drop for Counted<S> {
+    fn drop(&mut self) {
+        self.counters
+            .conns
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut me.io).poll_read(cx, buf))?;
+        let n = (buf.filled().len() - before) as u64;
+        me.counters
+            .b_to_a
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        let n = ready!(Pin::new(&mut me.io).poll_write(cx, b))?;
+        me.counters
+            .a_to_b
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Poll::Ready(Ok(n))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +246,30 @@ mod tests {
             assert!(got[2..] == want[..], "enc={enc} comp={comp}");
             writer.await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn counted_adds_both_directions_and_tracks_the_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let counters = std::sync::Arc::new(dataplane::Counters::default());
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut c = Counted::new(a, counters.clone());
+        assert_eq!(counters.conns.load(std::sync::atomic::Ordering::Relaxed), 1);
+        c.write_all(b"hello").await.unwrap();
+        b.write_all(b"worlds!").await.unwrap();
+        let mut got = [0u8; 7];
+        c.read_exact(&mut got).await.unwrap();
+        let mut sent = [0u8; 5];
+        b.read_exact(&mut sent).await.unwrap();
+        assert_eq!(
+            counters.a_to_b.load(std::sync::atomic::Ordering::Relaxed),
+            5
+        );
+        assert_eq!(
+            counters.b_to_a.load(std::sync::atomic::Ordering::Relaxed),
+            7
+        );
+        drop(c);
+        assert_eq!(counters.conns.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 }

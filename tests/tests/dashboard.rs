@@ -380,3 +380,75 @@ async fn dashboard_page_renders_proxies_in_headless_chromium() {
         "the page shows an API error:\n{dom}"
     );
 }
+
+/// An http proxy's traffic counts too (frps' HTTP vhost talks to frpc itself; the data plane
+/// never sees those connections): a 200 kB POST in, its echo out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_proxy_traffic_is_counted() {
+    let env = Env::new();
+    // A local HTTP service that echoes the request body.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        use http_body_util::BodyExt;
+                        let body = req.into_body().collect().await?.to_bytes();
+                        Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(body)))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let (bind, vport, dash) = (free_port(), free_port(), free_port());
+    let _frps = env.frps(
+        "frps",
+        bind,
+        &format!(
+            "auth.token = \"{TOKEN}\"\nvhostHTTPPort = {vport}\nwebServer.addr = \"127.0.0.1\"\n\
+             webServer.port = {dash}\nwebServer.user = \"{USER}\"\nwebServer.password = \"{PASSWORD}\"\n"
+        ),
+    );
+    let frpc = env.frpc(
+        "frpc",
+        &format!(
+            "serverAddr = \"127.0.0.1\"\nserverPort = {bind}\nauth.token = \"{TOKEN}\"\n\n\
+             [[proxies]]\nname = \"web\"\ntype = \"http\"\nlocalPort = {local}\n\
+             customDomains = [\"web.test\"]\n"
+        ),
+    );
+    frpc.wait_log("[web] start proxy success", Duration::from_secs(10));
+    let body = pattern(200_000, 5);
+    let path = env.write("body.bin", "");
+    std::fs::write(&path, &body).unwrap();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+            "-H",
+            "Host: web.test",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", path.display()))
+        .arg(format!("http://127.0.0.1:{vport}/echo"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 200000");
+    let api = client(dash, USER, PASSWORD);
+    let v = json_eventually(&api, "/api/proxy/http", |v| {
+        v["proxies"][0]["todayTrafficIn"].as_u64() > Some(200_000)
+            && v["proxies"][0]["todayTrafficOut"].as_u64() > Some(200_000)
+    })
+    .await;
+    // Headers on top of the bodies, but not much more.
+    let t_in = v["proxies"][0]["todayTrafficIn"].as_u64().unwrap();
+    assert!(t_in < 201_000, "{v}");
+}

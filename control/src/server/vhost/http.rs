@@ -356,7 +356,12 @@ async fn connect_upstream(
         member.info.use_encryption,
         member.info.use_compression,
     );
-    let io = Layered::new(conn, rest, inbound, outbound);
+    // Traffic and current connections of http proxies count here (the data plane never
+    // sees these connections).
+    let io = crate::layered::Counted::new(
+        Layered::new(conn, rest, inbound, outbound),
+        member.info.counters.clone(),
+    );
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .title_case_headers(true)
         .handshake(TokioIo::new(io))

@@ -13,7 +13,7 @@ use dataplane::{Engine, Pair, RateLimiter, Side};
 use rand::RngExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::auth;
 use crate::config::{ClientConfig, ProxyConfig};
@@ -558,7 +558,7 @@ impl Client {
             }
             Err(MsgError::Closed) => return,
             Err(e) => {
-                warn!("work connection closed before StartWorkConn: {e}");
+                trace!("work connection closed before response StartWorkConn message: {e}");
                 return;
             }
         };

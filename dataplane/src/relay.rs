@@ -11,8 +11,9 @@
 //!   (spec §8 item 8): a Go peer still sees the same bytes, and half-closing clients (e.g.
 //!   `nc -N`, HTTP/1.0 request-then-shutdown) keep working.
 //! - Any error (read, write, [`TransformError`]) closes both endpoints at once.
-//! - An idle direction holds only a small inline buffer; the large read buffer exists only
-//!   while data is flowing.
+//! - An idle direction holds no buffer: reads go into a per-thread scratch buffer and are
+//!   written at once; only bytes the writer does not take right away are copied into a
+//!   per-direction buffer, which is freed once written.
 //! - A side's `initial_write` goes to that endpoint first, untransformed, before anything
 //!   relayed (a PROXY protocol header for the local service).
 //! - With a [`RateLimiter`] on the pair, each direction takes tokens before every read and
@@ -26,13 +27,13 @@
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::io;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::limit::{Grant, RateLimiter};
@@ -204,12 +205,12 @@ impl RelayOutcome {
     }
 }
 
-/// Read size of an idle direction; small enough to live inline in the relay's future. A read
-/// that fills it switches the direction to the large buffer until the source runs dry.
+/// With a rate limiter: the grant an idle direction waits for data with (a read that fills it
+/// makes the direction busy, and busy directions ask for full reads).
 const IDLE_READ: usize = 2 * 1024;
-/// Read size of a busy direction without transforms.
+/// Read size of a direction without transforms (into the thread's scratch buffer).
 const BUSY_READ_PLAIN: usize = 64 * 1024;
-/// Read size of a busy direction with transforms: Go frp's own copy size, and it caps how much
+/// Read size of a direction with transforms: Go frp's own copy size, and it caps how much
 /// a decompressing chain can expand one read into.
 const BUSY_READ_TRANSFORMED: usize = 16 * 1024;
 /// Transform output buffers above this capacity are released when a direction goes idle.
@@ -217,76 +218,88 @@ const KEEP_WHEN_IDLE: usize = 4 * 1024;
 
 /// Relays `pair` until both directions end (see the module docs for the semantics) and reports
 /// how it went. Dropping the future closes both endpoints.
-pub async fn relay(pair: Pair) -> RelayOutcome {
+pub fn relay(pair: Pair) -> Relay {
     let Pair {
         a,
         b,
         counters,
         limiter,
     } = pair;
-    let _live = counters.as_ref().map(ConnGuard::new);
+    let live = counters.as_ref().map(ConnGuard::new);
     let (a_read, a_write) = split(a.endpoint);
     let (b_read, b_write) = split(b.endpoint);
-    let (a_counter, b_counter) = match &counters {
-        Some(c) => (Some(&c.a_to_b), Some(&c.b_to_a)),
-        None => (None, None),
-    };
-
     let a_to_b = Direction {
         from: SideId::A,
         reader: a_read,
         prefix: a.prefix,
         initial: b.initial_write,
-        limiter: limiter.as_deref(),
-        fwd: Forwarder::new(SideId::A, b_write, a.inbound, b.outbound, a_counter),
+        limiter: limiter.clone(),
+        fwd: Forwarder::new(SideId::A, b_write, a.inbound, b.outbound, counters.clone()),
     };
     let b_to_a = Direction {
         from: SideId::B,
         reader: b_read,
         prefix: b.prefix,
         initial: a.initial_write,
-        limiter: limiter.as_deref(),
-        fwd: Forwarder::new(SideId::B, a_write, b.inbound, a.outbound, b_counter),
+        limiter,
+        fwd: Forwarder::new(SideId::B, a_write, b.inbound, a.outbound, counters),
     };
+    // Built here, not in an async fn, so that the state of an idle pair is exactly the two
+    // direction futures (an async fn would also keep room for the values moved into them).
+    Relay {
+        dirs: [Box::pin(a_to_b.run()), Box::pin(b_to_a.run())],
+        ends: [None, None],
+        first_ended: None,
+        _live: live,
+    }
+}
 
-    let mut ab = pin!(a_to_b.run());
-    let mut ba = pin!(b_to_a.run());
-    let mut ab_end: Option<DirectionEnd> = None;
-    let mut ba_end: Option<DirectionEnd> = None;
-    let mut first_ended = None;
-    poll_fn(|cx: &mut Context<'_>| {
-        for (fut, end) in [(ab.as_mut(), &mut ab_end), (ba.as_mut(), &mut ba_end)] {
+type DirectionFuture = Pin<Box<dyn Future<Output = DirectionEnd> + Send>>;
+
+/// The future of a relayed pair (see [`relay`]).
+pub struct Relay {
+    dirs: [DirectionFuture; 2],
+    ends: [Option<DirectionEnd>; 2],
+    first_ended: Option<SideId>,
+    /// Keeps the pair counted in `counters.conns` until the relay is dropped.
+    _live: Option<ConnGuard>,
+}
+
+impl Future for Relay {
+    type Output = RelayOutcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayOutcome> {
+        let this = self.get_mut();
+        for (fut, end) in this.dirs.iter_mut().zip(this.ends.iter_mut()) {
             if end.is_none()
-                && let Poll::Ready(done) = fut.poll(cx)
+                && let Poll::Ready(done) = fut.as_mut().poll(cx)
             {
-                first_ended.get_or_insert(done.ended_by);
+                this.first_ended.get_or_insert(done.ended_by);
                 *end = Some(done);
             }
         }
-        let failed = [&ab_end, &ba_end]
+        let failed = this
+            .ends
             .iter()
             .any(|end| end.as_ref().is_some_and(|e| e.error.is_some()));
-        if failed || (ab_end.is_some() && ba_end.is_some()) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+        if !failed && this.ends.iter().any(Option::is_none) {
+            return Poll::Pending;
         }
-    })
-    .await;
-
-    // Whatever direction is still running is dropped here with its endpoint halves: on an
-    // error that closes both ends at once; otherwise both directions are already done.
-    let a_to_b = ab_end.as_ref().map_or(0, |e| e.bytes);
-    let b_to_a = ba_end.as_ref().map_or(0, |e| e.bytes);
-    let error = [ab_end, ba_end]
-        .into_iter()
-        .flatten()
-        .find_map(|end| end.error);
-    RelayOutcome {
-        a_to_b,
-        b_to_a,
-        first_ended: first_ended.unwrap_or(SideId::A),
-        error,
+        // Whatever direction is still running is dropped with the relay and its endpoint
+        // halves: on an error that closes both ends at once; otherwise both are already done.
+        let [ab_end, ba_end] = std::mem::take(&mut this.ends);
+        let a_to_b = ab_end.as_ref().map_or(0, |e| e.bytes);
+        let b_to_a = ba_end.as_ref().map_or(0, |e| e.bytes);
+        let error = [ab_end, ba_end]
+            .into_iter()
+            .flatten()
+            .find_map(|end| end.error);
+        Poll::Ready(RelayOutcome {
+            a_to_b,
+            b_to_a,
+            first_ended: this.first_ended.unwrap_or(SideId::A),
+            error,
+        })
     }
 }
 
@@ -363,17 +376,17 @@ struct DirectionEnd {
 }
 
 /// One direction of a pair: reads from `from`, forwards to the other side.
-struct Direction<'c> {
+struct Direction {
     from: SideId,
     reader: ReadEnd,
     prefix: Bytes,
     /// The writing side's `initial_write`.
     initial: Bytes,
-    limiter: Option<&'c RateLimiter>,
-    fwd: Forwarder<'c>,
+    limiter: Option<Arc<RateLimiter>>,
+    fwd: Forwarder,
 }
 
-impl Direction<'_> {
+impl Direction {
     async fn run(mut self) -> DirectionEnd {
         let result = self.pump().await;
         let ended_by = match &result {
@@ -388,86 +401,87 @@ impl Direction<'_> {
     }
 
     async fn pump(&mut self) -> Result<(), RelayError> {
-        let from = self.from;
-        let read_err = |source| RelayError::Read { side: from, source };
         if !self.initial.is_empty() {
             let initial = std::mem::take(&mut self.initial);
             self.fwd.write_raw(&initial).await?;
         }
         if !self.prefix.is_empty() {
             let prefix = std::mem::take(&mut self.prefix);
-            self.fwd.forward(&prefix).await?;
+            poll_fn(|cx| Poll::Ready(self.fwd.forward_now(cx, &prefix))).await?;
         }
-        let busy_read = if self.fwd.transforms() {
+        let read_size = if self.fwd.transforms() {
             BUSY_READ_TRANSFORMED
         } else {
             BUSY_READ_PLAIN
         };
-        let mut idle = [0u8; IDLE_READ];
+        let mut busy = false;
         loop {
+            // One chunk in flight: what the writer did not take yet goes first.
+            poll_fn(|cx| self.fwd.poll_drain(cx)).await?;
             self.fwd.release_idle_buffers();
-            let cap = grant(self.limiter, idle.len()).await;
-            let n = self.reader.read(&mut idle[..cap]).await.map_err(read_err)?;
-            self.refund(cap, n);
+            // With a limiter, an idle direction waits for data holding only a small grant.
+            let want = if self.limiter.is_some() && !busy {
+                IDLE_READ
+            } else {
+                read_size
+            };
+            let cap = grant(self.limiter.as_deref(), want).await;
+            let r = poll_fn(|cx| self.poll_read_forward(cx, cap)).await;
+            self.refund(cap, *r.as_ref().unwrap_or(&0));
+            let n = r?;
             if n == 0 {
-                break;
+                return self.fwd.finish().await;
             }
-            if n < cap {
-                // Interactive traffic usually ends here and never needs the big buffer.
-                self.fwd.forward(&idle[..n]).await?;
-                continue;
-            }
-            // Busy: read as much as is ready into the big buffer, forward, repeat; drop the
-            // buffer as soon as the source has nothing ready.
-            let mut busy = vec![0u8; busy_read];
-            busy[..n].copy_from_slice(&idle[..n]);
-            let mut filled = n;
-            loop {
-                let room = busy.len() - filled;
-                let cap = match self.limiter {
-                    None => room,
-                    Some(l) => match l.acquire(room) {
-                        Grant::Bytes(n) => n,
-                        // Out of tokens: forward what we have, then wait in the outer loop.
-                        Grant::Wait(_) => 0,
-                    },
-                };
-                let ready = if cap == 0 {
-                    None
-                } else {
-                    let r = read_ready(&mut self.reader, &mut busy[filled..filled + cap]).await;
-                    self.refund(
-                        cap,
-                        r.as_ref()
-                            .and_then(|r| r.as_ref().ok())
-                            .copied()
-                            .unwrap_or(0),
-                    );
-                    r
-                };
-                let eof = match ready {
-                    Some(Ok(0)) => true,
-                    Some(Ok(m)) => {
-                        filled += m;
-                        false
-                    }
-                    None => false,
-                    Some(Err(e)) => return Err(read_err(e)),
-                };
-                if filled > 0 {
-                    self.fwd.forward(&busy[..filled]).await?;
-                    filled = 0;
-                }
-                if eof {
-                    return self.fwd.finish().await;
-                }
-                if ready.is_none() {
-                    break;
-                }
-            }
+            busy = n == cap;
         }
-        self.fwd.finish().await
     }
+
+    /// Reads at most `cap` bytes into the thread's scratch buffer and forwards them at once;
+    /// `Ready(Ok(0))` is EOF. Pending means nothing was read: no buffer is held meanwhile.
+    fn poll_read_forward(
+        &mut self,
+        cx: &mut Context<'_>,
+        cap: usize,
+    ) -> Poll<Result<usize, RelayError>> {
+        let from = self.from;
+        SCRATCH.with(|scratch| {
+            let mut own;
+            let mut guard;
+            let buf: &mut [u8] = match scratch.try_borrow_mut() {
+                Ok(g) => {
+                    guard = g;
+                    &mut guard[..cap]
+                }
+                // Not reachable (nothing polled from here reads into it), but never panic.
+                Err(_) => {
+                    own = vec![0u8; cap];
+                    &mut own
+                }
+            };
+            let mut rb = ReadBuf::new(buf);
+            match Pin::new(&mut self.reader).poll_read(cx, &mut rb) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(source)) => {
+                    Poll::Ready(Err(RelayError::Read { side: from, source }))
+                }
+                Poll::Ready(Ok(())) => {
+                    let data = rb.filled();
+                    if !data.is_empty() {
+                        self.fwd.forward_now(cx, data)?;
+                    }
+                    Poll::Ready(Ok(data.len()))
+                }
+            }
+        })
+    }
+}
+
+thread_local! {
+    /// The read buffer of every relay direction polled on this thread. A direction reads into
+    /// it and writes at once; only what the writer does not take right away is copied out
+    /// (into the direction's `pending`), so an idle direction holds no buffer at all.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; BUSY_READ_PLAIN].into_boxed_slice());
 }
 
 /// How many bytes the next read may take: `want`, or with a limiter what it grants, after
@@ -477,36 +491,23 @@ async fn grant(limiter: Option<&RateLimiter>, want: usize) -> usize {
     loop {
         match l.acquire(want) {
             Grant::Bytes(n) => return n,
-            Grant::Wait(d) => tokio::time::sleep(d).await,
+            // Boxed: the timer is large and only exists while a limited direction waits.
+            Grant::Wait(d) => Box::pin(tokio::time::sleep(d)).await,
         }
     }
 }
 
-impl Direction<'_> {
+impl Direction {
     /// Gives back the part of a grant of `granted` bytes that a read of `used` did not use.
     fn refund(&self, granted: usize, used: usize) {
-        if let Some(l) = self.limiter {
+        if let Some(l) = &self.limiter {
             l.refund(granted.saturating_sub(used));
         }
     }
 }
 
-/// One read attempt that does not wait: `None` when nothing is ready now (the task's waker is
-/// registered, as with any pending poll).
-async fn read_ready(reader: &mut ReadEnd, buf: &mut [u8]) -> Option<io::Result<usize>> {
-    poll_fn(|cx| {
-        let mut rb = ReadBuf::new(&mut *buf);
-        Poll::Ready(match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
-            Poll::Pending => None,
-            Poll::Ready(Ok(())) => Some(Ok(rb.filled().len())),
-            Poll::Ready(Err(e)) => Some(Err(e)),
-        })
-    })
-    .await
-}
-
 /// The writing end of a direction with its transform chains and counters.
-struct Forwarder<'c> {
+struct Forwarder {
     /// The side the bytes are read from; the writer belongs to the other one.
     from: SideId,
     writer: WriteEnd,
@@ -516,17 +517,25 @@ struct Forwarder<'c> {
     outbound: Vec<Box<dyn Transform>>,
     plain: Vec<u8>,
     wire: Vec<u8>,
-    counter: Option<&'c AtomicU64>,
+    /// Wire bytes of the last chunk that the writer did not take at once (empty, and
+    /// unallocated, while the writer keeps up), and how much of them is written.
+    pending: Vec<u8>,
+    sent: usize,
+    /// Plaintext length of the chunk in `pending`, counted once it is all written.
+    pending_plain: u64,
+    need_flush: bool,
+    /// Counts into `a_to_b` or `b_to_a` (by `from`).
+    counters: Option<Arc<Counters>>,
     total: u64,
 }
 
-impl<'c> Forwarder<'c> {
+impl Forwarder {
     fn new(
         from: SideId,
         writer: WriteEnd,
         inbound: Vec<Box<dyn Transform>>,
         outbound: Vec<Box<dyn Transform>>,
-        counter: Option<&'c AtomicU64>,
+        counters: Option<Arc<Counters>>,
     ) -> Self {
         Forwarder {
             from,
@@ -535,7 +544,11 @@ impl<'c> Forwarder<'c> {
             outbound,
             plain: Vec::new(),
             wire: Vec::new(),
-            counter,
+            pending: Vec::new(),
+            sent: 0,
+            pending_plain: 0,
+            need_flush: false,
+            counters,
             total: 0,
         }
     }
@@ -544,11 +557,13 @@ impl<'c> Forwarder<'c> {
         !self.inbound.is_empty() || !self.outbound.is_empty()
     }
 
-    /// Transforms one chunk read from side `from` and writes all of it.
-    async fn forward(&mut self, data: &[u8]) -> Result<(), RelayError> {
+    /// Transforms one chunk read from side `from` and writes as much of it as the writer takes
+    /// now; the rest waits in `pending` for [`Forwarder::poll_drain`]. Must not be called while
+    /// `pending` holds bytes.
+    fn forward_now(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Result<(), RelayError> {
+        debug_assert!(self.sent >= self.pending.len());
         let (from, to) = (self.from, self.from.other());
         let transform_err = |source| RelayError::Transform { side: from, source };
-        let write_err = |source| RelayError::Write { side: to, source };
         let plain: &[u8] = if self.inbound.is_empty() {
             data
         } else {
@@ -564,17 +579,72 @@ impl<'c> Forwarder<'c> {
             run_chain(&mut self.outbound, plain, &mut self.wire).map_err(transform_err)?;
             &self.wire
         };
-        if !wire.is_empty() {
-            self.writer.write_all(wire).await.map_err(write_err)?;
-            self.writer.flush().await.map_err(write_err)?;
+        let mut off = 0;
+        while off < wire.len() {
+            match Pin::new(&mut self.writer).poll_write(cx, &wire[off..]) {
+                Poll::Ready(Ok(0)) => {
+                    let source = io::Error::from(io::ErrorKind::WriteZero);
+                    return Err(RelayError::Write { side: to, source });
+                }
+                Poll::Ready(Ok(n)) => off += n,
+                Poll::Ready(Err(source)) => return Err(RelayError::Write { side: to, source }),
+                Poll::Pending => break,
+            }
         }
+        self.need_flush |= off > 0;
+        if off == wire.len() {
+            self.count(plain_len);
+        } else {
+            self.pending.clear();
+            self.pending.extend_from_slice(&wire[off..]);
+            self.sent = 0;
+            self.pending_plain = plain_len;
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending, then flushes the writer.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayError>> {
+        let to = self.from.other();
+        let write_err = |source| RelayError::Write { side: to, source };
+        while self.sent < self.pending.len() {
+            match Pin::new(&mut self.writer).poll_write(cx, &self.pending[self.sent..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(write_err(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.sent += n;
+                    self.need_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_err(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+            if self.sent == self.pending.len() {
+                let plain = std::mem::take(&mut self.pending_plain);
+                self.count(plain);
+            }
+        }
+        if self.need_flush {
+            match Pin::new(&mut self.writer).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.need_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_err(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn count(&mut self, plain_len: u64) {
         if plain_len > 0 {
             self.total += plain_len;
-            if let Some(counter) = self.counter {
+            if let Some(c) = &self.counters {
+                let counter = match self.from {
+                    SideId::A => &c.a_to_b,
+                    SideId::B => &c.b_to_a,
+                };
                 counter.fetch_add(plain_len, Ordering::Relaxed);
             }
         }
-        Ok(())
     }
 
     /// Writes bytes as they are (no transform, not counted).
@@ -595,6 +665,10 @@ impl<'c> Forwarder<'c> {
     }
 
     fn release_idle_buffers(&mut self) {
+        if self.sent >= self.pending.len() && self.pending.capacity() > 0 {
+            self.pending = Vec::new();
+            self.sent = 0;
+        }
         for buf in [&mut self.plain, &mut self.wire] {
             if buf.capacity() > KEEP_WHEN_IDLE {
                 *buf = Vec::new();

@@ -2,7 +2,8 @@
 //! ([`Session`], [`Incoming`], [`Stream`]) share the core with it behind one mutex and are
 //! woken from the core's events. Stream reads copy straight out of the core's per-stream
 //! buffer, writes straight into its transmit queue; the task writes that queue to the socket
-//! in one piece and reads the socket in 256 KiB chunks.
+//! in one piece and reads the socket in 256 KiB chunks, which it hands to the core as `Bytes`
+//! (large payloads reach their stream without a copy).
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -47,7 +48,7 @@ where
     let driver = Driver {
         io,
         shared: shared.clone(),
-        read_buf: vec![0; READ_CHUNK],
+        read_buf: BytesMut::new(),
         write_buf: None,
         need_flush: false,
         read_done: false,
@@ -375,7 +376,9 @@ impl AsyncWrite for Stream {
 struct Driver<T> {
     io: T,
     shared: Arc<Shared>,
-    read_buf: Vec<u8>,
+    /// Room for the next socket read; each read is split off and frozen into the chunk given
+    /// to the core (its memory comes back here once the streams have read their slices).
+    read_buf: BytesMut,
     /// Frames taken from the core, and how much of them is written.
     write_buf: Option<(Bytes, usize)>,
     need_flush: bool,
@@ -528,17 +531,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         if self.read_done || self.shared.lock().conn.is_closed() {
             return false;
         }
-        let mut rb = ReadBuf::new(&mut self.read_buf);
-        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) => {
-                let n = rb.filled().len();
+        if self.read_buf.capacity() < READ_CHUNK / 4 {
+            // Reclaims the whole buffer when no stream holds a slice of it any more.
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf) {
+            Poll::Ready(Ok(n)) => {
                 let mut g = self.shared.lock();
                 if n == 0 {
                     self.read_done = true;
                     g.conn.handle_eof();
                 } else {
+                    let chunk = self.read_buf.split().freeze();
                     // A protocol error closes the core, which the loop then notices.
-                    let _ = g.conn.handle_input(&self.read_buf[..n]);
+                    let _ = g.conn.handle_input_bytes(&chunk);
                 }
                 true
             }

@@ -13,7 +13,8 @@
 # to rathole's, or to direct loopback's when rathole cannot be built.
 #
 # Knobs (environment): BENCH_SECS (iperf3 seconds, 5), BENCH_CONNS (idle connections held, 4000),
-# BENCH_LAT_N (requests per redis -c 1 test, 20000), BENCH_RPS_N (per -c 64 test, 100000),
+# BENCH_LAT_N (requests per redis -c 1 test, 20000; latencies with `--precision 3`: the default
+# histogram has 1 significant digit, i.e. 16 µs steps around 50 µs), BENCH_RPS_N (per -c 64 test, 100000),
 # BENCH_CONN_N (requests with -k 0, 5000), BENCH_PERF=1 (after the first tcpMux-on column's
 # measurements, one more 1-stream iperf3 run under `perf record -g` of frps+frpc, not counted in
 # the table; top symbols go to target/bench/perf-top.txt),
@@ -116,10 +117,10 @@ if [[ ! -x $RATHOLE ]]; then
   log "no rathole column: $RATHOLE_WHY"
 fi
 
-log "building frp-uring (release)"
 if [[ -n ${BENCH_BIN:-} ]]; then
   log "using the binaries in $BENCH_BIN (BENCH_BIN), not building"
 else
+  log "building frp-uring (release)"
   cargo build --release --bins >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
 fi
 FRPS=${BENCH_BIN:-$ROOT/target/release}/frps
@@ -302,7 +303,8 @@ redis_bench() { # col what args...
 run_redis() {
   local col=$1 public=$2 csv test rps avg min p50 p95 p99 max
   if ! want lat; then :
-  elif csv=$(redis_bench "$col" "-c 1" -p "$public" -t set,get -n "$LAT_N" -c 1 -r 1000); then
+  elif csv=$(redis_bench "$col" "-c 1" -p "$public" -t set,get -n "$LAT_N" -c 1 -r 1000 \
+    --precision 3); then
     while IFS=, read -r test rps avg min p50 p95 p99 max; do
       test=${test//\"/}
       [[ $test == SET || $test == GET ]] || continue

@@ -43,12 +43,30 @@ use crate::transform::{Transform, TransformError, run_chain};
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {}
 
+/// A read half that hands out the bytes it has buffered without copying them (a yamux
+/// stream's receive buffer): the relay writes them straight to the other side.
+pub trait ChunkRead: Send + Unpin + 'static {
+    /// Takes up to `max` (> 0) buffered bytes; an empty chunk means EOF. `Pending` (with the
+    /// waker registered) while nothing is buffered.
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>>;
+}
+
+/// The write half that goes with a [`ChunkRead`].
+pub trait AsyncWriteHalf: AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncWrite + Send + Unpin + 'static> AsyncWriteHalf for T {}
+
 /// One end of a pair.
 pub enum Endpoint {
     /// A plain TCP socket: the engine may move its bytes without copying them (splice).
     Tcp(tokio::net::TcpStream),
     /// Anything else (TLS, yamux stream, …): bytes are copied.
     Stream(Box<dyn AsyncStream>),
+    /// Independently owned halves, the read half handing out its buffered bytes (a yamux
+    /// stream): one copy less than [`Endpoint::Stream`], and no lock between the halves.
+    Halves {
+        read: Box<dyn ChunkRead>,
+        write: Box<dyn AsyncWriteHalf>,
+    },
 }
 
 /// One side of a pair: the endpoint, the bytes already read from it, and the transforms that
@@ -307,12 +325,14 @@ impl Future for Relay {
 enum ReadEnd {
     Tcp(OwnedReadHalf),
     Stream(ReadHalf<Box<dyn AsyncStream>>),
+    Chunk(Box<dyn ChunkRead>),
 }
 
 /// The write half of an endpoint.
 enum WriteEnd {
     Tcp(OwnedWriteHalf),
     Stream(WriteHalf<Box<dyn AsyncStream>>),
+    Half(Box<dyn AsyncWriteHalf>),
 }
 
 fn split(endpoint: Endpoint) -> (ReadEnd, WriteEnd) {
@@ -325,6 +345,7 @@ fn split(endpoint: Endpoint) -> (ReadEnd, WriteEnd) {
             let (r, w) = tokio::io::split(stream);
             (ReadEnd::Stream(r), WriteEnd::Stream(w))
         }
+        Endpoint::Halves { read, write } => (ReadEnd::Chunk(read), WriteEnd::Half(write)),
     }
 }
 
@@ -337,6 +358,10 @@ impl AsyncRead for ReadEnd {
         match self.get_mut() {
             ReadEnd::Tcp(r) => Pin::new(r).poll_read(cx, buf),
             ReadEnd::Stream(r) => Pin::new(r).poll_read(cx, buf),
+            ReadEnd::Chunk(_) if buf.remaining() == 0 => Poll::Ready(Ok(())),
+            ReadEnd::Chunk(r) => r
+                .poll_read_chunk(cx, buf.remaining())
+                .map_ok(|chunk| buf.put_slice(&chunk)),
         }
     }
 }
@@ -350,6 +375,7 @@ impl AsyncWrite for WriteEnd {
         match self.get_mut() {
             WriteEnd::Tcp(w) => Pin::new(w).poll_write(cx, buf),
             WriteEnd::Stream(w) => Pin::new(w).poll_write(cx, buf),
+            WriteEnd::Half(w) => Pin::new(w).poll_write(cx, buf),
         }
     }
 
@@ -357,6 +383,7 @@ impl AsyncWrite for WriteEnd {
         match self.get_mut() {
             WriteEnd::Tcp(w) => Pin::new(w).poll_flush(cx),
             WriteEnd::Stream(w) => Pin::new(w).poll_flush(cx),
+            WriteEnd::Half(w) => Pin::new(w).poll_flush(cx),
         }
     }
 
@@ -364,6 +391,7 @@ impl AsyncWrite for WriteEnd {
         match self.get_mut() {
             WriteEnd::Tcp(w) => Pin::new(w).poll_shutdown(cx),
             WriteEnd::Stream(w) => Pin::new(w).poll_shutdown(cx),
+            WriteEnd::Half(w) => Pin::new(w).poll_shutdown(cx),
         }
     }
 }
@@ -444,6 +472,21 @@ impl Direction {
         cap: usize,
     ) -> Poll<Result<usize, RelayError>> {
         let from = self.from;
+        if let ReadEnd::Chunk(reader) = &mut self.reader {
+            // The reader's own buffer: forwarded without another copy.
+            return match reader.poll_read_chunk(cx, cap) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(source)) => {
+                    Poll::Ready(Err(RelayError::Read { side: from, source }))
+                }
+                Poll::Ready(Ok(chunk)) => {
+                    if !chunk.is_empty() {
+                        self.fwd.forward_now(cx, &chunk)?;
+                    }
+                    Poll::Ready(Ok(chunk.len()))
+                }
+            };
+        }
         SCRATCH.with(|scratch| {
             let mut own;
             let mut guard;

@@ -56,6 +56,21 @@ impl RecvBuf {
         }
     }
 
+    /// Takes up to `max` bytes of the chunk being read, without copying.
+    fn take(&mut self, max: usize) -> Bytes {
+        let chunk = if self.head.len() <= max {
+            let next = self.rest.pop_front().unwrap_or_default();
+            std::mem::replace(&mut self.head, next)
+        } else {
+            self.head.split_to(max)
+        };
+        self.len -= chunk.len();
+        if self.rest.is_empty() && self.rest.capacity() > 0 {
+            self.rest = VecDeque::new();
+        }
+        chunk
+    }
+
     /// Copies out as much as fits into `buf`.
     fn read(&mut self, buf: &mut [u8]) -> usize {
         let mut n = 0;
@@ -437,6 +452,23 @@ impl Connection {
     /// half-closed and everything was read); `Ok(None)`: nothing yet, wait for
     /// [`Event::StreamReadable`].
     pub fn stream_read(&mut self, id: u32, buf: &mut [u8]) -> Result<Option<usize>, YamuxError> {
+        self.stream_consume(id, |rb| rb.read(buf), 0)
+    }
+
+    /// [`Connection::stream_read`] without the copy: up to `max` (> 0) buffered bytes as they
+    /// are held (slices of the received chunks). `Ok(Some(empty))`: EOF.
+    pub fn stream_read_chunk(&mut self, id: u32, max: usize) -> Result<Option<Bytes>, YamuxError> {
+        self.stream_consume(id, |rb| rb.take(max), Bytes::new())
+    }
+
+    /// Takes buffered bytes with `take` (and credits the window), or says EOF (`eof`), error,
+    /// or nothing yet (`None`).
+    fn stream_consume<T>(
+        &mut self,
+        id: u32,
+        take: impl FnOnce(&mut RecvBuf) -> T,
+        eof: T,
+    ) -> Result<Option<T>, YamuxError> {
         let max_window = self.max_window;
         let inflight = self.inflight(id);
         let Some(st) = self.streams.get_mut(&id) else {
@@ -446,14 +478,14 @@ impl Connection {
             return Err(YamuxError::StreamReset);
         }
         if !st.recv_buf.is_empty() {
-            let n = st.recv_buf.read(buf);
+            let got = take(&mut st.recv_buf);
             if self.closed.is_none() && !st.wire_done {
                 credit_window(&mut self.out, id, st, max_window, inflight);
             }
-            return Ok(Some(n));
+            return Ok(Some(got));
         }
         if st.remote_fin {
-            return Ok(Some(0));
+            return Ok(Some(eof));
         }
         if let Some(err) = &self.closed {
             return Err(err.clone());
@@ -1069,6 +1101,34 @@ mod tests {
         let n = server.stream_read(id, &mut small).unwrap().unwrap();
         assert_eq!(&small[..n], &p3[..]);
         assert!(server.streams[&id].recv_buf.is_empty());
+    }
+
+    /// `stream_read_chunk` hands out the buffered slices themselves, at most `max` bytes at a
+    /// time, credits the window like `stream_read`, and says EOF with an empty chunk.
+    #[test]
+    fn read_chunk_takes_slices_and_reports_eof() {
+        let cfg = no_keepalive();
+        let (mut client, mut server, _) = pair(&cfg, &cfg);
+        let id = client.open_stream().unwrap().unwrap();
+        server.handle_input(&transmit(&mut client)).unwrap();
+        assert_eq!(server.accept_stream(), Some(id));
+        assert_eq!(server.stream_read_chunk(id, 10).unwrap(), None);
+        let data = pattern(9, 3 * ZERO_COPY_MIN);
+        let mut wire = BytesMut::new();
+        put_header(&mut wire, TYPE_DATA, 0, id, data.len() as u32);
+        wire.extend_from_slice(&data);
+        put_header(&mut wire, TYPE_WINDOW_UPDATE, FLAG_FIN, id, 0);
+        let wire = wire.freeze();
+        server.handle_input_bytes(&wire).unwrap();
+        let first = server.stream_read_chunk(id, 1000).unwrap().unwrap();
+        assert_eq!(first.len(), 1000);
+        assert!(wire.as_ptr_range().contains(&first.as_ptr()), "not a slice");
+        let rest = server.stream_read_chunk(id, usize::MAX).unwrap().unwrap();
+        assert!([&first[..], &rest[..]].concat() == data);
+        assert_eq!(
+            server.stream_read_chunk(id, 10).unwrap(),
+            Some(Bytes::new())
+        );
     }
 
     #[test]

@@ -308,6 +308,42 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Splits the stream for [`dataplane::Endpoint::Halves`]: a read half that hands out the
+    /// received bytes without copying them, and the stream itself as the write half (dropping
+    /// it releases the stream, as always; the read half then fails).
+    pub fn into_halves(self) -> (StreamReadHalf, Stream) {
+        (
+            StreamReadHalf {
+                id: self.id,
+                shared: self.shared.clone(),
+            },
+            self,
+        )
+    }
+}
+
+/// The read half of a [`Stream`] (see [`Stream::into_halves`]).
+pub struct StreamReadHalf {
+    id: u32,
+    shared: Arc<Shared>,
+}
+
+impl dataplane::ChunkRead for StreamReadHalf {
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>> {
+        let id = self.id;
+        let mut g = self.shared.lock();
+        match g.conn.stream_read_chunk(id, max.max(1)) {
+            Ok(Some(chunk)) => Poll::Ready(Ok(chunk)),
+            Ok(None) => {
+                g.read_wakers.insert(id, cx.waker().clone());
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+}
+
 impl Drop for Stream {
     fn drop(&mut self) {
         let mut g = self.shared.lock();
@@ -613,6 +649,54 @@ mod tests {
             got
         };
         tokio::join!(writer, reader).1
+    }
+
+    /// A stream relayed as `Endpoint::Halves` (reads hand out the received chunks) against a
+    /// TCP socket: every byte both ways, EOF propagated as a half-close each way, and the
+    /// relay ends cleanly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stream_halves_relay_both_ways_with_half_close() {
+        use dataplane::{Endpoint, Pair, Side};
+        let ((client, _client_in), (_server, mut server_in)) = sessions().await;
+        let opened = client.open_stream().await.unwrap();
+        let accepted = server_in.accept().await.unwrap();
+        let (mut user, relay_tcp) = tcp_pair().await;
+        let (read, write) = accepted.into_halves();
+        let relay = tokio::spawn(dataplane::relay::relay(Pair {
+            a: Side::plain(Endpoint::Halves {
+                read: Box::new(read),
+                write: Box::new(write),
+            }),
+            b: Side::plain(Endpoint::Tcp(relay_tcp)),
+            counters: None,
+            limiter: None,
+        }));
+        let (up, down) = (pattern(1, 3 * MIB + 5), pattern(2, 2 * MIB + 3));
+        let (down2, up2) = (down.clone(), up.clone());
+        let stream_side = tokio::spawn(async move { exchange(opened, up2).await });
+        let (mut ur, mut uw) = user.split();
+        let (_, got_up) = tokio::join!(
+            async {
+                uw.write_all(&down2).await.unwrap();
+                uw.shutdown().await.unwrap();
+            },
+            async {
+                let mut got = Vec::new();
+                ur.read_to_end(&mut got).await.unwrap();
+                got
+            }
+        );
+        assert!(got_up == up, "stream → tcp corrupted");
+        assert!(stream_side.await.unwrap() == down, "tcp → stream corrupted");
+        let outcome = tokio::time::timeout(Duration::from_secs(10), relay)
+            .await
+            .expect("relay did not end")
+            .unwrap();
+        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+        assert_eq!(
+            (outcome.a_to_b, outcome.b_to_a),
+            (up.len() as u64, down.len() as u64)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -25,15 +25,15 @@
 //! on the engine's core threads (see [`crate::engine`]) with the same semantics.
 
 use std::fmt;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::limit::{Grant, RateLimiter};
@@ -246,37 +246,34 @@ pub fn relay(pair: Pair) -> Relay {
     let live = counters.as_ref().map(ConnGuard::new);
     let (a_read, a_write) = split(a.endpoint);
     let (b_read, b_write) = split(b.endpoint);
-    let a_to_b = Direction {
-        from: SideId::A,
-        reader: a_read,
-        prefix: a.prefix,
-        initial: b.initial_write,
-        limiter: limiter.clone(),
-        fwd: Forwarder::new(SideId::A, b_write, a.inbound, b.outbound, counters.clone()),
-    };
-    let b_to_a = Direction {
-        from: SideId::B,
-        reader: b_read,
-        prefix: b.prefix,
-        initial: a.initial_write,
+    let a_to_b = Direction::new(
+        SideId::A,
+        a_read,
+        a.prefix,
+        b.initial_write,
+        limiter.clone(),
+        Forwarder::new(SideId::A, b_write, a.inbound, b.outbound, counters.clone()),
+    );
+    let b_to_a = Direction::new(
+        SideId::B,
+        b_read,
+        b.prefix,
+        a.initial_write,
         limiter,
-        fwd: Forwarder::new(SideId::B, a_write, b.inbound, a.outbound, counters),
-    };
-    // Built here, not in an async fn, so that the state of an idle pair is exactly the two
-    // direction futures (an async fn would also keep room for the values moved into them).
+        Forwarder::new(SideId::B, a_write, b.inbound, a.outbound, counters),
+    );
     Relay {
-        dirs: [Box::pin(a_to_b.run()), Box::pin(b_to_a.run())],
+        dirs: [a_to_b, b_to_a],
         ends: [None, None],
         first_ended: None,
         _live: live,
     }
 }
 
-type DirectionFuture = Pin<Box<dyn Future<Output = DirectionEnd> + Send>>;
-
-/// The future of a relayed pair (see [`relay`]).
+/// The future of a relayed pair (see [`relay`]): both directions inline, one allocation per
+/// pair when spawned, and no read buffer while idle.
 pub struct Relay {
-    dirs: [DirectionFuture; 2],
+    dirs: [Direction; 2],
     ends: [Option<DirectionEnd>; 2],
     first_ended: Option<SideId>,
     /// Keeps the pair counted in `counters.conns` until the relay is dropped.
@@ -288,10 +285,18 @@ impl Future for Relay {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayOutcome> {
         let this = self.get_mut();
-        for (fut, end) in this.dirs.iter_mut().zip(this.ends.iter_mut()) {
+        for (dir, end) in this.dirs.iter_mut().zip(this.ends.iter_mut()) {
             if end.is_none()
-                && let Poll::Ready(done) = fut.as_mut().poll(cx)
+                && let Poll::Ready(result) = dir.poll_run(cx)
             {
+                let done = DirectionEnd {
+                    bytes: dir.fwd.total,
+                    ended_by: match &result {
+                        Ok(()) => dir.from,
+                        Err(error) => error.side(),
+                    },
+                    error: result.err(),
+                };
                 this.first_ended.get_or_insert(done.ended_by);
                 *end = Some(done);
             }
@@ -403,7 +408,8 @@ struct DirectionEnd {
     error: Option<RelayError>,
 }
 
-/// One direction of a pair: reads from `from`, forwards to the other side.
+/// One direction of a pair: reads from `from`, forwards to the other side. A hand-written
+/// state machine (not an async fn), so that its idle state is just this struct.
 struct Direction {
     from: SideId,
     reader: ReadEnd,
@@ -412,55 +418,110 @@ struct Direction {
     initial: Bytes,
     limiter: Option<Arc<RateLimiter>>,
     fwd: Forwarder,
+    stage: Stage,
+    /// The last read filled its grant (with a limiter: ask for full reads).
+    busy: bool,
+}
+
+enum Stage {
+    /// `initial`, then `prefix`, not written yet.
+    Start,
+    /// Relaying.
+    Pump,
+    /// Out of tokens until the timer fires.
+    Throttled(Pin<Box<tokio::time::Sleep>>),
+    /// EOF read: half-closing the writer.
+    Finish,
 }
 
 impl Direction {
-    async fn run(mut self) -> DirectionEnd {
-        let result = self.pump().await;
-        let ended_by = match &result {
-            Ok(()) => self.from,
-            Err(error) => error.side(),
-        };
-        DirectionEnd {
-            bytes: self.fwd.total,
-            ended_by,
-            error: result.err(),
+    fn new(
+        from: SideId,
+        reader: ReadEnd,
+        prefix: Bytes,
+        initial: Bytes,
+        limiter: Option<Arc<RateLimiter>>,
+        fwd: Forwarder,
+    ) -> Direction {
+        Direction {
+            from,
+            reader,
+            prefix,
+            initial,
+            limiter,
+            fwd,
+            stage: Stage::Start,
+            busy: false,
         }
     }
 
-    async fn pump(&mut self) -> Result<(), RelayError> {
-        if !self.initial.is_empty() {
-            let initial = std::mem::take(&mut self.initial);
-            self.fwd.write_raw(&initial).await?;
-        }
-        if !self.prefix.is_empty() {
-            let prefix = std::mem::take(&mut self.prefix);
-            poll_fn(|cx| Poll::Ready(self.fwd.forward_now(cx, &prefix))).await?;
-        }
-        let read_size = if self.fwd.transforms() {
-            BUSY_READ_TRANSFORMED
-        } else {
-            BUSY_READ_PLAIN
-        };
-        let mut busy = false;
+    /// Runs the direction until EOF has been propagated (`Ok`) or something failed.
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayError>> {
         loop {
-            // One chunk in flight: what the writer did not take yet goes first.
-            poll_fn(|cx| self.fwd.poll_drain(cx)).await?;
-            self.fwd.release_idle_buffers();
-            // With a limiter, an idle direction waits for data holding only a small grant.
-            let want = if self.limiter.is_some() && !busy {
-                IDLE_READ
-            } else {
-                read_size
-            };
-            let cap = grant(self.limiter.as_deref(), want).await;
-            let r = poll_fn(|cx| self.poll_read_forward(cx, cap)).await;
-            self.refund(cap, *r.as_ref().unwrap_or(&0));
-            let n = r?;
-            if n == 0 {
-                return self.fwd.finish().await;
+            match &mut self.stage {
+                Stage::Start => {
+                    // The initial write goes first, uncounted and untransformed.
+                    if !self.initial.is_empty() {
+                        let initial = std::mem::take(&mut self.initial);
+                        self.fwd.queue_raw(&initial);
+                    }
+                    ready!(self.fwd.poll_drain(cx))?;
+                    if !self.prefix.is_empty() {
+                        let prefix = std::mem::take(&mut self.prefix);
+                        self.fwd.forward_now(cx, &prefix)?;
+                    }
+                    self.stage = Stage::Pump;
+                }
+                Stage::Throttled(sleep) => {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.stage = Stage::Pump;
+                }
+                Stage::Finish => {
+                    let to = self.from.other();
+                    return Pin::new(&mut self.fwd.writer)
+                        .poll_shutdown(cx)
+                        .map_err(|source| RelayError::Write { side: to, source });
+                }
+                Stage::Pump => {
+                    // One chunk in flight: what the writer did not take yet goes first.
+                    ready!(self.fwd.poll_drain(cx))?;
+                    self.fwd.release_idle_buffers();
+                    let read_size = if self.fwd.transforms() {
+                        BUSY_READ_TRANSFORMED
+                    } else {
+                        BUSY_READ_PLAIN
+                    };
+                    let cap = match &self.limiter {
+                        None => read_size,
+                        // An idle direction asks for a small grant; tokens are given back
+                        // at once if nothing is read, so none are held while waiting.
+                        Some(l) => match l.acquire(if self.busy { read_size } else { IDLE_READ }) {
+                            Grant::Bytes(n) => n,
+                            Grant::Wait(d) => {
+                                self.stage = Stage::Throttled(Box::pin(tokio::time::sleep(d)));
+                                continue;
+                            }
+                        },
+                    };
+                    let r = self.poll_read_forward(cx, cap);
+                    let used = match &r {
+                        Poll::Ready(Ok(n)) => *n,
+                        _ => 0,
+                    };
+                    self.refund(cap, used);
+                    let Poll::Ready(r) = r else {
+                        return Poll::Pending;
+                    };
+                    let n = r?;
+                    if n == 0 {
+                        self.stage = Stage::Finish;
+                    } else {
+                        self.busy = n == cap;
+                    }
+                }
             }
-            busy = n == cap;
         }
     }
 
@@ -525,19 +586,6 @@ thread_local! {
     /// (into the direction's `pending`), so an idle direction holds no buffer at all.
     static SCRATCH: std::cell::RefCell<Box<[u8]>> =
         std::cell::RefCell::new(vec![0u8; BUSY_READ_PLAIN].into_boxed_slice());
-}
-
-/// How many bytes the next read may take: `want`, or with a limiter what it grants, after
-/// sleeping until it grants something.
-async fn grant(limiter: Option<&RateLimiter>, want: usize) -> usize {
-    let Some(l) = limiter else { return want };
-    loop {
-        match l.acquire(want) {
-            Grant::Bytes(n) => return n,
-            // Boxed: the timer is large and only exists while a limited direction waits.
-            Grant::Wait(d) => Box::pin(tokio::time::sleep(d)).await,
-        }
-    }
 }
 
 impl Direction {
@@ -690,21 +738,12 @@ impl Forwarder {
         }
     }
 
-    /// Writes bytes as they are (no transform, not counted).
-    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), RelayError> {
-        let to = self.from.other();
-        let write_err = |source| RelayError::Write { side: to, source };
-        self.writer.write_all(bytes).await.map_err(write_err)?;
-        self.writer.flush().await.map_err(write_err)
-    }
-
-    /// Propagates a clean EOF from the reading side as a half-close of the writing side.
-    async fn finish(&mut self) -> Result<(), RelayError> {
-        let to = self.from.other();
-        self.writer
-            .shutdown()
-            .await
-            .map_err(|source| RelayError::Write { side: to, source })
+    /// Queues bytes to be written as they are (no transform, not counted) by `poll_drain`.
+    fn queue_raw(&mut self, bytes: &[u8]) {
+        self.pending.clear();
+        self.pending.extend_from_slice(bytes);
+        self.sent = 0;
+        self.pending_plain = 0;
     }
 
     fn release_idle_buffers(&mut self) {

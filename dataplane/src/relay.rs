@@ -413,9 +413,6 @@ struct DirectionEnd {
 struct Direction {
     from: SideId,
     reader: ReadEnd,
-    prefix: Bytes,
-    /// The writing side's `initial_write`.
-    initial: Bytes,
     limiter: Option<Arc<RateLimiter>>,
     fwd: Forwarder,
     stage: Stage,
@@ -423,9 +420,16 @@ struct Direction {
     busy: bool,
 }
 
+/// What a direction writes before relaying: the writing side's `initial_write`, then the
+/// reading side's `prefix` (boxed: most pairs have neither, and a pair lives long).
+struct Opening {
+    initial: Bytes,
+    prefix: Bytes,
+}
+
 enum Stage {
-    /// `initial`, then `prefix`, not written yet.
-    Start,
+    /// The opening, if any, not written yet.
+    Start(Option<Box<Opening>>),
     /// Relaying.
     Pump,
     /// Out of tokens until the timer fires.
@@ -443,14 +447,14 @@ impl Direction {
         limiter: Option<Arc<RateLimiter>>,
         fwd: Forwarder,
     ) -> Direction {
+        let opening = (!initial.is_empty() || !prefix.is_empty())
+            .then(|| Box::new(Opening { initial, prefix }));
         Direction {
             from,
             reader,
-            prefix,
-            initial,
             limiter,
             fwd,
-            stage: Stage::Start,
+            stage: Stage::Start(opening),
             busy: false,
         }
     }
@@ -459,16 +463,18 @@ impl Direction {
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayError>> {
         loop {
             match &mut self.stage {
-                Stage::Start => {
-                    // The initial write goes first, uncounted and untransformed.
-                    if !self.initial.is_empty() {
-                        let initial = std::mem::take(&mut self.initial);
-                        self.fwd.queue_raw(&initial);
-                    }
-                    ready!(self.fwd.poll_drain(cx))?;
-                    if !self.prefix.is_empty() {
-                        let prefix = std::mem::take(&mut self.prefix);
-                        self.fwd.forward_now(cx, &prefix)?;
+                Stage::Start(opening) => {
+                    if let Some(o) = opening {
+                        // The initial write goes first, uncounted and untransformed.
+                        if !o.initial.is_empty() {
+                            let initial = std::mem::take(&mut o.initial);
+                            self.fwd.queue_raw(&initial);
+                        }
+                        ready!(self.fwd.poll_drain(cx))?;
+                        if !o.prefix.is_empty() {
+                            let prefix = std::mem::take(&mut o.prefix);
+                            self.fwd.forward_now(cx, &prefix)?;
+                        }
                     }
                     self.stage = Stage::Pump;
                 }
@@ -597,17 +603,23 @@ impl Direction {
     }
 }
 
-/// The writing end of a direction with its transform chains and counters.
-struct Forwarder {
-    /// The side the bytes are read from; the writer belongs to the other one.
-    from: SideId,
-    writer: WriteEnd,
+/// The transforms of a direction and their output buffers.
+struct Chains {
     /// The reading side's inbound chain (wire → plaintext).
     inbound: Vec<Box<dyn Transform>>,
     /// The writing side's outbound chain (plaintext → wire).
     outbound: Vec<Box<dyn Transform>>,
     plain: Vec<u8>,
     wire: Vec<u8>,
+}
+
+/// The writing end of a direction with its transform chains and counters.
+struct Forwarder {
+    /// The side the bytes are read from; the writer belongs to the other one.
+    from: SideId,
+    writer: WriteEnd,
+    /// The transform chains, boxed: most pairs have none.
+    chains: Option<Box<Chains>>,
     /// Wire bytes of the last chunk that the writer did not take at once (empty, and
     /// unallocated, while the writer keeps up), and how much of them is written.
     pending: Vec<u8>,
@@ -631,10 +643,14 @@ impl Forwarder {
         Forwarder {
             from,
             writer,
-            inbound,
-            outbound,
-            plain: Vec::new(),
-            wire: Vec::new(),
+            chains: (!inbound.is_empty() || !outbound.is_empty()).then(|| {
+                Box::new(Chains {
+                    inbound,
+                    outbound,
+                    plain: Vec::new(),
+                    wire: Vec::new(),
+                })
+            }),
             pending: Vec::new(),
             sent: 0,
             pending_plain: 0,
@@ -645,7 +661,7 @@ impl Forwarder {
     }
 
     fn transforms(&self) -> bool {
-        !self.inbound.is_empty() || !self.outbound.is_empty()
+        self.chains.is_some()
     }
 
     /// Transforms one chunk read from side `from` and writes as much of it as the writer takes
@@ -655,20 +671,31 @@ impl Forwarder {
         debug_assert!(self.sent >= self.pending.len());
         let (from, to) = (self.from, self.from.other());
         let transform_err = |source| RelayError::Transform { side: from, source };
-        let plain: &[u8] = if self.inbound.is_empty() {
-            data
-        } else {
-            self.plain.clear();
-            run_chain(&mut self.inbound, data, &mut self.plain).map_err(transform_err)?;
-            &self.plain
-        };
-        let plain_len = plain.len() as u64;
-        let wire: &[u8] = if self.outbound.is_empty() {
-            plain
-        } else {
-            self.wire.clear();
-            run_chain(&mut self.outbound, plain, &mut self.wire).map_err(transform_err)?;
-            &self.wire
+        let (plain_len, wire): (u64, &[u8]) = match self.chains.as_deref_mut() {
+            None => (data.len() as u64, data),
+            Some(Chains {
+                inbound,
+                outbound,
+                plain,
+                wire,
+            }) => {
+                let plain: &[u8] = if inbound.is_empty() {
+                    data
+                } else {
+                    plain.clear();
+                    run_chain(inbound, data, plain).map_err(transform_err)?;
+                    plain
+                };
+                let plain_len = plain.len() as u64;
+                let wire: &[u8] = if outbound.is_empty() {
+                    plain
+                } else {
+                    wire.clear();
+                    run_chain(outbound, plain, wire).map_err(transform_err)?;
+                    wire
+                };
+                (plain_len, wire)
+            }
         };
         let mut off = 0;
         while off < wire.len() {
@@ -751,7 +778,10 @@ impl Forwarder {
             self.pending = Vec::new();
             self.sent = 0;
         }
-        for buf in [&mut self.plain, &mut self.wire] {
+        let Some(chains) = self.chains.as_deref_mut() else {
+            return;
+        };
+        for buf in [&mut chains.plain, &mut chains.wire] {
             if buf.capacity() > KEEP_WHEN_IDLE {
                 *buf = Vec::new();
             }

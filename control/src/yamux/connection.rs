@@ -26,12 +26,11 @@ const MAX_DATA_FRAME: usize = 64 * 1024;
 /// [`Connection::handle_input_bytes`]); smaller ones are copied.
 const ZERO_COPY_MIN: usize = 8 * 1024;
 
-/// The bytes received for a stream and not yet read: the chunk being read and those queued
-/// behind it. Empty, it holds no memory.
+/// The bytes received for a stream and not yet read, as the chunks they came in. Empty, it
+/// holds no memory.
 #[derive(Debug, Default)]
 struct RecvBuf {
-    head: Bytes,
-    rest: VecDeque<Bytes>,
+    chunks: VecDeque<Bytes>,
     len: usize,
 }
 
@@ -45,49 +44,47 @@ impl RecvBuf {
     }
 
     fn push(&mut self, data: Bytes) {
-        if data.is_empty() {
-            return;
-        }
-        self.len += data.len();
-        if self.head.is_empty() {
-            self.head = data;
-        } else {
-            self.rest.push_back(data);
+        if !data.is_empty() {
+            self.len += data.len();
+            self.chunks.push_back(data);
         }
     }
 
-    /// Takes up to `max` bytes of the chunk being read, without copying.
+    /// Takes up to `max` bytes of the first chunk, without copying.
     fn take(&mut self, max: usize) -> Bytes {
-        let chunk = if self.head.len() <= max {
-            let next = self.rest.pop_front().unwrap_or_default();
-            std::mem::replace(&mut self.head, next)
-        } else {
-            self.head.split_to(max)
+        let chunk = match self.chunks.front_mut() {
+            None => return Bytes::new(),
+            Some(first) if first.len() > max => first.split_to(max),
+            Some(_) => self.chunks.pop_front().expect("a first chunk"),
         };
         self.len -= chunk.len();
-        if self.rest.is_empty() && self.rest.capacity() > 0 {
-            self.rest = VecDeque::new();
-        }
+        self.release_if_empty();
         chunk
     }
 
     /// Copies out as much as fits into `buf`.
     fn read(&mut self, buf: &mut [u8]) -> usize {
         let mut n = 0;
-        while n < buf.len() && !self.head.is_empty() {
-            let m = (buf.len() - n).min(self.head.len());
-            buf[n..n + m].copy_from_slice(&self.head[..m]);
-            self.head.advance(m);
+        while n < buf.len()
+            && let Some(first) = self.chunks.front_mut()
+        {
+            let m = (buf.len() - n).min(first.len());
+            buf[n..n + m].copy_from_slice(&first[..m]);
+            first.advance(m);
             n += m;
-            if self.head.is_empty() {
-                self.head = self.rest.pop_front().unwrap_or_default();
+            if first.is_empty() {
+                self.chunks.pop_front();
             }
         }
         self.len -= n;
-        if self.rest.is_empty() && self.rest.capacity() > 0 {
-            self.rest = VecDeque::new();
-        }
+        self.release_if_empty();
         n
+    }
+
+    fn release_if_empty(&mut self) {
+        if self.chunks.is_empty() && self.chunks.capacity() > 0 {
+            self.chunks = VecDeque::new();
+        }
     }
 }
 
@@ -1082,8 +1079,11 @@ mod tests {
         server.handle_input_bytes(&c2).unwrap();
         {
             let rb = &server.streams[&id].recv_buf;
-            assert!(within(&c1, &rb.head), "an up-to-date stream gets a slice");
-            assert!(!within(&c2, &rb.rest[0]), "a lagging stream gets a copy");
+            assert!(
+                within(&c1, &rb.chunks[0]),
+                "an up-to-date stream gets a slice"
+            );
+            assert!(!within(&c2, &rb.chunks[1]), "a lagging stream gets a copy");
         }
         let mut got = vec![0u8; p1.len() + p2.len()];
         let mut n = 0;
@@ -1094,7 +1094,7 @@ mod tests {
         let c3 = frame(&p3);
         server.handle_input_bytes(&c3).unwrap();
         assert!(
-            !within(&c3, &server.streams[&id].recv_buf.head),
+            !within(&c3, &server.streams[&id].recv_buf.chunks[0]),
             "small payloads are copied"
         );
         let mut small = vec![0u8; 200];

@@ -422,5 +422,5 @@ async fn idle_pair_state_is_small() {
     // No read buffer inside (reads go to the thread's scratch buffer), no boxed futures: the
     // idle state of a pair is this one value.
     let size = std::mem::size_of_val(&fut);
-    assert!(size <= 800, "relay state is {size} bytes");
+    assert!(size <= 512, "relay state is {size} bytes");
 }

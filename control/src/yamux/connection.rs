@@ -26,6 +26,10 @@ const MAX_DATA_FRAME: usize = 64 * 1024;
 /// [`Connection::handle_input_bytes`]); smaller ones are copied.
 const ZERO_COPY_MIN: usize = 8 * 1024;
 
+/// A first chunk smaller than this is handed out together with the chunks behind it (copied),
+/// not alone: a write per small piece costs more than copying it.
+const COALESCE_BELOW: usize = 32 * 1024;
+
 /// The bytes received for a stream and not yet read, as the chunks they came in. Empty, it
 /// holds no memory.
 #[derive(Debug, Default)]
@@ -50,12 +54,30 @@ impl RecvBuf {
         }
     }
 
-    /// Takes up to `max` bytes of the first chunk, without copying.
+    /// Takes up to `max` bytes: the first chunk without copying when it is large (or alone),
+    /// else small chunks copied together, so that the reader's next write is not a tiny one.
     fn take(&mut self, max: usize) -> Bytes {
+        let alone = self.chunks.len() == 1;
         let chunk = match self.chunks.front_mut() {
             None => return Bytes::new(),
-            Some(first) if first.len() > max => first.split_to(max),
-            Some(_) => self.chunks.pop_front().expect("a first chunk"),
+            Some(first) if first.len() >= max => first.split_to(max),
+            Some(first) if first.len() >= COALESCE_BELOW || alone => {
+                self.chunks.pop_front().expect("a first chunk")
+            }
+            Some(_) => {
+                let mut joined = BytesMut::with_capacity(self.len.min(max));
+                while joined.len() < max
+                    && let Some(first) = self.chunks.front_mut()
+                {
+                    let m = (max - joined.len()).min(first.len());
+                    joined.extend_from_slice(&first[..m]);
+                    first.advance(m);
+                    if first.is_empty() {
+                        self.chunks.pop_front();
+                    }
+                }
+                joined.freeze()
+            }
         };
         self.len -= chunk.len();
         self.release_if_empty();
@@ -1128,6 +1150,39 @@ mod tests {
         assert_eq!(
             server.stream_read_chunk(id, 10).unwrap(),
             Some(Bytes::new())
+        );
+    }
+
+    /// Small chunks queued behind each other come out joined (one write for the reader), up
+    /// to `max`; a large first chunk comes out alone, uncopied.
+    #[test]
+    fn read_chunk_joins_small_chunks() {
+        let cfg = no_keepalive();
+        let (mut client, mut server, _) = pair(&cfg, &cfg);
+        let id = client.open_stream().unwrap().unwrap();
+        server.handle_input(&transmit(&mut client)).unwrap();
+        assert_eq!(server.accept_stream(), Some(id));
+        let mut wire = BytesMut::new();
+        let mut sent = Vec::new();
+        for (i, len) in [100usize, 200, 300, COALESCE_BELOW + 1, 50]
+            .into_iter()
+            .enumerate()
+        {
+            let p = pattern(i as u32, len);
+            put_header(&mut wire, TYPE_DATA, 0, id, len as u32);
+            wire.extend_from_slice(&p);
+            sent.extend_from_slice(&p);
+        }
+        server.handle_input_bytes(&wire.freeze()).unwrap();
+        let a = server.stream_read_chunk(id, 250).unwrap().unwrap();
+        assert_eq!(a.len(), 250, "joined up to max");
+        let b = server.stream_read_chunk(id, usize::MAX).unwrap().unwrap();
+        assert_eq!(b.len(), 350 + COALESCE_BELOW + 1 + 50, "the rest, joined");
+        assert!([&a[..], &b[..]].concat() == sent);
+        assert_eq!(
+            server.stream_read_chunk(id, 10).unwrap(),
+            None,
+            "no FIN yet"
         );
     }
 

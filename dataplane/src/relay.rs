@@ -43,12 +43,22 @@ use crate::transform::{Transform, TransformError, run_chain};
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {}
 
-/// A read half that hands out the bytes it has buffered without copying them (a yamux
+/// What a [`ChunkRead`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunk {
+    /// Bytes as the reader held them (not copied); empty is EOF.
+    Bytes(Bytes),
+    /// This many bytes were copied into the caller's buffer; 0 is EOF.
+    Copied(usize),
+}
+
+/// A read half that can hand out the bytes it has buffered without copying them (a yamux
 /// stream's receive buffer): the relay writes them straight to the other side.
 pub trait ChunkRead: Send + Unpin + 'static {
-    /// Takes up to `max` (> 0) buffered bytes; an empty chunk means EOF. `Pending` (with the
-    /// waker registered) while nothing is buffered.
-    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>>;
+    /// At most `buf.len()` (> 0) buffered bytes: handed out as held, or copied into `buf`
+    /// (the reader chooses: e.g. small pieces are better joined by a copy). `Pending` (with
+    /// the waker registered) while nothing is buffered.
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<Chunk>>;
 }
 
 /// The write half that goes with a [`ChunkRead`].
@@ -364,9 +374,22 @@ impl AsyncRead for ReadEnd {
             ReadEnd::Tcp(r) => Pin::new(r).poll_read(cx, buf),
             ReadEnd::Stream(r) => Pin::new(r).poll_read(cx, buf),
             ReadEnd::Chunk(_) if buf.remaining() == 0 => Poll::Ready(Ok(())),
-            ReadEnd::Chunk(r) => r
-                .poll_read_chunk(cx, buf.remaining())
-                .map_ok(|chunk| buf.put_slice(&chunk)),
+            ReadEnd::Chunk(r) => {
+                let dst = buf.initialize_unfilled();
+                match r.poll_read_chunk(cx, dst) {
+                    Poll::Ready(Ok(Chunk::Bytes(b))) => {
+                        dst[..b.len()].copy_from_slice(&b);
+                        buf.advance(b.len());
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Ok(Chunk::Copied(n))) => {
+                        buf.advance(n);
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 }
@@ -539,21 +562,6 @@ impl Direction {
         cap: usize,
     ) -> Poll<Result<usize, RelayError>> {
         let from = self.from;
-        if let ReadEnd::Chunk(reader) = &mut self.reader {
-            // The reader's own buffer: forwarded without another copy.
-            return match reader.poll_read_chunk(cx, cap) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Err(source)) => {
-                    Poll::Ready(Err(RelayError::Read { side: from, source }))
-                }
-                Poll::Ready(Ok(chunk)) => {
-                    if !chunk.is_empty() {
-                        self.fwd.forward_now(cx, &chunk)?;
-                    }
-                    Poll::Ready(Ok(chunk.len()))
-                }
-            };
-        }
         SCRATCH.with(|scratch| {
             let mut own;
             let mut guard;
@@ -568,6 +576,28 @@ impl Direction {
                     &mut own
                 }
             };
+            if let ReadEnd::Chunk(reader) = &mut self.reader {
+                // A large chunk goes out from the reader's own buffer, without another copy.
+                let n = match reader.poll_read_chunk(cx, buf) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(source)) => {
+                        return Poll::Ready(Err(RelayError::Read { side: from, source }));
+                    }
+                    Poll::Ready(Ok(Chunk::Bytes(b))) => {
+                        if !b.is_empty() {
+                            self.fwd.forward_now(cx, &b)?;
+                        }
+                        b.len()
+                    }
+                    Poll::Ready(Ok(Chunk::Copied(n))) => {
+                        if n > 0 {
+                            self.fwd.forward_now(cx, &buf[..n])?;
+                        }
+                        n
+                    }
+                };
+                return Poll::Ready(Ok(n));
+            }
             let mut rb = ReadBuf::new(buf);
             match Pin::new(&mut self.reader).poll_read(cx, &mut rb) {
                 Poll::Pending => Poll::Pending,

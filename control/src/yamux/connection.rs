@@ -26,9 +26,18 @@ const MAX_DATA_FRAME: usize = 64 * 1024;
 /// [`Connection::handle_input_bytes`]); smaller ones are copied.
 const ZERO_COPY_MIN: usize = 8 * 1024;
 
-/// A first chunk smaller than this is handed out together with the chunks behind it (copied),
-/// not alone: a write per small piece costs more than copying it.
+/// `stream_read_chunk` hands out a first chunk of at least this size as it is; smaller pieces
+/// are copied out together (a write per small piece costs more than copying it).
 const COALESCE_BELOW: usize = 32 * 1024;
+
+/// What [`Connection::stream_read_chunk`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// Received bytes as they are held (a slice of a socket chunk, not copied).
+    Chunk(Bytes),
+    /// This many bytes were copied into the caller's buffer.
+    Copied(usize),
+}
 
 /// The bytes received for a stream and not yet read, as the chunks they came in. Empty, it
 /// holds no memory.
@@ -54,34 +63,23 @@ impl RecvBuf {
         }
     }
 
-    /// Takes up to `max` bytes: the first chunk without copying when it is large (or alone),
-    /// else small chunks copied together, so that the reader's next write is not a tiny one.
-    fn take(&mut self, max: usize) -> Bytes {
-        let alone = self.chunks.len() == 1;
-        let chunk = match self.chunks.front_mut() {
-            None => return Bytes::new(),
-            Some(first) if first.len() >= max => first.split_to(max),
-            Some(first) if first.len() >= COALESCE_BELOW || alone => {
-                self.chunks.pop_front().expect("a first chunk")
+    /// The first chunk without copying when it is large (at most `buf.len()` bytes of it),
+    /// else as much as fits copied into `buf`: a write per small piece would cost more than
+    /// the copy.
+    fn take_or_read(&mut self, buf: &mut [u8]) -> Received {
+        match self.chunks.front_mut() {
+            Some(first) if first.len() >= COALESCE_BELOW.min(buf.len()) => {
+                let chunk = if first.len() > buf.len() {
+                    first.split_to(buf.len())
+                } else {
+                    self.chunks.pop_front().expect("a first chunk")
+                };
+                self.len -= chunk.len();
+                self.release_if_empty();
+                Received::Chunk(chunk)
             }
-            Some(_) => {
-                let mut joined = BytesMut::with_capacity(self.len.min(max));
-                while joined.len() < max
-                    && let Some(first) = self.chunks.front_mut()
-                {
-                    let m = (max - joined.len()).min(first.len());
-                    joined.extend_from_slice(&first[..m]);
-                    first.advance(m);
-                    if first.is_empty() {
-                        self.chunks.pop_front();
-                    }
-                }
-                joined.freeze()
-            }
-        };
-        self.len -= chunk.len();
-        self.release_if_empty();
-        chunk
+            _ => Received::Copied(self.read(buf)),
+        }
     }
 
     /// Copies out as much as fits into `buf`.
@@ -474,10 +472,15 @@ impl Connection {
         self.stream_consume(id, |rb| rb.read(buf), 0)
     }
 
-    /// [`Connection::stream_read`] without the copy: up to `max` (> 0) buffered bytes as they
-    /// are held (slices of the received chunks). `Ok(Some(empty))`: EOF.
-    pub fn stream_read_chunk(&mut self, id: u32, max: usize) -> Result<Option<Bytes>, YamuxError> {
-        self.stream_consume(id, |rb| rb.take(max), Bytes::new())
+    /// [`Connection::stream_read`] that avoids the copy for large pieces: up to `buf.len()`
+    /// (> 0) buffered bytes, either handed out as they are held (a large received chunk) or
+    /// copied into `buf` (small pieces, joined). `Ok(Some(Copied(0)))`: EOF.
+    pub fn stream_read_chunk(
+        &mut self,
+        id: u32,
+        buf: &mut [u8],
+    ) -> Result<Option<Received>, YamuxError> {
+        self.stream_consume(id, |rb| rb.take_or_read(buf), Received::Copied(0))
     }
 
     /// Takes buffered bytes with `take` (and credits the window), or says EOF (`eof`), error,
@@ -1125,64 +1128,44 @@ mod tests {
         assert!(server.streams[&id].recv_buf.is_empty());
     }
 
-    /// `stream_read_chunk` hands out the buffered slices themselves, at most `max` bytes at a
-    /// time, credits the window like `stream_read`, and says EOF with an empty chunk.
+    /// `stream_read_chunk` hands out a large buffered chunk itself (at most the buffer's size
+    /// of it), copies small pieces out together, credits the window like `stream_read`, and
+    /// says EOF with `Copied(0)`.
     #[test]
-    fn read_chunk_takes_slices_and_reports_eof() {
+    fn read_chunk_slices_large_chunks_and_copies_small_ones() {
         let cfg = no_keepalive();
         let (mut client, mut server, _) = pair(&cfg, &cfg);
         let id = client.open_stream().unwrap().unwrap();
         server.handle_input(&transmit(&mut client)).unwrap();
         assert_eq!(server.accept_stream(), Some(id));
-        assert_eq!(server.stream_read_chunk(id, 10).unwrap(), None);
-        let data = pattern(9, 3 * ZERO_COPY_MIN);
+        let mut buf = vec![0u8; 64 * 1024];
+        assert_eq!(server.stream_read_chunk(id, &mut buf).unwrap(), None);
+        let big = pattern(9, COALESCE_BELOW + 1000);
+        let small = [pattern(10, 100), pattern(11, 200)];
         let mut wire = BytesMut::new();
-        put_header(&mut wire, TYPE_DATA, 0, id, data.len() as u32);
-        wire.extend_from_slice(&data);
+        for p in [&big, &small[0], &small[1]] {
+            put_header(&mut wire, TYPE_DATA, 0, id, p.len() as u32);
+            wire.extend_from_slice(p);
+        }
         put_header(&mut wire, TYPE_WINDOW_UPDATE, FLAG_FIN, id, 0);
         let wire = wire.freeze();
         server.handle_input_bytes(&wire).unwrap();
-        let first = server.stream_read_chunk(id, 1000).unwrap().unwrap();
-        assert_eq!(first.len(), 1000);
+        let Received::Chunk(first) = server.stream_read_chunk(id, &mut buf).unwrap().unwrap()
+        else {
+            panic!("a large chunk is handed out as it is");
+        };
         assert!(wire.as_ptr_range().contains(&first.as_ptr()), "not a slice");
-        let rest = server.stream_read_chunk(id, usize::MAX).unwrap().unwrap();
-        assert!([&first[..], &rest[..]].concat() == data);
+        assert!(first[..] == big[..]);
+        let got = server.stream_read_chunk(id, &mut buf).unwrap().unwrap();
         assert_eq!(
-            server.stream_read_chunk(id, 10).unwrap(),
-            Some(Bytes::new())
+            got,
+            Received::Copied(300),
+            "small pieces are copied out together"
         );
-    }
-
-    /// Small chunks queued behind each other come out joined (one write for the reader), up
-    /// to `max`; a large first chunk comes out alone, uncopied.
-    #[test]
-    fn read_chunk_joins_small_chunks() {
-        let cfg = no_keepalive();
-        let (mut client, mut server, _) = pair(&cfg, &cfg);
-        let id = client.open_stream().unwrap().unwrap();
-        server.handle_input(&transmit(&mut client)).unwrap();
-        assert_eq!(server.accept_stream(), Some(id));
-        let mut wire = BytesMut::new();
-        let mut sent = Vec::new();
-        for (i, len) in [100usize, 200, 300, COALESCE_BELOW + 1, 50]
-            .into_iter()
-            .enumerate()
-        {
-            let p = pattern(i as u32, len);
-            put_header(&mut wire, TYPE_DATA, 0, id, len as u32);
-            wire.extend_from_slice(&p);
-            sent.extend_from_slice(&p);
-        }
-        server.handle_input_bytes(&wire.freeze()).unwrap();
-        let a = server.stream_read_chunk(id, 250).unwrap().unwrap();
-        assert_eq!(a.len(), 250, "joined up to max");
-        let b = server.stream_read_chunk(id, usize::MAX).unwrap().unwrap();
-        assert_eq!(b.len(), 350 + COALESCE_BELOW + 1 + 50, "the rest, joined");
-        assert!([&a[..], &b[..]].concat() == sent);
+        assert!(buf[..100] == small[0][..] && buf[100..300] == small[1][..]);
         assert_eq!(
-            server.stream_read_chunk(id, 10).unwrap(),
-            None,
-            "no FIN yet"
+            server.stream_read_chunk(id, &mut buf).unwrap(),
+            Some(Received::Copied(0))
         );
     }
 

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::connection::{Connection, Event};
+use super::connection::{Connection, Event, Received};
 use super::{Config, Mode, YamuxError};
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -333,11 +333,16 @@ pub struct StreamReadHalf {
 }
 
 impl dataplane::ChunkRead for StreamReadHalf {
-    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>> {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<dataplane::relay::Chunk>> {
         let id = self.id;
         let mut g = self.shared.lock();
-        match g.conn.stream_read_chunk(id, max.max(1)) {
-            Ok(Some(chunk)) => Poll::Ready(Ok(chunk)),
+        match g.conn.stream_read_chunk(id, buf) {
+            Ok(Some(Received::Chunk(b))) => Poll::Ready(Ok(dataplane::relay::Chunk::Bytes(b))),
+            Ok(Some(Received::Copied(n))) => Poll::Ready(Ok(dataplane::relay::Chunk::Copied(n))),
             Ok(None) => {
                 g.read_wakers.insert(id, cx.waker().clone());
                 Poll::Pending

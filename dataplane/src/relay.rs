@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -496,7 +496,7 @@ impl Direction {
                         ready!(self.fwd.poll_drain(cx))?;
                         if !o.prefix.is_empty() {
                             let prefix = std::mem::take(&mut o.prefix);
-                            self.fwd.forward_now(cx, &prefix)?;
+                            self.fwd.forward_now(cx, &prefix, None)?;
                         }
                     }
                     self.stage = Stage::Pump;
@@ -516,7 +516,6 @@ impl Direction {
                 Stage::Pump => {
                     // One chunk in flight: what the writer did not take yet goes first.
                     ready!(self.fwd.poll_drain(cx))?;
-                    self.fwd.release_idle_buffers();
                     let read_size = if self.fwd.transforms() {
                         BUSY_READ_TRANSFORMED
                     } else {
@@ -541,6 +540,8 @@ impl Direction {
                     };
                     self.refund(cap, used);
                     let Poll::Ready(r) = r else {
+                        // Idle: keep no buffer (a busy direction keeps `pending`'s memory).
+                        self.fwd.release_idle_buffers();
                         return Poll::Pending;
                     };
                     let n = r?;
@@ -585,13 +586,13 @@ impl Direction {
                     }
                     Poll::Ready(Ok(Chunk::Bytes(b))) => {
                         if !b.is_empty() {
-                            self.fwd.forward_now(cx, &b)?;
+                            self.fwd.forward_now(cx, &b, Some(&b))?;
                         }
                         b.len()
                     }
                     Poll::Ready(Ok(Chunk::Copied(n))) => {
                         if n > 0 {
-                            self.fwd.forward_now(cx, &buf[..n])?;
+                            self.fwd.forward_now(cx, &buf[..n], None)?;
                         }
                         n
                     }
@@ -607,7 +608,7 @@ impl Direction {
                 Poll::Ready(Ok(())) => {
                     let data = rb.filled();
                     if !data.is_empty() {
-                        self.fwd.forward_now(cx, data)?;
+                        self.fwd.forward_now(cx, data, None)?;
                     }
                     Poll::Ready(Ok(data.len()))
                 }
@@ -654,7 +655,10 @@ struct Forwarder {
     /// unallocated, while the writer keeps up), and how much of them is written.
     pending: Vec<u8>,
     sent: usize,
-    /// Plaintext length of the chunk in `pending`, counted once it is all written.
+    /// An untransformed remainder of a reader's own chunk (see [`ChunkRead`]), not copied.
+    pending_chunk: Bytes,
+    /// Plaintext length of the chunk in `pending`/`pending_chunk`, counted once it is all
+    /// written.
     pending_plain: u64,
     need_flush: bool,
     /// Counts into `a_to_b` or `b_to_a` (by `from`).
@@ -683,6 +687,7 @@ impl Forwarder {
             }),
             pending: Vec::new(),
             sent: 0,
+            pending_chunk: Bytes::new(),
             pending_plain: 0,
             need_flush: false,
             counters,
@@ -697,8 +702,17 @@ impl Forwarder {
     /// Transforms one chunk read from side `from` and writes as much of it as the writer takes
     /// now; the rest waits in `pending` for [`Forwarder::poll_drain`]. Must not be called while
     /// `pending` holds bytes.
-    fn forward_now(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Result<(), RelayError> {
-        debug_assert!(self.sent >= self.pending.len());
+    ///
+    /// `owner`, when given, holds exactly `data`: an untransformed remainder is then kept as a
+    /// slice of it instead of being copied.
+    fn forward_now(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+        owner: Option<&Bytes>,
+    ) -> Result<(), RelayError> {
+        debug_assert!(self.sent >= self.pending.len() && self.pending_chunk.is_empty());
+        let owner = owner.filter(|_| self.chains.is_none());
         let (from, to) = (self.from, self.from.other());
         let transform_err = |source| RelayError::Transform { side: from, source };
         let (plain_len, wire): (u64, &[u8]) = match self.chains.as_deref_mut() {
@@ -743,9 +757,14 @@ impl Forwarder {
         if off == wire.len() {
             self.count(plain_len);
         } else {
-            self.pending.clear();
-            self.pending.extend_from_slice(&wire[off..]);
-            self.sent = 0;
+            match owner {
+                Some(b) => self.pending_chunk = b.slice(off..),
+                _ => {
+                    self.pending.clear();
+                    self.pending.extend_from_slice(&wire[off..]);
+                    self.sent = 0;
+                }
+            }
             self.pending_plain = plain_len;
         }
         Ok(())
@@ -768,6 +787,25 @@ impl Forwarder {
                 Poll::Pending => return Poll::Pending,
             }
             if self.sent == self.pending.len() {
+                let plain = std::mem::take(&mut self.pending_plain);
+                self.count(plain);
+            }
+        }
+        while !self.pending_chunk.is_empty() {
+            match Pin::new(&mut self.writer).poll_write(cx, &self.pending_chunk) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(write_err(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.pending_chunk.advance(n);
+                    self.need_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_err(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+            if self.pending_chunk.is_empty() {
+                // Let go of the reader's chunk at once.
+                self.pending_chunk = Bytes::new();
                 let plain = std::mem::take(&mut self.pending_plain);
                 self.count(plain);
             }

@@ -28,7 +28,7 @@ const ZERO_COPY_MIN: usize = 8 * 1024;
 
 /// `stream_read_chunk` hands out a first chunk of at least this size as it is; smaller pieces
 /// are copied out together (a write per small piece costs more than copying it).
-const COALESCE_BELOW: usize = 32 * 1024;
+const COALESCE_BELOW: usize = 4 * 1024;
 
 /// What [`Connection::stream_read_chunk`] produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1140,7 +1140,7 @@ mod tests {
         assert_eq!(server.accept_stream(), Some(id));
         let mut buf = vec![0u8; 64 * 1024];
         assert_eq!(server.stream_read_chunk(id, &mut buf).unwrap(), None);
-        let big = pattern(9, COALESCE_BELOW + 1000);
+        let big = pattern(9, COALESCE_BELOW.max(ZERO_COPY_MIN) + 1000);
         let small = [pattern(10, 100), pattern(11, 200)];
         let mut wire = BytesMut::new();
         for p in [&big, &small[0], &small[1]] {

@@ -13,8 +13,9 @@
 # to rathole's, or to direct loopback's when rathole cannot be built.
 #
 # Knobs (environment): BENCH_SECS (iperf3 seconds, 5), BENCH_CONNS (idle connections held, 4000),
-# BENCH_LAT_N (requests per redis -c 1 test, 20000; latencies with `--precision 3`: the default
-# histogram has 1 significant digit, i.e. 16 µs steps around 50 µs), BENCH_RPS_N (per -c 64 test, 100000),
+# BENCH_LAT_N (requests per redis -c 1 test, 20000; latencies with `--precision 3`: by default
+# the p50 comes in 16 µs steps around 50 µs, with it in 8 µs steps, the histogram's lowest unit;
+# scripts/bench-ab.py also reports the exact average), BENCH_RPS_N (per -c 64 test, 100000),
 # BENCH_CONN_N (requests with -k 0, 5000), BENCH_PERF=1 (after the first tcpMux-on column's
 # measurements, one more 1-stream iperf3 run under `perf record -g` of frps+frpc, not counted in
 # the table; top symbols go to target/bench/perf-top.txt),

@@ -13,13 +13,19 @@
 # to rathole's, or to direct loopback's when rathole cannot be built.
 #
 # Knobs (environment): BENCH_SECS (iperf3 seconds, 5), BENCH_CONNS (idle connections held, 4000),
-# BENCH_LAT_N (requests per redis -c 1 test, 20000), BENCH_RPS_N (per -c 64 test, 100000),
+# BENCH_LAT_N (requests per redis -c 1 test, 20000; latencies with `--precision 3`: by default
+# the p50 comes in 16 µs steps around 50 µs, with it in 8 µs steps, the histogram's lowest unit;
+# scripts/bench-ab.py also reports the exact average), BENCH_RPS_N (per -c 64 test, 100000),
 # BENCH_CONN_N (requests with -k 0, 5000), BENCH_PERF=1 (after the first tcpMux-on column's
 # measurements, one more 1-stream iperf3 run under `perf record -g` of frps+frpc, not counted in
 # the table; top symbols go to target/bench/perf-top.txt),
-# BENCH_SKIP_INSTALL=1 (use what is on PATH), BENCH_TRANSPORTS (the other transports to measure
-# with frp's defaults, tcpMux on + TLS: "websocket quic kcp"; "" for none; engine: the first one).
-# Transport columns measure iperf3 (throughput, CPU-s/GB) and redis -c 1 latency only.
+# BENCH_SKIP_INSTALL=1 (use what is on PATH), BENCH_BIN=DIR (frps/frpc from DIR, no build: to
+# compare two builds, each against its own same-run baselines), BENCH_MODES (frp-uring columns, any of
+# "off on tls", default all), BENCH_TESTS (any of "hold iperf1 iperf8 lat rps conn", default all;
+# for focused runs while iterating — the direct and rathole baselines run the same subset).
+# BENCH_TRANSPORTS (the other transports to measure with frp's defaults, tcpMux on + TLS:
+# "websocket quic kcp"; "" for none; engine: the first one). Transport columns measure iperf3
+# (throughput, CPU-s/GB) and redis -c 1 latency only.
 #
 # Nothing leaves 127.0.0.1. Every process started here is killed on exit.
 set -uo pipefail
@@ -36,6 +42,10 @@ LAT_N=${BENCH_LAT_N:-20000}
 RPS_N=${BENCH_RPS_N:-100000}
 CONN_N=${BENCH_CONN_N:-5000}
 TOKEN=bench-token-$$
+read -r -a MODES <<<"${BENCH_MODES:-off on tls}"
+TESTS=" ${BENCH_TESTS:-hold iperf1 iperf8 lat rps conn} "
+want() { [[ $TESTS == *" $1 "* ]]; }
+want_mode() { [[ " ${MODES[*]} " == *" $1 "* ]]; }
 
 WORK=$(mktemp -d /tmp/frp-bench.XXXXXX)
 PIDS=()
@@ -111,10 +121,14 @@ if [[ ! -x $RATHOLE ]]; then
   log "no rathole column: $RATHOLE_WHY"
 fi
 
-log "building frp-uring (release)"
-cargo build --release --bins >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
-FRPS=$ROOT/target/release/frps
-FRPC=$ROOT/target/release/frpc
+if [[ -n ${BENCH_BIN:-} ]]; then
+  log "using the binaries in $BENCH_BIN (BENCH_BIN), not building"
+else
+  log "building frp-uring (release)"
+  cargo build --release --bins >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
+fi
+FRPS=${BENCH_BIN:-$ROOT/target/release}/frps
+FRPC=${BENCH_BIN:-$ROOT/target/release}/frpc
 
 # Room for CONNS idle connections: each one is up to 3 sockets in each tunnel process.
 want_fds=$((CONNS * 3 + 1024))
@@ -292,7 +306,9 @@ redis_bench() { # col what args...
 }
 run_redis() {
   local col=$1 public=$2 csv test rps avg min p50 p95 p99 max
-  if csv=$(redis_bench "$col" "-c 1" -p "$public" -t set,get -n "$LAT_N" -c 1 -r 1000); then
+  if ! want lat; then :
+  elif csv=$(redis_bench "$col" "-c 1" -p "$public" -t set,get -n "$LAT_N" -c 1 -r 1000 \
+    --precision 3); then
     while IFS=, read -r test rps avg min p50 p95 p99 max; do
       test=${test//\"/}
       [[ $test == SET || $test == GET ]] || continue
@@ -303,7 +319,8 @@ run_redis() {
     record "redis -c 1 GET p50, µs ↓" "$col" fail
   fi
   [[ ${RUN_REDIS_LIGHT:-0} == 1 ]] && return 0
-  if csv=$(redis_bench "$col" "-c 64" -p "$public" -t set,get -n "$RPS_N" -c 64 -r 1000); then
+  if ! want rps; then :
+  elif csv=$(redis_bench "$col" "-c 64" -p "$public" -t set,get -n "$RPS_N" -c 64 -r 1000); then
     while IFS=, read -r test rps _; do
       test=${test//\"/}
       [[ $test == SET || $test == GET ]] || continue
@@ -312,7 +329,8 @@ run_redis() {
   else
     record "redis -c 64 GET, req/s ↑" "$col" fail
   fi
-  if csv=$(redis_bench "$col" "-k 0" -p "$public" -t get -n "$CONN_N" -c 16 -k 0); then
+  if ! want conn; then :
+  elif csv=$(redis_bench "$col" "-k 0" -p "$public" -t get -n "$CONN_N" -c 16 -k 0); then
     while IFS=, read -r test rps _; do
       [[ ${test//\"/} == GET ]] && record "redis -k 0 (new conn per GET), conn/s ↑" "$col" "${rps//\"/}"
     done <<<"$csv"
@@ -365,14 +383,14 @@ measure_column() { # col perf tunnel-pids...   (perf: 1 = also profile, light = 
   shift 2
   COLUMNS_ORDER+=("$col")
   if [[ $perf == light ]]; then
-    run_iperf "$col" "$IPERF_PUBLIC" 1 "$@"
-    run_iperf "$col" "$IPERF_PUBLIC" 8 "$@"
+    want iperf1 && run_iperf "$col" "$IPERF_PUBLIC" 1 "$@"
+    want iperf8 && run_iperf "$col" "$IPERF_PUBLIC" 8 "$@"
     RUN_REDIS_LIGHT=1 run_redis "$col" "$REDIS_PUBLIC"
     return 0
   fi
-  run_hold "$col" "$HOLD_PUBLIC" "$HOLD_LOCAL" "$@"
-  run_iperf "$col" "$IPERF_PUBLIC" 1 "$@"
-  run_iperf "$col" "$IPERF_PUBLIC" 8 "$@"
+  want hold && run_hold "$col" "$HOLD_PUBLIC" "$HOLD_LOCAL" "$@"
+  want iperf1 && run_iperf "$col" "$IPERF_PUBLIC" 1 "$@"
+  want iperf8 && run_iperf "$col" "$IPERF_PUBLIC" 8 "$@"
   run_redis "$col" "$REDIS_PUBLIC"
   [[ $perf == 1 ]] && profile_iperf "$col" "$IPERF_PUBLIC" "$@"
   return 0
@@ -390,8 +408,8 @@ new_ports() {
 log "column: direct loopback"
 COLUMNS_ORDER+=("direct")
 HOLD_LOCAL=$(free_port)
-run_iperf direct "$IPERF_PORT" 1
-run_iperf direct "$IPERF_PORT" 8
+want iperf1 && run_iperf direct "$IPERF_PORT" 1
+want iperf8 && run_iperf direct "$IPERF_PORT" 8
 run_redis direct "$REDIS_PORT"
 
 # ---- frp-uring
@@ -472,10 +490,12 @@ perf_once=${BENCH_PERF:-0}
 for engine in "${ENGINES[@]}"; do
   suffix=""
   ((${#ENGINES[@]} > 1)) && suffix=" [$engine]"
-  frp_column "frp-uring mux off$suffix" false false "$engine" 0
-  frp_column "frp-uring mux on$suffix" true false "$engine" "$perf_once"
-  perf_once=0
-  frp_column "frp-uring mux+TLS$suffix" true true "$engine" 0
+  want_mode off && frp_column "frp-uring mux off$suffix" false false "$engine" 0
+  if want_mode on; then
+    frp_column "frp-uring mux on$suffix" true false "$engine" "$perf_once"
+    perf_once=0
+  fi
+  want_mode tls && frp_column "frp-uring mux+TLS$suffix" true true "$engine" 0
 done
 read -r -a TRANSPORTS <<<"${BENCH_TRANSPORTS-websocket quic kcp}"
 for proto in "${TRANSPORTS[@]}"; do

@@ -35,6 +35,8 @@ use proxy::ProxyUrl;
 /// stream (TLS, a yamux stream).
 pub enum Conn {
     Tcp(TcpStream),
+    /// A yamux stream: handed to the data plane as halves whose reads copy nothing.
+    Yamux(yamux::Stream),
     Boxed(Box<dyn AsyncStream>),
 }
 
@@ -43,6 +45,13 @@ impl Conn {
     pub fn into_endpoint(self) -> Endpoint {
         match self {
             Conn::Tcp(s) => Endpoint::Tcp(s),
+            Conn::Yamux(s) => {
+                let (read, write) = s.into_halves();
+                Endpoint::Halves {
+                    read: Box::new(read),
+                    write: Box::new(write),
+                }
+            }
             Conn::Boxed(s) => Endpoint::Stream(s),
         }
     }
@@ -56,6 +65,7 @@ impl AsyncRead for Conn {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Yamux(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Boxed(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -65,18 +75,21 @@ impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_write(cx, b),
+            Conn::Yamux(s) => Pin::new(s).poll_write(cx, b),
             Conn::Boxed(s) => Pin::new(s).poll_write(cx, b),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Conn::Yamux(s) => Pin::new(s).poll_flush(cx),
             Conn::Boxed(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Yamux(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Boxed(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
@@ -464,7 +477,7 @@ impl Connector {
                     .open_stream()
                     .await
                     .map_err(|e| DialError::Mux(e.to_string()))?;
-                Ok(Conn::Boxed(Box::new(st)))
+                Ok(Conn::Yamux(st))
             }
             Connector::Direct(d) => d.dial().await,
             Connector::Quic(q) => Ok(Conn::Boxed(Box::new(q.open().await?))),

@@ -11,8 +11,9 @@
 //!   (spec §8 item 8): a Go peer still sees the same bytes, and half-closing clients (e.g.
 //!   `nc -N`, HTTP/1.0 request-then-shutdown) keep working.
 //! - Any error (read, write, [`TransformError`]) closes both endpoints at once.
-//! - An idle direction holds only a small inline buffer; the large read buffer exists only
-//!   while data is flowing.
+//! - An idle direction holds no buffer: reads go into a per-thread scratch buffer and are
+//!   written at once; only bytes the writer does not take right away are copied into a
+//!   per-direction buffer, which is freed once written.
 //! - A side's `initial_write` goes to that endpoint first, untransformed, before anything
 //!   relayed (a PROXY protocol header for the local service).
 //! - With a [`RateLimiter`] on the pair, each direction takes tokens before every read and
@@ -24,15 +25,15 @@
 //! on the engine's core threads (see [`crate::engine`]) with the same semantics.
 
 use std::fmt;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::io;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::limit::{Grant, RateLimiter};
@@ -42,12 +43,40 @@ use crate::transform::{Transform, TransformError, run_chain};
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {}
 
+/// What a [`ChunkRead`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunk {
+    /// Bytes as the reader held them (not copied); empty is EOF.
+    Bytes(Bytes),
+    /// This many bytes were copied into the caller's buffer; 0 is EOF.
+    Copied(usize),
+}
+
+/// A read half that can hand out the bytes it has buffered without copying them (a yamux
+/// stream's receive buffer): the relay writes them straight to the other side.
+pub trait ChunkRead: Send + Unpin + 'static {
+    /// At most `buf.len()` (> 0) buffered bytes: handed out as held, or copied into `buf`
+    /// (the reader chooses: e.g. small pieces are better joined by a copy). `Pending` (with
+    /// the waker registered) while nothing is buffered.
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<Chunk>>;
+}
+
+/// The write half that goes with a [`ChunkRead`].
+pub trait AsyncWriteHalf: AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncWrite + Send + Unpin + 'static> AsyncWriteHalf for T {}
+
 /// One end of a pair.
 pub enum Endpoint {
     /// A plain TCP socket: the engine may move its bytes without copying them (splice).
     Tcp(tokio::net::TcpStream),
     /// Anything else (TLS, yamux stream, …): bytes are copied.
     Stream(Box<dyn AsyncStream>),
+    /// Independently owned halves, the read half handing out its buffered bytes (a yamux
+    /// stream): one copy less than [`Endpoint::Stream`], and no lock between the halves.
+    Halves {
+        read: Box<dyn ChunkRead>,
+        write: Box<dyn AsyncWriteHalf>,
+    },
 }
 
 /// One side of a pair: the endpoint, the bytes already read from it, and the transforms that
@@ -204,12 +233,12 @@ impl RelayOutcome {
     }
 }
 
-/// Read size of an idle direction; small enough to live inline in the relay's future. A read
-/// that fills it switches the direction to the large buffer until the source runs dry.
+/// With a rate limiter: the grant an idle direction waits for data with (a read that fills it
+/// makes the direction busy, and busy directions ask for full reads).
 const IDLE_READ: usize = 2 * 1024;
-/// Read size of a busy direction without transforms.
+/// Read size of a direction without transforms (into the thread's scratch buffer).
 const BUSY_READ_PLAIN: usize = 64 * 1024;
-/// Read size of a busy direction with transforms: Go frp's own copy size, and it caps how much
+/// Read size of a direction with transforms: Go frp's own copy size, and it caps how much
 /// a decompressing chain can expand one read into.
 const BUSY_READ_TRANSFORMED: usize = 16 * 1024;
 /// Transform output buffers above this capacity are released when a direction goes idle.
@@ -217,76 +246,93 @@ const KEEP_WHEN_IDLE: usize = 4 * 1024;
 
 /// Relays `pair` until both directions end (see the module docs for the semantics) and reports
 /// how it went. Dropping the future closes both endpoints.
-pub async fn relay(pair: Pair) -> RelayOutcome {
+pub fn relay(pair: Pair) -> Relay {
     let Pair {
         a,
         b,
         counters,
         limiter,
     } = pair;
-    let _live = counters.as_ref().map(ConnGuard::new);
+    let live = counters.as_ref().map(ConnGuard::new);
     let (a_read, a_write) = split(a.endpoint);
     let (b_read, b_write) = split(b.endpoint);
-    let (a_counter, b_counter) = match &counters {
-        Some(c) => (Some(&c.a_to_b), Some(&c.b_to_a)),
-        None => (None, None),
-    };
+    let a_to_b = Direction::new(
+        SideId::A,
+        a_read,
+        a.prefix,
+        b.initial_write,
+        limiter.clone(),
+        Forwarder::new(SideId::A, b_write, a.inbound, b.outbound, counters.clone()),
+    );
+    let b_to_a = Direction::new(
+        SideId::B,
+        b_read,
+        b.prefix,
+        a.initial_write,
+        limiter,
+        Forwarder::new(SideId::B, a_write, b.inbound, a.outbound, counters),
+    );
+    Relay {
+        dirs: [a_to_b, b_to_a],
+        ends: [None, None],
+        first_ended: None,
+        _live: live,
+    }
+}
 
-    let a_to_b = Direction {
-        from: SideId::A,
-        reader: a_read,
-        prefix: a.prefix,
-        initial: b.initial_write,
-        limiter: limiter.as_deref(),
-        fwd: Forwarder::new(SideId::A, b_write, a.inbound, b.outbound, a_counter),
-    };
-    let b_to_a = Direction {
-        from: SideId::B,
-        reader: b_read,
-        prefix: b.prefix,
-        initial: a.initial_write,
-        limiter: limiter.as_deref(),
-        fwd: Forwarder::new(SideId::B, a_write, b.inbound, a.outbound, b_counter),
-    };
+/// The future of a relayed pair (see [`relay`]): both directions inline, one allocation per
+/// pair when spawned, and no read buffer while idle.
+pub struct Relay {
+    dirs: [Direction; 2],
+    ends: [Option<DirectionEnd>; 2],
+    first_ended: Option<SideId>,
+    /// Keeps the pair counted in `counters.conns` until the relay is dropped.
+    _live: Option<ConnGuard>,
+}
 
-    let mut ab = pin!(a_to_b.run());
-    let mut ba = pin!(b_to_a.run());
-    let mut ab_end: Option<DirectionEnd> = None;
-    let mut ba_end: Option<DirectionEnd> = None;
-    let mut first_ended = None;
-    poll_fn(|cx: &mut Context<'_>| {
-        for (fut, end) in [(ab.as_mut(), &mut ab_end), (ba.as_mut(), &mut ba_end)] {
+impl Future for Relay {
+    type Output = RelayOutcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayOutcome> {
+        let this = self.get_mut();
+        for (dir, end) in this.dirs.iter_mut().zip(this.ends.iter_mut()) {
             if end.is_none()
-                && let Poll::Ready(done) = fut.poll(cx)
+                && let Poll::Ready(result) = dir.poll_run(cx)
             {
-                first_ended.get_or_insert(done.ended_by);
+                let done = DirectionEnd {
+                    bytes: dir.fwd.total,
+                    ended_by: match &result {
+                        Ok(()) => dir.from,
+                        Err(error) => error.side(),
+                    },
+                    error: result.err(),
+                };
+                this.first_ended.get_or_insert(done.ended_by);
                 *end = Some(done);
             }
         }
-        let failed = [&ab_end, &ba_end]
+        let failed = this
+            .ends
             .iter()
             .any(|end| end.as_ref().is_some_and(|e| e.error.is_some()));
-        if failed || (ab_end.is_some() && ba_end.is_some()) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+        if !failed && this.ends.iter().any(Option::is_none) {
+            return Poll::Pending;
         }
-    })
-    .await;
-
-    // Whatever direction is still running is dropped here with its endpoint halves: on an
-    // error that closes both ends at once; otherwise both directions are already done.
-    let a_to_b = ab_end.as_ref().map_or(0, |e| e.bytes);
-    let b_to_a = ba_end.as_ref().map_or(0, |e| e.bytes);
-    let error = [ab_end, ba_end]
-        .into_iter()
-        .flatten()
-        .find_map(|end| end.error);
-    RelayOutcome {
-        a_to_b,
-        b_to_a,
-        first_ended: first_ended.unwrap_or(SideId::A),
-        error,
+        // Whatever direction is still running is dropped with the relay and its endpoint
+        // halves: on an error that closes both ends at once; otherwise both are already done.
+        let [ab_end, ba_end] = std::mem::take(&mut this.ends);
+        let a_to_b = ab_end.as_ref().map_or(0, |e| e.bytes);
+        let b_to_a = ba_end.as_ref().map_or(0, |e| e.bytes);
+        let error = [ab_end, ba_end]
+            .into_iter()
+            .flatten()
+            .find_map(|end| end.error);
+        Poll::Ready(RelayOutcome {
+            a_to_b,
+            b_to_a,
+            first_ended: this.first_ended.unwrap_or(SideId::A),
+            error,
+        })
     }
 }
 
@@ -294,12 +340,14 @@ pub async fn relay(pair: Pair) -> RelayOutcome {
 enum ReadEnd {
     Tcp(OwnedReadHalf),
     Stream(ReadHalf<Box<dyn AsyncStream>>),
+    Chunk(Box<dyn ChunkRead>),
 }
 
 /// The write half of an endpoint.
 enum WriteEnd {
     Tcp(OwnedWriteHalf),
     Stream(WriteHalf<Box<dyn AsyncStream>>),
+    Half(Box<dyn AsyncWriteHalf>),
 }
 
 fn split(endpoint: Endpoint) -> (ReadEnd, WriteEnd) {
@@ -312,6 +360,7 @@ fn split(endpoint: Endpoint) -> (ReadEnd, WriteEnd) {
             let (r, w) = tokio::io::split(stream);
             (ReadEnd::Stream(r), WriteEnd::Stream(w))
         }
+        Endpoint::Halves { read, write } => (ReadEnd::Chunk(read), WriteEnd::Half(write)),
     }
 }
 
@@ -324,6 +373,23 @@ impl AsyncRead for ReadEnd {
         match self.get_mut() {
             ReadEnd::Tcp(r) => Pin::new(r).poll_read(cx, buf),
             ReadEnd::Stream(r) => Pin::new(r).poll_read(cx, buf),
+            ReadEnd::Chunk(_) if buf.remaining() == 0 => Poll::Ready(Ok(())),
+            ReadEnd::Chunk(r) => {
+                let dst = buf.initialize_unfilled();
+                match r.poll_read_chunk(cx, dst) {
+                    Poll::Ready(Ok(Chunk::Bytes(b))) => {
+                        dst[..b.len()].copy_from_slice(&b);
+                        buf.advance(b.len());
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Ok(Chunk::Copied(n))) => {
+                        buf.advance(n);
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 }
@@ -337,6 +403,7 @@ impl AsyncWrite for WriteEnd {
         match self.get_mut() {
             WriteEnd::Tcp(w) => Pin::new(w).poll_write(cx, buf),
             WriteEnd::Stream(w) => Pin::new(w).poll_write(cx, buf),
+            WriteEnd::Half(w) => Pin::new(w).poll_write(cx, buf),
         }
     }
 
@@ -344,6 +411,7 @@ impl AsyncWrite for WriteEnd {
         match self.get_mut() {
             WriteEnd::Tcp(w) => Pin::new(w).poll_flush(cx),
             WriteEnd::Stream(w) => Pin::new(w).poll_flush(cx),
+            WriteEnd::Half(w) => Pin::new(w).poll_flush(cx),
         }
     }
 
@@ -351,6 +419,7 @@ impl AsyncWrite for WriteEnd {
         match self.get_mut() {
             WriteEnd::Tcp(w) => Pin::new(w).poll_shutdown(cx),
             WriteEnd::Stream(w) => Pin::new(w).poll_shutdown(cx),
+            WriteEnd::Half(w) => Pin::new(w).poll_shutdown(cx),
         }
     }
 }
@@ -362,240 +431,425 @@ struct DirectionEnd {
     error: Option<RelayError>,
 }
 
-/// One direction of a pair: reads from `from`, forwards to the other side.
-struct Direction<'c> {
+/// One direction of a pair: reads from `from`, forwards to the other side. A hand-written
+/// state machine (not an async fn), so that its idle state is just this struct.
+struct Direction {
     from: SideId,
     reader: ReadEnd,
-    prefix: Bytes,
-    /// The writing side's `initial_write`.
+    limiter: Option<Arc<RateLimiter>>,
+    fwd: Forwarder,
+    stage: Stage,
+    /// The last read filled its grant (with a limiter: ask for full reads).
+    busy: bool,
+}
+
+/// What a direction writes before relaying: the writing side's `initial_write`, then the
+/// reading side's `prefix` (boxed: most pairs have neither, and a pair lives long).
+struct Opening {
     initial: Bytes,
-    limiter: Option<&'c RateLimiter>,
-    fwd: Forwarder<'c>,
+    prefix: Bytes,
 }
 
-impl Direction<'_> {
-    async fn run(mut self) -> DirectionEnd {
-        let result = self.pump().await;
-        let ended_by = match &result {
-            Ok(()) => self.from,
-            Err(error) => error.side(),
-        };
-        DirectionEnd {
-            bytes: self.fwd.total,
-            ended_by,
-            error: result.err(),
+enum Stage {
+    /// The opening, if any, not written yet.
+    Start(Option<Box<Opening>>),
+    /// Relaying.
+    Pump,
+    /// Out of tokens until the timer fires.
+    Throttled(Pin<Box<tokio::time::Sleep>>),
+    /// EOF read: half-closing the writer.
+    Finish,
+}
+
+impl Direction {
+    fn new(
+        from: SideId,
+        reader: ReadEnd,
+        prefix: Bytes,
+        initial: Bytes,
+        limiter: Option<Arc<RateLimiter>>,
+        fwd: Forwarder,
+    ) -> Direction {
+        let opening = (!initial.is_empty() || !prefix.is_empty())
+            .then(|| Box::new(Opening { initial, prefix }));
+        Direction {
+            from,
+            reader,
+            limiter,
+            fwd,
+            stage: Stage::Start(opening),
+            busy: false,
         }
     }
 
-    async fn pump(&mut self) -> Result<(), RelayError> {
-        let from = self.from;
-        let read_err = |source| RelayError::Read { side: from, source };
-        if !self.initial.is_empty() {
-            let initial = std::mem::take(&mut self.initial);
-            self.fwd.write_raw(&initial).await?;
-        }
-        if !self.prefix.is_empty() {
-            let prefix = std::mem::take(&mut self.prefix);
-            self.fwd.forward(&prefix).await?;
-        }
-        let busy_read = if self.fwd.transforms() {
-            BUSY_READ_TRANSFORMED
-        } else {
-            BUSY_READ_PLAIN
-        };
-        let mut idle = [0u8; IDLE_READ];
+    /// Runs the direction until EOF has been propagated (`Ok`) or something failed.
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayError>> {
         loop {
-            self.fwd.release_idle_buffers();
-            let cap = grant(self.limiter, idle.len()).await;
-            let n = self.reader.read(&mut idle[..cap]).await.map_err(read_err)?;
-            self.refund(cap, n);
-            if n == 0 {
-                break;
-            }
-            if n < cap {
-                // Interactive traffic usually ends here and never needs the big buffer.
-                self.fwd.forward(&idle[..n]).await?;
-                continue;
-            }
-            // Busy: read as much as is ready into the big buffer, forward, repeat; drop the
-            // buffer as soon as the source has nothing ready.
-            let mut busy = vec![0u8; busy_read];
-            busy[..n].copy_from_slice(&idle[..n]);
-            let mut filled = n;
-            loop {
-                let room = busy.len() - filled;
-                let cap = match self.limiter {
-                    None => room,
-                    Some(l) => match l.acquire(room) {
-                        Grant::Bytes(n) => n,
-                        // Out of tokens: forward what we have, then wait in the outer loop.
-                        Grant::Wait(_) => 0,
-                    },
-                };
-                let ready = if cap == 0 {
-                    None
-                } else {
-                    let r = read_ready(&mut self.reader, &mut busy[filled..filled + cap]).await;
-                    self.refund(
-                        cap,
-                        r.as_ref()
-                            .and_then(|r| r.as_ref().ok())
-                            .copied()
-                            .unwrap_or(0),
-                    );
-                    r
-                };
-                let eof = match ready {
-                    Some(Ok(0)) => true,
-                    Some(Ok(m)) => {
-                        filled += m;
-                        false
+            match &mut self.stage {
+                Stage::Start(opening) => {
+                    if let Some(o) = opening {
+                        // The initial write goes first, uncounted and untransformed.
+                        if !o.initial.is_empty() {
+                            let initial = std::mem::take(&mut o.initial);
+                            self.fwd.queue_raw(&initial);
+                        }
+                        ready!(self.fwd.poll_drain(cx))?;
+                        if !o.prefix.is_empty() {
+                            let prefix = std::mem::take(&mut o.prefix);
+                            self.fwd.forward_now(cx, &prefix, None)?;
+                        }
                     }
-                    None => false,
-                    Some(Err(e)) => return Err(read_err(e)),
-                };
-                if filled > 0 {
-                    self.fwd.forward(&busy[..filled]).await?;
-                    filled = 0;
+                    self.stage = Stage::Pump;
                 }
-                if eof {
-                    return self.fwd.finish().await;
+                Stage::Throttled(sleep) => {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.stage = Stage::Pump;
                 }
-                if ready.is_none() {
-                    break;
+                Stage::Finish => {
+                    let to = self.from.other();
+                    return Pin::new(&mut self.fwd.writer)
+                        .poll_shutdown(cx)
+                        .map_err(|source| RelayError::Write { side: to, source });
+                }
+                Stage::Pump => {
+                    // One chunk in flight: what the writer did not take yet goes first.
+                    ready!(self.fwd.poll_drain(cx))?;
+                    let read_size = if self.fwd.transforms() {
+                        BUSY_READ_TRANSFORMED
+                    } else {
+                        BUSY_READ_PLAIN
+                    };
+                    let cap = match &self.limiter {
+                        None => read_size,
+                        // An idle direction asks for a small grant; tokens are given back
+                        // at once if nothing is read, so none are held while waiting.
+                        Some(l) => match l.acquire(if self.busy { read_size } else { IDLE_READ }) {
+                            Grant::Bytes(n) => n,
+                            Grant::Wait(d) => {
+                                self.stage = Stage::Throttled(Box::pin(tokio::time::sleep(d)));
+                                continue;
+                            }
+                        },
+                    };
+                    let r = self.poll_read_forward(cx, cap);
+                    let used = match &r {
+                        Poll::Ready(Ok(n)) => *n,
+                        _ => 0,
+                    };
+                    self.refund(cap, used);
+                    let Poll::Ready(r) = r else {
+                        // Idle: keep no buffer (a busy direction keeps `pending`'s memory).
+                        self.fwd.release_idle_buffers();
+                        return Poll::Pending;
+                    };
+                    let n = r?;
+                    if n == 0 {
+                        self.stage = Stage::Finish;
+                    } else {
+                        self.busy = n == cap;
+                    }
                 }
             }
         }
-        self.fwd.finish().await
+    }
+
+    /// Reads at most `cap` bytes into the thread's scratch buffer and forwards them at once;
+    /// `Ready(Ok(0))` is EOF. Pending means nothing was read: no buffer is held meanwhile.
+    fn poll_read_forward(
+        &mut self,
+        cx: &mut Context<'_>,
+        cap: usize,
+    ) -> Poll<Result<usize, RelayError>> {
+        let from = self.from;
+        SCRATCH.with(|scratch| {
+            let mut own;
+            let mut guard;
+            let buf: &mut [u8] = match scratch.try_borrow_mut() {
+                Ok(g) => {
+                    guard = g;
+                    &mut guard[..cap]
+                }
+                // Not reachable (nothing polled from here reads into it), but never panic.
+                Err(_) => {
+                    own = vec![0u8; cap];
+                    &mut own
+                }
+            };
+            if let ReadEnd::Chunk(reader) = &mut self.reader {
+                // A large chunk goes out from the reader's own buffer, without another copy.
+                let n = match reader.poll_read_chunk(cx, buf) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(source)) => {
+                        return Poll::Ready(Err(RelayError::Read { side: from, source }));
+                    }
+                    Poll::Ready(Ok(Chunk::Bytes(b))) => {
+                        if !b.is_empty() {
+                            self.fwd.forward_now(cx, &b, Some(&b))?;
+                        }
+                        b.len()
+                    }
+                    Poll::Ready(Ok(Chunk::Copied(n))) => {
+                        if n > 0 {
+                            self.fwd.forward_now(cx, &buf[..n], None)?;
+                        }
+                        n
+                    }
+                };
+                return Poll::Ready(Ok(n));
+            }
+            let mut rb = ReadBuf::new(buf);
+            match Pin::new(&mut self.reader).poll_read(cx, &mut rb) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(source)) => {
+                    Poll::Ready(Err(RelayError::Read { side: from, source }))
+                }
+                Poll::Ready(Ok(())) => {
+                    let data = rb.filled();
+                    if !data.is_empty() {
+                        self.fwd.forward_now(cx, data, None)?;
+                    }
+                    Poll::Ready(Ok(data.len()))
+                }
+            }
+        })
     }
 }
 
-/// How many bytes the next read may take: `want`, or with a limiter what it grants, after
-/// sleeping until it grants something.
-async fn grant(limiter: Option<&RateLimiter>, want: usize) -> usize {
-    let Some(l) = limiter else { return want };
-    loop {
-        match l.acquire(want) {
-            Grant::Bytes(n) => return n,
-            Grant::Wait(d) => tokio::time::sleep(d).await,
-        }
-    }
+thread_local! {
+    /// The read buffer of every relay direction polled on this thread. A direction reads into
+    /// it and writes at once; only what the writer does not take right away is copied out
+    /// (into the direction's `pending`), so an idle direction holds no buffer at all.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; BUSY_READ_PLAIN].into_boxed_slice());
 }
 
-impl Direction<'_> {
+impl Direction {
     /// Gives back the part of a grant of `granted` bytes that a read of `used` did not use.
     fn refund(&self, granted: usize, used: usize) {
-        if let Some(l) = self.limiter {
+        if let Some(l) = &self.limiter {
             l.refund(granted.saturating_sub(used));
         }
     }
 }
 
-/// One read attempt that does not wait: `None` when nothing is ready now (the task's waker is
-/// registered, as with any pending poll).
-async fn read_ready(reader: &mut ReadEnd, buf: &mut [u8]) -> Option<io::Result<usize>> {
-    poll_fn(|cx| {
-        let mut rb = ReadBuf::new(&mut *buf);
-        Poll::Ready(match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
-            Poll::Pending => None,
-            Poll::Ready(Ok(())) => Some(Ok(rb.filled().len())),
-            Poll::Ready(Err(e)) => Some(Err(e)),
-        })
-    })
-    .await
-}
-
-/// The writing end of a direction with its transform chains and counters.
-struct Forwarder<'c> {
-    /// The side the bytes are read from; the writer belongs to the other one.
-    from: SideId,
-    writer: WriteEnd,
+/// The transforms of a direction and their output buffers.
+struct Chains {
     /// The reading side's inbound chain (wire → plaintext).
     inbound: Vec<Box<dyn Transform>>,
     /// The writing side's outbound chain (plaintext → wire).
     outbound: Vec<Box<dyn Transform>>,
     plain: Vec<u8>,
     wire: Vec<u8>,
-    counter: Option<&'c AtomicU64>,
+}
+
+/// The writing end of a direction with its transform chains and counters.
+struct Forwarder {
+    /// The side the bytes are read from; the writer belongs to the other one.
+    from: SideId,
+    writer: WriteEnd,
+    /// The transform chains, boxed: most pairs have none.
+    chains: Option<Box<Chains>>,
+    /// Wire bytes of the last chunk that the writer did not take at once (empty, and
+    /// unallocated, while the writer keeps up), and how much of them is written.
+    pending: Vec<u8>,
+    sent: usize,
+    /// An untransformed remainder of a reader's own chunk (see [`ChunkRead`]), not copied.
+    pending_chunk: Bytes,
+    /// Plaintext length of the chunk in `pending`/`pending_chunk`, counted once it is all
+    /// written.
+    pending_plain: u64,
+    need_flush: bool,
+    /// Counts into `a_to_b` or `b_to_a` (by `from`).
+    counters: Option<Arc<Counters>>,
     total: u64,
 }
 
-impl<'c> Forwarder<'c> {
+impl Forwarder {
     fn new(
         from: SideId,
         writer: WriteEnd,
         inbound: Vec<Box<dyn Transform>>,
         outbound: Vec<Box<dyn Transform>>,
-        counter: Option<&'c AtomicU64>,
+        counters: Option<Arc<Counters>>,
     ) -> Self {
         Forwarder {
             from,
             writer,
-            inbound,
-            outbound,
-            plain: Vec::new(),
-            wire: Vec::new(),
-            counter,
+            chains: (!inbound.is_empty() || !outbound.is_empty()).then(|| {
+                Box::new(Chains {
+                    inbound,
+                    outbound,
+                    plain: Vec::new(),
+                    wire: Vec::new(),
+                })
+            }),
+            pending: Vec::new(),
+            sent: 0,
+            pending_chunk: Bytes::new(),
+            pending_plain: 0,
+            need_flush: false,
+            counters,
             total: 0,
         }
     }
 
     fn transforms(&self) -> bool {
-        !self.inbound.is_empty() || !self.outbound.is_empty()
+        self.chains.is_some()
     }
 
-    /// Transforms one chunk read from side `from` and writes all of it.
-    async fn forward(&mut self, data: &[u8]) -> Result<(), RelayError> {
+    /// Transforms one chunk read from side `from` and writes as much of it as the writer takes
+    /// now; the rest waits in `pending` for [`Forwarder::poll_drain`]. Must not be called while
+    /// `pending` holds bytes.
+    ///
+    /// `owner`, when given, holds exactly `data`: an untransformed remainder is then kept as a
+    /// slice of it instead of being copied.
+    fn forward_now(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+        owner: Option<&Bytes>,
+    ) -> Result<(), RelayError> {
+        debug_assert!(self.sent >= self.pending.len() && self.pending_chunk.is_empty());
+        let owner = owner.filter(|_| self.chains.is_none());
         let (from, to) = (self.from, self.from.other());
         let transform_err = |source| RelayError::Transform { side: from, source };
-        let write_err = |source| RelayError::Write { side: to, source };
-        let plain: &[u8] = if self.inbound.is_empty() {
-            data
-        } else {
-            self.plain.clear();
-            run_chain(&mut self.inbound, data, &mut self.plain).map_err(transform_err)?;
-            &self.plain
-        };
-        let plain_len = plain.len() as u64;
-        let wire: &[u8] = if self.outbound.is_empty() {
-            plain
-        } else {
-            self.wire.clear();
-            run_chain(&mut self.outbound, plain, &mut self.wire).map_err(transform_err)?;
-            &self.wire
-        };
-        if !wire.is_empty() {
-            self.writer.write_all(wire).await.map_err(write_err)?;
-            self.writer.flush().await.map_err(write_err)?;
-        }
-        if plain_len > 0 {
-            self.total += plain_len;
-            if let Some(counter) = self.counter {
-                counter.fetch_add(plain_len, Ordering::Relaxed);
+        let (plain_len, wire): (u64, &[u8]) = match self.chains.as_deref_mut() {
+            None => (data.len() as u64, data),
+            Some(Chains {
+                inbound,
+                outbound,
+                plain,
+                wire,
+            }) => {
+                let plain: &[u8] = if inbound.is_empty() {
+                    data
+                } else {
+                    plain.clear();
+                    run_chain(inbound, data, plain).map_err(transform_err)?;
+                    plain
+                };
+                let plain_len = plain.len() as u64;
+                let wire: &[u8] = if outbound.is_empty() {
+                    plain
+                } else {
+                    wire.clear();
+                    run_chain(outbound, plain, wire).map_err(transform_err)?;
+                    wire
+                };
+                (plain_len, wire)
             }
+        };
+        let mut off = 0;
+        while off < wire.len() {
+            match Pin::new(&mut self.writer).poll_write(cx, &wire[off..]) {
+                Poll::Ready(Ok(0)) => {
+                    let source = io::Error::from(io::ErrorKind::WriteZero);
+                    return Err(RelayError::Write { side: to, source });
+                }
+                Poll::Ready(Ok(n)) => off += n,
+                Poll::Ready(Err(source)) => return Err(RelayError::Write { side: to, source }),
+                Poll::Pending => break,
+            }
+        }
+        self.need_flush |= off > 0;
+        if off == wire.len() {
+            self.count(plain_len);
+        } else {
+            match owner {
+                Some(b) => self.pending_chunk = b.slice(off..),
+                _ => {
+                    self.pending.clear();
+                    self.pending.extend_from_slice(&wire[off..]);
+                    self.sent = 0;
+                }
+            }
+            self.pending_plain = plain_len;
         }
         Ok(())
     }
 
-    /// Writes bytes as they are (no transform, not counted).
-    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), RelayError> {
+    /// Writes what is pending, then flushes the writer.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayError>> {
         let to = self.from.other();
         let write_err = |source| RelayError::Write { side: to, source };
-        self.writer.write_all(bytes).await.map_err(write_err)?;
-        self.writer.flush().await.map_err(write_err)
+        while self.sent < self.pending.len() {
+            match Pin::new(&mut self.writer).poll_write(cx, &self.pending[self.sent..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(write_err(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.sent += n;
+                    self.need_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_err(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+            if self.sent == self.pending.len() {
+                let plain = std::mem::take(&mut self.pending_plain);
+                self.count(plain);
+            }
+        }
+        while !self.pending_chunk.is_empty() {
+            match Pin::new(&mut self.writer).poll_write(cx, &self.pending_chunk) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(write_err(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.pending_chunk.advance(n);
+                    self.need_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_err(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+            if self.pending_chunk.is_empty() {
+                // Let go of the reader's chunk at once.
+                self.pending_chunk = Bytes::new();
+                let plain = std::mem::take(&mut self.pending_plain);
+                self.count(plain);
+            }
+        }
+        if self.need_flush {
+            match Pin::new(&mut self.writer).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.need_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_err(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
-    /// Propagates a clean EOF from the reading side as a half-close of the writing side.
-    async fn finish(&mut self) -> Result<(), RelayError> {
-        let to = self.from.other();
-        self.writer
-            .shutdown()
-            .await
-            .map_err(|source| RelayError::Write { side: to, source })
+    fn count(&mut self, plain_len: u64) {
+        if plain_len > 0 {
+            self.total += plain_len;
+            if let Some(c) = &self.counters {
+                let counter = match self.from {
+                    SideId::A => &c.a_to_b,
+                    SideId::B => &c.b_to_a,
+                };
+                counter.fetch_add(plain_len, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Queues bytes to be written as they are (no transform, not counted) by `poll_drain`.
+    fn queue_raw(&mut self, bytes: &[u8]) {
+        self.pending.clear();
+        self.pending.extend_from_slice(bytes);
+        self.sent = 0;
+        self.pending_plain = 0;
     }
 
     fn release_idle_buffers(&mut self) {
-        for buf in [&mut self.plain, &mut self.wire] {
+        if self.sent >= self.pending.len() && self.pending.capacity() > 0 {
+            self.pending = Vec::new();
+            self.sent = 0;
+        }
+        let Some(chains) = self.chains.as_deref_mut() else {
+            return;
+        };
+        for buf in [&mut chains.plain, &mut chains.wire] {
             if buf.capacity() > KEEP_WHEN_IDLE {
                 *buf = Vec::new();
             }

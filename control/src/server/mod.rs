@@ -338,10 +338,7 @@ impl State {
         };
         while let Some(stream) = next {
             let st = self.clone();
-            tokio::spawn(async move {
-                st.handle_logical(Conn::Boxed(Box::new(stream)), remote)
-                    .await
-            });
+            tokio::spawn(async move { st.handle_logical(Conn::Yamux(stream), remote).await });
             next = incoming.accept().await;
         }
         match session.close_reason() {

@@ -22,6 +22,91 @@ use super::{Config, Mode, YamuxError};
 const TRANSMIT_HIGH_WATER: usize = 512 * 1024;
 /// Largest Data frame we emit, so that streams sharing the socket interleave.
 const MAX_DATA_FRAME: usize = 64 * 1024;
+/// Payloads at least this large are kept as slices of the socket chunk they came in (see
+/// [`Connection::handle_input_bytes`]); smaller ones are copied.
+const ZERO_COPY_MIN: usize = 8 * 1024;
+
+/// `stream_read_chunk` hands out a first chunk of at least this size as it is; smaller pieces
+/// are copied out together (a write per small piece costs more than copying it).
+const COALESCE_BELOW: usize = 4 * 1024;
+
+/// What [`Connection::stream_read_chunk`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// Received bytes as they are held (a slice of a socket chunk, not copied).
+    Chunk(Bytes),
+    /// This many bytes were copied into the caller's buffer.
+    Copied(usize),
+}
+
+/// The bytes received for a stream and not yet read, as the chunks they came in. Empty, it
+/// holds no memory.
+#[derive(Debug, Default)]
+struct RecvBuf {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl RecvBuf {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.len += data.len();
+            self.chunks.push_back(data);
+        }
+    }
+
+    /// The first chunk without copying when it is large (at most `buf.len()` bytes of it),
+    /// else as much as fits copied into `buf`: a write per small piece would cost more than
+    /// the copy.
+    fn take_or_read(&mut self, buf: &mut [u8]) -> Received {
+        match self.chunks.front_mut() {
+            Some(first) if first.len() >= COALESCE_BELOW.min(buf.len()) => {
+                let chunk = if first.len() > buf.len() {
+                    first.split_to(buf.len())
+                } else {
+                    self.chunks.pop_front().expect("a first chunk")
+                };
+                self.len -= chunk.len();
+                self.release_if_empty();
+                Received::Chunk(chunk)
+            }
+            _ => Received::Copied(self.read(buf)),
+        }
+    }
+
+    /// Copies out as much as fits into `buf`.
+    fn read(&mut self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len()
+            && let Some(first) = self.chunks.front_mut()
+        {
+            let m = (buf.len() - n).min(first.len());
+            buf[n..n + m].copy_from_slice(&first[..m]);
+            first.advance(m);
+            n += m;
+            if first.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+        self.len -= n;
+        self.release_if_empty();
+        n
+    }
+
+    fn release_if_empty(&mut self) {
+        if self.chunks.is_empty() && self.chunks.capacity() > 0 {
+            self.chunks = VecDeque::new();
+        }
+    }
+}
 
 /// Something the driver (or a test) should react to. Events are notifications; the state they
 /// announce is read back through the `stream_*` methods.
@@ -53,7 +138,7 @@ pub enum Event {
 struct StreamState {
     /// Outgoing stream still waiting for its ACK (counted in `inflight_syn`).
     syn_inflight: bool,
-    recv_buf: BytesMut,
+    recv_buf: RecvBuf,
     /// How many more bytes the peer may send us.
     recv_window: u32,
     /// How many more bytes we may send the peer.
@@ -73,7 +158,7 @@ impl StreamState {
     fn new(outgoing: bool) -> Self {
         StreamState {
             syn_inflight: outgoing,
-            recv_buf: BytesMut::new(),
+            recv_buf: RecvBuf::default(),
             recv_window: INITIAL_STREAM_WINDOW,
             send_window: INITIAL_STREAM_WINDOW,
             local_fin: false,
@@ -233,7 +318,7 @@ impl Connection {
         }
         for st in self.streams.values_mut() {
             if st.recv_buf.is_empty() {
-                st.recv_buf = BytesMut::new();
+                st.recv_buf = RecvBuf::default();
             }
         }
     }
@@ -384,6 +469,28 @@ impl Connection {
     /// half-closed and everything was read); `Ok(None)`: nothing yet, wait for
     /// [`Event::StreamReadable`].
     pub fn stream_read(&mut self, id: u32, buf: &mut [u8]) -> Result<Option<usize>, YamuxError> {
+        self.stream_consume(id, |rb| rb.read(buf), 0)
+    }
+
+    /// [`Connection::stream_read`] that avoids the copy for large pieces: up to `buf.len()`
+    /// (> 0) buffered bytes, either handed out as they are held (a large received chunk) or
+    /// copied into `buf` (small pieces, joined). `Ok(Some(Copied(0)))`: EOF.
+    pub fn stream_read_chunk(
+        &mut self,
+        id: u32,
+        buf: &mut [u8],
+    ) -> Result<Option<Received>, YamuxError> {
+        self.stream_consume(id, |rb| rb.take_or_read(buf), Received::Copied(0))
+    }
+
+    /// Takes buffered bytes with `take` (and credits the window), or says EOF (`eof`), error,
+    /// or nothing yet (`None`).
+    fn stream_consume<T>(
+        &mut self,
+        id: u32,
+        take: impl FnOnce(&mut RecvBuf) -> T,
+        eof: T,
+    ) -> Result<Option<T>, YamuxError> {
         let max_window = self.max_window;
         let inflight = self.inflight(id);
         let Some(st) = self.streams.get_mut(&id) else {
@@ -393,18 +500,14 @@ impl Connection {
             return Err(YamuxError::StreamReset);
         }
         if !st.recv_buf.is_empty() {
-            let n = buf.len().min(st.recv_buf.len());
-            buf[..n].copy_from_slice(&st.recv_buf[..n]);
-            st.recv_buf.advance(n);
-            // The buffer's capacity is kept while the stream is busy (regrowing it costs a copy
-            // per doubling); `shrink_buffers` frees it once the stream is idle.
+            let got = take(&mut st.recv_buf);
             if self.closed.is_none() && !st.wire_done {
                 credit_window(&mut self.out, id, st, max_window, inflight);
             }
-            return Ok(Some(n));
+            return Ok(Some(got));
         }
         if st.remote_fin {
-            return Ok(Some(0));
+            return Ok(Some(eof));
         }
         if let Some(err) = &self.closed {
             return Err(err.clone());
@@ -487,7 +590,7 @@ impl Connection {
             return;
         }
         st.reset = true;
-        st.recv_buf = BytesMut::new();
+        st.recv_buf = RecvBuf::default();
         if self.closed.is_none() && !st.wire_done {
             put_header(&mut self.out, TYPE_WINDOW_UPDATE, FLAG_RST, id, 0);
         }
@@ -518,7 +621,7 @@ impl Connection {
             st.local_fin = true;
             put_header(&mut self.out, TYPE_WINDOW_UPDATE, FLAG_FIN, id, 0);
         }
-        st.recv_buf = BytesMut::new();
+        st.recv_buf = RecvBuf::default();
         credit_window(&mut self.out, id, st, max_window, inflight);
         if st.remote_fin {
             self.wire_done(id);
@@ -554,7 +657,22 @@ impl Connection {
 
     /// Feeds bytes read from the socket; split points are arbitrary. Errors end the session
     /// (the GoAway to send is queued); the same error is kept in [`Connection::close_reason`].
-    pub fn handle_input(&mut self, mut input: &[u8]) -> Result<(), YamuxError> {
+    pub fn handle_input(&mut self, input: &[u8]) -> Result<(), YamuxError> {
+        self.handle_input_from(input, None)
+    }
+
+    /// [`Connection::handle_input`] for a chunk the caller owns as [`Bytes`]: large Data
+    /// payloads are handed to their stream as slices of it instead of being copied.
+    pub fn handle_input_bytes(&mut self, input: &Bytes) -> Result<(), YamuxError> {
+        self.handle_input_from(input, Some(input))
+    }
+
+    /// `owner`, when given, holds exactly the bytes of `input`.
+    fn handle_input_from(
+        &mut self,
+        mut input: &[u8],
+        owner: Option<&Bytes>,
+    ) -> Result<(), YamuxError> {
         while !input.is_empty() {
             if let Some(err) = &self.closed {
                 return Err(err.clone());
@@ -567,7 +685,7 @@ impl Connection {
                     self.payload = None;
                 }
                 if !discard {
-                    self.deliver(id, &input[..n]);
+                    self.deliver(id, &input[..n], owner);
                 }
                 input = &input[n..];
                 continue;
@@ -686,7 +804,7 @@ impl Connection {
         }
         if hdr.has(FLAG_RST) {
             st.reset = true;
-            st.recv_buf = BytesMut::new();
+            st.recv_buf = RecvBuf::default();
             finished = true;
             self.events.push_back(Event::StreamReset(id));
             self.events.push_back(Event::StreamReadable(id));
@@ -765,7 +883,7 @@ impl Connection {
     }
 
     /// Payload bytes of the current Data frame for stream `id`.
-    fn deliver(&mut self, id: u32, data: &[u8]) {
+    fn deliver(&mut self, id: u32, data: &[u8], owner: Option<&Bytes>) {
         let max_window = self.max_window;
         let done = self.payload.is_none();
         let inflight = self.inflight(id);
@@ -778,7 +896,15 @@ impl Connection {
             // Nobody will read it: consume and credit so the peer never stalls.
             credit_window(&mut self.out, id, st, max_window, inflight);
         } else {
-            st.recv_buf.extend_from_slice(data);
+            // A large payload of a chunk read from the socket is kept as a slice of it (no
+            // copy) when the stream has nothing else buffered, i.e. its reader keeps up; a
+            // stream that lags copies, so it never pins more than one socket chunk.
+            match owner {
+                Some(chunk) if data.len() >= ZERO_COPY_MIN && st.recv_buf.is_empty() => {
+                    st.recv_buf.push(chunk.slice_ref(data))
+                }
+                _ => st.recv_buf.push(Bytes::copy_from_slice(data)),
+            }
             self.events.push_back(Event::StreamReadable(id));
         }
         if done && st.wire_done && st.released {
@@ -946,6 +1072,102 @@ mod tests {
     }
 
     // ------------------------------------------------------------ byte-exact frames
+
+    /// Large payloads of a chunk handed over as `Bytes` reach an up-to-date stream as slices of
+    /// that chunk (no copy); a stream that still holds unread bytes gets a copy instead, so a
+    /// lagging reader never pins more than one chunk. Small payloads are always copied.
+    #[test]
+    fn large_payloads_are_sliced_only_for_streams_that_keep_up() {
+        let cfg = no_keepalive();
+        let (mut client, mut server, _) = pair(&cfg, &cfg);
+        let id = client.open_stream().unwrap().unwrap();
+        server.handle_input(&transmit(&mut client)).unwrap();
+        assert_eq!(server.accept_stream(), Some(id));
+        let frame = |payload: &[u8]| {
+            let mut b = BytesMut::new();
+            put_header(&mut b, TYPE_DATA, 0, id, payload.len() as u32);
+            b.extend_from_slice(payload);
+            b.freeze()
+        };
+        let within = |chunk: &Bytes, part: &Bytes| {
+            let r = chunk.as_ptr_range();
+            r.contains(&part.as_ptr())
+        };
+        let (p1, p2, p3) = (
+            pattern(1, ZERO_COPY_MIN),
+            pattern(2, ZERO_COPY_MIN + 5),
+            pattern(3, 100),
+        );
+        let c1 = frame(&p1);
+        server.handle_input_bytes(&c1).unwrap();
+        let c2 = frame(&p2);
+        server.handle_input_bytes(&c2).unwrap();
+        {
+            let rb = &server.streams[&id].recv_buf;
+            assert!(
+                within(&c1, &rb.chunks[0]),
+                "an up-to-date stream gets a slice"
+            );
+            assert!(!within(&c2, &rb.chunks[1]), "a lagging stream gets a copy");
+        }
+        let mut got = vec![0u8; p1.len() + p2.len()];
+        let mut n = 0;
+        while n < got.len() {
+            n += server.stream_read(id, &mut got[n..]).unwrap().unwrap();
+        }
+        assert!(got[..p1.len()] == p1[..] && got[p1.len()..] == p2[..]);
+        let c3 = frame(&p3);
+        server.handle_input_bytes(&c3).unwrap();
+        assert!(
+            !within(&c3, &server.streams[&id].recv_buf.chunks[0]),
+            "small payloads are copied"
+        );
+        let mut small = vec![0u8; 200];
+        let n = server.stream_read(id, &mut small).unwrap().unwrap();
+        assert_eq!(&small[..n], &p3[..]);
+        assert!(server.streams[&id].recv_buf.is_empty());
+    }
+
+    /// `stream_read_chunk` hands out a large buffered chunk itself (at most the buffer's size
+    /// of it), copies small pieces out together, credits the window like `stream_read`, and
+    /// says EOF with `Copied(0)`.
+    #[test]
+    fn read_chunk_slices_large_chunks_and_copies_small_ones() {
+        let cfg = no_keepalive();
+        let (mut client, mut server, _) = pair(&cfg, &cfg);
+        let id = client.open_stream().unwrap().unwrap();
+        server.handle_input(&transmit(&mut client)).unwrap();
+        assert_eq!(server.accept_stream(), Some(id));
+        let mut buf = vec![0u8; 64 * 1024];
+        assert_eq!(server.stream_read_chunk(id, &mut buf).unwrap(), None);
+        let big = pattern(9, COALESCE_BELOW.max(ZERO_COPY_MIN) + 1000);
+        let small = [pattern(10, 100), pattern(11, 200)];
+        let mut wire = BytesMut::new();
+        for p in [&big, &small[0], &small[1]] {
+            put_header(&mut wire, TYPE_DATA, 0, id, p.len() as u32);
+            wire.extend_from_slice(p);
+        }
+        put_header(&mut wire, TYPE_WINDOW_UPDATE, FLAG_FIN, id, 0);
+        let wire = wire.freeze();
+        server.handle_input_bytes(&wire).unwrap();
+        let Received::Chunk(first) = server.stream_read_chunk(id, &mut buf).unwrap().unwrap()
+        else {
+            panic!("a large chunk is handed out as it is");
+        };
+        assert!(wire.as_ptr_range().contains(&first.as_ptr()), "not a slice");
+        assert!(first[..] == big[..]);
+        let got = server.stream_read_chunk(id, &mut buf).unwrap().unwrap();
+        assert_eq!(
+            got,
+            Received::Copied(300),
+            "small pieces are copied out together"
+        );
+        assert!(buf[..100] == small[0][..] && buf[100..300] == small[1][..]);
+        assert_eq!(
+            server.stream_read_chunk(id, &mut buf).unwrap(),
+            Some(Received::Copied(0))
+        );
+    }
 
     #[test]
     fn open_stream_sends_syn_like_go() {

@@ -2,7 +2,8 @@
 //! ([`Session`], [`Incoming`], [`Stream`]) share the core with it behind one mutex and are
 //! woken from the core's events. Stream reads copy straight out of the core's per-stream
 //! buffer, writes straight into its transmit queue; the task writes that queue to the socket
-//! in one piece and reads the socket in 256 KiB chunks.
+//! in one piece and reads the socket in 256 KiB chunks, which it hands to the core as `Bytes`
+//! (large payloads reach their stream without a copy).
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
@@ -12,15 +13,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::connection::{Connection, Event};
+use super::connection::{Connection, Event, Received};
 use super::{Config, Mode, YamuxError};
 
 const READ_CHUNK: usize = 256 * 1024;
+/// Read buffers kept for reuse while streams still hold slices of them.
+const RETIRED_READ_BUFS: usize = 3;
 /// Quiet time after which the session frees its reusable buffers.
 const SHRINK_AFTER: Duration = Duration::from_secs(5);
 /// Driver loop turns before it yields to other tasks.
@@ -47,7 +50,8 @@ where
     let driver = Driver {
         io,
         shared: shared.clone(),
-        read_buf: vec![0; READ_CHUNK],
+        read_buf: BytesMut::with_capacity(READ_CHUNK),
+        retired: Vec::new(),
         write_buf: None,
         need_flush: false,
         read_done: false,
@@ -307,6 +311,47 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Splits the stream for [`dataplane::Endpoint::Halves`]: a read half that hands out the
+    /// received bytes without copying them, and the stream itself as the write half (dropping
+    /// it releases the stream, as always; the read half then fails).
+    pub fn into_halves(self) -> (StreamReadHalf, Stream) {
+        (
+            StreamReadHalf {
+                id: self.id,
+                shared: self.shared.clone(),
+            },
+            self,
+        )
+    }
+}
+
+/// The read half of a [`Stream`] (see [`Stream::into_halves`]).
+pub struct StreamReadHalf {
+    id: u32,
+    shared: Arc<Shared>,
+}
+
+impl dataplane::ChunkRead for StreamReadHalf {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<dataplane::relay::Chunk>> {
+        let id = self.id;
+        let mut g = self.shared.lock();
+        match g.conn.stream_read_chunk(id, buf) {
+            Ok(Some(Received::Chunk(b))) => Poll::Ready(Ok(dataplane::relay::Chunk::Bytes(b))),
+            Ok(Some(Received::Copied(n))) => Poll::Ready(Ok(dataplane::relay::Chunk::Copied(n))),
+            Ok(None) => {
+                g.read_wakers.insert(id, cx.waker().clone());
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+}
+
 impl Drop for Stream {
     fn drop(&mut self) {
         let mut g = self.shared.lock();
@@ -375,7 +420,12 @@ impl AsyncWrite for Stream {
 struct Driver<T> {
     io: T,
     shared: Arc<Shared>,
-    read_buf: Vec<u8>,
+    /// Room for the next socket read; each read is split off and frozen into the chunk given
+    /// to the core (its memory comes back here once the streams have read their slices).
+    read_buf: BytesMut,
+    /// Earlier read buffers still shared with streams' slices, kept to be reclaimed once the
+    /// slices are gone (at most `RETIRED_READ_BUFS`; freed when the session goes quiet).
+    retired: Vec<BytesMut>,
     /// Frames taken from the core, and how much of them is written.
     write_buf: Option<(Bytes, usize)>,
     need_flush: bool,
@@ -429,6 +479,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             } else if let Some(at) = self.shrink_at {
                 if now >= at {
                     self.shrink_at = None;
+                    self.retired = Vec::new();
                     self.shared.lock().conn.shrink_buffers();
                 } else {
                     deadline = Some(deadline.map_or(at, |d| d.min(at)));
@@ -528,17 +579,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         if self.read_done || self.shared.lock().conn.is_closed() {
             return false;
         }
-        let mut rb = ReadBuf::new(&mut self.read_buf);
-        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) => {
-                let n = rb.filled().len();
+        if self.read_buf.capacity() < READ_CHUNK / 4 {
+            next_read_buf(&mut self.read_buf, &mut self.retired);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf) {
+            Poll::Ready(Ok(n)) => {
                 let mut g = self.shared.lock();
                 if n == 0 {
                     self.read_done = true;
                     g.conn.handle_eof();
                 } else {
+                    let chunk = self.read_buf.split().freeze();
                     // A protocol error closes the core, which the loop then notices.
-                    let _ = g.conn.handle_input(&self.read_buf[..n]);
+                    let _ = g.conn.handle_input_bytes(&chunk);
                 }
                 true
             }
@@ -549,6 +602,24 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             }
             Poll::Pending => false,
         }
+    }
+}
+
+/// Makes room for the next socket read in `buf`: its own memory if no stream holds a slice of
+/// it any more, else a retired buffer whose slices are all gone, else a new one; the buffer
+/// given up is retired. Reusing memory matters: a fresh 256 KiB allocation costs a page fault
+/// per 4 KiB touched.
+fn next_read_buf(buf: &mut BytesMut, retired: &mut Vec<BytesMut>) {
+    if buf.try_reclaim(READ_CHUNK) {
+        return;
+    }
+    let fresh = match retired.iter_mut().position(|b| b.try_reclaim(READ_CHUNK)) {
+        Some(i) => retired.swap_remove(i),
+        None => BytesMut::with_capacity(READ_CHUNK),
+    };
+    let old = std::mem::replace(buf, fresh);
+    if retired.len() < RETIRED_READ_BUFS {
+        retired.push(old);
     }
 }
 
@@ -607,6 +678,82 @@ mod tests {
             got
         };
         tokio::join!(writer, reader).1
+    }
+
+    /// A stream relayed as `Endpoint::Halves` (reads hand out the received chunks) against a
+    /// TCP socket: every byte both ways, EOF propagated as a half-close each way, and the
+    /// relay ends cleanly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stream_halves_relay_both_ways_with_half_close() {
+        use dataplane::{Endpoint, Pair, Side};
+        let ((client, _client_in), (_server, mut server_in)) = sessions().await;
+        let opened = client.open_stream().await.unwrap();
+        let accepted = server_in.accept().await.unwrap();
+        let (mut user, relay_tcp) = tcp_pair().await;
+        let (read, write) = accepted.into_halves();
+        let relay = tokio::spawn(dataplane::relay::relay(Pair {
+            a: Side::plain(Endpoint::Halves {
+                read: Box::new(read),
+                write: Box::new(write),
+            }),
+            b: Side::plain(Endpoint::Tcp(relay_tcp)),
+            counters: None,
+            limiter: None,
+        }));
+        let (up, down) = (pattern(1, 3 * MIB + 5), pattern(2, 2 * MIB + 3));
+        let (down2, up2) = (down.clone(), up.clone());
+        let stream_side = tokio::spawn(async move { exchange(opened, up2).await });
+        let (mut ur, mut uw) = user.split();
+        let (_, got_up) = tokio::join!(
+            async {
+                uw.write_all(&down2).await.unwrap();
+                uw.shutdown().await.unwrap();
+            },
+            async {
+                let mut got = Vec::new();
+                ur.read_to_end(&mut got).await.unwrap();
+                got
+            }
+        );
+        assert!(got_up == up, "stream → tcp corrupted");
+        assert!(stream_side.await.unwrap() == down, "tcp → stream corrupted");
+        let outcome = tokio::time::timeout(Duration::from_secs(10), relay)
+            .await
+            .expect("relay did not end")
+            .unwrap();
+        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+        assert_eq!(
+            (outcome.a_to_b, outcome.b_to_a),
+            (up.len() as u64, down.len() as u64)
+        );
+    }
+
+    /// Read buffers are reused once the streams dropped their slices: the same memory comes
+    /// back instead of a fresh allocation.
+    #[test]
+    fn read_buffers_are_reclaimed_once_slices_are_gone() {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut retired = Vec::new();
+        let first = buf.as_ptr();
+        buf.extend_from_slice(&[1; READ_CHUNK]);
+        let held = buf.split().freeze();
+        // A stream still holds a slice: a new buffer, the old one retired.
+        next_read_buf(&mut buf, &mut retired);
+        assert_ne!(buf.as_ptr(), first);
+        assert_eq!(retired.len(), 1);
+        buf.extend_from_slice(&[2; READ_CHUNK]);
+        let second = buf.split().freeze();
+        drop(held);
+        // The first buffer is free again: it comes back from the retired list.
+        next_read_buf(&mut buf, &mut retired);
+        assert_eq!(buf.as_ptr(), first);
+        assert!(buf.capacity() >= READ_CHUNK);
+        drop(second);
+        // Nothing holds the current one: reclaimed in place.
+        buf.extend_from_slice(&[3; 10]);
+        drop(buf.split());
+        next_read_buf(&mut buf, &mut retired);
+        assert_eq!(buf.as_ptr(), first);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -99,6 +99,7 @@ fn untoken(t: u64) -> (u32, u32, usize) {
 /// Edge-triggered interest in everything a relay needs.
 const INTEREST: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
 const READ_BITS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+const HUP_BITS: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 const WRITE_BITS: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 
 /// A readiness report.
@@ -324,6 +325,9 @@ impl Core {
                 let conn = &mut pair.conns[side];
                 if r.events & READ_BITS != 0 {
                     conn.readable = true;
+                }
+                if r.events & HUP_BITS != 0 {
+                    conn.hup = true;
                 }
                 if r.events & WRITE_BITS != 0 {
                     conn.writable = true;

@@ -18,11 +18,14 @@ mod pipes;
 mod tests;
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::task::{Context, Poll};
 
 use crate::relay::{Endpoint, Pair, Side, relay};
 use crate::sys;
@@ -326,10 +329,18 @@ impl Engine {
 
     fn spawn_tokio(&self, pair: Pair) {
         self.inner.tokio_pairs.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            let outcome = relay(pair).await;
-            outcome.log();
-        });
+        tokio::spawn(LogOutcome(relay(pair)));
+    }
+}
+
+/// Logs how the relay ended (a wrapper, not an async block: it adds no state to the task).
+struct LogOutcome(crate::relay::Relay);
+
+impl Future for LogOutcome {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|outcome| outcome.log())
     }
 }
 

@@ -44,6 +44,8 @@ pub(crate) const COPY_READ_PLAIN: usize = 64 * 1024;
 /// Read size of a direction with transforms: Go frp's copy size; it also caps how much a
 /// decompressing chain can expand one read into.
 pub(crate) const COPY_READ_TRANSFORMED: usize = 16 * 1024;
+/// A splice moving less than this turns a bulk direction back to copying.
+const SMALL_SPLICE: usize = 16 * 1024;
 /// Chunks one direction may move per turn before letting other pairs run.
 const BUDGET: u32 = 16;
 
@@ -62,6 +64,9 @@ pub(crate) struct Conn {
     pub fd: OwnedFd,
     pub readable: bool,
     pub writable: bool,
+    /// An event reported hang-up or error (EOF may be waiting behind the data): a short read
+    /// no longer proves the socket drained.
+    pub hup: bool,
 }
 
 /// One direction: reads from `from`'s socket, writes to the other one.
@@ -75,6 +80,9 @@ struct Dir {
     pipe: Option<Pipe>,
     /// Bytes sitting in `pipe`.
     in_pipe: usize,
+    /// The flow is bulk: a copy read filled the whole buffer, and no splice since moved less
+    /// than `SMALL_SPLICE`. Bulk flows splice, the others copy (see `pump`).
+    bulk: bool,
     /// Output of the copy path not yet written (empty, and unallocated, most of the time).
     pending: Vec<u8>,
     sent: usize,
@@ -117,6 +125,7 @@ impl Dir {
             outbound,
             pipe: None,
             in_pipe: 0,
+            bulk: false,
             // Written (uncounted: pending_plain = 0) before anything else.
             pending: initial_write.to_vec(),
             sent: 0,
@@ -273,7 +282,11 @@ impl Dir {
                 self.release(cx);
                 return Ok(Turn::Parked);
             };
-            if !self.transforms() && cx.pool.enabled() {
+            // Small messages (request/response traffic) are copied: one recv and one send,
+            // and a short read proves the socket drained, which saves the EAGAIN read that
+            // a splice would need (and the pipe). A recv that fills the whole buffer makes the
+            // direction bulk, and bulk is spliced until a splice moves little again.
+            if self.bulk && !self.transforms() && cx.pool.enabled() {
                 if self.pipe.is_none() {
                     self.pipe = cx.pool.take(cx.stats);
                 }
@@ -282,7 +295,12 @@ impl Dir {
                     self.refund(granted, *r.as_ref().unwrap_or(&0));
                     match r {
                         Ok(0) => self.eof = true,
-                        Ok(n) => self.in_pipe = n,
+                        Ok(n) => {
+                            self.in_pipe = n;
+                            if n < SMALL_SPLICE {
+                                self.bulk = false;
+                            }
+                        }
                         Err(e) if would_block(&e) => src.readable = false,
                         Err(source) => return Err(RelayError::Read { side: from, source }),
                     }
@@ -295,6 +313,13 @@ impl Dir {
             match r {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
+                    if n == len {
+                        self.bulk = true;
+                    } else if !src.hup {
+                        // A stream socket's recv stops short only when its receive queue is
+                        // empty; data arriving from now on raises a new edge.
+                        src.readable = false;
+                    }
                     let data = &cx.buf[..n];
                     self.forward(data, dst, cx.plain, cx.wire, cx.stats, counter)?;
                 }
@@ -423,6 +448,7 @@ impl PairState {
             fd,
             readable: false,
             writable: false,
+            hup: false,
         };
         PairState {
             conns: [conn(fa), conn(fb)],

@@ -711,50 +711,72 @@ async fn an_unknown_transport_is_refused_clearly() {
 
 // ------------------------------------------------------------------------ QUIC
 
-struct QuicTunnel {
+/// frps with a UDP transport port (`quicBindPort` / `kcpBindPort`) and frpc dialing it
+/// (`serverPort` = that port, as in frp; nothing listens on TCP there), one tcp proxy to `echo`.
+struct UdpTunnel {
     frps: Proc,
     frpc: Proc,
-    /// frps' TCP `bindPort` and UDP `quicBindPort`.
+    /// frps' TCP `bindPort` and its UDP transport port.
     bind: u16,
-    quic: u16,
+    udp: u16,
     /// The tcp proxy's port on frps.
     remote: u16,
 }
 
-/// frps with `quicBindPort` and frpc dialing it over QUIC (`serverPort` = the QUIC port, as
-/// in frp; nothing listens on TCP there), one tcp proxy to `echo`.
-fn quic_tunnel(env: &Env, echo: u16, frpc_extra: &str, enc: bool) -> QuicTunnel {
+/// Starts the [`UdpTunnel`] for `proto` ("quic" or "kcp"); waits for frps' listen line and
+/// the proxy.
+#[allow(clippy::too_many_arguments)]
+fn udp_tunnel(
+    env: &Env,
+    proto: &str,
+    echo: u16,
+    tcp_mux: bool,
+    tls: bool,
+    enc: bool,
+    frps_more: &str,
+    frpc_more: &str,
+) -> UdpTunnel {
     let bind = free_port();
-    let quic = free_port();
+    let udp = free_port();
     let remote = free_port();
     let frps = env.frps(
         "frps",
         bind,
-        &format!("{}\nquicBindPort = {quic}", frps_extra(true)),
+        &format!(
+            "{}
+{proto}BindPort = {udp}
+{frps_more}",
+            frps_extra(tcp_mux)
+        ),
     );
-    frps.wait_log(
-        &format!("frps quic listen on 127.0.0.1:{quic}"),
-        Duration::from_secs(1),
-    );
-    let extra = format!("transport.protocol = \"quic\"\n{frpc_extra}");
+    let listen = match proto {
+        "kcp" => format!("frps kcp listen on udp 127.0.0.1:{udp}"),
+        _ => format!("frps {proto} listen on 127.0.0.1:{udp}"),
+    };
+    frps.wait_log(&listen, Duration::from_secs(1));
+    let extra = format!("transport.protocol = \"{proto}\"\n{frpc_more}");
     let frpc = env.frpc(
         "frpc",
-        &frpc_cfg(quic, &extra, true, true, enc, echo, remote),
+        &frpc_cfg(udp, &extra, tcp_mux, tls, enc, echo, remote),
     );
-    frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
-    QuicTunnel {
+    frpc.wait_log("[echo] start proxy success", Duration::from_secs(15));
+    UdpTunnel {
         frps,
         frpc,
         bind,
-        quic,
+        udp,
         remote,
     }
+}
+
+fn quic_tunnel(env: &Env, echo: u16, frpc_extra: &str, enc: bool) -> UdpTunnel {
+    udp_tunnel(env, "quic", echo, true, true, enc, "", frpc_extra)
 }
 
 async fn quic_case(frpc_extra: &str, wire: &str, enc: bool) {
     let env = Env::new();
     let echo = echo_server().await;
-    let QuicTunnel {
+    let UdpTunnel {
         frps, frpc, remote, ..
     } = quic_tunnel(&env, echo, frpc_extra, enc);
     frps.wait_log(&format!("wire protocol [{wire}]"), Duration::from_secs(1));
@@ -790,11 +812,11 @@ async fn quic_frps_restart_frpc_reconnects() {
     // A short idle timeout: a killed frps sends nothing, so frpc notices through QUIC's idle
     // timeout (frp's default is 30 s).
     let extra = "transport.quic.maxIdleTimeout = 2\ntransport.quic.keepalivePeriod = 1";
-    let QuicTunnel {
+    let UdpTunnel {
         mut frps,
         frpc,
         bind,
-        quic,
+        udp: quic,
         remote,
     } = quic_tunnel(&env, echo, extra, false);
     roundtrip_eventually(remote, b"before restart", Duration::from_secs(5)).await;
@@ -815,10 +837,10 @@ async fn quic_frps_restart_frpc_reconnects() {
 async fn quic_garbage_datagrams_do_not_disturb_a_live_tunnel() {
     let env = Env::new();
     let echo = echo_server().await;
-    let QuicTunnel {
+    let UdpTunnel {
         frps,
         frpc,
-        quic,
+        udp: quic,
         remote,
         ..
     } = quic_tunnel(&env, echo, "", true);
@@ -917,7 +939,7 @@ async fn quic_silent_stream_is_closed_after_the_first_message_timeout() {
 async fn quic_frpc_stop_tells_frps_at_once() {
     let env = Env::new();
     let echo = echo_server().await;
-    let QuicTunnel {
+    let UdpTunnel {
         frps,
         mut frpc,
         remote,
@@ -937,16 +959,8 @@ async fn quic_frpc_stop_tells_frps_at_once() {
 // ---------------------------------------------------------------------------------------------
 // KCP
 
-/// frps with `kcpBindPort` (and its TCP `bindPort`) and frpc dialing KCP to it.
-struct KcpTunnel {
-    frps: Proc,
-    frpc: Proc,
-    kcp: u16,
-    remote: u16,
-}
-
 /// Starts frps (`kcpBindPort` + `frps_more`) and an frpc over KCP (`frpc_more`) with one tcp
-/// proxy; waits for the proxy.
+/// proxy in front of a fresh echo server; waits for the proxy.
 async fn kcp_tunnel(
     env: &Env,
     tcp_mux: bool,
@@ -954,33 +968,9 @@ async fn kcp_tunnel(
     enc: bool,
     frps_more: &str,
     frpc_more: &str,
-) -> KcpTunnel {
+) -> UdpTunnel {
     let echo = echo_server().await;
-    let bind = free_port();
-    let kcp = free_port();
-    let remote = free_port();
-    let frps = env.frps(
-        "frps",
-        bind,
-        &format!("{}\nkcpBindPort = {kcp}\n{frps_more}", frps_extra(tcp_mux)),
-    );
-    frps.wait_log(
-        &format!("frps kcp listen on udp 127.0.0.1:{kcp}"),
-        Duration::from_secs(1),
-    );
-    // serverPort is the KCP port: nothing listens on TCP there.
-    let extra = format!("transport.protocol = \"kcp\"\n{frpc_more}");
-    let frpc = env.frpc(
-        "frpc",
-        &frpc_cfg(kcp, &extra, tcp_mux, tls, enc, echo, remote),
-    );
-    frpc.wait_log("[echo] start proxy success", Duration::from_secs(15));
-    KcpTunnel {
-        frps,
-        frpc,
-        kcp,
-        remote,
-    }
+    udp_tunnel(env, "kcp", echo, tcp_mux, tls, enc, frps_more, frpc_more)
 }
 
 async fn kcp_case(wire: &str, tcp_mux: bool, tls: bool, enc: bool, frpc_more: &str) {
@@ -1055,7 +1045,7 @@ async fn kcp_garbage_datagrams_do_not_disturb_a_live_tunnel() {
     let env = Env::new();
     let mut t = kcp_tunnel(&env, true, true, false, "", "").await;
     check_payloads(t.remote).await;
-    let target = ("127.0.0.1", t.kcp);
+    let target = ("127.0.0.1", t.udp);
     let spam = tokio::spawn(async move {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut rnd = move || {

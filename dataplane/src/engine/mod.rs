@@ -31,7 +31,7 @@ use crate::relay::{Endpoint, Pair, Side, relay};
 use crate::sys;
 use crate::transform::Transform;
 
-use self::core::{CoreShared, Incoming, Poller};
+use self::core::{CoreShared, Incoming};
 
 /// Which engine moves the bytes of plain TCP pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -362,27 +362,42 @@ fn start_or_tokio(
     }
 }
 
-/// Creates every core's poller first (so a failure leaves nothing running), then the threads.
+/// Starts the core threads. Each creates its own poller (an io_uring ring is set up for the
+/// one thread that submits to it, see `sys::uring::Ring::new`) and reports back before this
+/// returns, so a setup failure is an error here; cores already started then see their channel
+/// close and exit.
 fn start_cores(
     cfg: &EngineConfig,
     threads: usize,
     kind: EngineKind,
 ) -> io::Result<Vec<CoreHandle>> {
-    let mut pollers = Vec::with_capacity(threads);
-    for _ in 0..threads {
-        pollers.push(match kind {
-            EngineKind::IoUring => Poller::uring()?,
-            _ => Poller::epoll()?,
-        });
-    }
     let mut cores = Vec::with_capacity(threads);
-    for (i, poller) in pollers.into_iter().enumerate() {
+    for i in 0..threads {
         let shared = Arc::new(CoreShared::new(sys::eventfd()?));
         let (tx, rx) = mpsc::channel();
-        let core = core::Core::new(poller, rx, shared.clone(), cfg);
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<()>>(1);
+        let core_shared = shared.clone();
+        let core_cfg = cfg.clone();
         std::thread::Builder::new()
             .name(format!("dp-core-{i}"))
-            .spawn(move || core.run())?;
+            .spawn(move || {
+                let poller = match kind {
+                    EngineKind::IoUring => core::Poller::uring(),
+                    _ => core::Poller::epoll(),
+                };
+                match poller {
+                    Ok(poller) => {
+                        let _ = ready_tx.send(Ok(()));
+                        core::Core::new(poller, rx, core_shared, &core_cfg).run();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })?;
+        ready_rx.recv().map_err(|_| {
+            io::Error::other(format!("dataplane core thread {i} exited during setup"))
+        })??;
         cores.push(CoreHandle { tx, shared });
     }
     Ok(cores)

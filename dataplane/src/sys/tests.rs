@@ -227,7 +227,7 @@ fn sysctl_parsing() {
 
 mod ring {
     use super::*;
-    use crate::sys::uring::{Completion, Ring};
+    use crate::sys::uring::{Completion, Ring, SetupLevel};
 
     fn ring_or_skip() -> Option<Ring> {
         match Ring::new(16) {
@@ -269,6 +269,66 @@ mod ring {
         let mut out = Vec::new();
         ring.reap(&mut out);
         assert!(out.is_empty(), "{out:?}");
+    }
+
+    fn kernel_version() -> (u32, u32) {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut v = release.split(|c: char| !c.is_ascii_digit());
+        let major: u32 = v.next().unwrap().parse().unwrap();
+        let minor: u32 = v.next().unwrap().parse().unwrap();
+        (major, minor)
+    }
+
+    #[test]
+    fn setup_uses_the_cheapest_task_work_mode_the_kernel_has() {
+        let Some(ring) = ring_or_skip() else { return };
+        let expected = match kernel_version() {
+            v if v >= (6, 1) => SetupLevel::Deferred,
+            v if v >= (5, 19) => SetupLevel::Cooperative,
+            _ => SetupLevel::Plain,
+        };
+        assert_eq!(ring.level(), expected);
+    }
+
+    /// With deferred task work, a completion becomes visible only through an enter that asks
+    /// for events; the non-blocking `submit_and_wait(0)` the cores use between turns must still
+    /// bring it in (the kernel raises `IORING_SQ_TASKRUN`, the wrapper then asks).
+    #[test]
+    fn non_blocking_reap_sees_completions_on_every_setup_level() {
+        for level in [
+            SetupLevel::Deferred,
+            SetupLevel::Cooperative,
+            SetupLevel::Plain,
+        ] {
+            let mut ring = match Ring::with_level(16, level) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("SKIPPED level {level:?}: {e}");
+                    continue;
+                }
+            };
+            let fd = eventfd().unwrap();
+            ring.push_poll(fd.as_fd(), libc::EPOLLIN as u32, false, 5)
+                .unwrap();
+            ring.submit_and_wait(0).unwrap();
+            eventfd_signal(fd.as_fd()).unwrap();
+            let mut out = Vec::new();
+            let mut seen = None;
+            for _ in 0..10_000 {
+                ring.submit_and_wait(0).unwrap();
+                ring.reap(&mut out);
+                seen = out.iter().find(|c| c.user_data == 5).copied();
+                if seen.is_some() {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            let c = seen.unwrap_or_else(|| panic!("{level:?}: completion never reaped"));
+            assert!(
+                c.result > 0 && c.result as u32 & libc::EPOLLIN as u32 != 0,
+                "{c:?}"
+            );
+        }
     }
 
     #[test]

@@ -27,5 +27,8 @@ mod testutil;
 
 pub use engine::{Engine, EngineConfig, EngineKind, EngineStats};
 pub use limit::{Grant, RateLimiter};
-pub use relay::{AsyncStream, AsyncWriteHalf, Chunk, ChunkRead, Counters, Endpoint, Pair, Side};
+pub use relay::{
+    AsyncStream, AsyncWriteHalf, Chunk, ChunkRead, Counters, Endpoint, HostedRelay, Pair,
+    RelayHost, Side,
+};
 pub use transform::{Transform, TransformError};

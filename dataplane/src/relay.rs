@@ -59,6 +59,25 @@ pub trait ChunkRead: Send + Unpin + 'static {
     /// (the reader chooses: e.g. small pieces are better joined by a copy). `Pending` (with
     /// the waker registered) while nothing is buffered.
     fn poll_read_chunk(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<Chunk>>;
+
+    /// The task this reader's bytes come from, if it will run relays itself (see
+    /// [`RelayHost`]); `None` (the default): the relay gets a task of its own.
+    fn relay_host(&self) -> Option<Arc<dyn RelayHost>> {
+        None
+    }
+}
+
+/// A relay as a future: what [`RelayHost::host`] runs.
+pub type HostedRelay = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A task that can run relays inside itself, e.g. the task driving a yamux session: the
+/// relays of its streams then move bytes between the session and their sockets without a
+/// wake-up crossing tasks (or threads) on every chunk, and the frames they queue are written
+/// in the same turn.
+pub trait RelayHost: Send + Sync {
+    /// Takes `relay` to run it to completion, or hands it back when the host has ended (the
+    /// caller then spawns it on its own).
+    fn host(&self, relay: HostedRelay) -> Result<(), HostedRelay>;
 }
 
 /// The write half that goes with a [`ChunkRead`].

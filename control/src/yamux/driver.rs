@@ -9,14 +9,20 @@ use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
+
+use dataplane::HostedRelay;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::task::AtomicWaker;
 
 use super::connection::{Connection, Event, Received};
 use super::{Config, Mode, YamuxError};
@@ -28,6 +34,8 @@ const RETIRED_READ_BUFS: usize = 3;
 const SHRINK_AFTER: Duration = Duration::from_secs(5);
 /// Driver loop turns before it yields to other tasks.
 const TURNS_PER_POLL: usize = 32;
+/// Rounds over the woken hosted relays per turn before the driver yields.
+const RELAY_ROUNDS: usize = 4;
 
 /// Starts a yamux session over `io`: spawns the driver task (needs a tokio runtime).
 pub fn session<T>(io: T, cfg: Config, mode: Mode) -> (Session, Incoming)
@@ -43,10 +51,15 @@ where
             accept_waker: None,
             open_wakers: Vec::new(),
             driver_waker: None,
+            driver_polling: false,
+            driver_woken: false,
+            hosted: Vec::new(),
+            driver_gone: false,
             handles: 2,
         }),
         closed_tx,
     });
+    let relay_wake = Arc::new(RelayWake::default());
     let driver = Driver {
         io,
         shared: shared.clone(),
@@ -63,6 +76,10 @@ where
         closing_deadline: None,
         shutting_down: false,
         shrink_at: None,
+        relays: FuturesUnordered::new(),
+        relay_wake: relay_wake.clone(),
+        relay_waker: Waker::from(relay_wake),
+        socket_done: false,
     };
     tokio::spawn(driver.run());
     (
@@ -119,6 +136,15 @@ struct Inner {
     accept_waker: Option<Waker>,
     open_wakers: Vec<Waker>,
     driver_waker: Option<Waker>,
+    /// The driver is inside its poll (it looks at the core again before it sleeps): the core's
+    /// events then set `driver_woken` instead of waking the task, which would only poll it
+    /// once more for nothing.
+    driver_polling: bool,
+    driver_woken: bool,
+    /// Relays handed to the driver ([`dataplane::RelayHost`]), not yet adopted by it.
+    hosted: Vec<HostedRelay>,
+    /// The driver task has ended: relays are not taken any more.
+    driver_gone: bool,
     /// Live Session clones + Incoming + Streams; at zero the session closes itself.
     handles: usize,
 }
@@ -153,9 +179,15 @@ impl Inner {
                 }
             }
         }
-        if (self.conn.has_transmit() || self.conn.is_closed())
-            && let Some(w) = &self.driver_waker
-        {
+        if self.conn.has_transmit() || self.conn.is_closed() {
+            self.wake_driver();
+        }
+    }
+
+    fn wake_driver(&mut self) {
+        if self.driver_polling {
+            self.driver_woken = true;
+        } else if let Some(w) = &self.driver_waker {
             w.wake_by_ref();
         }
     }
@@ -165,6 +197,18 @@ impl Inner {
         if self.handles == 0 {
             self.conn.close();
         }
+    }
+}
+
+impl dataplane::RelayHost for Shared {
+    fn host(&self, relay: HostedRelay) -> Result<(), HostedRelay> {
+        let mut g = self.lock();
+        if g.driver_gone {
+            return Err(relay);
+        }
+        g.hosted.push(relay);
+        g.wake_driver();
+        Ok(())
     }
 }
 
@@ -350,6 +394,11 @@ impl dataplane::ChunkRead for StreamReadHalf {
             Err(e) => Poll::Ready(Err(e.into())),
         }
     }
+
+    /// Relays of a session's streams run inside its driver task.
+    fn relay_host(&self) -> Option<Arc<dyn dataplane::RelayHost>> {
+        Some(self.shared.clone())
+    }
 }
 
 impl Drop for Stream {
@@ -440,6 +489,15 @@ struct Driver<T> {
     shutting_down: bool,
     /// When to free the core's reusable buffers if no byte is written until then.
     shrink_at: Option<Instant>,
+    /// The relays of this session's streams that run inside this task (see
+    /// [`dataplane::RelayHost`]). They outlive the socket: once it is shut, the task goes on
+    /// until they have written what they hold and ended.
+    relays: FuturesUnordered<HostedRelay>,
+    relay_wake: Arc<RelayWake>,
+    /// `relay_wake` as a waker.
+    relay_waker: Waker,
+    /// The socket is finished with (flushed and shut, or failed).
+    socket_done: bool,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
@@ -448,8 +506,24 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        set_waker(&mut self.shared.lock().driver_waker, cx);
+        {
+            let mut g = self.shared.lock();
+            set_waker(&mut g.driver_waker, cx);
+            g.driver_polling = true;
+        }
+        self.relay_wake.polling.store(true, SeqCst);
         for _ in 0..TURNS_PER_POLL {
+            // Relays first: the frames they queue go out with this turn's write.
+            self.poll_relays(cx);
+            if self.socket_done {
+                if self.relays.is_empty() {
+                    return Poll::Ready(());
+                }
+                if self.may_sleep() {
+                    return Poll::Pending;
+                }
+                continue;
+            }
             let mut progress = self.poll_write(cx);
             progress |= self.poll_read(cx);
 
@@ -472,7 +546,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                     // TLS may need to write close_notify; bounded by the same deadline.
                     match Pin::new(&mut self.io).poll_shutdown(cx) {
                         Poll::Pending if now < done_at && !self.write_failed => {}
-                        _ => return Poll::Ready(()),
+                        _ => {
+                            self.socket_done = true;
+                            continue;
+                        }
                     }
                 }
                 deadline = Some(done_at);
@@ -511,12 +588,58 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                     continue;
                 }
             }
-            if !progress {
+            if !progress && self.may_sleep() {
                 return Poll::Pending;
             }
         }
+        self.shared.lock().driver_polling = false;
+        self.relay_wake.polling.store(false, SeqCst);
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Adopts newly hosted relays and runs those that were woken.
+    ///
+    /// `FuturesUnordered` wakes its task after each round over its futures (so that a busy
+    /// set cannot starve the executor). Here that wake-up, like a relay woken by this very
+    /// task's reads, only sets `relay_wake.woken` while the driver polls (see `poll`): the
+    /// driver takes another round or turn instead of being polled again for nothing.
+    fn poll_relays(&mut self, cx: &mut Context<'_>) {
+        let new = std::mem::take(&mut self.shared.lock().hosted);
+        self.relays.extend(new);
+        if self.relays.is_empty() {
+            return;
+        }
+        self.relay_wake.task.register(cx.waker());
+        let mut relay_cx = Context::from_waker(&self.relay_waker);
+        for _ in 0..RELAY_ROUNDS {
+            self.relay_wake.woken.store(false, SeqCst);
+            match self.relays.poll_next_unpin(&mut relay_cx) {
+                Poll::Ready(Some(())) => {}
+                Poll::Ready(None) => return,
+                Poll::Pending if !self.relay_wake.woken.load(SeqCst) => return,
+                Poll::Pending => {}
+            }
+        }
+        // Still woken: the end of the turn sees `woken` and goes on.
+    }
+
+    /// Whether something asked for the driver during its poll; if not, it is marked as not
+    /// polling (wake-ups from now on wake the task).
+    fn may_sleep(&mut self) -> bool {
+        let mut g = self.shared.lock();
+        if std::mem::take(&mut g.driver_woken) || self.relay_wake.woken.swap(false, SeqCst) {
+            return false;
+        }
+        g.driver_polling = false;
+        self.relay_wake.polling.store(false, SeqCst);
+        // A relay woken from another thread just before `polling` was cleared.
+        if self.relay_wake.woken.swap(false, SeqCst) {
+            g.driver_polling = true;
+            self.relay_wake.polling.store(true, SeqCst);
+            return false;
+        }
+        true
     }
 
     /// Writes queued frames until the socket would block. Returns whether anything moved.
@@ -605,6 +728,30 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     }
 }
 
+/// The waker the driver gives its hosted relays: forwards to the driver task, except while
+/// the driver is polling them itself (it then only notes the wake-up, see
+/// `Driver::poll_relays`).
+#[derive(Default)]
+struct RelayWake {
+    task: AtomicWaker,
+    polling: AtomicBool,
+    woken: AtomicBool,
+}
+
+impl Wake for RelayWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.polling.load(SeqCst) {
+            self.woken.store(true, SeqCst);
+        } else {
+            self.task.wake();
+        }
+    }
+}
+
 /// Makes room for the next socket read in `buf`: its own memory if no stream holds a slice of
 /// it any more, else a retired buffer whose slices are all gone, else a new one; the buffer
 /// given up is retired. Reusing memory matters: a fresh 256 KiB allocation costs a page fault
@@ -626,10 +773,14 @@ fn next_read_buf(buf: &mut BytesMut, retired: &mut Vec<BytesMut>) {
 impl<T> Drop for Driver<T> {
     /// The task is gone (finished, or the runtime shut down): nobody may wait on it.
     fn drop(&mut self) {
-        self.shared
-            .lock()
-            .conn
-            .handle_error(YamuxError::SessionClosed);
+        let orphans = {
+            let mut g = self.shared.lock();
+            g.conn.handle_error(YamuxError::SessionClosed);
+            g.driver_gone = true;
+            std::mem::take(&mut g.hosted)
+        };
+        // Dropped outside the lock (their streams take it); `relays` goes after this.
+        drop(orphans);
     }
 }
 
@@ -726,6 +877,93 @@ mod tests {
             (outcome.a_to_b, outcome.b_to_a),
             (up.len() as u64, down.len() as u64)
         );
+    }
+
+    /// A relay hosted by the session's driver ([`dataplane::RelayHost`]) moves every byte,
+    /// and keeps running after the session's socket is finished: here it still holds most of
+    /// the stream's data (the user side does not read yet, through small socket buffers)
+    /// when the peer closes the session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hosted_relay_outlives_the_session_socket() {
+        use dataplane::{Endpoint, Pair, Side};
+        let ((client, _client_in), (server, mut server_in)) = sessions().await;
+        let mut opened = client.open_stream().await.unwrap();
+        let accepted = server_in.accept().await.unwrap();
+        // User side: tiny buffers, so the relay cannot hand its bytes to the kernel at once.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let (user, relay_tcp) = tokio::join!(sock.connect(l.local_addr().unwrap()), l.accept());
+        let (mut user, relay_tcp) = (user.unwrap(), relay_tcp.unwrap().0);
+        socket2::SockRef::from(&relay_tcp)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let (read, write) = accepted.into_halves();
+        let host = dataplane::ChunkRead::relay_host(&read).expect("streams offer their driver");
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let relay = dataplane::relay::relay(Pair {
+            a: Side::plain(Endpoint::Halves {
+                read: Box::new(read),
+                write: Box::new(write),
+            }),
+            b: Side::plain(Endpoint::Tcp(relay_tcp)),
+            counters: None,
+            limiter: None,
+        });
+        let relay: HostedRelay = Box::pin(async move {
+            let _ = done_tx.send(relay.await);
+        });
+        assert!(host.host(relay).is_ok(), "a live driver takes relays");
+
+        let data = pattern(3, 200 * 1024);
+        opened.write_all(&data).await.unwrap();
+        opened.shutdown().await.unwrap();
+        drop(opened);
+        client.close();
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(10), server.closed())
+            .await
+            .expect("session did not end");
+        // Time for the server's driver to shut its socket.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), user.read_to_end(&mut got))
+            .await
+            .expect("user side did not get EOF")
+            .unwrap();
+        assert!(got == data, "got {} of {} bytes", got.len(), data.len());
+        // The other direction ends with the user's EOF (its stream is gone with the session).
+        drop(user);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), done_rx)
+            .await
+            .expect("relay did not end")
+            .unwrap();
+        assert_eq!(outcome.a_to_b, data.len() as u64);
+    }
+
+    /// Once the driver task has ended, relays are handed back (the engine then spawns them).
+    #[tokio::test]
+    async fn host_hands_relays_back_once_the_driver_is_gone() {
+        let ((client, _client_in), (_server, mut server_in)) = sessions().await;
+        let _opened = client.open_stream().await.unwrap();
+        let (read, _write) = server_in.accept().await.unwrap().into_halves();
+        let host = dataplane::ChunkRead::relay_host(&read).unwrap();
+        client.close();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+            match host.host(Box::pin(async move {
+                let _ = tx.send(());
+            })) {
+                Ok(()) => {
+                    // Taken: the driver must run it (or drop it when it ends).
+                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut rx).await;
+                }
+                Err(_) => break,
+            }
+            assert!(Instant::now() < deadline, "driver never ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Read buffers are reused once the streams dropped their slices: the same memory comes

@@ -612,16 +612,24 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         }
         self.relay_wake.task.register(cx.waker());
         let mut relay_cx = Context::from_waker(&self.relay_waker);
-        for _ in 0..RELAY_ROUNDS {
+        let mut rounds = 0;
+        loop {
             self.relay_wake.woken.store(false, SeqCst);
             match self.relays.poll_next_unpin(&mut relay_cx) {
-                Poll::Ready(Some(())) => {}
+                // A relay ended; more may be ready (their wake-ups are already spent), so
+                // poll again: this ends, as every such answer removes a relay.
+                Poll::Ready(Some(())) => continue,
                 Poll::Ready(None) => return,
                 Poll::Pending if !self.relay_wake.woken.load(SeqCst) => return,
-                Poll::Pending => {}
+                Poll::Pending => {
+                    rounds += 1;
+                    if rounds == RELAY_ROUNDS {
+                        // Still woken: the end of the turn sees `woken` and goes on.
+                        return;
+                    }
+                }
             }
         }
-        // Still woken: the end of the turn sees `woken` and goes on.
     }
 
     /// Whether something asked for the driver during its poll; if not, it is marked as not
@@ -939,6 +947,64 @@ mod tests {
             .expect("relay did not end")
             .unwrap();
         assert_eq!(outcome.a_to_b, data.len() as u64);
+    }
+
+    /// Many hosted relays ending at once (every user hangs up together) leave the driver
+    /// serving: the relays still queued as ready after one ended are polled too, and a new
+    /// stream relays as before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hosted_relays_ending_together_leave_the_driver_serving() {
+        use dataplane::{Endpoint, Pair, Side};
+        let ((client, _client_in), (_server, mut server_in)) = sessions().await;
+        async fn hosted(
+            client: &Session,
+            server_in: &mut Incoming,
+        ) -> (Stream, TcpStream, tokio::sync::oneshot::Receiver<()>) {
+            let opened = client.open_stream().await.unwrap();
+            let accepted = server_in.accept().await.unwrap();
+            let (user, relay_tcp) = tcp_pair().await;
+            let (read, write) = accepted.into_halves();
+            let host = dataplane::ChunkRead::relay_host(&read).unwrap();
+            let relay = dataplane::relay::relay(Pair {
+                a: Side::plain(Endpoint::Halves {
+                    read: Box::new(read),
+                    write: Box::new(write),
+                }),
+                b: Side::plain(Endpoint::Tcp(relay_tcp)),
+                counters: None,
+                limiter: None,
+            });
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let relay: HostedRelay = Box::pin(async move {
+                relay.await;
+                let _ = tx.send(());
+            });
+            assert!(host.host(relay).is_ok());
+            (opened, user, rx)
+        }
+        let mut all = Vec::new();
+        for _ in 0..200 {
+            all.push(hosted(&client, &mut server_in).await);
+        }
+        let mut ended = Vec::new();
+        for (opened, user, done) in all {
+            drop((opened, user));
+            ended.push(done);
+        }
+        for done in ended {
+            tokio::time::timeout(Duration::from_secs(10), done)
+                .await
+                .expect("a relay did not end")
+                .unwrap();
+        }
+        let (mut opened, mut user, _done) = hosted(&client, &mut server_in).await;
+        opened.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), user.read_exact(&mut got))
+            .await
+            .expect("the driver stopped relaying")
+            .unwrap();
+        assert_eq!(&got, b"ping");
     }
 
     /// Once the driver task has ended, relays are handed back (the engine then spawns them).

@@ -887,13 +887,37 @@ mod tests {
         );
     }
 
+    type RelayDone = tokio::sync::oneshot::Receiver<dataplane::relay::RelayOutcome>;
+
+    /// Hands a relay between `stream` and `tcp` to the driver of the stream's session, as
+    /// `Engine::spawn` does; the receiver gets the relay's outcome.
+    fn host_relay(stream: Stream, tcp: TcpStream) -> RelayDone {
+        use dataplane::{Endpoint, Pair, Side};
+        let (read, write) = stream.into_halves();
+        let host = dataplane::ChunkRead::relay_host(&read).expect("streams offer their driver");
+        let relay = dataplane::relay::relay(Pair {
+            a: Side::plain(Endpoint::Halves {
+                read: Box::new(read),
+                write: Box::new(write),
+            }),
+            b: Side::plain(Endpoint::Tcp(tcp)),
+            counters: None,
+            limiter: None,
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let relay: HostedRelay = Box::pin(async move {
+            let _ = tx.send(relay.await);
+        });
+        assert!(host.host(relay).is_ok(), "a live driver takes relays");
+        rx
+    }
+
     /// A relay hosted by the session's driver ([`dataplane::RelayHost`]) moves every byte,
     /// and keeps running after the session's socket is finished: here it still holds most of
     /// the stream's data (the user side does not read yet, through small socket buffers)
     /// when the peer closes the session.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hosted_relay_outlives_the_session_socket() {
-        use dataplane::{Endpoint, Pair, Side};
         let ((client, _client_in), (server, mut server_in)) = sessions().await;
         let mut opened = client.open_stream().await.unwrap();
         let accepted = server_in.accept().await.unwrap();
@@ -906,22 +930,7 @@ mod tests {
         socket2::SockRef::from(&relay_tcp)
             .set_send_buffer_size(4096)
             .unwrap();
-        let (read, write) = accepted.into_halves();
-        let host = dataplane::ChunkRead::relay_host(&read).expect("streams offer their driver");
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let relay = dataplane::relay::relay(Pair {
-            a: Side::plain(Endpoint::Halves {
-                read: Box::new(read),
-                write: Box::new(write),
-            }),
-            b: Side::plain(Endpoint::Tcp(relay_tcp)),
-            counters: None,
-            limiter: None,
-        });
-        let relay: HostedRelay = Box::pin(async move {
-            let _ = done_tx.send(relay.await);
-        });
-        assert!(host.host(relay).is_ok(), "a live driver takes relays");
+        let done_rx = host_relay(accepted, relay_tcp);
 
         let data = pattern(3, 200 * 1024);
         opened.write_all(&data).await.unwrap();
@@ -954,33 +963,15 @@ mod tests {
     /// stream relays as before.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hosted_relays_ending_together_leave_the_driver_serving() {
-        use dataplane::{Endpoint, Pair, Side};
         let ((client, _client_in), (_server, mut server_in)) = sessions().await;
         async fn hosted(
             client: &Session,
             server_in: &mut Incoming,
-        ) -> (Stream, TcpStream, tokio::sync::oneshot::Receiver<()>) {
+        ) -> (Stream, TcpStream, RelayDone) {
             let opened = client.open_stream().await.unwrap();
             let accepted = server_in.accept().await.unwrap();
             let (user, relay_tcp) = tcp_pair().await;
-            let (read, write) = accepted.into_halves();
-            let host = dataplane::ChunkRead::relay_host(&read).unwrap();
-            let relay = dataplane::relay::relay(Pair {
-                a: Side::plain(Endpoint::Halves {
-                    read: Box::new(read),
-                    write: Box::new(write),
-                }),
-                b: Side::plain(Endpoint::Tcp(relay_tcp)),
-                counters: None,
-                limiter: None,
-            });
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let relay: HostedRelay = Box::pin(async move {
-                relay.await;
-                let _ = tx.send(());
-            });
-            assert!(host.host(relay).is_ok());
-            (opened, user, rx)
+            (opened, user, host_relay(accepted, relay_tcp))
         }
         let mut all = Vec::new();
         for _ in 0..200 {

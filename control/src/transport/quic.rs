@@ -525,7 +525,11 @@ mod tests {
 
     /// An echo server over QUIC on 127.0.0.1 (every stream echoes until FIN).
     fn echo_listener(tls: &rustls::ServerConfig) -> SocketAddr {
-        let l = QuicListener::bind("127.0.0.1:0", tls, &PARAMS).unwrap();
+        echo_listener_with(tls, &PARAMS)
+    }
+
+    fn echo_listener_with(tls: &rustls::ServerConfig, params: &QuicParams) -> SocketAddr {
+        let l = QuicListener::bind("127.0.0.1:0", tls, params).unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(l.serve(Duration::from_secs(10), |conn, _| async move {
             let (mut r, mut w) = tokio::io::split(conn);
@@ -551,6 +555,14 @@ mod tests {
         crate::tls::client_config("", "", "").unwrap()
     }
 
+    /// A session to the QUIC listener on 127.0.0.1:`port`, trusting any certificate.
+    async fn connect_insecure(port: u16) -> QuicSession {
+        dialer(port, "127.0.0.1", &insecure_client())
+            .connect()
+            .await
+            .unwrap()
+    }
+
     async fn echo(s: &QuicSession, data: &[u8]) -> Vec<u8> {
         let mut st = s.open().await.unwrap();
         st.write_all(data).await.unwrap();
@@ -564,10 +576,7 @@ mod tests {
     async fn stream_echo_over_self_signed_cert() {
         let tls = crate::tls::server_config("", "", "").unwrap();
         let addr = echo_listener(&tls);
-        let s = dialer(addr.port(), "127.0.0.1", &insecure_client())
-            .connect()
-            .await
-            .unwrap();
+        let s = connect_insecure(addr.port()).await;
         let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + i / 251) as u8).collect();
         assert_eq!(echo(&s, &data).await, data);
         // The ALPN frp requires was negotiated.
@@ -583,10 +592,7 @@ mod tests {
     async fn many_concurrent_streams_on_one_connection() {
         let tls = crate::tls::server_config("", "", "").unwrap();
         let addr = echo_listener(&tls);
-        let s = dialer(addr.port(), "127.0.0.1", &insecure_client())
-            .connect()
-            .await
-            .unwrap();
+        let s = connect_insecure(addr.port()).await;
         let mut tasks = Vec::new();
         for i in 0..200u32 {
             let s = s.clone();
@@ -624,10 +630,7 @@ mod tests {
     async fn stream_credit_grows_up_to_max_incoming_streams() {
         let tls = crate::tls::server_config("", "", "").unwrap();
         let addr = echo_listener(&tls);
-        let s = dialer(addr.port(), "127.0.0.1", &insecure_client())
-            .connect()
-            .await
-            .unwrap();
+        let s = connect_insecure(addr.port()).await;
         // Far beyond the initial grant, all open at once.
         let held = hold_streams(&s, 4 * INITIAL_STREAM_CREDIT as usize).await;
         assert_eq!(held.len(), 1024);
@@ -641,17 +644,8 @@ mod tests {
             max_incoming_streams: 5,
             ..PARAMS
         };
-        let l = QuicListener::bind("127.0.0.1:0", &tls, &params).unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(l.serve(Duration::from_secs(10), |conn, _| async move {
-            let (mut r, mut w) = tokio::io::split(conn);
-            let _ = tokio::io::copy(&mut r, &mut w).await;
-            let _ = w.shutdown().await;
-        }));
-        let s = dialer(addr.port(), "127.0.0.1", &insecure_client())
-            .connect()
-            .await
-            .unwrap();
+        let addr = echo_listener_with(&tls, &params);
+        let s = connect_insecure(addr.port()).await;
         let mut held = hold_streams(&s, 5).await;
         let sixth = tokio::time::timeout(Duration::from_millis(500), s.open()).await;
         assert!(sixth.is_err(), "a 6th concurrent stream was granted");
@@ -672,10 +666,7 @@ mod tests {
         let l = QuicListener::bind("127.0.0.1:0", &tls, &PARAMS).unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(l.serve(Duration::from_millis(300), |_, _| async {}));
-        let s = dialer(addr.port(), "127.0.0.1", &insecure_client())
-            .connect()
-            .await
-            .unwrap();
+        let s = connect_insecure(addr.port()).await;
         let r = tokio::time::timeout(Duration::from_secs(5), s.conn.closed())
             .await
             .expect("frps closes a connection that opens no stream");
@@ -697,10 +688,7 @@ mod tests {
         // The client sees the generated certificate.
         let tls = crate::tls::server_config("", "", "").unwrap();
         let addr = echo_listener(&tls);
-        let s = dialer(addr.port(), "127.0.0.1", &insecure_client())
-            .connect()
-            .await
-            .unwrap();
+        let s = connect_insecure(addr.port()).await;
         let peer = s.conn.peer_identity().unwrap();
         let peer = peer
             .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()

@@ -287,23 +287,39 @@ async fn check_udp(port: u16, users: usize, per_user: usize) {
 
 // --- cases --------------------------------------------------------------------------------------
 
-/// One tcp proxy from `client` through `server`.
-async fn tcp_case(lab: &Lab, server: Imp, client: Imp, tr: Tr) {
-    let echo = echo_server().await;
+/// frps (`server`) and frpc (`client`) over `tr`, with one `kind` proxy `name` from a fresh
+/// remote port to the local service on `local`; returns both and the remote port once frpc
+/// has started the proxy.
+fn one_proxy(
+    lab: &Lab,
+    server: Imp,
+    client: Imp,
+    tr: &Tr,
+    kind: &str,
+    name: &str,
+    local: u16,
+) -> (Proc, Proc, u16) {
     let bind = free_port();
     let remote = free_port();
-    let (more, server_port) = transport_ports(&tr, bind);
+    let (more, server_port) = transport_ports(tr, bind);
     let frps = lab.frps(server, "frps", bind, &frps_extra(tr.nomux, &more));
     let frpc = lab.frpc(
         client,
         "frpc",
         &format!(
             "{}{}",
-            client_common(server_port, "", &tr, ""),
-            port_proxy("tcp", "echo", echo, remote, tr.enc)
+            client_common(server_port, "", tr, ""),
+            port_proxy(kind, name, local, remote, tr.enc)
         ),
     );
-    frpc.wait_log("[echo] start proxy success", WAIT);
+    frpc.wait_log(&format!("[{name}] start proxy success"), WAIT);
+    (frps, frpc, remote)
+}
+
+/// One tcp proxy from `client` through `server`.
+async fn tcp_case(lab: &Lab, server: Imp, client: Imp, tr: Tr) {
+    let echo = echo_server().await;
+    let (frps, _frpc, remote) = one_proxy(lab, server, client, &tr, "tcp", "echo", echo);
     if server == Imp::Ours {
         frps.wait_log(&format!("wire protocol [{}]", tr.wire()), WAIT);
     }
@@ -312,20 +328,7 @@ async fn tcp_case(lab: &Lab, server: Imp, client: Imp, tr: Tr) {
 
 async fn udp_case(lab: &Lab, server: Imp, client: Imp, tr: Tr) {
     let echo = udp_echo_server().await;
-    let bind = free_port();
-    let remote = free_port();
-    let (more, server_port) = transport_ports(&tr, bind);
-    let _frps = lab.frps(server, "frps", bind, &frps_extra(tr.nomux, &more));
-    let frpc = lab.frpc(
-        client,
-        "frpc",
-        &format!(
-            "{}{}",
-            client_common(server_port, "", &tr, ""),
-            port_proxy("udp", "dns", echo, remote, tr.enc)
-        ),
-    );
-    frpc.wait_log("[dns] start proxy success", WAIT);
+    let (_frps, _frpc, remote) = one_proxy(lab, server, client, &tr, "udp", "dns", echo);
     check_udp(remote, 3, 25).await;
 }
 

@@ -61,7 +61,7 @@ where
     });
     let relay_wake = Arc::new(RelayWake::default());
     let driver = Driver {
-        io,
+        io: Some(io),
         shared: shared.clone(),
         read_buf: BytesMut::with_capacity(READ_CHUNK),
         retired: Vec::new(),
@@ -467,7 +467,8 @@ impl AsyncWrite for Stream {
 
 /// The task that owns the socket.
 struct Driver<T> {
-    io: T,
+    /// The session's socket; `None` once finished with (`socket_done`).
+    io: Option<T>,
     shared: Arc<Shared>,
     /// Room for the next socket read; each read is split off and frozen into the chunk given
     /// to the core (its memory comes back here once the streams have read their slices).
@@ -503,6 +504,10 @@ struct Driver<T> {
 impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     async fn run(mut self) {
         poll_fn(|cx| self.poll(cx)).await;
+    }
+
+    fn io(&mut self) -> Pin<&mut T> {
+        Pin::new(self.io.as_mut().expect("socket in use until socket_done"))
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -544,9 +549,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                         self.write_buf = None;
                     }
                     // TLS may need to write close_notify; bounded by the same deadline.
-                    match Pin::new(&mut self.io).poll_shutdown(cx) {
+                    match self.io().poll_shutdown(cx) {
                         Poll::Pending if now < done_at && !self.write_failed => {}
                         _ => {
+                            // Closed now, not when the hosted relays are done.
+                            self.io = None;
                             self.socket_done = true;
                             continue;
                         }
@@ -660,7 +667,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             let Some((buf, written)) = self.write_buf.as_mut() else {
                 break;
             };
-            match Pin::new(&mut self.io).poll_write(cx, &buf[*written..]) {
+            match Pin::new(self.io.as_mut().expect("socket in use"))
+                .poll_write(cx, &buf[*written..])
+            {
                 Poll::Ready(Ok(n)) if n > 0 => {
                     *written += n;
                     if *written == buf.len() {
@@ -687,7 +696,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             }
         }
         if self.need_flush && !self.write_failed {
-            match Pin::new(&mut self.io).poll_flush(cx) {
+            match self.io().poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.need_flush = false,
                 Poll::Ready(Err(e)) => {
                     self.write_failed(&e);
@@ -713,7 +722,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         if self.read_buf.capacity() < READ_CHUNK / 4 {
             next_read_buf(&mut self.read_buf, &mut self.retired);
         }
-        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf) {
+        match tokio_util::io::poll_read_buf(
+            Pin::new(self.io.as_mut().expect("socket in use")),
+            cx,
+            &mut self.read_buf,
+        ) {
             Poll::Ready(Ok(n)) => {
                 let mut g = self.shared.lock();
                 if n == 0 {
@@ -996,6 +1009,86 @@ mod tests {
             .expect("the driver stopped relaying")
             .unwrap();
         assert_eq!(&got, b"ping");
+    }
+
+    /// A socket that records when it is dropped.
+    struct DropFlag {
+        inner: TcpStream,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.dropped.store(true, SeqCst);
+        }
+    }
+
+    impl AsyncRead for DropFlag {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for DropFlag {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, data)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// The session's socket is closed once the session is over, even while a hosted relay
+    /// lingers (here: its stream got FIN, its user socket stays open and silent), and the
+    /// relay still ends when its user does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn finished_socket_is_closed_while_hosted_relays_linger() {
+        let (c, s) = tcp_pair().await;
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (client, _client_in) = session(c, Config::frp(30), Mode::Client);
+        let (_server, mut server_in) = session(
+            DropFlag {
+                inner: s,
+                dropped: dropped.clone(),
+            },
+            Config::frp(30),
+            Mode::Server,
+        );
+        let mut opened = client.open_stream().await.unwrap();
+        let accepted = server_in.accept().await.unwrap();
+        let (user, relay_tcp) = tcp_pair().await;
+        let mut done = host_relay(accepted, relay_tcp);
+        opened.shutdown().await.unwrap();
+        client.close();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dropped.load(SeqCst) {
+            assert!(Instant::now() < deadline, "session socket still open");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            matches!(
+                done.try_recv(),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+            ),
+            "the relay should still be waiting on its user"
+        );
+        drop(user);
+        tokio::time::timeout(Duration::from_secs(10), done)
+            .await
+            .expect("relay did not end")
+            .unwrap();
+        drop(opened);
     }
 
     /// Once the driver task has ended, relays are handed back (the engine then spawns them).

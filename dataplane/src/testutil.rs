@@ -6,7 +6,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
-use crate::relay::{Endpoint, Side};
+use crate::relay::{Endpoint, Pair, Side};
 use crate::transform::{Transform, TransformError};
 
 /// Fails a test that would otherwise hang; never part of what a test asserts.
@@ -22,6 +22,16 @@ pub async fn tcp_pair() -> (TcpStream, TcpStream) {
 
 pub fn tcp_side(stream: TcpStream) -> Side {
     Side::plain(Endpoint::Tcp(stream))
+}
+
+/// Two plain TCP sides: no prefix, no transforms, no counters, no limit.
+pub fn tcp_pair_of(a: TcpStream, b: TcpStream) -> Pair {
+    Pair {
+        a: tcp_side(a),
+        b: tcp_side(b),
+        counters: None,
+        limiter: None,
+    }
 }
 
 pub fn stream_side(stream: DuplexStream) -> Side {

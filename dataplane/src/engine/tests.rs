@@ -143,12 +143,7 @@ async fn half_close_keeps_the_reply_flowing(kind: EngineKind) {
     let Some(engine) = engine(kind) else { return };
     let (mut ca, ra) = tcp_pair().await;
     let (mut cb, rb) = tcp_pair().await;
-    engine.spawn(Pair {
-        a: tcp_side(ra),
-        b: tcp_side(rb),
-        counters: None,
-        limiter: None,
-    });
+    engine.spawn(tcp_pair_of(ra, rb));
     let request = pattern(300_000, 1);
     ca.write_all(&request).await.unwrap();
     ca.shutdown().await.unwrap();
@@ -174,12 +169,7 @@ async fn reset_from_one_side_closes_the_other(kind: EngineKind) {
     let Some(engine) = engine(kind) else { return };
     let (ca, ra) = tcp_pair().await;
     let (mut cb, rb) = tcp_pair().await;
-    engine.spawn(Pair {
-        a: tcp_side(ra),
-        b: tcp_side(rb),
-        counters: None,
-        limiter: None,
-    });
+    engine.spawn(tcp_pair_of(ra, rb));
     // Make sure the pair is running before the reset.
     cb.write_all(b"x").await.unwrap();
     let mut ca = ca;
@@ -296,12 +286,7 @@ async fn small_messages_are_copied_without_pipes(kind: EngineKind) {
     let Some(engine) = engine(kind) else { return };
     let (mut ca, ra) = tcp_pair().await;
     let (mut cb, rb) = tcp_pair().await;
-    engine.spawn(Pair {
-        a: tcp_side(ra),
-        b: tcp_side(rb),
-        counters: None,
-        limiter: None,
-    });
+    engine.spawn(tcp_pair_of(ra, rb));
     let mut buf = [0u8; 64];
     for i in 0..200u32 {
         let req = format!("request {i}");
@@ -339,12 +324,7 @@ async fn data_and_fin_arriving_together(kind: EngineKind) {
         ca.write_all(&msg).await.unwrap();
         ca.shutdown().await.unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
-        engine.spawn(Pair {
-            a: tcp_side(ra),
-            b: tcp_side(rb),
-            counters: None,
-            limiter: None,
-        });
+        engine.spawn(tcp_pair_of(ra, rb));
         let (mut cb_r, cb_w) = cb.into_split();
         let got = timeout(HANG_GUARD, read_all(&mut cb_r))
             .await
@@ -366,12 +346,7 @@ async fn pool_exhaustion_falls_back_to_copying(kind: EngineKind) {
     // Pair 0's reader stalls, so its a→b flow keeps the core's only pipe full.
     let (mut stalled_a, ra) = tcp_pair().await;
     let (mut stalled_b, rb) = tcp_pair().await;
-    engine.spawn(Pair {
-        a: tcp_side(ra),
-        b: tcp_side(rb),
-        counters: None,
-        limiter: None,
-    });
+    engine.spawn(tcp_pair_of(ra, rb));
     let big = pattern(16 << 20, 99);
     let writer = tokio::spawn(async move {
         stalled_a.write_all(&big).await.unwrap();
@@ -394,12 +369,7 @@ async fn pool_exhaustion_falls_back_to_copying(kind: EngineKind) {
     for i in 0..PAIRS {
         let (ca, ra) = tcp_pair().await;
         let (cb, rb) = tcp_pair().await;
-        engine.spawn(Pair {
-            a: tcp_side(ra),
-            b: tcp_side(rb),
-            counters: None,
-            limiter: None,
-        });
+        engine.spawn(tcp_pair_of(ra, rb));
         tasks.push(tokio::spawn(async move {
             let (at_b, at_a) =
                 exchange(ca, cb, &pattern(SIZE, 10 + i), &pattern(SIZE, 100 + i)).await;
@@ -433,12 +403,7 @@ async fn no_pool_means_no_pipes(kind: EngineKind) {
     };
     let (ca, ra) = tcp_pair().await;
     let (cb, rb) = tcp_pair().await;
-    engine.spawn(Pair {
-        a: tcp_side(ra),
-        b: tcp_side(rb),
-        counters: None,
-        limiter: None,
-    });
+    engine.spawn(tcp_pair_of(ra, rb));
     let (at_b, at_a) = exchange(ca, cb, &pattern(1 << 20, 7), b"ok").await;
     assert!(at_b == pattern(1 << 20, 7));
     assert_eq!(at_a, b"ok");
@@ -498,12 +463,7 @@ async fn stalled_reader_blocks_the_writer(kind: EngineKind) {
         sock.set_send_buffer_size(32 * 1024).unwrap();
         sock.set_recv_buffer_size(32 * 1024).unwrap();
     }
-    engine.spawn(Pair {
-        a: tcp_side(ra),
-        b: tcp_side(rb),
-        counters: None,
-        limiter: None,
-    });
+    engine.spawn(tcp_pair_of(ra, rb));
     let chunk = pattern(64 * 1024, 8);
     let mut written = 0usize;
     let mut sent = Vec::new();
@@ -569,12 +529,7 @@ async fn idle_pairs_hold_no_pipe(kind: EngineKind) {
     for i in 0..20u64 {
         let (mut ca, ra) = tcp_pair().await;
         let (mut cb, rb) = tcp_pair().await;
-        engine.spawn(Pair {
-            a: tcp_side(ra),
-            b: tcp_side(rb),
-            counters: None,
-            limiter: None,
-        });
+        engine.spawn(tcp_pair_of(ra, rb));
         // A burst, then silence.
         let data = pattern(512 * 1024, i);
         let (_, got) = tokio::join!(ca.write_all(&data), async {

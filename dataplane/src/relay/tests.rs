@@ -41,12 +41,7 @@ async fn bytes_both_ways_with_prefixes() {
 async fn half_close_keeps_the_reply_flowing() {
     let (mut ca, ra) = tcp_pair().await;
     let (mut cb, rb) = tcp_pair().await;
-    let relay = tokio::spawn(relay(Pair {
-        a: tcp_side(ra),
-        b: tcp_side(rb),
-        counters: None,
-        limiter: None,
-    }));
+    let relay = tokio::spawn(relay(tcp_pair_of(ra, rb)));
 
     // The client sends its whole request, then half-closes.
     let request = pattern(300_000, 1);
@@ -113,12 +108,7 @@ async fn transform_error_closes_both_ends() {
 async fn reset_from_one_side_closes_the_other() {
     let (ca, ra) = tcp_pair().await;
     let (mut cb, rb) = tcp_pair().await;
-    let relay = tokio::spawn(relay(Pair {
-        a: tcp_side(ra),
-        b: tcp_side(rb),
-        counters: None,
-        limiter: None,
-    }));
+    let relay = tokio::spawn(relay(tcp_pair_of(ra, rb)));
     // An abortive close (RST) of a is an error, not an EOF: b is closed, not half-closed.
     ca.set_zero_linger().unwrap();
     drop(ca);
@@ -365,12 +355,7 @@ async fn stalled_tcp_reader_blocks_the_writer() {
         sock.set_send_buffer_size(32 * 1024).unwrap();
         sock.set_recv_buffer_size(32 * 1024).unwrap();
     }
-    let relay = tokio::spawn(relay(Pair {
-        a: tcp_side(ra),
-        b: tcp_side(rb),
-        counters: None,
-        limiter: None,
-    }));
+    let relay = tokio::spawn(relay(tcp_pair_of(ra, rb)));
 
     let chunk = pattern(64 * 1024, 8);
     let mut written = 0usize;
@@ -413,12 +398,7 @@ async fn stalled_tcp_reader_blocks_the_writer() {
 async fn idle_pair_state_is_small() {
     let (_ca, ra) = tcp_pair().await;
     let (_cb, rb) = tcp_pair().await;
-    let fut = relay(Pair {
-        a: tcp_side(ra),
-        b: tcp_side(rb),
-        counters: None,
-        limiter: None,
-    });
+    let fut = relay(tcp_pair_of(ra, rb));
     // No read buffer inside (reads go to the thread's scratch buffer), no boxed futures: the
     // idle state of a pair is this one value.
     let size = std::mem::size_of_val(&fut);

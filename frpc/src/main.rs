@@ -186,7 +186,9 @@ fn run(cfg: ClientConfig, config_file: Option<PathBuf>, strict: bool) -> anyhow:
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    // A spawned task rather than the blocking thread: the control loop's wake-ups and the
+    // work-connection tasks it spawns stay on the runtime's workers (see frps's main).
+    let served = rt.spawn(async move {
         let stop = Arc::new(tokio::sync::Notify::new());
         let web = cfg.web_server.clone();
         let client = Arc::new(control::client::Client::new(cfg)?);
@@ -216,7 +218,8 @@ fn run(cfg: ClientConfig, config_file: Option<PathBuf>, strict: bool) -> anyhow:
         result?;
         tracing::info!("frpc service for config file [{label}] stopped");
         anyhow::Ok(())
-    })
+    });
+    rt.block_on(served).context("frpc main task")?
 }
 
 async fn shutdown_signal() {

@@ -141,9 +141,11 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
     /// anything else is kept and decoded as v1.
     pub async fn detect(mut io: R) -> Result<(Self, WireVersion), MsgError> {
         let mut head = Vec::with_capacity(READ_CHUNK);
-        let mut buf = vec![0u8; READ_CHUNK];
+        // Read into spare capacity (`read_buf`): no 16 KiB memset per connection.
+        let mut buf = Vec::with_capacity(READ_CHUNK);
         while head.len() < MAGIC.len() {
-            let n = io.read(&mut buf).await?;
+            buf.clear();
+            let n = io.read_buf(&mut buf).await?;
             if n == 0 {
                 return Err(if head.is_empty() {
                     MsgError::Closed
@@ -189,10 +191,10 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
 
     /// Reads more bytes into the decoder. `MsgError::Closed` on EOF with nothing buffered.
     async fn fill(&mut self) -> Result<(), MsgError> {
-        if self.raw.len() < READ_CHUNK {
-            self.raw.resize(READ_CHUNK, 0);
-        }
-        let n = self.io.read(&mut self.raw).await?;
+        // Into spare capacity: a fresh reader (one per work connection) does not zero 16 KiB.
+        self.raw.clear();
+        self.raw.reserve(READ_CHUNK);
+        let n = self.io.read_buf(&mut self.raw).await?;
         self.wire_bytes += n as u64;
         if n == 0 {
             return Err(if self.dec.buffered() == 0 {

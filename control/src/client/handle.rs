@@ -59,7 +59,7 @@ pub(super) fn proxy_runtimes(cfg: &ClientConfig) -> HashMap<String, ProxyRuntime
         proxies.insert(
             p.name.clone(),
             ProxyRuntime {
-                cfg: p.clone(),
+                cfg: std::sync::Arc::new(p.clone()),
                 wire_name,
                 phase: Phase::New,
                 limiter,

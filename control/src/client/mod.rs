@@ -90,7 +90,9 @@ pub enum Phase {
 }
 
 struct ProxyRuntime {
-    cfg: ProxyConfig,
+    /// Shared with every work connection of the proxy (one Arc clone per connection, not a
+    /// copy of the whole config).
+    cfg: Arc<ProxyConfig>,
     wire_name: String,
     phase: Phase,
     /// `bandwidthLimitMode = "client"`: one limiter for all the proxy's work connections.
@@ -655,7 +657,7 @@ impl Client {
     async fn start_udp_work(
         self: Arc<Self>,
         name: String,
-        cfg: ProxyConfig,
+        cfg: Arc<ProxyConfig>,
         limiter: Option<Arc<RateLimiter>>,
         mc: MsgConn<Conn>,
     ) {

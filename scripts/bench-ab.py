@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Interleaved A/B benchmark on 127.0.0.1: several frp-uring builds (and rathole, and direct
 loopback) measured in alternation, many short rounds, so that a noisy machine disturbs every
-contender alike. Reports medians of redis -c 1 p50 and average latency and of iperf3 CPU-seconds per GB,
-each also as the median of the per-round ratios to rathole.
+contender alike. Reports medians of redis -c 1 p50 and average latency, of iperf3 CPU-seconds per GB, of
+redis -k 0 new connections/s with the tunnel's CPU µs per connection, and of redis -c 64
+requests/s, each also as the median of the per-round ratios to rathole.
 
     scripts/bench-ab.py --bin base=target/bench/bin-base --bin new=target/release \\
         --modes off,on,tls --rounds 8
@@ -137,6 +138,33 @@ def redis_p50(port, n):
     return out
 
 
+def conn_rate(port, pids, n):
+    """redis -k 0 (a new connection per GET): connections/s and the tunnel's CPU µs per one."""
+    c0 = cpu_ticks(pids) if pids else 0
+    r = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "get",
+                        "-n", str(n), "-c", "16", "-k", "0", "--csv"],
+                       capture_output=True, text=True, timeout=120)
+    out = {}
+    for line in r.stdout.splitlines():
+        cols = [c.strip('"') for c in line.split(",")]
+        if cols[0] == "GET":
+            out["conn/s"] = float(cols[1])
+    if pids:
+        out["µs/conn"] = (cpu_ticks(pids) - c0) / CLK_TCK / n * 1e6
+    return out
+
+
+def rps64(port, n):
+    r = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "get",
+                        "-n", str(n), "-c", "64", "--csv"],
+                       capture_output=True, text=True, timeout=120)
+    for line in r.stdout.splitlines():
+        cols = [c.strip('"') for c in line.split(",")]
+        if cols[0] == "GET":
+            return {"c64 req/s": float(cols[1])}
+    return {}
+
+
 def iperf_cpu(port, pids, secs):
     c0 = cpu_ticks(pids) if pids else 0
     r = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(secs), "-J",
@@ -157,7 +185,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--lat-n", type=int, default=3000)
     ap.add_argument("--iperf-secs", type=int, default=2)
-    ap.add_argument("--skip", default="", help="lat and/or cpu")
+    ap.add_argument("--conn-n", type=int, default=5000)
+    ap.add_argument("--rps-n", type=int, default=50000)
+    ap.add_argument("--skip", default="", help="any of lat, cpu, conn, rps")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="frp-ab.")
     redis_port, iperf_port = free_port(), free_port()
@@ -179,7 +209,7 @@ def main():
     for t, (rp, _, _) in targets.items():
         if not wait_tunnel(rp):
             sys.exit(f"{t}: tunnel did not come up (logs in {work})")
-    keys = ("GET", "SET", "GET avg", "SET avg", "cpu")
+    keys = ("GET", "SET", "GET avg", "SET avg", "cpu", "conn/s", "µs/conn", "c64 req/s")
     res = {t: {k: [] for k in keys} for t in targets}
     for rnd in range(a.rounds):
         order = list(targets)
@@ -191,6 +221,12 @@ def main():
                     res[t][k].append(v)
             if "cpu" not in a.skip and pids:
                 res[t]["cpu"].append(iperf_cpu(ip, pids, a.iperf_secs))
+            if "conn" not in a.skip:
+                for k, v in conn_rate(rp, pids, a.conn_n).items():
+                    res[t][k].append(v)
+            if "rps" not in a.skip:
+                for k, v in rps64(rp, a.rps_n).items():
+                    res[t][k].append(v)
         print(f"round {rnd + 1}/{a.rounds} done", file=sys.stderr)
 
     def ratio_median(t, k):
@@ -198,8 +234,9 @@ def main():
         return statistics.median(pairs) if pairs else float("nan")
 
     print(f"\n{a.rounds} interleaved rounds; medians (and median of per-round ratios to rathole)\n")
-    print("| target | GET p50 µs | SET p50 µs | GET avg µs | SET avg µs | CPU-s/GB iperf3 1× |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| target | GET p50 µs | SET p50 µs | GET avg µs | SET avg µs | CPU-s/GB iperf3 1× "
+          "| -k 0 conn/s | tunnel CPU µs/conn | -c 64 GET req/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in targets:
         cells = []
         for k in keys:

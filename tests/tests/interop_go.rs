@@ -141,7 +141,20 @@ fn transport_ports(tr: &Tr, bind: u16) -> (String, u16) {
         } else {
             "kcpBindPort"
         };
-        (format!("{key} = {p}\n"), p)
+        // KCP without tcpMux: kcp-go closes a session without sending the ACKs it still
+        // owes, so the peer retransmits, and the retransmission (any packet from an address
+        // with no session) makes kcp-go's listener accept a phantom session that never
+        // delivers a byte. Real frps checks each accepted connection's first byte in its
+        // accept loop (10 s timeout), so it takes no work connection for 10 s and users
+        // waiting for one hit userConnTimeout (10 s) and are reset. Real frpc v0.70 against
+        // real frps v0.70 does this too (about 1 run in 10 of `check_tcp` under CPU load), so
+        // users here wait longer instead of failing on frps's stall.
+        let wait = if tr.kcp && tr.nomux {
+            "userConnTimeout = 30\n"
+        } else {
+            ""
+        };
+        (format!("{key} = {p}\n{wait}"), p)
     } else {
         (String::new(), bind)
     }

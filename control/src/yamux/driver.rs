@@ -75,6 +75,7 @@ where
         timer_at: None,
         closing_deadline: None,
         shutting_down: false,
+        shut: false,
         shrink_at: None,
         relays: FuturesUnordered::new(),
         relay_wake: relay_wake.clone(),
@@ -488,6 +489,8 @@ struct Driver<T> {
     /// Once the session is over: how long we still try to flush and shut the socket.
     closing_deadline: Option<Instant>,
     shutting_down: bool,
+    /// Our FIN (or TLS close_notify) is out; the socket lingers until the peer's EOF.
+    shut: bool,
     /// When to free the core's reusable buffers if no byte is written until then.
     shrink_at: Option<Instant>,
     /// The relays of this session's streams that run inside this task (see
@@ -549,14 +552,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                         self.write_buf = None;
                     }
                     // TLS may need to write close_notify; bounded by the same deadline.
-                    match self.io().poll_shutdown(cx) {
-                        Poll::Pending if now < done_at && !self.write_failed => {}
-                        _ => {
-                            // Closed now, not when the hosted relays are done.
-                            self.io = None;
-                            self.socket_done = true;
-                            continue;
+                    if !self.shut {
+                        match self.io().poll_shutdown(cx) {
+                            Poll::Pending if now < done_at && !self.write_failed => {}
+                            Poll::Ready(Ok(())) if now < done_at && !self.write_failed => {
+                                self.shut = true;
+                            }
+                            _ => {
+                                self.finish_socket();
+                                continue;
+                            }
                         }
+                    }
+                    // Lingering close: with our FIN out, read (and drop) what the peer still
+                    // sends until its EOF. Closing at once would answer its late frames (a
+                    // window update, a ping) with a RST, and a RST makes the peer's kernel
+                    // throw away what it has received from us and not yet read: the tail of
+                    // our streams' data.
+                    if self.shut && (self.read_done || now >= done_at || self.poll_drain(cx)) {
+                        // Closed now, not when the hosted relays are done.
+                        self.finish_socket();
+                        continue;
                     }
                 }
                 deadline = Some(done_at);
@@ -708,6 +724,30 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         progress
     }
 
+    /// Closes the socket; the task goes on while hosted relays run.
+    fn finish_socket(&mut self) {
+        self.io = None;
+        self.socket_done = true;
+    }
+
+    /// Reads and drops what the peer sends after our FIN. True once its EOF (or an error)
+    /// came: the socket can be closed without a RST.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut scratch = [0u8; 4096];
+        for _ in 0..16 {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match self.io().poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return true,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return true,
+                Poll::Pending => return false,
+            }
+        }
+        // A peer still sending: yield to the other tasks, come back (the deadline bounds it).
+        cx.waker().wake_by_ref();
+        false
+    }
+
     fn write_failed(&mut self, e: &io::Error) {
         self.write_failed = true;
         self.write_buf = None;
@@ -857,21 +897,13 @@ mod tests {
     /// relay ends cleanly.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stream_halves_relay_both_ways_with_half_close() {
-        use dataplane::{Endpoint, Pair, Side};
         let ((client, _client_in), (_server, mut server_in)) = sessions().await;
         let opened = client.open_stream().await.unwrap();
         let accepted = server_in.accept().await.unwrap();
         let (mut user, relay_tcp) = tcp_pair().await;
-        let (read, write) = accepted.into_halves();
-        let relay = tokio::spawn(dataplane::relay::relay(Pair {
-            a: Side::plain(Endpoint::Halves {
-                read: Box::new(read),
-                write: Box::new(write),
-            }),
-            b: Side::plain(Endpoint::Tcp(relay_tcp)),
-            counters: None,
-            limiter: None,
-        }));
+        let relay = tokio::spawn(dataplane::relay::relay(stream_tcp_pair(
+            accepted, relay_tcp,
+        )));
         let (up, down) = (pattern(1, 3 * MIB + 5), pattern(2, 2 * MIB + 3));
         let (down2, up2) = (down.clone(), up.clone());
         let stream_side = tokio::spawn(async move { exchange(opened, up2).await });
@@ -902,13 +934,11 @@ mod tests {
 
     type RelayDone = tokio::sync::oneshot::Receiver<dataplane::relay::RelayOutcome>;
 
-    /// Hands a relay between `stream` and `tcp` to the driver of the stream's session, as
-    /// `Engine::spawn` does; the receiver gets the relay's outcome.
-    fn host_relay(stream: Stream, tcp: TcpStream) -> RelayDone {
+    /// The pair `Engine::spawn` gets for a yamux stream (side a) and a TCP socket (side b).
+    fn stream_tcp_pair(stream: Stream, tcp: TcpStream) -> dataplane::Pair {
         use dataplane::{Endpoint, Pair, Side};
         let (read, write) = stream.into_halves();
-        let host = dataplane::ChunkRead::relay_host(&read).expect("streams offer their driver");
-        let relay = dataplane::relay::relay(Pair {
+        Pair {
             a: Side::plain(Endpoint::Halves {
                 read: Box::new(read),
                 write: Box::new(write),
@@ -916,7 +946,18 @@ mod tests {
             b: Side::plain(Endpoint::Tcp(tcp)),
             counters: None,
             limiter: None,
-        });
+        }
+    }
+
+    /// Hands a relay between `stream` and `tcp` to the driver of the stream's session, as
+    /// `Engine::spawn` does; the receiver gets the relay's outcome.
+    fn host_relay(stream: Stream, tcp: TcpStream) -> RelayDone {
+        let pair = stream_tcp_pair(stream, tcp);
+        let dataplane::Endpoint::Halves { read, .. } = &pair.a.endpoint else {
+            unreachable!("stream_tcp_pair puts the stream's halves on side a")
+        };
+        let host = read.relay_host().expect("streams offer their driver");
+        let relay = dataplane::relay::relay(pair);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let relay: HostedRelay = Box::pin(async move {
             let _ = tx.send(relay.await);
@@ -1046,6 +1087,60 @@ mod tests {
         }
         fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Closing a session is a lingering close: after GoAway and FIN the socket is read (and
+    /// what comes dropped) until the peer's EOF, then closed. Closed at once, the socket would
+    /// answer the peer's late frames with a RST, and the RST makes our kernel drop what it has
+    /// not sent yet: here most of a stream's data, held back by the peer's small receive
+    /// buffer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_lingers_until_the_peer_eof_and_loses_nothing() {
+        let l = tokio::net::TcpSocket::new_v4().unwrap();
+        l.set_recv_buffer_size(4096).unwrap();
+        l.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l = l.listen(1).unwrap();
+        let c = tokio::net::TcpSocket::new_v4().unwrap();
+        c.set_send_buffer_size(1 << 20).unwrap();
+        let (c, peer) = tokio::join!(c.connect(l.local_addr().unwrap()), l.accept());
+        let (c, mut peer) = (c.unwrap(), peer.unwrap().0);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (client, _client_in) = session(
+            DropFlag {
+                inner: c,
+                dropped: dropped.clone(),
+            },
+            Config::frp(30),
+            Mode::Client,
+        );
+        let mut opened = client.open_stream().await.unwrap();
+        let data = pattern(4, 200 * 1024);
+        opened.write_all(&data).await.unwrap();
+        client.close();
+        // The frames are in our kernel's send buffer by now, FIN after them.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A frame the peer had in flight: a ping.
+        peer.write_all(&[0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 7])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!dropped.load(SeqCst), "socket closed before the peer's EOF");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), peer.read_to_end(&mut got))
+            .await
+            .expect("no EOF after close")
+            .expect("the session was reset");
+        // SYN, the data frames, GoAway: more than the data itself.
+        assert!(got.len() > data.len(), "{} bytes of frames", got.len());
+        peer.shutdown().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !dropped.load(SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "socket not closed after the peer's EOF"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -1064,6 +1064,16 @@ mod tests {
         }
     }
 
+    /// A session over `io` wrapped in a [`DropFlag`]; the flag tells when the driver closed it.
+    fn flagged_session(io: TcpStream, mode: Mode) -> ((Session, Incoming), Arc<AtomicBool>) {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let io = DropFlag {
+            inner: io,
+            dropped: dropped.clone(),
+        };
+        (session(io, Config::frp(30), mode), dropped)
+    }
+
     impl AsyncRead for DropFlag {
         fn poll_read(
             mut self: Pin<&mut Self>,
@@ -1105,15 +1115,7 @@ mod tests {
         c.set_send_buffer_size(1 << 20).unwrap();
         let (c, peer) = tokio::join!(c.connect(l.local_addr().unwrap()), l.accept());
         let (c, mut peer) = (c.unwrap(), peer.unwrap().0);
-        let dropped = Arc::new(AtomicBool::new(false));
-        let (client, _client_in) = session(
-            DropFlag {
-                inner: c,
-                dropped: dropped.clone(),
-            },
-            Config::frp(30),
-            Mode::Client,
-        );
+        let ((client, _client_in), dropped) = flagged_session(c, Mode::Client);
         let mut opened = client.open_stream().await.unwrap();
         let data = pattern(4, 200 * 1024);
         opened.write_all(&data).await.unwrap();
@@ -1150,16 +1152,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn finished_socket_is_closed_while_hosted_relays_linger() {
         let (c, s) = tcp_pair().await;
-        let dropped = Arc::new(AtomicBool::new(false));
         let (client, _client_in) = session(c, Config::frp(30), Mode::Client);
-        let (_server, mut server_in) = session(
-            DropFlag {
-                inner: s,
-                dropped: dropped.clone(),
-            },
-            Config::frp(30),
-            Mode::Server,
-        );
+        let ((_server, mut server_in), dropped) = flagged_session(s, Mode::Server);
         let mut opened = client.open_stream().await.unwrap();
         let accepted = server_in.accept().await.unwrap();
         let (user, relay_tcp) = tcp_pair().await;

@@ -13,7 +13,8 @@ const KEY: [u8; 32] = [0x5a; 32];
 
 fn read_in_two(r: &mut AeadReader, wire: &[u8], cut: usize) -> (Vec<u8>, bool) {
     let mut plain = Vec::new();
-    let ok = r.transform(&wire[..cut], &mut plain).is_ok() && r.transform(&wire[cut..], &mut plain).is_ok();
+    let ok = r.transform(&wire[..cut], &mut plain).is_ok()
+        && r.transform(&wire[cut..], &mut plain).is_ok();
     (plain, ok)
 }
 
@@ -46,6 +47,9 @@ fuzz_target!(|data: &[u8]| {
     let bit = (first * 131 + data.len() * 7) % (wire.len() * 8);
     wire[bit / 8] ^= 1 << (bit % 8);
     let (plain, ok) = read_in_two(&mut AeadReader::new(alg, &KEY), &wire, cut);
-    assert!(plain.len() < data.len() && data.starts_with(&plain), "tampered stream accepted");
+    assert!(
+        plain.len() < data.len() && data.starts_with(&plain),
+        "tampered stream accepted"
+    );
     let _ = ok;
 });

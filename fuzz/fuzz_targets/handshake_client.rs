@@ -25,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
         .unwrap();
     rt.block_on(async {
         let (client, mut server) = tokio::io::duplex(256 * 1024);
-        server.write_all(data.get(1..).unwrap_or_default()).await.unwrap();
+        server
+            .write_all(data.get(1..).unwrap_or_default())
+            .await
+            .unwrap();
         if first & 2 == 0 {
             server.shutdown().await.unwrap();
         }

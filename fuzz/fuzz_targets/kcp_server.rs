@@ -23,7 +23,9 @@ fuzz_target!(|data: &[u8]| {
         let kind = classify(dgram);
         let s = match (&mut sess, kind) {
             (Some(s), _) => s,
-            (None, Kind::Data { conv, opens: true }) => sess.insert(Session::new(conv, Role::Server)),
+            (None, Kind::Data { conv, opens: true }) => {
+                sess.insert(Session::new(conv, Role::Server))
+            }
             (None, _) => continue,
         };
         s.input(dgram, now);

@@ -5,8 +5,8 @@
 #![no_main]
 use control::crypto::AeadAlgorithm;
 use control::wire_v2::{
-    BootstrapInfo, ClientHello, CryptoContext, FRAME_CLIENT_HELLO, FRAME_MESSAGE, FRAME_SERVER_HELLO,
-    ServerHello, V2Decoder, decode_message_frame, encode_v2_message,
+    BootstrapInfo, ClientHello, CryptoContext, FRAME_CLIENT_HELLO, FRAME_MESSAGE,
+    FRAME_SERVER_HELLO, ServerHello, V2Decoder, decode_message_frame, encode_v2_message,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -54,7 +54,11 @@ fuzz_target!(|data: &[u8]| {
                 }
                 FRAME_SERVER_HELLO => {
                     if let Ok(sh) = ServerHello::from_payload(&frame.payload) {
-                        let ch = ClientHello::new(BootstrapInfo::default(), &AeadAlgorithm::ALL, [1; 32]);
+                        let ch = ClientHello::new(
+                            BootstrapInfo::default(),
+                            &AeadAlgorithm::ALL,
+                            [1; 32],
+                        );
                         let _ = sh.validate_for(&ch);
                     }
                 }

@@ -18,12 +18,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         WireVersion::V2
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    frp_uring_fuzz::paused_runtime().block_on(async {
         let (client, mut server) = tokio::io::duplex(256 * 1024);
         server
             .write_all(data.get(1..).unwrap_or_default())

@@ -9,12 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use tokio::io::AsyncWriteExt;
 
 fuzz_target!(|data: &[u8]| {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    frp_uring_fuzz::paused_runtime().block_on(async {
         let (mut client, server) = tokio::io::duplex(256 * 1024);
         let close = data.first().is_some_and(|b| b & 1 == 0);
         client.write_all(data).await.unwrap();

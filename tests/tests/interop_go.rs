@@ -40,19 +40,74 @@ enum Imp {
     Go,
 }
 
-/// One test's directory plus where the real frp binaries are.
+/// One test's directory plus where the real frp binaries are, and their version.
 struct Lab {
     env: Env,
     go: PathBuf,
+    version: (u32, u32, u32),
+}
+
+/// The first real frp with wire protocol v2.
+const V2_SINCE: (u32, u32, u32) = (0, 69, 0);
+
+/// What `frps -v` of the real frp prints, e.g. `0.52.3`.
+fn go_version(dir: &std::path::Path) -> (u32, u32, u32) {
+    let out = std::process::Command::new(dir.join("frps"))
+        .arg("-v")
+        .output()
+        .expect("run the real frps -v");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse().ok());
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Some(a)), Some(Some(b)), Some(Some(c))) => (a, b, c),
+        _ => panic!("cannot read the real frp's version from {text:?}"),
+    }
 }
 
 impl Lab {
-    /// `None` (after a skip line) when `FRP_GO_BIN_DIR` is unset.
+    /// `None` (after a skip line) when `FRP_GO_BIN_DIR` is unset, or when `test` uses wire
+    /// protocol v2 (its name says `v2`) and the real frp predates it.
     fn new(test: &str) -> Option<Lab> {
+        let go = go_bin_dir_or_skip(test)?;
+        let version = go_version(&go);
+        if test.contains("v2") && version < V2_SINCE {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipping {test}: real frp {version:?} has no wire protocol v2 (since {V2_SINCE:?})"
+            );
+            return None;
+        }
         Some(Lab {
-            go: go_bin_dir_or_skip(test)?,
+            go,
+            version,
             env: Env::new(),
         })
+    }
+
+    fn has_v2(&self) -> bool {
+        self.version >= V2_SINCE
+    }
+
+    /// frpc's "start proxy success" line for `proxy`. A real frpc before 0.68 logs the name
+    /// frps answers with, user prefix included (`[alice.secret]`): with such a peer, the line
+    /// is matched from the name on.
+    fn started(&self, proxy: &str) -> String {
+        format!("{} start proxy success", self.proxy_tag(proxy))
+    }
+
+    /// How frpc's proxy lines begin: `[name]`, or from `name]` on with a real frpc before 0.68
+    /// (see [`Lab::started`]).
+    fn proxy_tag(&self, proxy: &str) -> String {
+        if self.version < (0, 68, 0) {
+            format!("{proxy}]")
+        } else {
+            format!("[{proxy}]")
+        }
     }
 
     fn frps(&self, imp: Imp, name: &str, port: u16, extra: &str) -> Proc {
@@ -325,7 +380,7 @@ fn one_proxy(
             port_proxy(kind, name, local, remote, tr.enc)
         ),
     );
-    frpc.wait_log(&format!("[{name}] start proxy success"), WAIT);
+    frpc.wait_log(&lab.started(name), WAIT);
     (frps, frpc, remote)
 }
 
@@ -446,7 +501,7 @@ customDomains = ["app.interop.test"]
             client_common(bind, "", &Tr::default(), "")
         ),
     );
-    frpc.wait_log("[web] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("web"), WAIT);
     let deadline = Instant::now() + WAIT;
     loop {
         let (status, body) = http_request(vhost, "GET", "app.interop.test", "/hello", b"").await;
@@ -514,7 +569,7 @@ async fn mixed_group_case(lab: &Lab, server: Imp) {
                 port_proxy("tcp", "member", local, remote, false)
             ),
         );
-        frpc.wait_log("[member] start proxy success", WAIT);
+        frpc.wait_log(&lab.started("member"), WAIT);
         members.push(frpc);
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -591,7 +646,7 @@ async fn heartbeat_case(lab: &Lab, server: Imp, client: Imp, tr: Tr, defaults: b
             port_proxy("tcp", "echo", echo, remote, false)
         ),
     );
-    frpc.wait_log("[echo] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("echo"), WAIT);
     wait_tunnel(remote).await;
     tokio::time::sleep(Duration::from_secs(20)).await;
     echo_checked(remote, &pattern(50_000, 1), "after 20 s").await;
@@ -613,7 +668,8 @@ async fn heartbeat_case(lab: &Lab, server: Imp, client: Imp, tr: Tr, defaults: b
     }
 }
 
-/// A frpc with the wrong token: it must print frp's message and exit 1 (loginFailExit).
+/// A frpc with the wrong token: it must print frp's message and exit 1 (loginFailExit;
+/// a real frpc before 0.53 exits 0).
 async fn wrong_token_case(lab: &Lab, server: Imp, client: Imp) {
     let bind = free_port();
     let frps = lab.frps(server, "frps", bind, &frps_extra(false, ""));
@@ -622,15 +678,26 @@ async fn wrong_token_case(lab: &Lab, server: Imp, client: Imp) {
     let st = frpc
         .wait_exit(Duration::from_secs(15))
         .unwrap_or_else(|| panic!("frpc did not exit:\n{}", frpc.log_text()));
-    assert_eq!(st.code(), Some(1), "exit status; log:\n{}", frpc.log_text());
     let log = frpc.log_text();
-    assert!(
-        log.contains(
+    if client == Imp::Go && lab.version < (0, 53, 0) {
+        // frpc before 0.53 logs the bare error and exits 0.
+        assert_eq!(st.code(), Some(0), "exit status; log:\n{log}");
+        assert!(
+            log.contains(
+                "login to server failed: token in login doesn't match token from configuration"
+            ),
+            "frpc log:\n{log}"
+        );
+    } else {
+        assert_eq!(st.code(), Some(1), "exit status; log:\n{log}");
+        assert!(
+            log.contains(
             "login to the server failed: token in login doesn't match token from configuration. \
              With loginFailExit enabled, no additional retries will be attempted"
-        ),
-        "frpc log:\n{log}"
-    );
+            ),
+            "frpc log:\n{log}"
+        );
+    }
     frps.wait_log(
         "token in login doesn't match token from configuration",
         Duration::from_secs(2),
@@ -676,7 +743,7 @@ async fn close_case(lab: &Lab, server: Imp, client: Imp) {
             port_proxy("tcp", "talker", local, remote, false)
         ),
     );
-    frpc.wait_log("[talker] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("talker"), WAIT);
     for round in 0..3 {
         // Odd: the backend talks and closes; the user reads to EOF.
         let mut s = TcpStream::connect(("127.0.0.1", remote)).await.unwrap();
@@ -722,8 +789,8 @@ async fn load_case(lab: &Lab, server: Imp, client: Imp) {
             port_proxy("tcp", "echo-enc", echo, remote_enc, true)
         ),
     );
-    frpc.wait_log("[echo] start proxy success", WAIT);
-    frpc.wait_log("[echo-enc] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("echo"), WAIT);
+    frpc.wait_log(&lab.started("echo-enc"), WAIT);
     wait_tunnel(remote).await;
     let mut joins = Vec::new();
     for i in 0..40u64 {
@@ -769,7 +836,7 @@ async fn auth_case(lab: &Lab, server: Imp, client: Imp) {
             port_proxy("tcp", "echo", echo, remote, false)
         ),
     );
-    frpc.wait_log("[echo] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("echo"), WAIT);
     check_tcp(remote).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     wait_tunnel(remote).await;
@@ -783,7 +850,8 @@ async fn auth_case(lab: &Lab, server: Imp, client: Imp) {
     // No token anywhere (the control channel is still encrypted, with an empty key).
     let bind = free_port();
     let _frps = lab.frps(server, "frps-notoken", bind, "log.level = \"debug\"\n");
-    for (name, tr) in [("v1", D), ("v2", Tr { v2: true, ..D })] {
+    let tries = [("v1", D), ("v2", Tr { v2: true, ..D })];
+    for (name, tr) in tries.into_iter().filter(|(_, tr)| !tr.v2 || lab.has_v2()) {
         let remote = free_port();
         let cfg = format!(
             "{}{}",
@@ -792,7 +860,7 @@ async fn auth_case(lab: &Lab, server: Imp, client: Imp) {
         )
         .replace(&format!("auth.token = \"{TOKEN}\"\n"), "");
         let frpc = lab.frpc(client, &format!("frpc-notoken-{name}"), &cfg);
-        frpc.wait_log(&format!("[{name}] start proxy success"), WAIT);
+        frpc.wait_log(&lab.started(name), WAIT);
         check_tcp(remote).await;
     }
 }
@@ -817,7 +885,7 @@ async fn port_error_case(lab: &Lab, server: Imp, client: Imp) {
             port_proxy("tcp", "banned", echo, banned, false)
         ),
     );
-    frpc.wait_log("[good] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("good"), WAIT);
     frpc.wait_log("[busy] start error: port unavailable", WAIT);
     frpc.wait_log("[banned] start error: port not allowed", WAIT);
     wait_tunnel(good).await;
@@ -858,7 +926,7 @@ requestHeaders.set.x-from = "frp"
             client_common(bind, "", &D, "")
         ),
     );
-    frpc.wait_log("[api] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("api"), WAIT);
     let auth = format!(
         "Authorization: Basic {}\r\n",
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "u:p")
@@ -910,7 +978,7 @@ customDomains = ["tm.interop.test"]
             client_common(bind, "", &D, "")
         ),
     );
-    frpc.wait_log("[tm] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("tm"), WAIT);
     let data = pattern(200_000, 3);
     let mut s = TcpStream::connect(("127.0.0.1", mux)).await.unwrap();
     s.write_all(b"CONNECT tm.interop.test:80 HTTP/1.1\r\nHost: tm.interop.test:80\r\n\r\n")
@@ -1014,7 +1082,7 @@ async fn mtls_case(lab: &Lab, server: Imp, client: Imp) {
             port_proxy("tcp", "echo", echo, remote, false)
         ),
     );
-    frpc.wait_log("[echo] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("echo"), WAIT);
     check_tcp(remote).await;
 
     // A frpc expecting another server name must not log in.
@@ -1051,13 +1119,13 @@ async fn reconnect_case(lab: &Lab, server: Imp, client: Imp) {
             port_proxy("tcp", "echo", echo, remote, false)
         ),
     );
-    frpc.wait_log("[echo] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("echo"), WAIT);
     wait_tunnel(remote).await;
     frps.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _frps2 = lab.frps(server, "frps2", bind, &frps_extra(false, ""));
     frpc.wait_log_n("login to server success", 2, Duration::from_secs(40));
-    frpc.wait_log_n("[echo] start proxy success", 2, WAIT);
+    frpc.wait_log_n(&lab.started("echo"), 2, WAIT);
     check_tcp(remote).await;
 }
 
@@ -1096,7 +1164,7 @@ async fn proxy_protocol_case(lab: &Lab, server: Imp, client: Imp) {
             port_proxy("tcp", "pp", local, remote, false)
         ),
     );
-    frpc.wait_log("[pp] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("pp"), WAIT);
     let mut s = TcpStream::connect(("127.0.0.1", remote)).await.unwrap();
     let me = s.local_addr().unwrap().port();
     s.write_all(b"ping").await.unwrap();
@@ -1125,7 +1193,7 @@ async fn bandwidth_case(lab: &Lab, server: Imp, client: Imp) {
             port_proxy("tcp", "slow", echo, remote, false)
         ),
     );
-    frpc.wait_log("[slow] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("slow"), WAIT);
     wait_tunnel(remote).await;
     let t = Instant::now();
     echo_checked(remote, &pattern(400 * 1024, 8), "limited").await;
@@ -1158,7 +1226,7 @@ async fn udp_idle_case(lab: &Lab, server: Imp, client: Imp, tr: Tr, tag: &str) {
             port_proxy("udp", "dns", echo, remote, tr.enc)
         ),
     );
-    frpc.wait_log("[dns] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("dns"), WAIT);
     check_udp(remote, 2, 10).await;
     let work_conns = frpc.log_text().matches("work connection").count();
     tokio::time::sleep(Duration::from_secs(70)).await;
@@ -1209,7 +1277,7 @@ async fn udp_large_case(lab: &Lab, server: Imp, client: Imp) {
             port_proxy("udp", "big", echo, remote, false)
         ),
     );
-    frpc.wait_log("[big] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("big"), WAIT);
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     assert_eq!(udp_probe(&s, remote, b"probe", WAIT).await, b"probe");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1263,8 +1331,8 @@ customDomains = ["shared.interop.test"]
             port_proxy("tcp", "echo", echo, remote, true)
         ),
     );
-    frpc.wait_log("[web] start proxy success", WAIT);
-    frpc.wait_log("[echo] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("web"), WAIT);
+    frpc.wait_log(&lab.started("echo"), WAIT);
     check_tcp(remote).await;
     let (status, body) = http_request(bind, "GET", "shared.interop.test", "/s", b"").await;
     assert!(status.contains(" 200"), "{status}");
@@ -1288,16 +1356,22 @@ async fn frpc_replaced_case(lab: &Lab, server: Imp, client: Imp) {
         port_proxy("tcp", "echo", echo, remote, false)
     );
     let mut first = lab.frpc(client, "frpc1", &cfg);
-    first.wait_log("[echo] start proxy success", WAIT);
+    first.wait_log(&lab.started("echo"), WAIT);
     wait_tunnel(remote).await;
     first.kill();
     let mut second = lab.frpc(client, "frpc2", &cfg);
-    second.wait_log("[echo] start proxy success", WAIT);
+    second.wait_log(&lab.started("echo"), WAIT);
     wait_tunnel(remote).await;
     // A duplicate while the second one is alive.
     let third = lab.frpc(client, "frpc3", &cfg);
     // frps names the proxy by its wire name, user prefix included.
-    third.wait_log("[echo] start error: proxy [bob.echo] already exists", WAIT);
+    third.wait_log(
+        &format!(
+            "{} start error: proxy [bob.echo] already exists",
+            lab.proxy_tag("echo")
+        ),
+        WAIT,
+    );
     drop(third);
     second.signal(15);
     assert!(
@@ -1305,7 +1379,7 @@ async fn frpc_replaced_case(lab: &Lab, server: Imp, client: Imp) {
         "frpc did not stop on SIGTERM"
     );
     let fourth = lab.frpc(client, "frpc4", &cfg);
-    fourth.wait_log("[echo] start proxy success", WAIT);
+    fourth.wait_log(&lab.started("echo"), WAIT);
     wait_tunnel(remote).await;
 }
 
@@ -1388,7 +1462,7 @@ async fn relogin_case(lab: &Lab, server: Imp, client: Imp) {
             port_proxy("tcp", "echo", echo, remote, false)
         ),
     );
-    frpc.wait_log("[echo] start proxy success", WAIT);
+    frpc.wait_log(&lab.started("echo"), WAIT);
     wait_tunnel(remote).await;
     let run_id = {
         let log = frpc.log_text();
@@ -1397,12 +1471,18 @@ async fn relogin_case(lab: &Lab, server: Imp, client: Imp) {
     };
     relay.blackhole();
     if server == Imp::Go {
-        frps.wait_log(&format!("replaced by client [{run_id}]"), WAIT);
+        // Real frps before 0.63 capitalises the line.
+        let verb = if lab.version < (0, 63, 0) {
+            "Replaced"
+        } else {
+            "replaced"
+        };
+        frps.wait_log(&format!("{verb} by client [{run_id}]"), WAIT);
         return;
     }
     // Our frps replaces the control at once.
     frpc.wait_log_n("login to server success", 2, Duration::from_secs(5));
-    frpc.wait_log_n("[echo] start proxy success", 2, WAIT);
+    frpc.wait_log_n(&lab.started("echo"), 2, WAIT);
     check_tcp(remote).await;
     let log = frpc.log_text();
     assert_eq!(
@@ -1519,7 +1599,8 @@ both_directions! {
     udp_idle_70s => |lab, s, c| async {
         tokio::join!(
             udp_idle_case(&lab, s, c, D, "v1-mux"),
-            udp_idle_case(&lab, s, c, Tr { v2: true, nomux: true, enc: true, ..D }, "v2-nomux"),
+            udp_idle_case(
+                &lab, s, c, Tr { v2: lab.has_v2(), nomux: true, enc: true, ..D }, "v2-nomux"),
         );
     };
     udp_large_datagrams_v2 => |lab, s, c| udp_large_case(&lab, s, c);
@@ -1566,7 +1647,7 @@ transport.useCompression = {enc}
             enc = c.owner_enc
         ),
     );
-    owner.wait_log("[secret] start proxy success", WAIT);
+    owner.wait_log(&lab.started("secret"), WAIT);
     let port = free_port();
     let visitor = lab.frpc(
         c.visitor,

@@ -20,6 +20,24 @@ use crate::crypto::TransformChain;
 /// Size of the raw read buffer.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Writes `buf[*pos..]` to `io`, advancing `*pos` as bytes go out; `Ready(Ok)` once all of
+/// `buf` is written.
+pub(crate) fn poll_write_from<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+    pos: &mut usize,
+) -> Poll<io::Result<()>> {
+    while *pos < buf.len() {
+        let n = ready!(Pin::new(&mut *io).poll_write(cx, &buf[*pos..]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        *pos += n;
+    }
+    Poll::Ready(Ok(()))
+}
+
 /// A stream seen through transform chains. See the module docs.
 pub struct Layered<S> {
     io: S,
@@ -54,13 +72,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Layered<S> {
 
     /// Writes out the queued transformed bytes.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_pos < self.out.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_pos..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.out_pos += n;
-        }
+        ready!(poll_write_from(
+            &mut self.io,
+            cx,
+            &self.out,
+            &mut self.out_pos
+        ))?;
         self.out.clear();
         self.out_pos = 0;
         Poll::Ready(Ok(()))

@@ -365,13 +365,12 @@ impl<S> WsStream<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     /// Writes queued frames; `Ready(Ok)` once all are out.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_pos < self.out.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_pos..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.out_pos += n;
-        }
+        ready!(crate::layered::poll_write_from(
+            &mut self.io,
+            cx,
+            &self.out,
+            &mut self.out_pos
+        ))?;
         if self.out.capacity() > IDLE_KEEP {
             self.out = Vec::new();
         } else {
@@ -830,28 +829,26 @@ mod tests {
         assert!(client.await.unwrap().to_string().contains("404 Not Found"));
     }
 
+    /// Sends `request` to `accept`; returns what came back and the error `accept` reported.
+    async fn refused(request: &[u8]) -> (String, io::Error) {
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move { accept(b).await.err().unwrap() });
+        a.write_all(request).await.unwrap();
+        let mut resp = String::new();
+        a.read_to_string(&mut resp).await.unwrap();
+        (resp, server.await.unwrap())
+    }
+
     #[tokio::test]
     async fn server_refuses_other_paths_with_go_404_and_bad_upgrades_with_400() {
-        let (mut a, b) = tokio::io::duplex(1 << 16);
-        let server = tokio::spawn(async move { accept(b).await.err().unwrap() });
-        a.write_all(b"GET /other HTTP/1.1\r\nHost: h\r\n\r\n")
-            .await
-            .unwrap();
-        let mut resp = String::new();
-        a.read_to_string(&mut resp).await.unwrap();
+        let (resp, e) = refused(b"GET /other HTTP/1.1\r\nHost: h\r\n\r\n").await;
         assert!(resp.starts_with("HTTP/1.1 404 Not Found\r\n"), "{resp}");
         assert!(resp.ends_with("\r\n\r\n404 page not found\n"), "{resp}");
-        assert!(server.await.unwrap().to_string().contains("\"/other\""));
+        assert!(e.to_string().contains("\"/other\""));
 
-        let (mut a, b) = tokio::io::duplex(1 << 16);
-        let server = tokio::spawn(async move { accept(b).await.err().unwrap() });
-        a.write_all(b"GET /~!frp HTTP/1.1\r\nHost: h\r\n\r\n")
-            .await
-            .unwrap();
-        let mut resp = String::new();
-        a.read_to_string(&mut resp).await.unwrap();
+        let (resp, e) = refused(b"GET /~!frp HTTP/1.1\r\nHost: h\r\n\r\n").await;
         assert!(resp.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{resp}");
-        assert!(server.await.unwrap().to_string().contains("version 13"));
+        assert!(e.to_string().contains("version 13"));
 
         // A head that never ends is cut at 16 KiB.
         let (mut a, b) = tokio::io::duplex(1 << 16);

@@ -9,6 +9,10 @@
 //! FRP_GO_BIN_DIR=/path/to/frp_0.70.0_linux_amd64 cargo test -p e2e --test interop_go
 //! ```
 //!
+//! Any real frp from 0.52 on works: [`Lab`] reads its version (`frps -v`); tests that use
+//! wire protocol v2 skip before 0.69, and older log texts and exit codes are expected where
+//! frp changed them.
+//!
 //! Tests are named `<direction>::<case>`: `real_frpc_our_frps` (a real frpc logs in to our
 //! frps) and `our_frpc_real_frps`. Secret proxies mix both frpc implementations as owner and
 //! visitor, through either frps (`visitors::*`). Not covered: the admin/dashboard APIs, xtcp.

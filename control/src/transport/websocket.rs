@@ -417,7 +417,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
             match this.reader.next_event()? {
                 Some(WsEvent::Data(b)) => this.pending = b,
                 Some(WsEvent::Ping(p)) => {
-                    if !this.close_sent {
+                    // Answered only when nothing is waiting to go out, so a peer that pings
+                    // without reading cannot grow our buffer (RFC 6455 §5.5.3 lets an endpoint
+                    // answer only the most recent of several pings).
+                    if !this.close_sent && this.out_pos == this.out.len() {
                         this.queue(OpCode::Control(Control::Pong), &p);
                     }
                     // Best effort now; the rest goes with the next write or flush.
@@ -760,6 +763,45 @@ mod tests {
         }
         assert!(out == data);
         assert!(r.at_frame_boundary());
+    }
+
+    /// A peer that floods pings and never reads gets one pong queued at a time, not one per
+    /// ping.
+    #[tokio::test]
+    async fn ping_flood_from_a_peer_that_does_not_read_stays_bounded() {
+        let (mut a, b) = tokio::io::duplex(64);
+        let server = tokio::spawn(async move {
+            let mut s = accept(b).await.unwrap();
+            let mut got = [0u8; 1];
+            s.read_exact(&mut got).await.unwrap();
+            s
+        });
+        a.write_all(
+            b"GET /~!frp HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        read_head(&mut a, "101 answer").await.unwrap();
+        let mut frames = Vec::new();
+        for _ in 0..1000 {
+            encode_frame(
+                OpCode::Control(Control::Ping),
+                b"are you there",
+                true,
+                &mut frames,
+            );
+        }
+        encode_frame(OpCode::Data(Data::Binary), b"x", true, &mut frames);
+        // Write everything without ever reading the pongs.
+        a.write_all(&frames).await.unwrap();
+        let s = server.await.unwrap();
+        assert!(
+            s.out.len() - s.out_pos <= 15,
+            "{} bytes queued",
+            s.out.len() - s.out_pos
+        );
+        drop(a);
     }
 
     /// After a bulk exchange, an idle stream holds no read or write buffer.

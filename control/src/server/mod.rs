@@ -505,7 +505,7 @@ impl State {
             }
         };
         info!("[{run_id}] control from {} closed: {reason}", ctl.remote);
-        self.cleanup_control(&ctl);
+        self.cleanup_control(&ctl).await;
         writer_task.abort();
         info!("[{run_id}] client exit success");
     }
@@ -575,7 +575,7 @@ impl State {
             Message::CloseProxy(cp) => {
                 let owned = ctl.proxies.lock().unwrap().remove(&cp.proxy_name);
                 if owned {
-                    self.close_proxy(ctl, &cp.proxy_name);
+                    self.close_proxy(ctl, &cp.proxy_name).await;
                     info!("[{}] close proxy [{}] success", ctl.run_id, cp.proxy_name);
                 }
                 None
@@ -603,10 +603,10 @@ impl State {
         }
     }
 
-    fn cleanup_control(&self, ctl: &Arc<Control>) {
+    async fn cleanup_control(&self, ctl: &Arc<Control>) {
         let names: Vec<String> = ctl.proxies.lock().unwrap().drain().collect();
         for name in names {
-            self.close_proxy(ctl, &name);
+            self.close_proxy(ctl, &name).await;
         }
         {
             let mut controls = self.controls.lock().unwrap();
@@ -657,24 +657,30 @@ impl State {
             }
         };
 
-        let mut proxies = self.proxies.lock().unwrap();
-        if proxies.contains_key(&np.proxy_name) {
-            drop(proxies);
-            self.release(ctl, started);
-            return Err(format!("proxy [{}] already exists", np.proxy_name));
-        }
         let remote_addr = started.remote_addr.clone();
         let counters = info.counters.clone();
-        proxies.insert(
-            np.proxy_name.clone(),
-            ProxyEntry {
-                run_id: ctl.run_id.clone(),
-                info,
-                started: Some(started),
-            },
-        );
-        ctl.proxies.lock().unwrap().insert(np.proxy_name.clone());
-        drop(proxies);
+        // A concurrent registration may have taken the name while this one started.
+        let lost = {
+            let mut proxies = self.proxies.lock().unwrap();
+            if proxies.contains_key(&np.proxy_name) {
+                Some(started)
+            } else {
+                proxies.insert(
+                    np.proxy_name.clone(),
+                    ProxyEntry {
+                        run_id: ctl.run_id.clone(),
+                        info,
+                        started: Some(started),
+                    },
+                );
+                ctl.proxies.lock().unwrap().insert(np.proxy_name.clone());
+                None
+            }
+        };
+        if let Some(started) = lost {
+            self.release(ctl, started).await;
+            return Err(format!("proxy [{}] already exists", np.proxy_name));
+        }
         let user = &ctl.login.user;
         self.stats
             .on_proxy_start(np, &ty, &counters, user, &ctl.login.client_id);
@@ -682,10 +688,12 @@ impl State {
     }
 
     /// Undoes what a proxy type's start function set up: stops its tasks, frees its port.
-    fn release(&self, ctl: &Control, mut started: Started) {
-        for t in started.tasks.drain(..) {
-            t.abort();
-        }
+    ///
+    /// Waits for the aborted tasks to be dropped, so that the proxy's listener or UDP socket is
+    /// closed when this returns: frp closes a proxy's listener before it logs "close proxy" or
+    /// "client exit success", and a port handed back to the port manager must be free to bind.
+    async fn release(&self, ctl: &Control, mut started: Started) {
+        stop_tasks(std::mem::take(&mut started.tasks)).await;
         if let Some(p) = started.port {
             self.ports.lock().unwrap().release(p);
             let mut used = ctl.ports_used.lock().unwrap();
@@ -696,7 +704,7 @@ impl State {
         }
     }
 
-    fn close_proxy(&self, ctl: &Control, name: &str) {
+    async fn close_proxy(&self, ctl: &Control, name: &str) {
         let entry = {
             let mut proxies = self.proxies.lock().unwrap();
             match proxies.get(name) {
@@ -707,7 +715,7 @@ impl State {
         if let Some(mut e) = entry {
             self.stats.on_proxy_close(name);
             if let Some(started) = e.started.take() {
-                self.release(ctl, started);
+                self.release(ctl, started).await;
             }
             debug!(
                 "[{}] proxy [{name}] type [{}] closed",
@@ -917,6 +925,19 @@ pub(crate) struct Started {
     pub on_close: Option<Box<dyn FnOnce() + Send>>,
 }
 
+/// Aborts `tasks` and returns once each has been dropped, with whatever sockets it owned.
+/// (`JoinHandle::abort` alone only schedules the cancellation: the task's future, and its
+/// listener, live on until a worker next polls it.)
+async fn stop_tasks(tasks: Vec<JoinHandle<()>>) {
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        // An aborted task resolves to a cancellation error once its future is dropped.
+        let _ = t.await;
+    }
+}
+
 fn proxy_type(np: &NewProxy) -> &str {
     if np.proxy_type.is_empty() {
         "tcp"
@@ -959,5 +980,46 @@ fn first_message_error(e: &handshake::HandshakeError) -> String {
         }
         MsgError::Timeout => "no complete first message within 10s".into(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A proxy's sockets are closed by the time `stop_tasks` returns, even while the runtime's
+    /// workers are busy: the port can be bound again at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_tasks_returns_after_the_sockets_are_closed() {
+        for _ in 0..20 {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            udp.set_nonblocking(true).unwrap();
+            tcp.set_nonblocking(true).unwrap();
+            let (udp_port, tcp_port) = (
+                udp.local_addr().unwrap().port(),
+                tcp.local_addr().unwrap().port(),
+            );
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            let holder = tokio::spawn(async move {
+                let udp = tokio::net::UdpSocket::from_std(udp).unwrap();
+                let tcp = tokio::net::TcpListener::from_std(tcp).unwrap();
+                let _ = ready_tx.send(());
+                let mut buf = [0u8; 16];
+                let _ = tokio::join!(udp.recv(&mut buf), tcp.accept());
+            });
+            ready_rx.await.unwrap();
+            // Keep the other worker busy, so the cancelled task is not dropped by chance.
+            let busy = tokio::spawn(async {
+                let end = std::time::Instant::now() + Duration::from_millis(50);
+                while std::time::Instant::now() < end {
+                    std::hint::spin_loop();
+                }
+            });
+            stop_tasks(vec![holder]).await;
+            std::net::UdpSocket::bind(("127.0.0.1", udp_port)).expect("UDP port free");
+            std::net::TcpListener::bind(("127.0.0.1", tcp_port)).expect("TCP port free");
+            busy.await.unwrap();
+        }
     }
 }

@@ -49,7 +49,7 @@ pub(crate) async fn start(
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            st.release(ctl, started);
+            st.release(ctl, started).await;
             return Err(e.to_string());
         }
     };
@@ -64,10 +64,10 @@ pub(crate) async fn start(
     })
 }
 
-/// Binds the port, giving a just-closed proxy's listener a moment to go: its accept task is
-/// aborted, and the socket closes when that task is next polled (a proxy re-registered on
-/// the same port right after CloseProxy, e.g. by `frpc reload`, must not see "port
-/// unavailable").
+/// Binds the port, giving a closing proxy's listener a moment to go. A proxy's own client
+/// closes it (CloseProxy, logout) before it reads the next message, but a registration from
+/// another client can arrive while that close is under way, and must not see "port
+/// unavailable" for a port that is being freed.
 async fn acquire_port(
     st: &Arc<State>,
     name: &str,

@@ -363,6 +363,24 @@ async fn reload_adds_changes_and_removes_visitors() {
         wait_port_closed(p1, Duration::from_secs(5)),
         "old visitor port still open"
     );
+    // Changed on the same port, several times: the old listener is closed before the new
+    // one binds, so the port is never "address in use" (frp closes the old visitor first).
+    for (i, encrypted) in [false, true, false].into_iter().enumerate() {
+        reload(format!(
+            "{head}{}",
+            visitor("stcp", "sk", "", p2, encrypted)
+        ));
+        let msg = format!("same port {i}");
+        assert_eq!(
+            roundtrip_eventually(p2, msg.as_bytes(), Duration::from_secs(10)).await,
+            msg.as_bytes()
+        );
+    }
+    assert!(
+        !v.log_text().contains("start error"),
+        "a visitor restarted on its own port failed to bind:\n{}",
+        v.log_text()
+    );
     // Removed.
     reload(head.clone());
     assert!(

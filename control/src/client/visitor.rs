@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dataplane::{Engine, Pair, Side};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -77,6 +79,10 @@ pub(crate) struct Manager {
     wanted: Vec<VisitorConfig>,
     session: Option<Session>,
     running: Vec<(VisitorConfig, JoinHandle<()>)>,
+    /// Stopped visitors' tasks, aborted but perhaps not dropped yet: the next visitors started
+    /// wait for them, so that a visitor restarted on the same port (a reload that changes it, a
+    /// new session) finds its old listener closed, as frp closes it before starting the new.
+    stopping: Vec<JoinHandle<()>>,
 }
 
 impl Manager {
@@ -98,8 +104,10 @@ impl Manager {
     /// The session ended: stop every visitor.
     pub(crate) fn stop_session(&mut self) {
         self.session = None;
+        self.stopping.retain(|t| !t.is_finished());
         for (_, t) in self.running.drain(..) {
             t.abort();
+            self.stopping.push(t);
         }
     }
 
@@ -123,13 +131,15 @@ impl Manager {
             }
         }
         let gone: Vec<&String> = changed.iter().chain(&removed).collect();
-        self.running.retain(|(v, t)| {
-            let keep = !gone.contains(&&v.name);
-            if !keep {
-                t.abort();
-            }
-            keep
-        });
+        let (stop, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|(v, _)| gone.contains(&&v.name));
+        self.running = keep;
+        self.stopping.retain(|t| !t.is_finished());
+        for (_, t) in stop {
+            t.abort();
+            self.stopping.push(t);
+        }
         if !removed.is_empty() {
             info!("visitor removed: [{}]", removed.join(" "));
         }
@@ -147,15 +157,20 @@ impl Manager {
         let Some(s) = &self.session else {
             return;
         };
+        if visitors.is_empty() {
+            return;
+        }
+        let stopped = stopped(std::mem::take(&mut self.stopping));
         for v in visitors {
-            let (s2, v2) = (s.clone(), Arc::new(v.clone()));
-            self.running
-                .push((v.clone(), tokio::spawn(async move { run(s2, v2).await })));
+            let (s2, v2, stopped) = (s.clone(), Arc::new(v.clone()), stopped.clone());
+            let task = tokio::spawn(async move {
+                stopped.await;
+                run(s2, v2).await
+            });
+            self.running.push((v.clone(), task));
         }
-        if !visitors.is_empty() {
-            let names: Vec<&str> = visitors.iter().map(|v| v.name.as_str()).collect();
-            info!("[{}] visitor added: [{}]", s.run_id, names.join(" "));
-        }
+        let names: Vec<&str> = visitors.iter().map(|v| v.name.as_str()).collect();
+        info!("[{}] visitor added: [{}]", s.run_id, names.join(" "));
     }
 
     /// Names of the visitors running now (tests).
@@ -163,6 +178,17 @@ impl Manager {
     fn running_names(&self) -> Vec<String> {
         self.running.iter().map(|(v, _)| v.name.clone()).collect()
     }
+}
+
+/// Resolves once every one of `tasks` (already aborted) has been dropped, with its sockets.
+fn stopped(tasks: Vec<JoinHandle<()>>) -> Shared<BoxFuture<'static, ()>> {
+    async move {
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+    .boxed()
+    .shared()
 }
 
 /// One visitor: bind (retrying every 10 s), then serve.

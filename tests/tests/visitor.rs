@@ -389,3 +389,69 @@ async fn reload_adds_changes_and_removes_visitors() {
     );
     assert_eq!(v.log_text().matches("login to server success").count(), 1);
 }
+
+/// An sudp visitor changed by `frpc reload` on the same port comes back at once: its socket
+/// is closed before the new one binds (the socket's reader runs in the visitor's own task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_restarts_an_sudp_visitor_on_its_own_port() {
+    let env = Env::new();
+    let bind = free_port();
+    let _frps = env.frps("frps", bind, &format!("auth.token = \"{TOKEN}\""));
+    let echo = udp_echo_server().await;
+    let owner = env.frpc(
+        "owner",
+        &format!(
+            "{}{}",
+            common(bind, "", true, "v1"),
+            owner_proxy("sudp", "udp-sk", echo, false, "")
+        ),
+    );
+    owner.wait_log("[secret] start proxy success", Duration::from_secs(10));
+    let admin = free_port();
+    let head = format!(
+        "{}webServer.addr = \"127.0.0.1\"\nwebServer.port = {admin}\n",
+        common(bind, "", true, "v1")
+    );
+    let port = free_port();
+    let v = env.frpc(
+        "visitor",
+        &format!("{head}{}", visitor("sudp", "udp-sk", "", port, false)),
+    );
+    v.wait_log("start visitor success", Duration::from_secs(10));
+    let user = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(
+        udp_probe(&user, port, b"first", Duration::from_secs(10)).await,
+        b"first"
+    );
+    for (i, enc) in [true, false, true].into_iter().enumerate() {
+        let path = env.write(
+            "visitor.toml",
+            &format!(
+                "{head}{}{}",
+                visitor("sudp", "udp-sk", "", port, enc),
+                engine_table()
+            ),
+        );
+        let out = std::process::Command::new(bin("frpc"))
+            .args(["reload", "-c", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "frpc reload: {out:?}");
+        let msg = format!("after reload {i}");
+        assert_eq!(
+            udp_probe(&user, port, msg.as_bytes(), Duration::from_secs(10)).await,
+            msg.as_bytes()
+        );
+        // Drain replies to earlier probes of this round.
+        let mut buf = [0u8; 64];
+        while tokio::time::timeout(Duration::from_millis(100), user.recv(&mut buf))
+            .await
+            .is_ok()
+        {}
+    }
+    assert!(
+        !v.log_text().contains("start error"),
+        "an sudp visitor restarted on its own port failed to bind:\n{}",
+        v.log_text()
+    );
+}

@@ -333,48 +333,51 @@ async fn serve_stcp(s: Session, v: Arc<VisitorConfig>, l: TcpListener) {
 }
 
 async fn serve_sudp(s: Session, v: Arc<VisitorConfig>, sock: UdpSocket) {
-    let sock = Arc::new(sock);
     let (tx, mut rx) = mpsc::channel::<UdpPacket>(QUEUE);
-    // user datagrams → queue
-    let reader = {
-        let (sock, name, size) = (sock.clone(), v.name.clone(), s.udp_packet_size);
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; size.max(1)];
-            loop {
-                match sock.recv_from(&mut buf).await {
-                    Ok((n, from)) => {
-                        let pkt = UdpPacket {
-                            content: buf[..n].to_vec(),
-                            local_addr: None,
-                            remote_addr: Some(from.into()),
-                        };
-                        if tx.try_send(pkt).is_err() {
-                            trace!("[{name}] sudp queue full; datagram dropped");
-                        }
+    // User datagrams → queue. It runs in the visitor's own task (not a spawned one), so the
+    // socket is closed as soon as the visitor task is dropped: a restarted visitor can bind
+    // the same port at once.
+    let read_users = async {
+        let mut buf = vec![0u8; s.udp_packet_size.max(1)];
+        loop {
+            match sock.recv_from(&mut buf).await {
+                Ok((n, from)) => {
+                    let pkt = UdpPacket {
+                        content: buf[..n].to_vec(),
+                        local_addr: None,
+                        remote_addr: Some(from.into()),
+                    };
+                    if tx.try_send(pkt).is_err() {
+                        trace!("[{}] sudp queue full; datagram dropped", v.name);
                     }
-                    Err(e) => debug!("[{name}] sudp recv: {e}"),
                 }
+                Err(e) => debug!("[{}] sudp recv: {e}", v.name),
             }
-        })
-    };
-    let _reader = AbortOnDrop(reader);
-    // One visitor connection at a time, opened by the first datagram waiting for it.
-    while let Some(first) = rx.recv().await {
-        let (conn, rest) = match dial(&s, &v).await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(
-                    "[{}] newVisitorConn to frps error: {e}, try to reconnect",
-                    v.name
-                );
-                continue;
-            }
-        };
-        match sudp_worker(&s, &v, &sock, conn, rest, first, &mut rx).await {
-            Ok(()) => {}
-            Err(e) => warn!("[{}] sudp worker: {e}", v.name),
         }
-        info!("[{}] sudp worker is closed", v.name);
+    };
+    // One visitor connection at a time, opened by the first datagram waiting for it.
+    let work = async {
+        while let Some(first) = rx.recv().await {
+            let (conn, rest) = match dial(&s, &v).await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(
+                        "[{}] newVisitorConn to frps error: {e}, try to reconnect",
+                        v.name
+                    );
+                    continue;
+                }
+            };
+            match sudp_worker(&s, &v, &sock, conn, rest, first, &mut rx).await {
+                Ok(()) => {}
+                Err(e) => warn!("[{}] sudp worker: {e}", v.name),
+            }
+            info!("[{}] sudp worker is closed", v.name);
+        }
+    };
+    tokio::select! {
+        _ = read_users => {}
+        _ = work => {}
     }
 }
 
@@ -419,14 +422,6 @@ async fn sudp_worker(
     tokio::select! {
         r = from_frps => r,
         r = to_frps => r,
-    }
-}
-
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -82,7 +82,7 @@ async fn tcp_health_check_withdraws_and_restores_the_proxy() {
         "[svc] health check status change to success",
         Duration::from_secs(10),
     );
-    frpc.wait_log("[svc] health check success", Duration::from_secs(2));
+    frpc.wait_log("[svc] health check success", Duration::from_secs(10));
     frpc.wait_log("[svc] start proxy success", Duration::from_secs(5));
     roundtrip_eventually(remote, b"up", Duration::from_secs(5)).await;
 
@@ -97,7 +97,7 @@ async fn tcp_health_check_withdraws_and_restores_the_proxy() {
         "[svc] health check status change to failed",
         Duration::from_secs(5),
     );
-    frpc.wait_log("[svc] health check failed", Duration::from_secs(2));
+    frpc.wait_log("[svc] health check failed", Duration::from_secs(10));
     frps.wait_log("close proxy [svc] success", Duration::from_secs(5));
     wait_listening(remote, false, Duration::from_secs(5)).await;
     assert_eq!(

@@ -200,27 +200,23 @@ async fn echo_through_tunnel_wire(tcp_mux: bool, enc: bool, wire: Wire) {
         .collect();
     assert_eq!(ports.len(), USERS, "distinct source addresses");
 
-    // Interleaved: every user sends its next datagram in turn. Paced a little: UDP has no
-    // flow control, and a burst larger than a socket's receive buffer would be dropped by the
-    // kernel before frps (or the echo service) reads it.
+    // Interleaved: in each round every user sends its next datagram, and the round's replies
+    // are read before the next one starts. UDP has no flow control: a burst larger than a
+    // socket's receive buffer is dropped by the kernel whenever frps, frpc or the echo service
+    // is descheduled for a moment (a loaded CI machine), so the test keeps at most one datagram
+    // per user in flight; the users' datagrams still cross the tunnel together.
+    let mut buf = vec![0u8; 4096];
     for seq in 0..PER_USER {
         for (u, sock) in users.iter().enumerate() {
             sock.send_to(&datagram(u, seq), ("127.0.0.1", remote))
                 .await
                 .unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-
-    for (u, sock) in users.iter().enumerate() {
-        let mut seen = BTreeSet::new();
-        let mut buf = vec![0u8; 4096];
-        while seen.len() < PER_USER {
+        for (u, sock) in users.iter().enumerate() {
             let n = match tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf)).await {
                 Ok(r) => r.unwrap(),
                 Err(_) => panic!(
-                    "user {u}: only {} of {PER_USER} replies (tcpMux={tcp_mux}, enc={enc}, wire={wire:?})",
-                    seen.len()
+                    "user {u}: no reply to seq {seq} (tcpMux={tcp_mux}, enc={enc}, wire={wire:?})"
                 ),
             };
             let reply = &buf[..n];
@@ -230,15 +226,11 @@ async fn echo_through_tunnel_wire(tcp_mux: bool, enc: bool, wire: Wire) {
                 "user {u} got someone else's reply: {:?}",
                 String::from_utf8_lossy(&reply[..reply.len().min(20)])
             );
-            let rest = &reply[prefix.len()..];
-            let dash = rest.iter().position(|&b| b == b'-').unwrap();
-            let seq: usize = std::str::from_utf8(&rest[..dash]).unwrap().parse().unwrap();
             assert_eq!(
                 reply,
                 datagram(u, seq),
-                "user {u} seq {seq}: payload intact"
+                "user {u} seq {seq}: the reply to its own datagram, intact"
             );
-            assert!(seen.insert(seq), "user {u} seq {seq} twice");
         }
     }
     // Nothing extra arrives.

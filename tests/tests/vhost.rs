@@ -405,8 +405,10 @@ httpPassword = "p"
         r.stdout
     );
     // Keep-alive towards frpc: sequential requests end up on a reused upstream connection.
+    // The upstream connection goes back to the pool from a task of its own: retry a while.
     let mut reused = false;
-    for _ in 0..5 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !reused && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let (_, text) = get(vport, "b.example.com", "/", &[]).await;
         if !text.contains("conn-request=1\n") {

@@ -637,8 +637,9 @@ async fn limited_exchange(kind: EngineKind, rate: u64, burst: u64, to_b: usize, 
         took >= want * 0.9,
         "{kind}: {took:.3}s, the limit allows no less than {want:.3}s"
     );
+    // Generous: a loaded 2-core machine can stall this process longer than the burst lasts.
     assert!(
-        took <= want * 2.0 + 0.3,
+        took <= want * 3.0 + 1.0,
         "{kind}: {took:.3}s, expected about {want:.3}s"
     );
 }

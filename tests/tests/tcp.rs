@@ -339,7 +339,7 @@ async fn tcp_group_shares_one_port_and_survives_a_member_leaving() {
     let env = Env::new();
     let bind = free_port();
     let remote = free_port();
-    let _frps = env.frps("frps", bind, &format!("auth.token = \"{TOKEN}\""));
+    let frps = env.frps("frps", bind, &format!("auth.token = \"{TOKEN}\""));
     let cfg = |name: &str, local: u16, key: &str, port: u16| {
         format!(
             r#"serverAddr = "127.0.0.1"
@@ -360,7 +360,7 @@ loadBalancer.groupKey = "{key}"
     let two = greeter("TWO").await;
     let mut c1 = env.frpc("frpc1", &cfg("t1", one, "k", remote));
     c1.wait_log("[t1] start proxy success", Duration::from_secs(10));
-    let c2 = env.frpc("frpc2", &cfg("t2", two, "k", remote));
+    let mut c2 = env.frpc("frpc2", &cfg("t2", two, "k", remote));
     c2.wait_log("[t2] start proxy success", Duration::from_secs(10));
     let c3 = env.frpc("frpc3", &cfg("t3", two, "wrong", remote));
     c3.wait_log(
@@ -399,4 +399,24 @@ loadBalancer.groupKey = "{key}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // The last member leaves: by the time frps says so, the group's listener is closed and its
+    // port can be bound again (frp closes the listener first).
+    c2.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while frps.log_text().matches("client exit success").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "frps did not log the second client's exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(
+        std::net::TcpListener::bind(("127.0.0.1", remote))
+            .expect("the group's port is free once its last member has left"),
+    );
+    // A new group on the same port starts at once.
+    let c5 = env.frpc("frpc5", &cfg("t5", one, "k", remote));
+    c5.wait_log("[t5] start proxy success", Duration::from_secs(10));
+    assert_eq!(who(remote).await, "ONE");
 }

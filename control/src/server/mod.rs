@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dataplane::{Counters, Engine, Pair, RateLimiter, Side};
+use futures_util::future::BoxFuture;
 use rand::RngExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
@@ -700,7 +701,7 @@ impl State {
             *used = used.saturating_sub(1);
         }
         if let Some(f) = started.on_close.take() {
-            f();
+            f().await;
         }
     }
 
@@ -921,8 +922,19 @@ pub(crate) struct Started {
     pub port: Option<u16>,
     /// NewProxyResp.remote_addr.
     pub remote_addr: String,
-    /// Extra clean-up (routes, group membership).
-    pub on_close: Option<Box<dyn FnOnce() + Send>>,
+    /// Extra clean-up (routes, group membership), run after `tasks` have stopped; closing
+    /// is done when its future resolves.
+    pub on_close: Option<OnClose>,
+}
+
+pub(crate) type OnClose = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
+/// An [`OnClose`] for clean-up that is done when it returns.
+pub(crate) fn on_close(f: impl FnOnce() + Send + 'static) -> Option<OnClose> {
+    Some(Box::new(move || {
+        f();
+        Box::pin(std::future::ready(()))
+    }))
 }
 
 /// Aborts `tasks` and returns once each has been dropped, with whatever sockets it owned.

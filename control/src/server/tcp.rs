@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dataplane::{Endpoint, Side};
+use futures_util::future::BoxFuture;
 use rand::RngExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -184,29 +185,36 @@ fn start_group(
     *ctl.ports_used.lock().unwrap() += 1;
     let (weak, ctl2, name) = (Arc::downgrade(st), ctl.clone(), np.group.clone());
     let port = group.port;
-    let leave = move || {
+    // The last member out stops the group's listener and frees its port once the listener
+    // is closed.
+    let leave = move || -> BoxFuture<'static, ()> {
         {
             let mut used = ctl2.ports_used.lock().unwrap();
             *used = used.saturating_sub(1);
         }
         let Some(st) = weak.upgrade() else {
-            return;
+            return Box::pin(std::future::ready(()));
         };
-        let mut groups = st.tcp_groups.lock().unwrap();
-        let empty = {
-            let mut members = group.members.lock().unwrap();
-            members.retain(|m| m.0 != id);
-            members.is_empty()
-        };
-        if empty {
-            if let Some(t) = group.task.lock().unwrap().take() {
-                t.abort();
+        let task = {
+            let mut groups = st.tcp_groups.lock().unwrap();
+            let empty = {
+                let mut members = group.members.lock().unwrap();
+                members.retain(|m| m.0 != id);
+                members.is_empty()
+            };
+            if !empty {
+                return Box::pin(std::future::ready(()));
             }
             if groups.get(&name).is_some_and(|g| Arc::ptr_eq(g, &group)) {
                 groups.remove(&name);
             }
-            st.ports.lock().unwrap().release(group.port);
-        }
+            group.task.lock().unwrap().take()
+        };
+        let port = group.port;
+        Box::pin(async move {
+            super::stop_tasks(task.into_iter().collect()).await;
+            st.ports.lock().unwrap().release(port);
+        })
     };
     Ok(Started {
         remote_addr: format!(":{port}"),

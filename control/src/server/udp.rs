@@ -92,7 +92,7 @@ pub(crate) async fn start(
         tasks: vec![users, work],
         port: None,
         remote_addr: format!(":{port}"),
-        on_close: Some(Box::new(release)),
+        on_close: super::on_close(release),
     })
 }
 

@@ -487,7 +487,7 @@ pub(crate) fn register(
     }
     Ok(Started {
         remote_addr: remote_addr(&domains, locations.len(), port),
-        on_close: Some(Box::new(move || undo(&added))),
+        on_close: super::on_close(move || undo(&added)),
         ..Default::default()
     })
 }

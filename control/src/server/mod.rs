@@ -507,7 +507,9 @@ impl State {
         };
         info!("[{run_id}] control from {} closed: {reason}", ctl.remote);
         self.cleanup_control(&ctl).await;
-        writer_task.abort();
+        // The control connection is closed before the exit is reported, as frp does.
+        stop_tasks(vec![writer_task]).await;
+        drop(reader);
         info!("[{run_id}] client exit success");
     }
 

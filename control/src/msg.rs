@@ -342,6 +342,18 @@ pub struct UdpPacket {
     pub remote_addr: Option<UdpAddr>,
 }
 
+impl UdpPacket {
+    /// A datagram that `from` sent (or that goes back to it), as frp fills it: payload and
+    /// remote address, no local address.
+    pub fn for_remote(content: &[u8], from: std::net::SocketAddr) -> UdpPacket {
+        UdpPacket {
+            content: content.to_vec(),
+            local_addr: None,
+            remote_addr: Some(from.into()),
+        }
+    }
+}
+
 pub(crate) mod base64_bytes {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;

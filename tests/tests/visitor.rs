@@ -311,20 +311,17 @@ async fn sudp_mixed_wire_protocols_are_bridged() {
     sudp_case(false, "v1", "v2", false).await;
 }
 
-/// `frpc reload` starts an added visitor, moves a changed one and stops a removed one, without
-/// a new login (frp's visitor manager `UpdateAll`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reload_adds_changes_and_removes_visitors() {
-    let env = Env::new();
+/// frps, an owner frpc serving `ty` behind `secret` (secret key `sk`), and the config head of
+/// a visitor frpc with an admin API for `frpc reload`.
+async fn reload_setup(env: &Env, ty: &str, sk: &str, local: u16) -> (Proc, Proc, String) {
     let bind = free_port();
-    let _frps = env.frps("frps", bind, &format!("auth.token = \"{TOKEN}\""));
-    let echo = echo_server().await;
+    let frps = env.frps("frps", bind, &format!("auth.token = \"{TOKEN}\""));
     let owner = env.frpc(
         "owner",
         &format!(
             "{}{}",
             common(bind, "", true, "v1"),
-            owner_proxy("stcp", "sk", echo, false, "")
+            owner_proxy(ty, sk, local, false, "")
         ),
     );
     owner.wait_log("[secret] start proxy success", Duration::from_secs(10));
@@ -333,17 +330,29 @@ async fn reload_adds_changes_and_removes_visitors() {
         "{}webServer.addr = \"127.0.0.1\"\nwebServer.port = {admin}\n",
         common(bind, "", true, "v1")
     );
+    (frps, owner, head)
+}
+
+/// Writes the visitor frpc's config (as [`Env::frpc`] names it) and runs `frpc reload` on it.
+fn reload_visitor(env: &Env, cfg: &str) {
+    let path = env.write("visitor.toml", &format!("{cfg}{}", engine_table()));
+    let out = std::process::Command::new(bin("frpc"))
+        .args(["reload", "-c", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "frpc reload: {out:?}");
+}
+
+/// `frpc reload` starts an added visitor, moves a changed one and stops a removed one, without
+/// a new login (frp's visitor manager `UpdateAll`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_changes_and_removes_visitors() {
+    let env = Env::new();
+    let echo = echo_server().await;
+    let (_frps, _owner, head) = reload_setup(&env, "stcp", "sk", echo).await;
     let v = env.frpc("visitor", &head);
     v.wait_log("login to server success", Duration::from_secs(10));
-
-    let reload = |cfg: String| {
-        let path = env.write("visitor.toml", &format!("{cfg}{}", engine_table()));
-        let out = std::process::Command::new(bin("frpc"))
-            .args(["reload", "-c", path.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "frpc reload: {out:?}");
-    };
+    let reload = |cfg: String| reload_visitor(&env, &cfg);
     // Added.
     let p1 = free_port();
     reload(format!("{head}{}", visitor("stcp", "sk", "", p1, false)));
@@ -395,23 +404,8 @@ async fn reload_adds_changes_and_removes_visitors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_restarts_an_sudp_visitor_on_its_own_port() {
     let env = Env::new();
-    let bind = free_port();
-    let _frps = env.frps("frps", bind, &format!("auth.token = \"{TOKEN}\""));
     let echo = udp_echo_server().await;
-    let owner = env.frpc(
-        "owner",
-        &format!(
-            "{}{}",
-            common(bind, "", true, "v1"),
-            owner_proxy("sudp", "udp-sk", echo, false, "")
-        ),
-    );
-    owner.wait_log("[secret] start proxy success", Duration::from_secs(10));
-    let admin = free_port();
-    let head = format!(
-        "{}webServer.addr = \"127.0.0.1\"\nwebServer.port = {admin}\n",
-        common(bind, "", true, "v1")
-    );
+    let (_frps, _owner, head) = reload_setup(&env, "sudp", "udp-sk", echo).await;
     let port = free_port();
     let v = env.frpc(
         "visitor",
@@ -424,19 +418,10 @@ async fn reload_restarts_an_sudp_visitor_on_its_own_port() {
         b"first"
     );
     for (i, enc) in [true, false, true].into_iter().enumerate() {
-        let path = env.write(
-            "visitor.toml",
-            &format!(
-                "{head}{}{}",
-                visitor("sudp", "udp-sk", "", port, enc),
-                engine_table()
-            ),
+        reload_visitor(
+            &env,
+            &format!("{head}{}", visitor("sudp", "udp-sk", "", port, enc)),
         );
-        let out = std::process::Command::new(bin("frpc"))
-            .args(["reload", "-c", path.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "frpc reload: {out:?}");
         let msg = format!("after reload {i}");
         assert_eq!(
             udp_probe(&user, port, msg.as_bytes(), Duration::from_secs(10)).await,

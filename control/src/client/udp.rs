@@ -251,11 +251,7 @@ async fn replies_of(
                     );
                     continue;
                 }
-                let pkt = UdpPacket {
-                    content: buf[..n].to_vec(),
-                    local_addr: None,
-                    remote_addr: Some(user.into()),
-                };
+                let pkt = UdpPacket::for_remote(&buf[..n], user);
                 if replies.try_send(pkt).is_err() {
                     trace!("[{}] udp reply queue full; dropped", proxy.name);
                 }

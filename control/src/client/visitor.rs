@@ -342,11 +342,7 @@ async fn serve_sudp(s: Session, v: Arc<VisitorConfig>, sock: UdpSocket) {
         loop {
             match sock.recv_from(&mut buf).await {
                 Ok((n, from)) => {
-                    let pkt = UdpPacket {
-                        content: buf[..n].to_vec(),
-                        local_addr: None,
-                        remote_addr: Some(from.into()),
-                    };
+                    let pkt = UdpPacket::for_remote(&buf[..n], from);
                     if tx.try_send(pkt).is_err() {
                         trace!("[{}] sudp queue full; datagram dropped", v.name);
                     }

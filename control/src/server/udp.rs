@@ -116,11 +116,7 @@ async fn read_users(
                     continue;
                 }
                 info.counters.a_to_b.fetch_add(n as u64, Ordering::Relaxed);
-                let pkt = UdpPacket {
-                    content: buf[..n].to_vec(),
-                    local_addr: None,
-                    remote_addr: Some(from.into()),
-                };
+                let pkt = UdpPacket::for_remote(&buf[..n], from);
                 if tx.try_send(pkt).is_err() {
                     trace!(
                         "[{}] udp queue full; datagram from {from} dropped",

@@ -210,7 +210,6 @@ fn start_group(
             }
             group.task.lock().unwrap().take()
         };
-        let port = group.port;
         Box::pin(async move {
             super::stop_tasks(task.into_iter().collect()).await;
             st.ports.lock().unwrap().release(port);

@@ -79,9 +79,10 @@ impl CoreShared {
     }
 }
 
-/// Event tokens: `gen:30 | slot:32 | side:1`, and two reserved values.
+/// Event tokens: `gen:30 | slot:32 | side:1`, and one reserved value. A poll removal
+/// completes with its target's token plus `REMOVAL` (bit 63, which no token sets).
 const WAKE: u64 = u64::MAX;
-const REMOVED: u64 = u64::MAX - 1;
+const REMOVAL: u64 = 1 << 63;
 const GEN_MASK: u32 = (1 << 30) - 1;
 
 fn token(slot: u32, generation: u32, side: usize) -> u64 {
@@ -153,13 +154,13 @@ impl Poller {
     }
 
     /// Stops reporting `token`'s fd. Must happen before the fd is closed with io_uring: an
-    /// armed poll holds a reference to the socket, which would stay open (no FIN) until the
-    /// poll goes away.
+    /// armed poll holds a reference to the socket, which would stay open (no FIN, no RST)
+    /// until the poll goes away. A removal answered EALREADY is repeated (see `wait`).
     fn deregister(&mut self, token: u64) -> io::Result<()> {
         match self {
             // Closing the fd removes it from the epoll set (the engine never dups them).
             Poller::Epoll { .. } => Ok(()),
-            Poller::Uring { ring, .. } => ring.push_poll_remove(token, REMOVED),
+            Poller::Uring { ring, .. } => ring.push_poll_remove(token, token | REMOVAL),
         }
     }
 
@@ -190,7 +191,14 @@ impl Poller {
                 }
                 ring.reap(completions);
                 for c in completions.iter() {
-                    if c.user_data == REMOVED {
+                    if c.user_data != WAKE && c.user_data & REMOVAL != 0 {
+                        // EALREADY: the poll was posting an event just then, and a multishot
+                        // poll stays armed (holding its socket open) after such a removal:
+                        // ask again, which the next submission does once that event is out.
+                        if c.result == -libc::EALREADY {
+                            let target = c.user_data & !REMOVAL;
+                            ring.push_poll_remove(target, c.user_data)?;
+                        }
                         continue;
                     }
                     if c.result == -libc::ECANCELED {
@@ -490,7 +498,7 @@ mod tests {
         for (slot, generation, side) in [(0, 0, 0), (1, 2, 1), (u32::MAX >> 1, GEN_MASK, 1)] {
             let t = token(slot, generation, side);
             assert_ne!(t, WAKE);
-            assert_ne!(t, REMOVED);
+            assert_eq!(t & REMOVAL, 0);
             assert_eq!(untoken(t), (slot, generation, side));
         }
         // Generations wrap within the mask.

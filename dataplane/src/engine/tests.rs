@@ -191,6 +191,33 @@ async fn reset_from_one_side_closes_the_other(kind: EngineKind) {
     }
 }
 
+/// Two pairs chained through one TCP connection, as frps and frpc relay a tunnel without
+/// tcpMux: the user leaves in the middle of a bulk download, and the service that streams it
+/// must have its writes fail (the close travels through both pairs).
+async fn abandoned_download_through_two_pairs_closes_the_service(kind: EngineKind) {
+    let Some(frps) = engine(kind) else { return };
+    let Some(frpc) = engine(kind) else { return };
+    for round in 0..5 {
+        let (mut user, user_srv) = tcp_pair().await;
+        let (work_frps, work_frpc) = tcp_pair().await;
+        let (service, local) = tcp_pair().await;
+        frps.spawn(tcp_pair_of(user_srv, work_frps));
+        frpc.spawn(tcp_pair_of(work_frpc, local));
+        let streamer = tokio::spawn(async move {
+            let mut service = service;
+            let chunk = vec![7u8; 64 * 1024];
+            while service.write_all(&chunk).await.is_ok() {}
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        user.read_exact(&mut buf).await.unwrap();
+        drop(user);
+        timeout(HANG_GUARD, streamer)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the service still streams into the tunnel"))
+            .unwrap();
+    }
+}
+
 async fn transform_error_closes_both_ends(kind: EngineKind) {
     let Some(engine) = engine(kind) else { return };
     let (mut ca, ra) = tcp_pair().await;
@@ -688,6 +715,7 @@ suite!(
     conns_counts_live_pairs,
     half_close_keeps_the_reply_flowing,
     reset_from_one_side_closes_the_other,
+    abandoned_download_through_two_pairs_closes_the_service,
     transform_error_closes_both_ends,
     transforms_run_on_the_copy_path,
     plain_pairs_splice,

@@ -10,7 +10,9 @@
 //!   This is deliberately kinder than frp's `io.Join`, which closes both on the first EOF
 //!   (spec §8 item 8): a Go peer still sees the same bytes, and half-closing clients (e.g.
 //!   `nc -N`, HTTP/1.0 request-then-shutdown) keep working.
-//! - Any error (read, write, [`TransformError`]) closes both endpoints at once.
+//! - Any error (read, write, [`TransformError`]) closes both endpoints at once; a
+//!   [`ChunkRead`] endpoint (a yamux stream) is aborted ([`ChunkRead::abort`], RST), so the
+//!   far end learns of the failure instead of seeing a half-close.
 //! - An idle direction holds no buffer: reads go into a per-thread scratch buffer and are
 //!   written at once; only bytes the writer does not take right away are copied into a
 //!   per-direction buffer, which is freed once written.
@@ -65,6 +67,11 @@ pub trait ChunkRead: Send + Unpin + 'static {
     fn relay_host(&self) -> Option<Arc<dyn RelayHost>> {
         None
     }
+
+    /// The relay is ending on an error: abort the stream (a yamux stream sends RST) rather
+    /// than close it normally, so that the peer ends its side at once instead of reading a
+    /// half-close. The default does nothing: dropping the halves closes the stream.
+    fn abort(&mut self) {}
 }
 
 /// A relay as a future: what [`RelayHost::host`] runs.
@@ -338,7 +345,15 @@ impl Future for Relay {
             return Poll::Pending;
         }
         // Whatever direction is still running is dropped with the relay and its endpoint
-        // halves: on an error that closes both ends at once; otherwise both are already done.
+        // halves: on an error that closes both ends at once (streams that can say "abort"
+        // are told so first); otherwise both are already done.
+        if failed {
+            for dir in &mut this.dirs {
+                if let ReadEnd::Chunk(r) = &mut dir.reader {
+                    r.abort();
+                }
+            }
+        }
         let [ab_end, ba_end] = std::mem::take(&mut this.ends);
         let a_to_b = ab_end.as_ref().map_or(0, |e| e.bytes);
         let b_to_a = ba_end.as_ref().map_or(0, |e| e.bytes);

@@ -6,8 +6,10 @@
 //! Semantics follow hashicorp/yamux (as forked by fatedier/yamux), with two deliberate
 //! differences that a Go peer cannot observe except as "faster": incoming streams are ACKed
 //! as soon as their SYN arrives (Go ACKs lazily on `Accept`, and a Go opener gives up after
-//! 75 s without an ACK), and a stream the application dropped keeps crediting its window
-//! while it discards the rest of the peer's data.
+//! 75 s without an ACK), and a stream the application dropped behaves like a closed TCP
+//! socket: released with unread data, or receiving data afterwards, it answers RST (Go keeps
+//! buffering into the dead stream until the window is full, then stalls the writer until its
+//! 5-minute close timeout).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -146,7 +148,7 @@ struct StreamState {
     local_fin: bool,
     remote_fin: bool,
     reset: bool,
-    /// The application let go of the stream: discard incoming data, keep crediting the window.
+    /// The application let go of the stream: data arriving now resets it.
     released: bool,
     /// Listed in `Connection::tx_blocked`.
     tx_blocked: bool,
@@ -600,11 +602,11 @@ impl Connection {
         self.wire_done(id);
     }
 
-    /// The application no longer holds the stream. Sends FIN if not yet sent; until the peer
-    /// finishes too, its data is discarded and its window kept open, so it never blocks.
+    /// The application no longer holds the stream, as `close()` of a TCP socket: FIN if not
+    /// yet sent, or RST when data it never read is buffered (the peer learns that what it sent
+    /// was not taken). Data arriving after the release resets the stream too (see `deliver`),
+    /// so a peer that keeps sending is stopped instead of streaming into nothing.
     pub fn stream_release(&mut self, id: u32) {
-        let max_window = self.max_window;
-        let inflight = self.inflight(id);
         let closed = self.closed.is_some();
         let Some(st) = self.streams.get_mut(&id) else {
             return;
@@ -617,12 +619,13 @@ impl Connection {
             }
             return;
         }
+        if !st.recv_buf.is_empty() {
+            return self.stream_reset(id);
+        }
         if !st.local_fin && !st.reset {
             st.local_fin = true;
             put_header(&mut self.out, TYPE_WINDOW_UPDATE, FLAG_FIN, id, 0);
         }
-        st.recv_buf = RecvBuf::default();
-        credit_window(&mut self.out, id, st, max_window, inflight);
         if st.remote_fin {
             self.wire_done(id);
         }
@@ -884,17 +887,17 @@ impl Connection {
 
     /// Payload bytes of the current Data frame for stream `id`.
     fn deliver(&mut self, id: u32, data: &[u8], owner: Option<&Bytes>) {
-        let max_window = self.max_window;
         let done = self.payload.is_none();
-        let inflight = self.inflight(id);
         let Some(st) = self.streams.get_mut(&id) else {
             return;
         };
-        if st.reset {
-            // Data riding on a RST frame: Go buffers it but its reads fail; drop it.
+        if st.reset || (st.released && st.wire_done) {
+            // Data riding on a RST frame (Go buffers it but its reads fail), or on the FIN
+            // of a stream we already released: nobody reads it.
         } else if st.released {
-            // Nobody will read it: consume and credit so the peer never stalls.
-            credit_window(&mut self.out, id, st, max_window, inflight);
+            // Nobody will read it: like TCP, answer data for a closed stream with a reset.
+            // (The reset forgets the released stream; the rest of this payload is skipped.)
+            return self.stream_reset(id);
         } else {
             // A large payload of a chunk read from the socket is kept as a slice of it (no
             // copy) when the stream has nothing else buffered, i.e. its reader keeps up; a
@@ -1586,7 +1589,7 @@ mod tests {
     }
 
     #[test]
-    fn released_stream_keeps_crediting_until_peer_finishes() {
+    fn released_with_unread_data_the_stream_is_reset() {
         let (mut c, mut s, _) = pair(&no_keepalive(), &no_keepalive());
         let mut rng = Rng(77);
         let id = c.open_stream().unwrap().unwrap();
@@ -1594,26 +1597,77 @@ mod tests {
         s.accept_stream();
         c.stream_write(id, &[1; 1000]).unwrap();
         pump(&mut c, &mut s, &mut rng);
-        // The application drops it with data unread: FIN goes out, data is discarded.
+        // The application drops it with data unread: RST, as a TCP close() does.
+        s.stream_release(id);
+        assert_eq!(transmit(&mut s), h("00 01 0008 00000001 00000000"));
+        assert_eq!(s.num_streams(), 0);
+        c.handle_input(&h("00 01 0008 00000001 00000000")).unwrap();
+        assert_eq!(
+            c.stream_read(id, &mut [0; 10]),
+            Err(YamuxError::StreamReset)
+        );
+        assert_eq!(c.stream_write(id, b"more"), Err(YamuxError::StreamReset));
+        assert!(!s.is_closed());
+    }
+
+    #[test]
+    fn data_for_a_released_stream_resets_it_instead_of_being_credited() {
+        let (mut c, mut s, _) = pair(&no_keepalive(), &no_keepalive());
+        let mut rng = Rng(78);
+        let id = c.open_stream().unwrap().unwrap();
+        pump(&mut c, &mut s, &mut rng);
+        s.accept_stream();
+        // Everything read, then the application drops it: a plain FIN.
         s.stream_release(id);
         assert_eq!(transmit(&mut s), h("00 01 0004 00000001 00000000"));
-        let mut got = Vec::new();
         c.handle_input(&h("00 01 0004 00000001 00000000")).unwrap();
-        assert!(read_available(&mut c, id, &mut got));
-        // The writer can push far more than one window: the window keeps being credited.
+        let mut got = Vec::new();
+        assert!(read_available(&mut c, id, &mut got), "the FIN reads as EOF");
+        // The peer takes it for a half-close and keeps writing: the first data answers RST,
+        // the writer fails, and nothing of it was credited.
         let data = vec![9u8; 20 * MIB];
         let mut sent = 0;
-        while sent < data.len() {
-            let n = c.stream_write(id, &data[sent..]).unwrap();
-            sent += n;
+        let err = loop {
+            match c.stream_write(id, &data[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) => break e,
+            }
             pump(&mut c, &mut s, &mut rng);
-            assert!(n > 0, "writer blocked after {sent} bytes");
-        }
-        assert_eq!(s.num_streams(), 1);
+            assert!(sent < 2 * MIB, "the writer went on after {sent} bytes");
+        };
+        assert_eq!(err, YamuxError::StreamReset);
+        assert_eq!(s.num_streams(), 0);
+        assert_eq!(c.num_streams(), 1, "kept until the application releases it");
+        c.stream_release(id);
+        assert_eq!(c.num_streams(), 0);
+        assert!(!s.is_closed() && !c.is_closed());
+    }
+
+    #[test]
+    fn released_after_both_fins_leaves_quietly() {
+        let (mut c, mut s, _) = pair(&no_keepalive(), &no_keepalive());
+        let mut rng = Rng(79);
+        let id = c.open_stream().unwrap().unwrap();
+        pump(&mut c, &mut s, &mut rng);
+        s.accept_stream();
+        c.stream_write(id, b"request").unwrap();
         c.stream_close(id).unwrap();
         pump(&mut c, &mut s, &mut rng);
-        assert_eq!(s.num_streams(), 0);
-        assert!(!s.is_closed());
+        let mut got = Vec::new();
+        assert!(read_available(&mut s, id, &mut got));
+        assert_eq!(got, b"request");
+        s.stream_write(id, b"reply").unwrap();
+        s.stream_release(id);
+        pump(&mut c, &mut s, &mut rng);
+        let mut got = Vec::new();
+        assert!(
+            read_available(&mut c, id, &mut got),
+            "reply then EOF, no reset"
+        );
+        assert_eq!(got, b"reply");
+        c.stream_release(id);
+        pump(&mut c, &mut s, &mut rng);
+        assert_eq!((c.num_streams(), s.num_streams()), (0, 0));
     }
 
     #[test]

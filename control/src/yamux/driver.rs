@@ -332,8 +332,8 @@ impl Drop for Incoming {
     }
 }
 
-/// One yamux stream. Shutdown sends FIN (half-close); dropping it without shutdown sends FIN
-/// too, and the session keeps draining the peer's data for it until the peer finishes.
+/// One yamux stream. Shutdown sends FIN (half-close); dropping it closes it as `close()` closes
+/// a TCP socket: FIN, or RST if received data was left unread or more data arrives later.
 pub struct Stream {
     id: u32,
     shared: Arc<Shared>,
@@ -399,6 +399,12 @@ impl dataplane::ChunkRead for StreamReadHalf {
     /// Relays of a session's streams run inside its driver task.
     fn relay_host(&self) -> Option<Arc<dyn dataplane::RelayHost>> {
         Some(self.shared.clone())
+    }
+
+    /// A relay that fails resets the stream (RST): the peer's relay then closes its socket,
+    /// where a FIN would only half-close it.
+    fn abort(&mut self) {
+        self.shared.lock().conn.stream_reset(self.id);
     }
 }
 

@@ -13,9 +13,10 @@
 //! - incoming streams are ACKed when their SYN arrives, not on `Accept`;
 //! - `Session::close` sends GoAway(normal) before closing the socket; protocol errors on
 //!   version/type send GoAway(protocol error) too (Go just drops the connection);
-//! - a dropped stream sends FIN and drains the peer's data for as long as the peer keeps
-//!   the stream open (no 5-minute `StreamCloseTimeout` RST), and there is no 75 s
-//!   `StreamOpenTimeout` (an unACKed open just waits);
+//! - a dropped stream behaves as a closed TCP socket: FIN, or RST when it held unread data
+//!   or data arrives for it afterwards (Go buffers that data until the window is full and
+//!   sends RST after its 5-minute `StreamCloseTimeout`); a relay that fails resets its
+//!   streams; there is no 75 s `StreamOpenTimeout` (an unACKed open just waits);
 //! - the driver ends the session when the socket accepts no byte for
 //!   `connection_write_timeout` (Go fails the individual write instead);
 //! - keepalive pings are spaced `keepalive_interval` from the previous ping, not from its

@@ -447,3 +447,55 @@ async fn chunk_reader_to_a_slow_writer() {
     let outcome = relay.await.unwrap();
     assert_eq!(outcome.a_to_b, sent.len() as u64);
 }
+
+/// A `ChunkRead` that hands out one chunk, then EOF, and records whether it was aborted.
+struct Aborts(Option<Bytes>, Arc<std::sync::atomic::AtomicBool>);
+
+impl ChunkRead for Aborts {
+    fn poll_read_chunk(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+        _buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<Chunk>> {
+        std::task::Poll::Ready(Ok(match self.0.take() {
+            Some(b) => Chunk::Bytes(b),
+            None => Chunk::Copied(0),
+        }))
+    }
+
+    fn abort(&mut self) {
+        self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A relay that fails aborts its `ChunkRead` endpoints (a yamux stream sends RST, so the far
+/// end closes instead of reading a half-close); one that ends cleanly does not.
+#[tokio::test]
+async fn an_error_aborts_chunk_readers_and_a_clean_end_does_not() {
+    for fail in [true, false] {
+        let aborted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (mut user, relay_b) = tcp_pair().await;
+        let relay = tokio::spawn(relay(Pair {
+            a: Side::plain(Endpoint::Halves {
+                read: Box::new(Aborts(Some(Bytes::from_static(b"hello")), aborted.clone())),
+                write: Box::new(tokio::io::sink()),
+            }),
+            b: tcp_side(relay_b),
+            counters: None,
+            limiter: None,
+        }));
+        let mut got = Vec::new();
+        user.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello");
+        if fail {
+            // A zero-linger close resets the connection: the relay's read from it fails.
+            user.set_zero_linger().unwrap();
+        } else {
+            user.shutdown().await.unwrap();
+        }
+        drop(user);
+        let outcome = timeout(HANG_GUARD, relay).await.expect("hang").unwrap();
+        assert_eq!(outcome.error.is_some(), fail, "{outcome:?}");
+        assert_eq!(aborted.load(std::sync::atomic::Ordering::SeqCst), fail);
+    }
+}

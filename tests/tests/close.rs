@@ -42,18 +42,24 @@ struct WriterEnd {
     /// When the write failed (the close reached this side).
     at: Instant,
     error: std::io::ErrorKind,
+    /// Bytes written before the failure (printed, for the record: socket buffers and the
+    /// tunnel's windows hold a few MiB).
+    written: u64,
 }
 
 /// Writes `CHUNK`s to `s` until a write fails; reports when and how.
 async fn write_until_error(mut s: TcpStream) -> WriterEnd {
     let buf = vec![0x5a; CHUNK];
+    let mut written = 0;
     loop {
         if let Err(e) = s.write_all(&buf).await {
             return WriterEnd {
                 at: Instant::now(),
                 error: e.kind(),
+                written,
             };
         }
+        written += CHUNK as u64;
     }
 }
 
@@ -153,9 +159,11 @@ async fn user_leaves_a_download(mode: Mode) {
             })
             .expect("service reports");
         eprintln!(
-            "{mode:?} round {round}: service write failed ({:?}) {:?} after the user left",
+            "{mode:?} round {round}: service write failed ({:?}) {:?} after the user left, \
+             {} bytes written in all",
             end.error,
-            end.at.saturating_duration_since(left)
+            end.at.saturating_duration_since(left),
+            end.written
         );
     }
 }
@@ -177,9 +185,11 @@ async fn service_closes_during_an_upload(mode: Mode) {
                 panic!("{mode:?} round {round}: the user still uploads into a closed service")
             });
         eprintln!(
-            "{mode:?} round {round}: user write failed ({:?}) {:?} after it started",
+            "{mode:?} round {round}: user write failed ({:?}) {:?} after it started, {} bytes \
+             written in all",
             end.error,
-            end.at.saturating_duration_since(started)
+            end.at.saturating_duration_since(started),
+            end.written
         );
     }
 }
@@ -300,13 +310,16 @@ async fn sse_backend() -> (u16, mpsc::UnboundedReceiver<WriterEnd>) {
                 }
                 let event = format!("data: {}\n\n", "x".repeat(16 * 1024));
                 let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                let mut written = 0;
                 let end = loop {
                     if let Err(e) = s.write_all(chunk.as_bytes()).await {
                         break WriterEnd {
                             at: Instant::now(),
                             error: e.kind(),
+                            written,
                         };
                     }
+                    written += chunk.len() as u64;
                 };
                 let _ = tx.send(end);
             });
@@ -367,9 +380,11 @@ customDomains = ["sse.example.com"]
             })
             .expect("backend reports");
         eprintln!(
-            "mux={mux} round {round}: backend write failed ({:?}) {:?} after the user left",
+            "mux={mux} round {round}: backend write failed ({:?}) {:?} after the user left, \
+             {} bytes written in all",
             end.error,
-            end.at.saturating_duration_since(left)
+            end.at.saturating_duration_since(left),
+            end.written
         );
     }
 }

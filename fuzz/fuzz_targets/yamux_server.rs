@@ -1,5 +1,6 @@
 //! Arbitrary bytes from a "client" into a server-mode yamux core: it must answer or close with
-//! an error, never panic; reads of accepted streams stay within the window.
+//! an error, never panic; reads of accepted streams stay within the window; released streams
+//! answer later data without panicking.
 #![no_main]
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,13 @@ fuzz_target!(|data: &[u8]| {
         while let Some(id) = c.accept_stream() {
             let _ = c.stream_read(id, &mut buf);
             let _ = c.stream_write(id, b"pong");
-            let _ = c.stream_close(id);
+            // Half the streams are closed (FIN) and kept, half released as a dropped stream
+            // is (FIN or RST, later data answered with RST).
+            if id % 4 == 1 {
+                c.stream_release(id);
+            } else {
+                let _ = c.stream_close(id);
+            }
         }
     }
     c.handle_timeout(now + Duration::from_secs(60));

@@ -147,6 +147,8 @@ struct StreamState {
     send_window: u32,
     local_fin: bool,
     remote_fin: bool,
+    /// The peer's FIN closed the stream both ways (a Go peer, see `peer_half_closes`).
+    peer_closed: bool,
     reset: bool,
     /// The application let go of the stream: data arriving now resets it.
     released: bool,
@@ -165,6 +167,7 @@ impl StreamState {
             send_window: INITIAL_STREAM_WINDOW,
             local_fin: false,
             remote_fin: false,
+            peer_closed: false,
             reset: false,
             released: false,
             tx_blocked: false,
@@ -216,11 +219,16 @@ pub struct Connection {
     remote_go_away: bool,
     reject_incoming: bool,
     keepalive: Option<Keepalive>,
+    /// The peer announced (with [`HALF_CLOSE_HELLO`]) that its FIN is a half-close. Without
+    /// that (a Go peer), a FIN means the peer closed the stream for good: writes to it fail.
+    peer_half_closes: bool,
 }
 
 impl Connection {
     /// A new session. `now` anchors the keepalive schedule.
     pub fn new(cfg: &Config, mode: Mode, now: Instant) -> Self {
+        let mut out = BytesMut::new();
+        put_header(&mut out, TYPE_PING, FLAG_SYN, 0, HALF_CLOSE_HELLO);
         Connection {
             mode,
             accept_backlog: cfg.accept_backlog.max(1),
@@ -237,7 +245,7 @@ impl Connection {
             header_buf: [0; HEADER_LEN],
             header_len: 0,
             payload: None,
-            out: BytesMut::new(),
+            out,
             spare: None,
             tx_blocked: Vec::new(),
             events: VecDeque::new(),
@@ -251,6 +259,7 @@ impl Connection {
                 outstanding: None,
                 next_id: 0,
             }),
+            peer_half_closes: false,
         }
     }
 
@@ -542,6 +551,9 @@ impl Connection {
         if st.local_fin {
             return Err(YamuxError::StreamClosed);
         }
+        if st.peer_closed {
+            return Err(YamuxError::PeerClosed);
+        }
         let mut written = 0;
         while written < data.len() && st.send_window > 0 && self.out.len() < TRANSMIT_HIGH_WATER {
             let n = (data.len() - written)
@@ -736,8 +748,14 @@ impl Connection {
 
     fn handle_ping(&mut self, hdr: Header) {
         if hdr.has(FLAG_SYN) {
+            if hdr.length == HALF_CLOSE_HELLO {
+                self.peer_half_closes = true;
+            }
             put_header(&mut self.out, TYPE_PING, FLAG_ACK, 0, hdr.length);
             return;
+        }
+        if hdr.length == HALF_CLOSE_HELLO {
+            return; // the answer to our hello
         }
         if let Some(ka) = &mut self.keepalive
             && let Some((id, _)) = ka.outstanding
@@ -801,6 +819,13 @@ impl Connection {
                 return self.fail(YamuxError::UnexpectedFin(id), Some(GO_AWAY_PROTOCOL_ERROR));
             }
             st.remote_fin = true;
+            // A Go peer's FIN is a full close: it will not read what we still send, and
+            // would only stall our writer once its window is full (then reset the stream 5
+            // minutes later). Fail our writes now, as frp's join closes both ends.
+            st.peer_closed = !self.peer_half_closes;
+            if st.peer_closed {
+                self.events.push_back(Event::StreamWritable(id));
+            }
             finished = st.local_fin;
             self.events.push_back(Event::StreamFinished(id));
             self.events.push_back(Event::StreamReadable(id));
@@ -968,13 +993,27 @@ mod tests {
         Config::frp(0)
     }
 
+    /// Two cores that have exchanged their hellos (both half-close).
     fn pair(cfg_client: &Config, cfg_server: &Config) -> (Connection, Connection, Instant) {
         let now = Instant::now();
-        (
-            Connection::new(cfg_client, Mode::Client, now),
-            Connection::new(cfg_server, Mode::Server, now),
-            now,
-        )
+        let mut c = Connection::new(cfg_client, Mode::Client, now);
+        let mut s = Connection::new(cfg_server, Mode::Server, now);
+        for _ in 0..2 {
+            let (to_s, to_c) = (transmit(&mut c), transmit(&mut s));
+            s.handle_input(&to_s).unwrap();
+            c.handle_input(&to_c).unwrap();
+        }
+        assert!(c.peer_half_closes && s.peer_half_closes);
+        assert!(events(&mut c).is_empty() && events(&mut s).is_empty());
+        (c, s, now)
+    }
+
+    /// A core whose hello has been taken from its transmit queue, facing a Go peer (which
+    /// never sends one).
+    fn fresh(cfg: &Config, mode: Mode, now: Instant) -> Connection {
+        let mut c = Connection::new(cfg, mode, now);
+        assert_eq!(transmit(&mut c), h("00 02 0001 00000000 66727075"));
+        c
     }
 
     fn transmit(c: &mut Connection) -> Vec<u8> {
@@ -1174,19 +1213,19 @@ mod tests {
 
     #[test]
     fn open_stream_sends_syn_like_go() {
-        let mut c = Connection::new(&no_keepalive(), Mode::Client, Instant::now());
+        let mut c = fresh(&no_keepalive(), Mode::Client, Instant::now());
         assert_eq!(c.open_stream().unwrap(), Some(1));
         assert_eq!(transmit(&mut c), h("00 01 0001 00000001 005c0000"));
         assert_eq!(c.open_stream().unwrap(), Some(3));
         assert_eq!(transmit(&mut c), h("00 01 0001 00000003 005c0000"));
-        let mut s = Connection::new(&no_keepalive(), Mode::Server, Instant::now());
+        let mut s = fresh(&no_keepalive(), Mode::Server, Instant::now());
         assert_eq!(s.open_stream().unwrap(), Some(2));
         assert_eq!(transmit(&mut s), h("00 01 0001 00000002 005c0000"));
     }
 
     #[test]
     fn incoming_stream_is_acked_at_once() {
-        let mut s = Connection::new(&no_keepalive(), Mode::Server, Instant::now());
+        let mut s = fresh(&no_keepalive(), Mode::Server, Instant::now());
         s.handle_input(&h("00 01 0001 00000001 005c0000")).unwrap();
         // ACKed before anybody accepts it.
         assert_eq!(transmit(&mut s), h("00 01 0002 00000001 005c0000"));
@@ -1198,7 +1237,7 @@ mod tests {
 
     #[test]
     fn syn_on_data_frame_carries_payload() {
-        let mut s = Connection::new(&no_keepalive(), Mode::Server, Instant::now());
+        let mut s = fresh(&no_keepalive(), Mode::Server, Instant::now());
         s.handle_input(&h("00 00 0001 00000001 00000003 616263"))
             .unwrap();
         assert_eq!(transmit(&mut s), h("00 01 0002 00000001 005c0000"));
@@ -1210,7 +1249,7 @@ mod tests {
 
     #[test]
     fn fin_is_a_zero_window_update() {
-        let mut c = Connection::new(&no_keepalive(), Mode::Client, Instant::now());
+        let mut c = fresh(&no_keepalive(), Mode::Client, Instant::now());
         let id = c.open_stream().unwrap().unwrap();
         transmit(&mut c);
         c.stream_close(id).unwrap();
@@ -1222,7 +1261,7 @@ mod tests {
 
     #[test]
     fn ping_is_answered_with_same_opaque() {
-        let mut s = Connection::new(&no_keepalive(), Mode::Server, Instant::now());
+        let mut s = fresh(&no_keepalive(), Mode::Server, Instant::now());
         s.handle_input(&h("00 02 0001 00000000 0000abcd")).unwrap();
         assert_eq!(transmit(&mut s), h("00 02 0002 00000000 0000abcd"));
         assert!(!s.is_closed());
@@ -1232,7 +1271,7 @@ mod tests {
     fn keepalive_pings_then_times_out() {
         let cfg = Config::frp(30);
         let t0 = Instant::now();
-        let mut c = Connection::new(&cfg, Mode::Client, t0);
+        let mut c = fresh(&cfg, Mode::Client, t0);
         assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(30)));
         c.handle_timeout(t0 + Duration::from_secs(29));
         assert_eq!(transmit(&mut c), b"");
@@ -1319,6 +1358,28 @@ mod tests {
         }
         assert_eq!(got_up, up);
         assert_eq!(got_down, down);
+    }
+
+    #[test]
+    fn fin_from_a_go_peer_closes_both_ways_and_ours_only_half() {
+        // A Go peer never sends the hello: its FIN (Stream.Close) means it reads no more.
+        let mut s = fresh(&no_keepalive(), Mode::Server, Instant::now());
+        s.handle_input(&h("00 01 0001 00000001 00000000")).unwrap();
+        let id = s.accept_stream().unwrap();
+        s.handle_input(&h("00 01 0004 00000001 00000000")).unwrap();
+        assert_eq!(s.stream_read(id, &mut [0; 8]), Ok(Some(0)));
+        assert_eq!(s.stream_write(id, b"more"), Err(YamuxError::PeerClosed));
+        // A peer that sent the hello half-closes: we may still answer.
+        let mut s = fresh(&no_keepalive(), Mode::Server, Instant::now());
+        s.handle_input(&h("00 02 0001 00000000 66727075")).unwrap();
+        assert_eq!(transmit(&mut s), h("00 02 0002 00000000 66727075"));
+        s.handle_input(&h(
+            "00 01 0001 00000001 00000000 00 01 0004 00000001 00000000",
+        ))
+        .unwrap();
+        let id = s.accept_stream().unwrap();
+        assert_eq!(s.stream_read(id, &mut [0; 8]), Ok(Some(0)));
+        assert_eq!(s.stream_write(id, b"reply"), Ok(5));
     }
 
     #[test]
@@ -1442,7 +1503,7 @@ mod tests {
 
     #[test]
     fn exceeding_receive_window_kills_session() {
-        let mut s = Connection::new(&no_keepalive(), Mode::Server, Instant::now());
+        let mut s = fresh(&no_keepalive(), Mode::Server, Instant::now());
         s.handle_input(&h("00 01 0001 00000001 005c0000")).unwrap();
         transmit(&mut s);
         // 4 MiB fits in the 6 MiB window...
@@ -1476,14 +1537,14 @@ mod tests {
 
     #[test]
     fn bad_version_or_type_is_a_protocol_error() {
-        let mut s = Connection::new(&no_keepalive(), Mode::Server, Instant::now());
+        let mut s = fresh(&no_keepalive(), Mode::Server, Instant::now());
         let err = s
             .handle_input(&h("07 00 0000 00000001 00000000"))
             .unwrap_err();
         assert_eq!(err.to_string(), "yamux: protocol error: invalid version 7");
         assert_eq!(transmit(&mut s), h("00 03 0000 00000000 00000001"));
 
-        let mut s = Connection::new(&no_keepalive(), Mode::Server, Instant::now());
+        let mut s = fresh(&no_keepalive(), Mode::Server, Instant::now());
         let err = s
             .handle_input(&h("00 04 0000 00000000 00000000"))
             .unwrap_err();
@@ -1493,14 +1554,14 @@ mod tests {
 
     #[test]
     fn duplicate_syn_and_double_fin_are_protocol_errors() {
-        let mut s = Connection::new(&no_keepalive(), Mode::Server, Instant::now());
+        let mut s = fresh(&no_keepalive(), Mode::Server, Instant::now());
         s.handle_input(&h("00 01 0001 00000001 005c0000")).unwrap();
         let err = s
             .handle_input(&h("00 01 0001 00000001 005c0000"))
             .unwrap_err();
         assert_eq!(err, YamuxError::DuplicateStream(1));
 
-        let mut s = Connection::new(&no_keepalive(), Mode::Server, Instant::now());
+        let mut s = fresh(&no_keepalive(), Mode::Server, Instant::now());
         s.handle_input(&h(
             "00 01 0001 00000001 005c0000 00 01 0004 00000001 00000000",
         ))
@@ -1533,7 +1594,7 @@ mod tests {
         s.handle_input(&h("00 01 0001 00000009 005c0000")).unwrap();
         assert_eq!(transmit(&mut s), h("00 01 0008 00000009 00000000"));
 
-        let mut c = Connection::new(&no_keepalive(), Mode::Client, Instant::now());
+        let mut c = fresh(&no_keepalive(), Mode::Client, Instant::now());
         let err = c
             .handle_input(&h("00 03 0000 00000000 00000001"))
             .unwrap_err();
@@ -1754,7 +1815,7 @@ mod tests {
 
         // frps side: the Go client's bytes, chunk by chunk as captured.
         let now = Instant::now();
-        let mut server = Connection::new(&no_keepalive(), Mode::Server, now);
+        let mut server = fresh(&no_keepalive(), Mode::Server, now);
         let mut server_out = Vec::new();
         for chunk in &c2s {
             server.handle_input(chunk).unwrap();
@@ -1789,7 +1850,7 @@ mod tests {
         assert!(expected(&c2s_frames, 1).starts_with(first_byte));
 
         // frpc side: open the same streams, then feed the Go server's bytes.
-        let mut client = Connection::new(&no_keepalive(), Mode::Client, now);
+        let mut client = fresh(&no_keepalive(), Mode::Client, now);
         for _ in &syn_ids {
             client.open_stream().unwrap().unwrap();
         }
@@ -1813,7 +1874,7 @@ mod tests {
 
         // Same bytes, split at random points.
         let mut rng = Rng(0xfeed);
-        let mut server = Connection::new(&no_keepalive(), Mode::Server, now);
+        let mut server = fresh(&no_keepalive(), Mode::Server, now);
         feed(&mut server, &c2s_all, &mut rng).unwrap();
         for &id in &syn_ids {
             let mut got = Vec::new();

@@ -1359,10 +1359,16 @@ mod tests {
     async fn raw_go_bytes_are_acked_and_ponged() {
         let (mut go, ours) = tokio::io::duplex(64 * 1024);
         let (_session, _incoming) = session(ours, Config::frp(30), Mode::Server);
+        let mut ack = [0u8; 12];
+        go.read_exact(&mut ack).await.unwrap();
+        assert_eq!(
+            hex::encode(ack),
+            "000200010000000066727075",
+            "our hello ping"
+        );
         go.write_all(&hex::decode("0001000100000001005c0000").unwrap())
             .await
             .unwrap();
-        let mut ack = [0u8; 12];
         go.read_exact(&mut ack).await.unwrap();
         assert_eq!(hex::encode(ack), "0001000200000001005c0000");
         go.write_all(&hex::decode("000200010000000000000005").unwrap())
@@ -1380,8 +1386,10 @@ mod tests {
             ..Config::frp(30)
         };
         let (session, mut incoming) = session(ours, cfg, Mode::Client);
-        // The peer reads our ping but never answers.
+        // The peer reads our hello and keepalive pings but never answers.
         let mut ping = [0u8; 12];
+        mute_peer.read_exact(&mut ping).await.unwrap();
+        assert_eq!(hex::encode(ping), "000200010000000066727075");
         mute_peer.read_exact(&mut ping).await.unwrap();
         assert_eq!(hex::encode(ping), "000200010000000000000000");
         let started = Instant::now();
@@ -1403,7 +1411,10 @@ mod tests {
             .unwrap();
         let mut rest = Vec::new();
         peer.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(hex::encode(rest), "000300000000000000000001");
+        assert_eq!(
+            hex::encode(rest),
+            "000200010000000066727075000300000000000000000001"
+        );
         session.closed().await;
         assert_eq!(session.close_reason(), Some(YamuxError::InvalidVersion(7)));
     }

@@ -24,6 +24,10 @@ pub const GO_AWAY_INTERNAL_ERROR: u32 = 2;
 
 /// Every stream starts with this window in both directions (a protocol constant).
 pub const INITIAL_STREAM_WINDOW: u32 = 256 * 1024;
+/// The opaque value of the ping frp-uring sends first on every session ("frpu"): a peer that
+/// sends it half-closes streams (FIN, then keeps reading). A Go peer answers it like any
+/// ping and never sends it: its FIN (`Stream.Close`) means it reads no more either.
+pub(crate) const HALF_CLOSE_HELLO: u32 = 0x6672_7075;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {

@@ -19,6 +19,12 @@
 //!   streams; there is no 75 s `StreamOpenTimeout` (an unACKed open just waits);
 //! - the driver ends the session when the socket accepts no byte for
 //!   `connection_write_timeout` (Go fails the individual write instead);
+//! - each side's first frame is a ping with the opaque value "frpu" (`0x66727075`), which a
+//!   Go peer simply answers. It tells another frp-uring that our FIN is a half-close (we go
+//!   on reading); from a peer that never sent it (Go), a FIN means `Stream.Close`, after
+//!   which Go reads nothing more, so our writes to that stream fail at once (as frp's join
+//!   would close both ends) instead of filling Go's window and stalling for its 5-minute
+//!   close timeout;
 //! - keepalive pings are spaced `keepalive_interval` from the previous ping, not from its
 //!   answer; there are no per-stream read/write deadlines.
 
@@ -118,6 +124,8 @@ pub enum YamuxError {
     StreamReset,
     #[error("yamux: stream closed for writing")]
     StreamClosed,
+    #[error("yamux: stream closed by peer")]
+    PeerClosed,
     #[error("yamux: stream ids exhausted")]
     StreamsExhausted,
     #[error("yamux: unknown stream {0}")]
@@ -143,7 +151,7 @@ impl From<YamuxError> for io::Error {
         let kind = match &err {
             YamuxError::Io { kind, .. } => *kind,
             YamuxError::StreamReset => io::ErrorKind::ConnectionReset,
-            YamuxError::StreamClosed => io::ErrorKind::BrokenPipe,
+            YamuxError::StreamClosed | YamuxError::PeerClosed => io::ErrorKind::BrokenPipe,
             YamuxError::KeepaliveTimeout | YamuxError::WriteTimeout => io::ErrorKind::TimedOut,
             YamuxError::ConnectionEof => io::ErrorKind::UnexpectedEof,
             YamuxError::InvalidVersion(_)

@@ -771,6 +771,60 @@ async fn close_case(lab: &Lab, server: Imp, client: Imp) {
     }
 }
 
+/// Closes in the middle of a bulk transfer reach the far side promptly (frp's join closes
+/// both ends on the first EOF or error): the user leaves a download, and the service that
+/// streams it must have its writes fail; the service closes during an upload, and the user's
+/// writes must fail. Before, our frpc behind a real frps kept streaming into Go's window
+/// until Go's 5-minute stream close timeout.
+async fn abandon_case(lab: &Lab, server: Imp, client: Imp, tr: Tr) {
+    const CHUNK: usize = 64 * 1024;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = l.local_addr().unwrap().port();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        let mut n = 0usize;
+        while let Ok((mut s, _)) = l.accept().await {
+            n += 1;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if n % 2 == 1 {
+                    // Streams until its write fails.
+                    let buf = vec![0x5a; CHUNK];
+                    while s.write_all(&buf).await.is_ok() {}
+                    let _ = tx.send(());
+                } else {
+                    // Takes one chunk of an upload and closes.
+                    let mut buf = vec![0; CHUNK];
+                    let _ = s.read_exact(&mut buf).await;
+                }
+            });
+        }
+    });
+    let (_frps, _frpc, remote) = one_proxy(lab, server, client, &tr, "tcp", "bulk", local);
+    for round in 0..2 {
+        let mut user = TcpStream::connect(("127.0.0.1", remote)).await.unwrap();
+        let mut buf = vec![0; CHUNK];
+        tokio::time::timeout(WAIT, user.read_exact(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: no data through the tunnel"))
+            .unwrap();
+        drop(user);
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("round {round}: the service still streams 5 s after the user left")
+            })
+            .unwrap();
+        let mut user = TcpStream::connect(("127.0.0.1", remote)).await.unwrap();
+        let buf = vec![0x33; CHUNK];
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while user.write_all(&buf).await.is_ok() {}
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: the user still uploads into a closed service"));
+    }
+}
+
 /// 40 connections at once with a work-connection pool of 5, and 16 MiB through an
 /// encrypted, compressed proxy.
 async fn load_case(lab: &Lab, server: Imp, client: Imp) {
@@ -1591,6 +1645,8 @@ both_directions! {
     };
     wrong_token => |lab, s, c| wrong_token_case(&lab, s, c);
     tcp_close_propagation => |lab, s, c| close_case(&lab, s, c);
+    tcp_abandoned_transfers_mux_tls => |lab, s, c| abandon_case(&lab, s, c, D);
+    tcp_abandoned_transfers_nomux => |lab, s, c| abandon_case(&lab, s, c, Tr { nomux: true, ..D });
     tcp_load_pool_16mib => |lab, s, c| load_case(&lab, s, c);
     auth_scopes_and_empty_token => |lab, s, c| auth_case(&lab, s, c);
     proxy_start_errors => |lab, s, c| port_error_case(&lab, s, c);

@@ -75,6 +75,7 @@ fn main() -> ExitCode {
     match &cli.cmd {
         Some(Cmd::Verify) => {
             return match control::config::load_client_config(&cli.config, cli.strict_config) {
+                Ok(c) if !validated(&c) => ExitCode::FAILURE,
                 Ok(_) => {
                     println!(
                         "frpc: the configuration file {} syntax is ok",
@@ -108,14 +109,7 @@ fn main() -> ExitCode {
         _ => None,
     };
     let cfg = match quick {
-        // Proxies from flags are checked as frp checks them before starting.
-        Some(Ok(c)) => match c.validate() {
-            Ok(()) => c,
-            Err(e) => {
-                println!("{}", e.0);
-                return ExitCode::FAILURE;
-            }
-        },
+        Some(Ok(c)) => c,
         Some(Err(e)) => {
             println!("{e:#}");
             return ExitCode::FAILURE;
@@ -128,6 +122,11 @@ fn main() -> ExitCode {
             }
         },
     };
+    // frp validates the config (common part, then each proxy and visitor it would start)
+    // before it starts logging, whether it came from a file or from flags.
+    if !validated(&cfg) {
+        return ExitCode::FAILURE;
+    }
     // Quick proxies have no file: nothing to reload from.
     let config_file = cli.cmd.is_none().then(|| cli.config.clone());
     match run(cfg, config_file, cli.strict_config) {
@@ -135,6 +134,22 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// frp's `ValidateAllClientConfig` as `frpc` and `frpc verify` run it: warnings printed as
+/// `WARNING: …`, an error printed on stdout; returns whether the config is valid.
+fn validated(cfg: &ClientConfig) -> bool {
+    let warnings = cfg.warnings();
+    if !warnings.is_empty() {
+        println!("WARNING: {}", warnings.join("\n"));
+    }
+    match cfg.validate() {
+        Ok(()) => true,
+        Err(e) => {
+            println!("{e}");
+            false
         }
     }
 }

@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         };
         return match control::config::load_server_config(path, cli.strict_config) {
+            Ok(c) if !validated(&c) => ExitCode::FAILURE,
             Ok(_) => {
                 println!(
                     "frps: the configuration file {} syntax is ok",
@@ -58,7 +59,21 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(cli) {
+    let cfg = match &cli.config {
+        Some(path) => match control::config::load_server_config(path, cli.strict_config) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => control::config::ServerConfig::default(),
+    };
+    // frp validates the config before it starts logging and exits 1 on an error.
+    if !validated(&cfg) {
+        return ExitCode::FAILURE;
+    }
+    match run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e:#}");
@@ -67,11 +82,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg = match &cli.config {
-        Some(path) => control::config::load_server_config(path, cli.strict_config)?,
-        None => control::config::ServerConfig::default(),
-    };
+/// frp's `ValidateServerConfig` as `frps` and `frps verify` run it: the error printed on
+/// stdout; returns whether the config is valid.
+fn validated(cfg: &control::config::ServerConfig) -> bool {
+    match cfg.validate() {
+        Ok(()) => true,
+        Err(e) => {
+            println!("{e}");
+            false
+        }
+    }
+}
+
+fn run(cfg: control::config::ServerConfig) -> anyhow::Result<()> {
     control::log::init_logger(
         &cfg.log.to,
         &cfg.log.level,

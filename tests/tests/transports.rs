@@ -702,9 +702,12 @@ async fn an_unknown_transport_is_refused_clearly() {
     );
     let st = frpc.wait_exit(Duration::from_secs(10)).expect("frpc exits");
     assert!(!st.success());
+    // Refused by frp's validation, in its words, before anything starts.
     let log = frpc.log_text();
     assert!(
-        log.contains("transport.protocol = \"sctp\" is not supported"),
+        log.contains(
+            "invalid transport.protocol, optional values are [tcp kcp quic websocket wss]"
+        ),
         "{log}"
     );
 }

@@ -1,6 +1,8 @@
 //! frp's `validation` package: checks run by `frps verify` / `frpc verify` and at startup,
 //! with frp's wording.
 
+use std::collections::BTreeMap;
+
 use super::client::ClientConfig;
 use super::common::{LogConfig, PortsRange, ValueSource, WebServerConfig};
 use super::proxy::{ClientPluginType, ProxyConfig, ProxyType, VisitorConfig, VisitorType};
@@ -322,7 +324,7 @@ pub fn validate_proxy(p: &ProxyConfig) -> Result<(), String> {
     if p.name.is_empty() {
         return Err("name should not be empty".into());
     }
-    validate_annotations(p)?;
+    validate_annotations(&p.annotations)?;
     if !matches!(
         p.transport.proxy_protocol_version.as_str(),
         "" | "v1" | "v2"
@@ -377,9 +379,10 @@ pub fn validate_proxy(p: &ProxyConfig) -> Result<(), String> {
 
 /// frp's `ValidateAnnotations`: keys are Kubernetes qualified names (`[prefix/]name`,
 /// name ≤ 63 of `[A-Za-z0-9-_.]` starting and ending alphanumeric), total ≤ 256 KiB.
-fn validate_annotations(p: &ProxyConfig) -> Result<(), String> {
+/// frps runs it on every `NewProxy` too (`validateProxyBaseConfigForServer`).
+pub fn validate_annotations(annotations: &BTreeMap<String, String>) -> Result<(), String> {
     let mut total = 0;
-    for (k, v) in &p.annotations {
+    for (k, v) in annotations {
         total += k.len() + v.len();
         let lower = k.to_lowercase();
         let name = lower.rsplit_once('/').map_or(lower.as_str(), |(_, n)| n);

@@ -634,6 +634,15 @@ impl State {
         np: &NewProxy,
     ) -> Result<String, String> {
         let ty = proxy_type(np).to_string();
+        // frp's NewProxyConfigurerFromMsg: the type must be known and the proxy must pass the
+        // server-side validation before anything else is looked at.
+        if !matches!(
+            ty.as_str(),
+            "tcp" | "udp" | "tcpmux" | "http" | "https" | "stcp" | "xtcp" | "sudp"
+        ) {
+            return Err(format!("unknown proxy type: {ty}"));
+        }
+        crate::config::validate_annotations(&np.annotations)?;
         if self.proxies.lock().unwrap().contains_key(&np.proxy_name) {
             return Err(format!("proxy [{}] already exists", np.proxy_name));
         }

@@ -620,6 +620,136 @@ customDomains = ["a.example.com"]
     );
 }
 
+/// A backend that takes big request heads (up to 4 MiB, 5000 fields) and answers how many
+/// header fields and header bytes it got; counts the requests it answered.
+async fn big_head_backend(seen: Arc<AtomicUsize>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let bytes: usize = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| k.as_str().len() + v.len())
+                        .sum();
+                    let body = format!("fields={} bytes={bytes}", req.headers().len());
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .max_buf_size(4 << 20)
+                    .max_headers(5000)
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// Writes `head` to the vhost (while reading, as a client whose request is refused midway
+/// would) and returns the whole response up to the server's close.
+async fn raw_exchange(port: u16, head: Vec<u8>) -> String {
+    let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(&head).await;
+        w
+    });
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(WAIT, r.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "no close within {WAIT:?}");
+    drop(writer.await);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(resp: &str) -> u16 {
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The vhost reads request heads as Go's `http.Server` in frps does: any number of header
+/// fields (hyper's default stops at 100) within 1 MiB + 4096 bytes (hyper's default stops at
+/// ~400 KiB), 431 past that; a request with two Host headers gets Go's 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_request_heads_have_go_limits() {
+    let env = Env::new();
+    let bind = free_port();
+    let vport = free_port();
+    let _frps = env.frps(
+        "frps",
+        bind,
+        &format!("auth.token = \"{TOKEN}\"\nvhostHTTPPort = {vport}"),
+    );
+    let seen = Arc::new(AtomicUsize::new(0));
+    let backend = big_head_backend(seen.clone()).await;
+    let _frpc = env.frpc(
+        "frpc",
+        &format!(
+            "{head}\n[[proxies]]\nname = \"web\"\ntype = \"http\"\nlocalPort = {backend}\ncustomDomains = [\"big.test\"]\n",
+            head = frpc_head(bind)
+        ),
+    );
+    wait_route(vport, "big.test", "/").await;
+
+    let request = |fields: &[(String, String)]| {
+        let mut h = String::from("GET / HTTP/1.1\r\nHost: big.test\r\nConnection: close\r\n");
+        for (k, v) in fields {
+            h.push_str(&format!("{k}: {v}\r\n"));
+        }
+        h.push_str("\r\n");
+        h.into_bytes()
+    };
+    // 101 and 500 header fields reach the backend.
+    for n in [101, 500] {
+        let fields: Vec<_> = (0..n)
+            .map(|i| (format!("X-Field-{i}"), format!("value-{i}")))
+            .collect();
+        let resp = raw_exchange(vport, request(&fields)).await;
+        assert_eq!(status_of(&resp), 200, "{n} fields: {resp}");
+        // frps adds X-Forwarded-For / X-Real-IP, and Accept-Encoding; the fields all arrive.
+        let got: usize = resp
+            .split("fields=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        assert!(got >= n + 2, "{n} fields sent, backend saw {got}: {resp}");
+    }
+    // A 1000 KiB head (past hyper's default buffer, within Go's 1 MiB) reaches the backend.
+    let big = vec![("X-Big".to_string(), "b".repeat(1000 * 1024))];
+    let resp = raw_exchange(vport, request(&big)).await;
+    assert_eq!(status_of(&resp), 200, "{}", &resp[..resp.len().min(300)]);
+    assert!(resp.contains("bytes="), "{resp}");
+
+    // A head that has not ended after 1 MiB + 4096 bytes: 431, as Go answers, and the backend
+    // never sees it.
+    let before = seen.load(Ordering::SeqCst);
+    let mut head = b"GET / HTTP/1.1\r\nHost: big.test\r\nX-Big: ".to_vec();
+    head.resize((1 << 20) + 4096, b'b');
+    let resp = raw_exchange(vport, head).await;
+    assert_eq!(status_of(&resp), 431, "{resp}");
+
+    // Two Host headers: Go's 400 and its text; the backend never sees it.
+    let resp = raw_exchange(
+        vport,
+        b"GET / HTTP/1.1\r\nHost: big.test\r\nHost: big.test\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 400, "{resp}");
+    assert!(
+        resp.ends_with("\r\n\r\n400 Bad Request: too many Host headers"),
+        "{resp}"
+    );
+    assert!(lower(&resp).contains("connection: close\r\n"), "{resp}");
+    assert_eq!(seen.load(Ordering::SeqCst), before);
+}
+
 // --- https ----------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,16 @@ pub(crate) const MAX_IDLE_PER_KEY: usize = 5;
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a client has to send a request's headers (Go's `ReadHeaderTimeout`).
 const READ_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many bytes of request line and headers are read before the request is answered 431:
+/// Go's `http.Server` reads up to `MaxHeaderBytes` (frps leaves it at
+/// `DefaultMaxHeaderBytes`, 1 MiB) plus 4096 bytes of slack.
+const MAX_HEAD_BYTES: usize = (1 << 20) + 4096;
+/// How many header fields a request may have. Go counts none (only bytes); hyper parses into
+/// an array of this size, allocated for each request head (hyper's default is 100, far
+/// fewer than browsers and proxies send through frp). Past a few thousand the allocation
+/// costs more than the request, so this stays well above anything a client sends but below
+/// what 1 MiB of tiny headers could hold.
+const MAX_HEADERS: usize = 2048;
 
 /// What the client gets back.
 type RespBody = BoxBody<Bytes, hyper::Error>;
@@ -56,13 +66,16 @@ type Upstream = SendRequest<UpBody>;
 
 type ServerBuilder = hyper_util::server::conn::auto::Builder<TokioExecutor>;
 
-/// The HTTP server settings of the vhost (frp's `http.Server` with ReadHeaderTimeout 60 s).
+/// The HTTP server settings of the vhost (frp's `http.Server` with ReadHeaderTimeout 60 s
+/// and Go's default header limit).
 fn server_builder() -> Arc<ServerBuilder> {
     let mut builder = ServerBuilder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(READ_HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
         .title_case_headers(true)
         .keep_alive(true);
     Arc::new(builder)
@@ -165,6 +178,10 @@ fn authorized(route: &Route, h: &HeaderMap, proxy_form: bool) -> bool {
 }
 
 async fn handle(st: Arc<State>, remote: SocketAddr, req: Request<Incoming>) -> Response<RespBody> {
+    // Go's server refuses a request with several Host headers before any handler runs.
+    if req.version() < Version::HTTP_2 && req.headers().get_all(header::HOST).iter().count() > 1 {
+        return bad_request("too many Host headers");
+    }
     let vhost = &st.vhost;
     let routing = route_request(vhost, &req);
     if let Some(route) = &routing.route
@@ -362,8 +379,12 @@ async fn connect_upstream(
         Layered::new(conn, rest, inbound, outbound),
         member.info.counters.clone(),
     );
+    // Response heads as Go's Transport reads them: no count limit (here MAX_HEADERS), up to
+    // 10 MiB (`MaxResponseHeaderBytes` unset).
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .title_case_headers(true)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(10 << 20)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| e.to_string())?;
@@ -549,6 +570,20 @@ fn full(body: impl Into<Bytes>) -> RespBody {
 fn status_only(status: StatusCode) -> Response<RespBody> {
     let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = status;
+    r
+}
+
+/// 400 as Go's `http.Server` answers a request it cannot read (`badRequestError`), and the
+/// connection is closed after it.
+fn bad_request(why: &str) -> Response<RespBody> {
+    let mut r = Response::new(full(format!("400 Bad Request: {why}")));
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 

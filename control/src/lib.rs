@@ -25,6 +25,7 @@
 //! - [`log`]: frp-shaped log lines on the console or in a file.
 //! - [`proxy_protocol`]: the PROXY protocol v1/v2 headers frpc writes to local services.
 //! - [`server`]: the frps runtime. [`client`]: the frpc runtime.
+//! - [`listen`]: TCP listeners with Go's backlog and error words.
 //! - [`web`]: the `webServer` plumbing (hyper, Basic auth, frp's JSON responses) shared by
 //!   [`admin`] (frpc's admin API, `frpc reload|status|stop`) and [`dashboard`] (frps'
 //!   dashboard API, web page and Prometheus `/metrics`).
@@ -38,6 +39,7 @@ pub mod dashboard;
 pub mod handshake;
 pub mod kcp;
 pub mod layered;
+pub mod listen;
 pub mod log;
 pub mod msg;
 pub mod msgconn;

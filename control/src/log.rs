@@ -72,6 +72,23 @@ where
 }
 
 /// Parses frp's `log.level` (trace, debug, info, warn, error).
+/// An error and its causes as one line, `outer: cause: …`, leaving out a cause whose text
+/// the line already ends with (an error that prints its source, as many do, would otherwise
+/// read `…: Address already in use (os error 98): Address already in use (os error 98)`).
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 pub fn parse_level(s: &str) -> Level {
     match s.to_ascii_lowercase().as_str() {
         "trace" => Level::TRACE,
@@ -309,6 +326,30 @@ impl Write for &RotatingFile {
 
 #[cfg(test)]
 mod tests {
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "listen on x: {}", self.0)
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn error_text_names_each_cause_once() {
+        let e = Outer(std::io::Error::from_raw_os_error(98));
+        assert_eq!(
+            super::error_text(&e),
+            "listen on x: Address already in use (os error 98)"
+        );
+        let e = std::io::Error::other(Outer(std::io::Error::other("inner")));
+        assert_eq!(super::error_text(&e), "listen on x: inner");
+    }
+
     use super::*;
 
     struct FakeClock(Mutex<NaiveDateTime>);

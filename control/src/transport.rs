@@ -156,7 +156,8 @@ pub struct DialConfig {
 /// Dialing frps failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
-    #[error("dial tcp {addr}: {source}")]
+    /// Go's words: `dial tcp 127.0.0.1:7000: connect: connection refused`.
+    #[error("dial tcp {addr}: {}", connect_error_text(.source))]
     Connect { addr: String, source: io::Error },
     #[error("dial tcp {0}: i/o timeout")]
     Timeout(String),
@@ -176,6 +177,15 @@ pub enum DialError {
     Quic(#[from] quic::QuicError),
     #[error("dial kcp {addr}: {source}")]
     Kcp { addr: String, source: io::Error },
+}
+
+/// A failed connect in Go's words (`connect: connection refused`); an error of our own
+/// (no OS error code: resolution, `connectServerLocalIP`) as it is.
+fn connect_error_text(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(_) => format!("connect: {}", crate::listen::os_error_text(e)),
+        None => e.to_string(),
+    }
 }
 
 /// frpc's transport settings cannot be used.
@@ -372,7 +382,9 @@ impl DialConfig {
             .await
             .map_err(|_| DialError::Timeout(addr.clone()))?
             .map_err(|e| DialError::Tls { addr, source: e })?;
-        Ok(Conn::Boxed(Box::new(tls)))
+        Ok(Conn::Boxed(Box::new(crate::tls::EofWithoutCloseNotify(
+            tls,
+        ))))
     }
 
     async fn websocket_over<S: AsyncRead + AsyncWrite + Unpin>(
@@ -603,7 +615,7 @@ pub async fn accept_transport(
                 .await
                 .map_err(|_| AcceptError::Tls(io::ErrorKind::TimedOut.into()))?
                 .map_err(AcceptError::Tls)?;
-            Ok(Conn::Boxed(Box::new(s)))
+            Ok(Conn::Boxed(Box::new(crate::tls::EofWithoutCloseNotify(s))))
         }
     }
 }
@@ -651,7 +663,7 @@ async fn detect_tls<S: AsyncStream>(
         .await
         .map_err(|_| AcceptError::Tls(io::ErrorKind::TimedOut.into()))?
         .map_err(AcceptError::Tls)?;
-    Ok(Conn::Boxed(Box::new(s)))
+    Ok(Conn::Boxed(Box::new(crate::tls::EofWithoutCloseNotify(s))))
 }
 
 /// Formats a socket address the way frp logs and sends them (IP without brackets, port).

@@ -35,11 +35,9 @@ const MAX_BODY: usize = 16 << 20;
 /// The web server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
-    #[error("listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    /// Go's `net.Listen` error, as frp returns it (`listen tcp ADDR: bind: …`).
+    #[error("{0}")]
+    Listen(std::io::Error),
     #[error("webServer.tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -58,9 +56,7 @@ impl Listener {
         } else {
             format!("{}:{}", cfg.addr, cfg.port)
         };
-        let tcp = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| WebError::Listen { addr, source })?;
+        let tcp = crate::listen::bind(&addr).await.map_err(WebError::Listen)?;
         let tls = match &cfg.tls {
             Some(t) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
                 &t.cert_file,

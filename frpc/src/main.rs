@@ -132,7 +132,8 @@ fn main() -> ExitCode {
     match run(cfg, config_file, cli.strict_config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{e:#}");
+            // frp prints why it stopped on stdout.
+            println!("{}", control::log::error_text(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -215,8 +216,7 @@ fn run(cfg: ClientConfig, config_file: Option<PathBuf>, strict: bool) -> anyhow:
                 strict,
                 stop.clone(),
             )
-            .await
-            .context("start admin server")?;
+            .await?;
             tracing::info!("admin server listen on {}", admin.local_addr()?);
             tokio::spawn(admin.run());
         }

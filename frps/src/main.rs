@@ -76,7 +76,8 @@ fn main() -> ExitCode {
     match run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{e:#}");
+            // frp prints why it stopped on stdout.
+            println!("{}", control::log::error_text(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -114,9 +115,7 @@ fn run(cfg: control::config::ServerConfig) -> anyhow::Result<()> {
         let dashboard_cfg = (web.port != 0).then(|| cfg.clone());
         let server = control::server::Server::bind(cfg).await?;
         if let Some(cfg) = dashboard_cfg {
-            let dashboard = control::dashboard::Dashboard::bind(&cfg, server.stats())
-                .await
-                .context("start dashboard")?;
+            let dashboard = control::dashboard::Dashboard::bind(&cfg, server.stats()).await?;
             tracing::info!("dashboard listen on {}", dashboard.local_addr()?);
             if cfg.enable_prometheus {
                 tracing::info!("prometheus metrics enabled at /metrics");

@@ -216,11 +216,18 @@ async fn run(s: Session, v: Arc<VisitorConfig>) {
                 info!("[{}] [{name}] start visitor success", s.run_id);
                 return std::future::pending().await;
             }
-            VisitorType::Stcp => TcpListener::bind(&addr).await.map(Bound::Tcp),
-            VisitorType::Sudp => UdpSocket::bind(&addr).await.map(Bound::Udp),
+            VisitorType::Stcp => crate::listen::bind(&addr).await.map(Bound::Tcp),
+            // frp: "listen udp port ADDR error: listen udp ADDR: bind: …".
+            VisitorType::Sudp => UdpSocket::bind(&addr).await.map(Bound::Udp).map_err(|e| {
+                let text = crate::listen::os_error_text(&e);
+                std::io::Error::new(
+                    e.kind(),
+                    format!("listen udp port {addr} error: listen udp {addr}: bind: {text}"),
+                )
+            }),
         };
         match started {
-            Err(e) => warn!("[{}] [{name}] start error: listen {addr}: {e}", s.run_id),
+            Err(e) => warn!("[{}] [{name}] start error: {e}", s.run_id),
             Ok(Bound::Tcp(l)) => {
                 info!("[{}] [{name}] start visitor success", s.run_id);
                 return serve_stcp(s, v, l).await;

@@ -134,20 +134,20 @@ impl Server {
         )?;
         let force = cfg.transport.tls.force || !cfg.transport.tls.trusted_ca_file.is_empty();
         let bind = join_host_port(&cfg.bind_addr, cfg.bind_port);
-        let listener = TcpListener::bind(&bind)
+        let listener = crate::listen::bind(&bind)
             .await
-            .map_err(|e| StartError::Listen {
-                addr: bind.clone(),
-                source: e,
-            })?;
+            .map_err(StartError::Listen)?;
         handshake::warn_test_hooks();
         let kcp = if cfg.kcp_bind_port > 0 {
             let addr = join_host_port(&cfg.bind_addr, cfg.kcp_bind_port);
             let l = crate::kcp::KcpListener::bind(&addr)
                 .await
-                .map_err(|e| StartError::Listen {
-                    addr: format!("kcp udp address {addr}"),
-                    source: e,
+                .map_err(|e| StartError::Kcp {
+                    addr: addr.clone(),
+                    error: format!(
+                        "listen udp {addr}: bind: {}",
+                        crate::listen::os_error_text(&e)
+                    ),
                 })?;
             Some((l, addr))
         } else {
@@ -266,11 +266,14 @@ impl Server {
 pub enum StartError {
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
-    #[error("listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    /// frp: `create server listener error, listen tcp ADDR: bind: …` (the error carries
+    /// Go's words, see [`crate::listen`]).
+    #[error("create server listener error, {0}")]
+    Listen(std::io::Error),
+    #[error("create vhost http listener error, {0}")]
+    VhostHttp(std::io::Error),
+    #[error("listen on kcp udp address {addr} error: {error}")]
+    Kcp { addr: String, error: String },
     #[error("{0}")]
     Quic(#[from] transport::quic::QuicError),
 }

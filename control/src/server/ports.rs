@@ -16,9 +16,7 @@ pub(crate) trait PortSocket: Sized {
 
 impl PortSocket for std::net::TcpListener {
     fn bind_port(addr: &str) -> std::io::Result<Self> {
-        let l = std::net::TcpListener::bind(addr)?;
-        l.set_nonblocking(true)?;
-        Ok(l)
+        crate::listen::bind_std(addr)
     }
     fn port(&self) -> std::io::Result<u16> {
         Ok(self.local_addr()?.port())

@@ -135,21 +135,24 @@ fn on_bind_port(cfg: &ServerConfig, port: u16) -> bool {
 
 /// Binds the configured vhost ports on `proxyBindAddr` and builds the shared state.
 pub(crate) async fn bind(cfg: &ServerConfig) -> Result<(Arc<Vhost>, Listeners), StartError> {
-    async fn listen(cfg: &ServerConfig, port: u16) -> Result<Option<TcpListener>, StartError> {
+    async fn listen(
+        cfg: &ServerConfig,
+        port: u16,
+        error: fn(std::io::Error) -> StartError,
+    ) -> Result<Option<TcpListener>, StartError> {
         if port == 0 || on_bind_port(cfg, port) {
             return Ok(None);
         }
         let addr = join_host_port(&cfg.proxy_bind_addr, port);
-        TcpListener::bind(&addr)
-            .await
-            .map(Some)
-            .map_err(|e| StartError::Listen { addr, source: e })
+        crate::listen::bind(&addr).await.map(Some).map_err(error)
     }
     let shared = |port| on_bind_port(cfg, port).then(|| join_host_port(&cfg.bind_addr, port));
     let listeners = Listeners {
-        http: listen(cfg, cfg.vhost_http_port).await?,
-        https: listen(cfg, cfg.vhost_https_port).await?,
-        tcpmux: listen(cfg, cfg.tcpmux_http_connect_port).await?,
+        // frp's words: "create vhost http listener error, …" for vhostHTTPPort, "create
+        // server listener error, …" for the other two.
+        http: listen(cfg, cfg.vhost_http_port, StartError::VhostHttp).await?,
+        https: listen(cfg, cfg.vhost_https_port, StartError::Listen).await?,
+        tcpmux: listen(cfg, cfg.tcpmux_http_connect_port, StartError::Listen).await?,
         http_shared: shared(cfg.vhost_http_port),
         https_shared: shared(cfg.vhost_https_port),
     };

@@ -85,18 +85,9 @@ impl Listener {
             .header_read_timeout(READ_TIMEOUT);
         let builder = Arc::new(builder);
         let handler = Arc::new(handler);
-        let mut backoff = Duration::from_millis(5);
+        let mut acceptor = crate::listen::Acceptor::new(format!("[{name}] "));
         loop {
-            let (tcp, remote) = match self.tcp.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!("{name}: accept: {e}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(5);
+            let (tcp, remote) = acceptor.accept(&self.tcp).await;
             let (builder, handler, tls) = (builder.clone(), handler.clone(), self.tls.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {

@@ -302,15 +302,9 @@ fn layers(v: &VisitorConfig) -> (crypto::TransformChain, crypto::TransformChain)
 }
 
 async fn serve_stcp(s: Session, v: Arc<VisitorConfig>, l: TcpListener) {
+    let mut acceptor = crate::listen::Acceptor::new(format!("[{}] ", v.name));
     loop {
-        let (user, from) = match l.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                warn!("[{}] stcp local listener: {e}", v.name);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (user, from) = acceptor.accept(&l).await;
         transport::tune_tcp(&user, 0);
         let (s, v) = (s.clone(), v.clone());
         tokio::spawn(async move {

@@ -242,21 +242,11 @@ impl Server {
             AbortOnDrop(tokio::spawn(self.state.clone().serve_kcp(l)))
         });
         info!("start frps success");
-        let mut backoff = Duration::from_millis(5);
+        let mut acceptor = crate::listen::Acceptor::new("");
         loop {
-            match self.listener.accept().await {
-                Ok((tcp, remote)) => {
-                    backoff = Duration::from_millis(5);
-                    let st = self.state.clone();
-                    tokio::spawn(async move { st.handle_transport(tcp, remote).await });
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!("accept on bindPort: {e}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
+            let (tcp, remote) = acceptor.accept(&self.listener).await;
+            let st = self.state.clone();
+            tokio::spawn(async move { st.handle_transport(tcp, remote).await });
         }
     }
 }

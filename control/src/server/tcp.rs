@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use rand::RngExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::{Control, ProxyInfo, Started, State};
 use crate::msg::StartWorkConn;
@@ -93,17 +93,11 @@ async fn accept_loop(
     ctl: Arc<Control>,
     info: Arc<ProxyInfo>,
 ) {
+    let mut acceptor = crate::listen::Acceptor::new(format!("[{}] [{}] ", ctl.run_id, info.name));
     loop {
-        match listener.accept().await {
-            Ok((user, remote)) => {
-                let (st, ctl, info) = (st.clone(), ctl.clone(), info.clone());
-                tokio::spawn(async move { handle_user(st, ctl, info, user, remote).await });
-            }
-            Err(e) => {
-                warn!("[{}] [{}] accept: {e}", ctl.run_id, info.name);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let (user, remote) = acceptor.accept(&listener).await;
+        let (st, ctl, info) = (st.clone(), ctl.clone(), info.clone());
+        tokio::spawn(async move { handle_user(st, ctl, info, user, remote).await });
     }
 }
 
@@ -223,26 +217,20 @@ fn start_group(
 }
 
 async fn group_accept_loop(st: Arc<State>, listener: TcpListener, group: Arc<TcpGroup>) {
+    let mut acceptor = crate::listen::Acceptor::new(format!("[tcp group port {}] ", group.port));
     loop {
-        match listener.accept().await {
-            Ok((user, remote)) => {
-                let picked = {
-                    let members = group.members.lock().unwrap();
-                    if members.is_empty() {
-                        None
-                    } else {
-                        let i = rand::rng().random_range(0..members.len());
-                        Some((members[i].1.clone(), members[i].2.clone()))
-                    }
-                };
-                if let Some((ctl, info)) = picked {
-                    tokio::spawn(handle_user(st.clone(), ctl, info, user, remote));
-                }
+        let (user, remote) = acceptor.accept(&listener).await;
+        let picked = {
+            let members = group.members.lock().unwrap();
+            if members.is_empty() {
+                None
+            } else {
+                let i = rand::rng().random_range(0..members.len());
+                Some((members[i].1.clone(), members[i].2.clone()))
             }
-            Err(e) => {
-                warn!("tcp group port {}: accept: {e}", group.port);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        };
+        if let Some((ctl, info)) = picked {
+            tokio::spawn(handle_user(st.clone(), ctl, info, user, remote));
         }
     }
 }

@@ -84,9 +84,9 @@ fn server_builder() -> Arc<ServerBuilder> {
 /// Accepts on `vhostHTTPPort` and serves each connection with hyper.
 pub(crate) async fn serve(st: Arc<State>, l: TcpListener) {
     let builder = server_builder();
-    let mut backoff = Duration::from_millis(5);
+    let mut acceptor = crate::listen::Acceptor::new("");
     loop {
-        let (tcp, remote) = super::accept(&l, "vhostHTTPPort", &mut backoff).await;
+        let (tcp, remote) = super::accept(&l, &mut acceptor).await;
         tokio::spawn(serve_conn(st.clone(), builder.clone(), tcp, remote));
     }
 }

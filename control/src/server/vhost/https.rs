@@ -10,7 +10,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use dataplane::{Endpoint, Side};
@@ -30,9 +29,9 @@ const MAX_HELLO: usize = 64 * 1024;
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112];
 
 pub(crate) async fn serve(st: Arc<State>, l: TcpListener) {
-    let mut backoff = Duration::from_millis(5);
+    let mut acceptor = crate::listen::Acceptor::new("");
     loop {
-        let (tcp, remote) = super::accept(&l, "vhostHTTPSPort", &mut backoff).await;
+        let (tcp, remote) = super::accept(&l, &mut acceptor).await;
         tokio::spawn(handle(st.clone(), tcp, remote));
     }
 }

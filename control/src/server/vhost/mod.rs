@@ -272,23 +272,11 @@ fn addr_of(l: &TcpListener) -> String {
 /// Accept-loop helper: backs off on errors such as EMFILE instead of spinning.
 pub(crate) async fn accept(
     l: &TcpListener,
-    what: &str,
-    backoff: &mut std::time::Duration,
+    acceptor: &mut crate::listen::Acceptor,
 ) -> (tokio::net::TcpStream, SocketAddr) {
-    loop {
-        match l.accept().await {
-            Ok(c) => {
-                *backoff = std::time::Duration::from_millis(5);
-                let _ = c.0.set_nodelay(true);
-                return c;
-            }
-            Err(e) => {
-                tracing::warn!("accept on {what}: {e}");
-                tokio::time::sleep(*backoff).await;
-                *backoff = (*backoff * 2).min(std::time::Duration::from_secs(1));
-            }
-        }
-    }
+    let c = acceptor.accept(l).await;
+    let _ = c.0.set_nodelay(true);
+    c
 }
 
 // --- routes and members -----------------------------------------------------------------------

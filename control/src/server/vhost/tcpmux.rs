@@ -13,7 +13,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use dataplane::{Endpoint, Side};
@@ -29,9 +28,9 @@ use crate::server::tcp::start_work_conn_for;
 const MAX_HEAD: usize = 64 * 1024;
 
 pub(crate) async fn serve(st: Arc<State>, l: TcpListener) {
-    let mut backoff = Duration::from_millis(5);
+    let mut acceptor = crate::listen::Acceptor::new("");
     loop {
-        let (tcp, remote) = super::accept(&l, "tcpmuxHTTPConnectPort", &mut backoff).await;
+        let (tcp, remote) = super::accept(&l, &mut acceptor).await;
         tokio::spawn(handle(st.clone(), tcp, remote));
     }
 }

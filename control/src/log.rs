@@ -134,6 +134,74 @@ pub fn init_logger(to: &str, level: &str, max_days: i64, disable_color: bool) ->
     Ok(())
 }
 
+/// A budget for log lines a remote peer can trigger at will (a refused connection, a failed
+/// handshake): a burst of `burst` lines, then one a second, so that a flood of bad peers
+/// cannot flood the log (or the disk). Lines over the budget are counted and the count goes
+/// out with the next line logged. Use it through [`warn_limited!`](crate::warn_limited).
+pub struct LineBudget {
+    burst: u32,
+    state: Mutex<BudgetState>,
+}
+
+struct BudgetState {
+    tokens: u32,
+    /// When the last token was added (`None` before the first line).
+    refilled: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl LineBudget {
+    pub const fn new(burst: u32) -> LineBudget {
+        LineBudget {
+            burst,
+            state: Mutex::new(BudgetState {
+                tokens: burst,
+                refilled: None,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// Whether a line may be logged now: `Some(lines suppressed since the last one)`, or
+    /// `None` (counted as suppressed).
+    pub fn take(&self) -> Option<u64> {
+        self.take_at(std::time::Instant::now())
+    }
+
+    fn take_at(&self, now: std::time::Instant) -> Option<u64> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let last = *st.refilled.get_or_insert(now);
+        let secs = now.saturating_duration_since(last).as_secs();
+        if secs > 0 {
+            st.tokens = (st.tokens as u64 + secs).min(self.burst as u64) as u32;
+            st.refilled = Some(last + std::time::Duration::from_secs(secs));
+        }
+        if st.tokens == 0 {
+            st.suppressed += 1;
+            return None;
+        }
+        st.tokens -= 1;
+        Some(std::mem::take(&mut st.suppressed))
+    }
+}
+
+/// The budget shared by frps' warnings about connections refused before login (bad first
+/// bytes, failed TLS or QUIC handshakes, silent sessions): 20 lines at once, then 1 a second.
+pub static PEER_REFUSALS: LineBudget = LineBudget::new(20);
+
+/// `warn!` within a [`LineBudget`]: `warn_limited!(budget, "format", args…)`. A line that
+/// follows suppressed ones ends with "(N similar lines suppressed)".
+#[macro_export]
+macro_rules! warn_limited {
+    ($budget:expr, $($arg:tt)+) => {
+        match $budget.take() {
+            Some(0) => ::tracing::warn!($($arg)+),
+            Some(n) => ::tracing::warn!("{} ({n} similar lines suppressed)", format_args!($($arg)+)),
+            None => {}
+        }
+    };
+}
+
 /// Local wall-clock time, injectable for tests.
 pub trait Clock: Send + Sync {
     fn now(&self) -> NaiveDateTime;
@@ -351,6 +419,35 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn line_budget_allows_a_burst_then_one_a_second_and_counts_the_rest() {
+        use std::time::{Duration, Instant};
+        let b = LineBudget::new(3);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for _ in 0..3 {
+            assert_eq!(b.take_at(at(0)), Some(0));
+        }
+        for ms in [0, 10, 500, 999] {
+            assert_eq!(b.take_at(at(ms)), None);
+        }
+        // One token a second; the line says how many were dropped before it.
+        assert_eq!(b.take_at(at(1000)), Some(4));
+        assert_eq!(b.take_at(at(1500)), None);
+        assert_eq!(b.take_at(at(2000)), Some(1));
+        assert_eq!(b.take_at(at(2001)), None);
+        // A flood of 10 000 over 10 s gets through about 10 lines.
+        let through = (0..10_000u64)
+            .filter(|i| b.take_at(at(3000 + i)).is_some())
+            .count();
+        assert!((9..=11).contains(&through), "{through}");
+        // Quiet refills up to the burst, not beyond.
+        for _ in 0..3 {
+            assert!(b.take_at(at(60_000)).is_some());
+        }
+        assert_eq!(b.take_at(at(60_000)), None);
+    }
 
     struct FakeClock(Mutex<NaiveDateTime>);
 

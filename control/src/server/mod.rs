@@ -290,7 +290,10 @@ impl State {
         let conn = match transport::accept_transport(tcp, &self.tls, FIRST_MESSAGE_TIMEOUT).await {
             Ok(c) => c,
             Err(e) => {
-                warn!("connection from {remote} closed: {e}");
+                crate::warn_limited!(
+                    crate::log::PEER_REFUSALS,
+                    "connection from {remote} closed: {e}"
+                );
                 return;
             }
         };
@@ -306,7 +309,10 @@ impl State {
                 let remote = s.peer_addr();
                 match transport::accept_kcp(s, &st.tls, FIRST_MESSAGE_TIMEOUT).await {
                     Ok(conn) => st.handle_session(conn, remote).await,
-                    Err(e) => warn!("kcp connection from {remote} closed: {e}"),
+                    Err(e) => crate::warn_limited!(
+                        crate::log::PEER_REFUSALS,
+                        "kcp connection from {remote} closed: {e}"
+                    ),
                 }
             });
         }
@@ -326,7 +332,10 @@ impl State {
             Ok(s) => s,
             Err(_) => {
                 session.close();
-                warn!("connection from {remote} closed: no tcpMux stream opened within 10s");
+                crate::warn_limited!(
+                    crate::log::PEER_REFUSALS,
+                    "connection from {remote} closed: no tcpMux stream opened within 10s"
+                );
                 return;
             }
         };
@@ -336,7 +345,10 @@ impl State {
             next = incoming.accept().await;
         }
         match session.close_reason() {
-            Some(e) if !e.is_normal_close() => warn!("tcpMux session from {remote} closed: {e}"),
+            Some(e) if !e.is_normal_close() => crate::warn_limited!(
+                crate::log::PEER_REFUSALS,
+                "tcpMux session from {remote} closed: {e}"
+            ),
             _ => debug!("tcpMux session from {remote} closed"),
         }
     }
@@ -345,7 +357,8 @@ impl State {
         let accepted = match handshake::server_accept(conn, FIRST_MESSAGE_TIMEOUT).await {
             Ok(a) => a,
             Err(e) => {
-                warn!(
+                crate::warn_limited!(
+                    crate::log::PEER_REFUSALS,
                     "connection from {remote} closed: {}",
                     first_message_error(&e)
                 );
@@ -357,7 +370,8 @@ impl State {
             Message::Login(login) => self.handle_login(mc, login, remote, accepted.crypto).await,
             Message::NewWorkConn(nwc) => self.handle_new_work_conn(mc, nwc, remote).await,
             Message::NewVisitorConn(v) => self.handle_visitor_conn(mc, v, remote).await,
-            other => warn!(
+            other => crate::warn_limited!(
+                crate::log::PEER_REFUSALS,
                 "connection from {remote} closed: unexpected first message {} (want Login, NewWorkConn or NewVisitorConn)",
                 other.name()
             ),

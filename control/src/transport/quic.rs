@@ -356,7 +356,10 @@ async fn serve_connection<F, Fut>(
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
-            warn!("quic connection from {remote} closed: handshake: {e}");
+            crate::warn_limited!(
+                crate::log::PEER_REFUSALS,
+                "quic connection from {remote} closed: handshake: {e}"
+            );
             return;
         }
     };
@@ -364,7 +367,8 @@ async fn serve_connection<F, Fut>(
         Ok(r) => r,
         Err(_) => {
             conn.close(VarInt::from_u32(0), b"");
-            warn!(
+            crate::warn_limited!(
+                crate::log::PEER_REFUSALS,
                 "quic connection from {remote} closed: no stream opened within {first_stream_timeout:?}"
             );
             return;

@@ -168,7 +168,9 @@ impl Inner {
                 Event::Closed => {
                     match self.conn.close_reason() {
                         Some(e) if !e.is_normal_close() => {
-                            tracing::warn!(error = %e, "yamux session ended")
+                            // A peer can end sessions at will (frps: one per KCP datagram).
+                            static ENDED: crate::log::LineBudget = crate::log::LineBudget::new(20);
+                            crate::warn_limited!(ENDED, "yamux session ended error={e}")
                         }
                         e => tracing::debug!(error = ?e, "yamux session ended"),
                     }

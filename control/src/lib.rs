@@ -51,5 +51,8 @@ pub mod web;
 pub mod wire_v2;
 pub mod yamux;
 
+#[cfg(test)]
+pub(crate) mod test_alloc;
+
 /// The frp version this implementation speaks and reports (Login.version, LoginResp.version).
 pub const FRP_VERSION: &str = "0.70.0";

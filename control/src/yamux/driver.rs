@@ -28,6 +28,10 @@ use super::connection::{Connection, Event, Received};
 use super::{Config, Mode, YamuxError};
 
 const READ_CHUNK: usize = 256 * 1024;
+/// The first reads' size: a session that has only seen a handshake's worth of bytes (or a
+/// peer that never logs in) holds this much, not [`READ_CHUNK`]. A read that fills it
+/// switches the session to `READ_CHUNK` until it goes quiet.
+const FIRST_READ: usize = 4 * 1024;
 /// Read buffers kept for reuse while streams still hold slices of them.
 const RETIRED_READ_BUFS: usize = 3;
 /// Quiet time after which the session frees its reusable buffers.
@@ -63,7 +67,8 @@ where
     let driver = Driver {
         io: Some(io),
         shared: shared.clone(),
-        read_buf: BytesMut::with_capacity(READ_CHUNK),
+        read_buf: BytesMut::new(),
+        read_size: FIRST_READ,
         retired: Vec::new(),
         write_buf: None,
         need_flush: false,
@@ -482,6 +487,9 @@ struct Driver<T> {
     /// Room for the next socket read; each read is split off and frozen into the chunk given
     /// to the core (its memory comes back here once the streams have read their slices).
     read_buf: BytesMut,
+    /// The size of the next read buffer: [`FIRST_READ`], or [`READ_CHUNK`] once a read
+    /// filled one.
+    read_size: usize,
     /// Earlier read buffers still shared with streams' slices, kept to be reclaimed once the
     /// slices are gone (at most `RETIRED_READ_BUFS`; freed when the session goes quiet).
     retired: Vec<BytesMut>,
@@ -588,6 +596,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 if now >= at {
                     self.shrink_at = None;
                     self.retired = Vec::new();
+                    self.read_size = FIRST_READ;
+                    if self.read_buf.capacity() > FIRST_READ {
+                        self.read_buf = BytesMut::new();
+                    }
                     self.shared.lock().conn.shrink_buffers();
                 } else {
                     deadline = Some(deadline.map_or(at, |d| d.min(at)));
@@ -767,9 +779,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         if self.read_done || self.shared.lock().conn.is_closed() {
             return false;
         }
-        if self.read_buf.capacity() < READ_CHUNK / 4 {
-            next_read_buf(&mut self.read_buf, &mut self.retired);
+        if self.read_buf.capacity() < self.read_size / 4 {
+            next_read_buf(&mut self.read_buf, &mut self.retired, self.read_size);
         }
+        let room = self.read_buf.capacity() - self.read_buf.len();
         match tokio_util::io::poll_read_buf(
             Pin::new(self.io.as_mut().expect("socket in use")),
             cx,
@@ -781,6 +794,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                     self.read_done = true;
                     g.conn.handle_eof();
                 } else {
+                    if n == room {
+                        // More is probably waiting: read in big chunks from now on.
+                        self.read_size = READ_CHUNK;
+                    }
                     let chunk = self.read_buf.split().freeze();
                     // A protocol error closes the core, which the loop then notices.
                     let _ = g.conn.handle_input_bytes(&chunk);
@@ -825,13 +842,13 @@ impl Wake for RelayWake {
 /// it any more, else a retired buffer whose slices are all gone, else a new one; the buffer
 /// given up is retired. Reusing memory matters: a fresh 256 KiB allocation costs a page fault
 /// per 4 KiB touched.
-fn next_read_buf(buf: &mut BytesMut, retired: &mut Vec<BytesMut>) {
-    if buf.try_reclaim(READ_CHUNK) {
+fn next_read_buf(buf: &mut BytesMut, retired: &mut Vec<BytesMut>, size: usize) {
+    if buf.try_reclaim(size) {
         return;
     }
-    let fresh = match retired.iter_mut().position(|b| b.try_reclaim(READ_CHUNK)) {
+    let fresh = match retired.iter_mut().position(|b| b.try_reclaim(size)) {
         Some(i) => retired.swap_remove(i),
-        None => BytesMut::with_capacity(READ_CHUNK),
+        None => BytesMut::with_capacity(size),
     };
     let old = std::mem::replace(buf, fresh);
     if retired.len() < RETIRED_READ_BUFS {
@@ -1223,21 +1240,21 @@ mod tests {
         buf.extend_from_slice(&[1; READ_CHUNK]);
         let held = buf.split().freeze();
         // A stream still holds a slice: a new buffer, the old one retired.
-        next_read_buf(&mut buf, &mut retired);
+        next_read_buf(&mut buf, &mut retired, READ_CHUNK);
         assert_ne!(buf.as_ptr(), first);
         assert_eq!(retired.len(), 1);
         buf.extend_from_slice(&[2; READ_CHUNK]);
         let second = buf.split().freeze();
         drop(held);
         // The first buffer is free again: it comes back from the retired list.
-        next_read_buf(&mut buf, &mut retired);
+        next_read_buf(&mut buf, &mut retired, READ_CHUNK);
         assert_eq!(buf.as_ptr(), first);
         assert!(buf.capacity() >= READ_CHUNK);
         drop(second);
         // Nothing holds the current one: reclaimed in place.
         buf.extend_from_slice(&[3; 10]);
         drop(buf.split());
-        next_read_buf(&mut buf, &mut retired);
+        next_read_buf(&mut buf, &mut retired, READ_CHUNK);
         assert_eq!(buf.as_ptr(), first);
     }
 
@@ -1378,6 +1395,25 @@ mod tests {
             .unwrap();
         go.read_exact(&mut ack).await.unwrap();
         assert_eq!(hex::encode(ack), "000200020000000000000005");
+    }
+
+    /// A session that has only seen a handshake's worth of bytes holds a small read buffer,
+    /// not a 256 KiB one (a flood of sessions that never log in must not cost that each); a
+    /// bulk sender still gets big reads.
+    #[tokio::test]
+    async fn a_session_that_saw_few_bytes_holds_a_small_read_buffer() {
+        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let before = crate::test_alloc::live_bytes();
+        let (_session, _incoming) = session(ours, Config::frp(0), Mode::Server);
+        // A ping: read, and answered, so the driver has read it.
+        peer.write_all(&hex::decode("000200010000000000000005").unwrap())
+            .await
+            .unwrap();
+        let mut pong = [0u8; 12];
+        peer.read_exact(&mut pong).await.unwrap();
+        let cost = crate::test_alloc::live_bytes() - before;
+        println!("a fresh yamux session holds {cost} bytes");
+        assert!(cost < 32 * 1024, "a fresh session holds {cost} bytes");
     }
 
     #[tokio::test(start_paused = true)]

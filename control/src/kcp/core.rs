@@ -85,6 +85,8 @@ pub struct Kcp {
     fastresend: u32,
     nocwnd: bool,
     stream: bool,
+    /// The peer acknowledged a segment we sent (it receives at its address).
+    peer_acked: bool,
     snd_queue: VecDeque<Vec<u8>>,
     snd_buf: VecDeque<SndSeg>,
     rcv_buf: VecDeque<RcvSeg>,
@@ -158,6 +160,7 @@ impl Kcp {
             fastresend: 0,
             nocwnd: false,
             stream: false,
+            peer_acked: false,
             snd_queue: VecDeque::new(),
             snd_buf: VecDeque::new(),
             rcv_buf: VecDeque::new(),
@@ -228,6 +231,12 @@ impl Kcp {
     /// Segments queued or in flight (kcp-go's `WaitSnd`).
     pub fn wait_snd(&self) -> usize {
         self.snd_buf.len() + self.snd_queue.len()
+    }
+
+    /// Whether the peer has acknowledged data we sent: it has proved that it receives at the
+    /// address it sends from, which a peer spoofing its source address cannot do.
+    pub fn peer_acked(&self) -> bool {
+        self.peer_acked
     }
 
     /// Whether a segment was retransmitted `dead_link` times (kcp-go's `state = -1`).
@@ -336,6 +345,7 @@ impl Kcp {
             if sn == seg.sn {
                 // Freed now, removed once `una` passes it.
                 seg.acked = true;
+                self.peer_acked = true;
                 seg.data = Vec::new();
                 break;
             }
@@ -363,6 +373,7 @@ impl Kcp {
         while let Some(seg) = self.snd_buf.front() {
             if timediff(una, seg.sn) > 0 {
                 self.snd_buf.pop_front();
+                self.peer_acked = true;
                 n += 1;
             } else {
                 break;

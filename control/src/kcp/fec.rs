@@ -27,6 +27,7 @@
 //! done independently.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use reed_solomon_erasure::galois_8::ReedSolomon;
 
@@ -61,8 +62,19 @@ impl Shape {
     fn paws(self) -> u32 {
         u32::MAX / self.total() as u32 * self.total() as u32
     }
-    fn codec(self) -> ReedSolomon {
-        ReedSolomon::new(self.data, self.parity).expect("valid FEC shape")
+    /// The process-wide codec of this shape. Codecs are immutable apart from a cache of
+    /// inverted matrices (behind its own lock), so every session shares one: a session that
+    /// never sends or recovers a whole group (a half-open one) costs no codec at all, and the
+    /// others do not each build their own matrices and 254-entry cache.
+    fn codec(self) -> Arc<ReedSolomon> {
+        static CODECS: Mutex<Vec<(Shape, Arc<ReedSolomon>)>> = Mutex::new(Vec::new());
+        let mut codecs = CODECS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = codecs.iter().find(|(s, _)| *s == self) {
+            return c.clone();
+        }
+        let c = Arc::new(ReedSolomon::new(self.data, self.parity).expect("valid FEC shape"));
+        codecs.push((self, c.clone()));
+        c
     }
 }
 
@@ -84,7 +96,8 @@ pub struct FecEncoder {
     /// Data shards of the current group (packet bytes from the size field on).
     shards: Vec<Vec<u8>>,
     ts_latest: Option<u32>,
-    codec: ReedSolomon,
+    /// Fetched at the first parity computed.
+    codec: Option<Arc<ReedSolomon>>,
 }
 
 impl FecEncoder {
@@ -93,9 +106,9 @@ impl FecEncoder {
             shape,
             paws: shape.paws(),
             next: 0,
-            shards: Vec::with_capacity(shape.data),
+            shards: Vec::new(),
             ts_latest: None,
-            codec: shape.codec(),
+            codec: None,
         }
     }
 
@@ -131,6 +144,7 @@ impl FecEncoder {
         }
         let mut parity = vec![vec![0u8; len]; self.shape.parity];
         self.codec
+            .get_or_insert_with(|| self.shape.codec())
             .encode_sep(&shards, &mut parity)
             .expect("equal shard sizes");
         parity
@@ -160,7 +174,8 @@ pub struct FecDecoder {
     paws: u32,
     groups: HashMap<u32, Group>,
     newest: u32,
-    codec: ReedSolomon,
+    /// Fetched at the first recovery.
+    codec: Option<Arc<ReedSolomon>>,
 }
 
 impl FecDecoder {
@@ -170,7 +185,7 @@ impl FecDecoder {
             paws: shape.paws(),
             groups: HashMap::new(),
             newest: 0,
-            codec: shape.codec(),
+            codec: None,
         }
     }
 
@@ -216,7 +231,8 @@ impl FecDecoder {
                     g.done = true;
                     let mut shards = std::mem::take(&mut g.shards);
                     if g.data < self.shape.data {
-                        recovered = recover(&self.codec, self.shape, &mut shards);
+                        let codec = self.codec.get_or_insert_with(|| self.shape.codec());
+                        recovered = recover(codec, self.shape, &mut shards);
                     }
                 }
             }

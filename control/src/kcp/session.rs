@@ -186,6 +186,12 @@ impl Session {
         self.kcp.wait_snd()
     }
 
+    /// Whether the peer acknowledged data we sent (see [`Kcp::peer_acked`]): until then a
+    /// session on the listener is half-open.
+    pub fn proven(&self) -> bool {
+        self.kcp.peer_acked()
+    }
+
     pub fn is_dead(&self) -> bool {
         self.kcp.is_dead()
     }
@@ -202,7 +208,7 @@ impl Session {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A deterministic xorshift for the lossy channel.
@@ -310,6 +316,61 @@ mod tests {
     fn one_mib_over_a_clean_link() {
         let (data, got, _, _) = transfer(0, 99);
         assert!(got == data);
+    }
+
+    /// The first datagram of a client that wrote `n` bytes: what opens a session on frps.
+    pub(crate) fn open_datagram(conv: u32, n: usize) -> Vec<u8> {
+        let mut c = Session::new(conv, Role::Client);
+        c.send(&vec![0u8; n]);
+        c.flush(0);
+        c.poll_transmit(0).unwrap()
+    }
+
+    /// A session that got one datagram holds little more than that datagram: no FEC codec,
+    /// no preallocated shard buffers (a flood of opens costs what it carries).
+    #[test]
+    fn a_half_open_server_session_holds_almost_nothing() {
+        let open = open_datagram(7, 38);
+        assert_eq!(open.len(), 70);
+        let before = crate::test_alloc::live_bytes();
+        let mut s = Session::new(7, Role::Server);
+        assert!(s.input(&open, 0));
+        s.flush(20);
+        let mut acks = 0;
+        while s.poll_transmit(20).is_some() {
+            acks += 1;
+        }
+        assert_eq!(acks, 1);
+        assert!(!s.proven(), "nothing of ours was acknowledged");
+        let cost = crate::test_alloc::live_bytes() - before;
+        println!("a half-open session holds {cost} bytes");
+        assert!(cost < 2048, "a half-open session holds {cost} bytes");
+        let mut buf = [1u8; 64];
+        assert_eq!(s.recv(&mut buf), 38);
+    }
+
+    #[test]
+    fn a_session_is_proven_once_the_peer_acknowledges_our_data() {
+        let mut c = Session::new(9, Role::Client);
+        let mut s = Session::new(9, Role::Server);
+        c.send(b"hello");
+        c.flush(0);
+        while let Some(p) = c.poll_transmit(0) {
+            s.input(&p, 1);
+        }
+        s.send(b"world");
+        s.flush(20);
+        // Our ack of "hello" and "world" itself: nothing acknowledged by the client yet.
+        while let Some(p) = s.poll_transmit(20) {
+            c.input(&p, 21);
+        }
+        assert!(!s.proven());
+        assert!(c.proven(), "the server acknowledged hello");
+        c.flush(40);
+        while let Some(p) = c.poll_transmit(40) {
+            s.input(&p, 41);
+        }
+        assert!(s.proven());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! `Listener` does (by remote address, a new session on the first push of a new
 //! conversation).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
@@ -28,6 +28,13 @@ const SOCKET_BUFFER: usize = 4 << 20;
 const ACCEPT_BACKLOG: usize = 128;
 /// Datagrams queued from the listener to one session before they are dropped.
 const SESSION_QUEUE: usize = 1024;
+/// Half-open sessions (the peer has not yet acknowledged anything we sent) kept per
+/// listener; a new one beyond this evicts the oldest. One datagram from a spoofed source
+/// opens a session, so without a cap a flood of them holds unbounded state. A legitimate
+/// client proves itself within a round trip of frps' first reply (its TLS ServerHello, yamux
+/// window update or LoginResp), so it is only evicted by a flood of more than this many
+/// opens within that round trip.
+pub const MAX_HALF_OPEN: usize = 1024;
 
 struct State {
     sess: Session,
@@ -39,6 +46,8 @@ struct State {
     write_shut: bool,
     /// The session is over; reads and writes fail with this.
     error: Option<(io::ErrorKind, String)>,
+    /// Datagrams the listener received for this session, not yet input (listener sessions).
+    inbox: VecDeque<Vec<u8>>,
 }
 
 impl State {
@@ -68,6 +77,8 @@ struct Shared {
     state: Mutex<State>,
     /// Asks the driver to flush now (window full, shutdown, drop).
     kick: Notify,
+    /// The listener put a datagram into `inbox`.
+    arrived: Notify,
     epoch: Instant,
 }
 
@@ -81,8 +92,10 @@ impl Shared {
                 dropped: false,
                 write_shut: false,
                 error: None,
+                inbox: VecDeque::new(),
             }),
             kick: Notify::new(),
+            arrived: Notify::new(),
             epoch: Instant::now(),
         })
     }
@@ -194,18 +207,21 @@ impl AsyncWrite for KcpStream {
 enum Source {
     /// A connected socket of its own (frpc).
     Socket,
-    /// The listener's demultiplexer (frps).
-    Listener(mpsc::Receiver<Vec<u8>>),
+    /// The listener's demultiplexer (frps), through [`State::inbox`].
+    Listener,
 }
 
-/// Runs one session until it ends; `on_exit` runs last.
+/// Runs one session until it ends; `on_proven` runs once the peer first acknowledges our
+/// data ([`Session::proven`]), `on_exit` runs last.
 async fn drive(
     shared: Arc<Shared>,
     sock: Arc<UdpSocket>,
     remote: SocketAddr,
-    mut source: Source,
+    source: Source,
+    on_proven: impl FnOnce(),
     on_exit: impl FnOnce(),
 ) {
+    let mut on_proven = Some(on_proven);
     let connected = matches!(source, Source::Socket);
     let mut buf = if connected {
         vec![0u8; 65536]
@@ -249,26 +265,33 @@ async fn drive(
             }
         }
         tokio::select! {
-            r = recv(&sock, &mut source, &mut buf) => {
+            r = recv(&sock, &shared, &source, &mut buf) => {
                 let mut st = shared.lock();
                 match r {
-                    Ok(Some(n)) => {
+                    Ok(n) => {
                         let now = shared.now();
-                        match &mut source {
+                        match source {
                             Source::Socket => {
                                 st.sess.input(&buf[..n], now);
                             }
-                            Source::Listener(rx) => {
-                                // `recv` left the datagram in `buf`; take the rest queued.
-                                st.sess.input(&buf, now);
-                                while let Ok(p) = rx.try_recv() {
+                            Source::Listener => {
+                                while let Some(p) = st.inbox.pop_front() {
                                     st.sess.input(&p, now);
+                                }
+                                // A burst's queue is not kept.
+                                if st.inbox.capacity() > 16 {
+                                    st.inbox = VecDeque::new();
                                 }
                             }
                         }
                         st.wake();
+                        if st.sess.proven()
+                            && let Some(f) = on_proven.take()
+                        {
+                            drop(st);
+                            f();
+                        }
                     }
-                    Ok(None) => st.fail(io::ErrorKind::ConnectionAborted, "kcp listener closed"),
                     Err(e) => st.fail(e.kind(), format!("kcp read from {remote}: {e}")),
                 }
             }
@@ -295,19 +318,21 @@ async fn drive(
     on_exit();
 }
 
-/// The next datagram: its length in `buf` (socket) or moved into `buf` (listener);
-/// `None` when the listener is gone.
+/// The next datagram: its length in `buf` (socket), or word that the listener queued some
+/// in the session's inbox (listener; the listener ends the session through
+/// [`State::fail`] when it goes).
 async fn recv(
     sock: &UdpSocket,
-    source: &mut Source,
-    buf: &mut Vec<u8>,
-) -> io::Result<Option<usize>> {
+    shared: &Shared,
+    source: &Source,
+    buf: &mut [u8],
+) -> io::Result<usize> {
     match source {
-        Source::Socket => sock.recv(buf).await.map(Some),
-        Source::Listener(rx) => Ok(rx.recv().await.map(|p| {
-            *buf = p;
-            buf.len()
-        })),
+        Source::Socket => sock.recv(buf).await,
+        Source::Listener => {
+            shared.arrived.notified().await;
+            Ok(0)
+        }
     }
 }
 
@@ -355,7 +380,14 @@ fn start_client(sock: UdpSocket, remote: SocketAddr, conv: u32) -> KcpStream {
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let shared = Shared::new(Session::new(conv, Role::Client));
     let sock = Arc::new(sock);
-    tokio::spawn(drive(shared.clone(), sock, remote, Source::Socket, || {}));
+    tokio::spawn(drive(
+        shared.clone(),
+        sock,
+        remote,
+        Source::Socket,
+        || {},
+        || {},
+    ));
     KcpStream {
         shared,
         conv,
@@ -367,13 +399,92 @@ fn start_client(sock: UdpSocket, remote: SocketAddr, conv: u32) -> KcpStream {
 struct Entry {
     conv: u32,
     id: u64,
-    tx: mpsc::Sender<Vec<u8>>,
+    shared: Arc<Shared>,
+    /// The peer has not acknowledged anything yet.
+    half_open: bool,
 }
 
-#[derive(Default)]
 struct Sessions {
     map: HashMap<SocketAddr, Entry>,
     next_id: u64,
+    /// Entries of `map` with `half_open`.
+    half_open: usize,
+    max_half_open: usize,
+    /// Sessions in the order they were opened, oldest first, for eviction. Entries that are
+    /// gone or no longer half-open are skipped (and pruned when they pile up).
+    order: VecDeque<(SocketAddr, u64)>,
+    /// Half-open sessions evicted so far.
+    evicted: u64,
+}
+
+impl Default for Sessions {
+    fn default() -> Sessions {
+        Sessions {
+            map: HashMap::new(),
+            next_id: 0,
+            half_open: 0,
+            max_half_open: MAX_HALF_OPEN,
+            order: VecDeque::new(),
+            evicted: 0,
+        }
+    }
+}
+
+impl Sessions {
+    fn insert(&mut self, from: SocketAddr, e: Entry) {
+        self.half_open += usize::from(e.half_open);
+        self.order.push_back((from, e.id));
+        if let Some(old) = self.map.insert(from, e) {
+            self.half_open -= usize::from(old.half_open);
+        }
+        if self.order.len() > 2 * self.max_half_open + 64 {
+            let map = &self.map;
+            self.order
+                .retain(|(a, id)| map.get(a).is_some_and(|e| e.id == *id && e.half_open));
+        }
+    }
+
+    /// Removes `from`'s session if it is still session `id` (any, with `None`).
+    fn remove(&mut self, from: &SocketAddr, id: Option<u64>) -> Option<Entry> {
+        if id.is_some_and(|id| self.map.get(from).is_none_or(|e| e.id != id)) {
+            return None;
+        }
+        let e = self.map.remove(from)?;
+        self.half_open -= usize::from(e.half_open);
+        Some(e)
+    }
+
+    fn proven(&mut self, from: &SocketAddr, id: u64) {
+        if let Some(e) = self.map.get_mut(from)
+            && e.id == id
+            && e.half_open
+        {
+            e.half_open = false;
+            self.half_open -= 1;
+        }
+    }
+
+    /// Ends the oldest half-open session. Its stream fails at once, so whoever holds it (a
+    /// TLS or first-message wait) lets go.
+    fn evict_oldest(&mut self) {
+        while let Some((from, id)) = self.order.pop_front() {
+            if !self
+                .map
+                .get(&from)
+                .is_some_and(|e| e.id == id && e.half_open)
+            {
+                continue;
+            }
+            let e = self.remove(&from, Some(id)).expect("checked above");
+            end(
+                &e,
+                io::ErrorKind::ConnectionAborted,
+                format!("kcp session with {from} evicted: too many half-open sessions"),
+            );
+            self.evicted += 1;
+            return;
+        }
+    }
 }
 
 type SessionMap = Arc<Mutex<Sessions>>;
@@ -422,14 +533,40 @@ impl KcpListener {
     pub fn session_count(&self) -> usize {
         lock_map(&self.sessions).map.len()
     }
+
+    /// Sessions whose peer has not acknowledged anything yet.
+    pub fn half_open_count(&self) -> usize {
+        lock_map(&self.sessions).half_open
+    }
+
+    /// Half-open sessions evicted to make room for newer ones so far.
+    pub fn evicted_count(&self) -> u64 {
+        lock_map(&self.sessions).evicted
+    }
+
+    /// Changes the cap on half-open sessions ([`MAX_HALF_OPEN`]; at least 1).
+    pub fn set_max_half_open(&self, n: usize) {
+        lock_map(&self.sessions).max_half_open = n.max(1);
+    }
 }
 
 impl Drop for KcpListener {
     fn drop(&mut self) {
         self.task.abort();
-        // Dropping the senders ends every session's driver.
-        lock_map(&self.sessions).map.clear();
+        for (_, e) in lock_map(&self.sessions).map.drain() {
+            end(
+                &e,
+                io::ErrorKind::ConnectionAborted,
+                "kcp listener closed".into(),
+            );
+        }
     }
+}
+
+/// Ends a session the listener let go of: its stream fails, its driver stops.
+fn end(e: &Entry, kind: io::ErrorKind, msg: String) {
+    e.shared.lock().fail(kind, msg);
+    e.shared.kick.notify_one();
 }
 
 async fn demux(
@@ -462,14 +599,25 @@ async fn demux(
                 Kind::Invalid => false,
             };
             if ours {
-                let _ = e.tx.try_send(pkt.to_vec());
+                let mut st = e.shared.lock();
+                if st.inbox.len() < SESSION_QUEUE {
+                    st.inbox.push_back(pkt.to_vec());
+                }
+                drop(st);
+                e.shared.arrived.notify_one();
                 continue;
             }
             if !matches!(kind, Kind::Data { opens: true, .. }) {
                 continue;
             }
             // A new conversation from the same address replaces the old session.
-            s.map.remove(&from);
+            if let Some(old) = s.remove(&from, None) {
+                end(
+                    &old,
+                    io::ErrorKind::ConnectionReset,
+                    format!("kcp session with {from} replaced by a new conversation"),
+                );
+            }
         }
         let Kind::Data { conv, opens: true } = kind else {
             continue;
@@ -477,26 +625,34 @@ async fn demux(
         let Ok(permit) = accept_tx.try_reserve() else {
             continue; // backlog full (or nobody accepts any more)
         };
-        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        while s.half_open >= s.max_half_open {
+            s.evict_oldest();
+        }
         let id = s.next_id;
         s.next_id += 1;
-        s.map.insert(from, Entry { conv, id, tx });
-        drop(s);
         let mut sess = Session::new(conv, Role::Server);
         sess.input(pkt, 0);
         let shared = Shared::new(sess);
+        let entry = Entry {
+            conv,
+            id,
+            shared: shared.clone(),
+            half_open: true,
+        };
+        s.insert(from, entry);
+        drop(s);
+        let map = sessions.clone();
+        let on_proven = move || lock_map(&map).proven(&from, id);
         let map = sessions.clone();
         let on_exit = move || {
-            let mut s = lock_map(&map);
-            if s.map.get(&from).is_some_and(|e| e.id == id) {
-                s.map.remove(&from);
-            }
+            lock_map(&map).remove(&from, Some(id));
         };
         tokio::spawn(drive(
             shared.clone(),
             sock.clone(),
             from,
-            Source::Listener(rx),
+            Source::Listener,
+            on_proven,
             on_exit,
         ));
         permit.send(KcpStream {
@@ -600,6 +756,100 @@ mod tests {
         s.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"ok");
         assert_eq!(l.session_count(), 1);
+    }
+
+    /// Sends one open (a client's first 38-byte write) from each of `socks`, in order.
+    fn send_opens(socks: &[std::net::UdpSocket], to: SocketAddr, conv0: u32) {
+        for (i, s) in socks.iter().enumerate() {
+            let p = crate::kcp::session::tests::open_datagram(conv0 + i as u32, 38);
+            s.send_to(&p, to).unwrap();
+        }
+    }
+
+    fn sockets(n: usize) -> Vec<std::net::UdpSocket> {
+        (0..n)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect()
+    }
+
+    async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A flood of opens from many source addresses keeps at most the cap of half-open
+    /// sessions: the oldest go first (their streams fail at once), the newest stay, and a
+    /// session whose peer answered is never evicted.
+    #[tokio::test]
+    async fn half_open_sessions_are_capped_oldest_evicted() {
+        let mut l = KcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.set_max_half_open(8);
+        let addr = l.local_addr();
+        let mut real = dial(&addr.to_string(), None).await.unwrap();
+        real.write_all(b"ping").await.unwrap();
+        let mut s = l.accept().await.unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).await.unwrap();
+        s.write_all(b"pong").await.unwrap();
+        real.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+        wait_until("the real client's ack", || l.half_open_count() == 0).await;
+
+        let socks = sockets(20);
+        send_opens(&socks, addr, 1000);
+        let mut accepted = Vec::new();
+        for _ in 0..20 {
+            accepted.push(l.accept().await.unwrap());
+        }
+        wait_until("20 sessions opened", || {
+            l.evicted_count() == 12 && l.half_open_count() == 8
+        })
+        .await;
+        assert_eq!(l.session_count(), 9);
+        for (i, mut st) in accepted.into_iter().enumerate() {
+            assert_eq!(st.peer_addr(), socks[i].local_addr().unwrap());
+            let mut buf = [0u8; 64];
+            assert_eq!(st.read(&mut buf).await.unwrap(), 38, "its first write");
+            let r = tokio::time::timeout(Duration::from_millis(50), st.read(&mut buf)).await;
+            if i < 12 {
+                let e = r.expect("an evicted session fails at once").unwrap_err();
+                assert!(e.to_string().contains("evicted"), "{e}");
+            } else {
+                assert!(r.is_err(), "session {i} should still wait: {r:?}");
+            }
+        }
+        // The proven session is untouched.
+        real.write_all(b"more").await.unwrap();
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"more");
+    }
+
+    /// What a half-open session costs on the listener (its session, task, queue, map entry,
+    /// and the stream an application holds), measured with the counting test allocator.
+    #[tokio::test]
+    async fn half_open_sessions_cost_little() {
+        const N: usize = 200;
+        let mut l = KcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr();
+        let socks = sockets(N);
+        let before = crate::test_alloc::live_bytes();
+        send_opens(&socks, addr, 5000);
+        let mut accepted = Vec::new();
+        for _ in 0..N {
+            accepted.push(l.accept().await.unwrap());
+        }
+        // Let every driver run its first flush (the ack goes out).
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let per = (crate::test_alloc::live_bytes() - before) / N as i64;
+        println!("{per} bytes per half-open session");
+        assert_eq!(l.half_open_count(), N);
+        assert!(per < 4096, "{per} bytes per half-open session");
+        drop(accepted);
     }
 
     #[tokio::test]

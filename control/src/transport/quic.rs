@@ -22,7 +22,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -272,11 +272,31 @@ impl StreamCredit {
     }
 }
 
+/// QUIC handshakes one listener runs at once before it asks new clients to prove their
+/// address first: beyond this, a connection attempt from an address not yet validated gets a
+/// Retry (stateless: a flood from spoofed sources costs nothing, a real client comes back at
+/// once with the token), and beyond twice this every new attempt is dropped.
+pub const MAX_HANDSHAKES: usize = 256;
+
 /// frps' QUIC listener on `quicBindPort`.
 pub struct QuicListener {
     endpoint: quinn::Endpoint,
     /// `maxIncomingStreams`.
     max_streams: u64,
+    max_handshakes: usize,
+    /// Handshakes in progress.
+    handshakes: Arc<AtomicUsize>,
+    /// Connection attempts answered with a Retry or dropped because of `max_handshakes`.
+    deferred: Arc<AtomicU64>,
+}
+
+/// One handshake in progress, counted until dropped.
+struct HandshakeSlot(Arc<AtomicUsize>);
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl QuicListener {
@@ -310,7 +330,35 @@ impl QuicListener {
         Ok(QuicListener {
             endpoint,
             max_streams,
+            max_handshakes: MAX_HANDSHAKES,
+            handshakes: Arc::default(),
+            deferred: Arc::default(),
         })
+    }
+
+    /// Changes [`MAX_HANDSHAKES`] (at least 1).
+    pub fn set_max_handshakes(&mut self, n: usize) {
+        self.max_handshakes = n.max(1);
+    }
+
+    /// Admits a connection attempt, or answers it with a Retry or drops it when too many
+    /// handshakes run; `None` when not admitted.
+    fn admit(&self, incoming: quinn::Incoming) -> Option<(quinn::Incoming, HandshakeSlot)> {
+        let busy = self.handshakes.load(Ordering::SeqCst);
+        if busy >= self.max_handshakes {
+            if !incoming.remote_address_validated() && incoming.may_retry() {
+                self.deferred.fetch_add(1, Ordering::SeqCst);
+                let _ = incoming.retry();
+                return None;
+            }
+            if busy >= 2 * self.max_handshakes {
+                self.deferred.fetch_add(1, Ordering::SeqCst);
+                incoming.ignore();
+                return None;
+            }
+        }
+        self.handshakes.fetch_add(1, Ordering::SeqCst);
+        Some((incoming, HandshakeSlot(self.handshakes.clone())))
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -333,8 +381,11 @@ impl QuicListener {
                         warn!("quic listener for incoming connections from client closed");
                         return;
                     };
+                    let Some((incoming, slot)) = self.admit(incoming) else {
+                        continue;
+                    };
                     let credit = StreamCredit::new(self.max_streams);
-                    tasks.spawn(serve_connection(incoming, credit, first_stream_timeout, handle.clone()));
+                    tasks.spawn(serve_connection(incoming, slot, credit, first_stream_timeout, handle.clone()));
                 }
                 // Reap finished connection tasks.
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -345,6 +396,7 @@ impl QuicListener {
 
 async fn serve_connection<F, Fut>(
     incoming: quinn::Incoming,
+    slot: HandshakeSlot,
     mut credit: StreamCredit,
     first_stream_timeout: Duration,
     handle: F,
@@ -353,12 +405,23 @@ async fn serve_connection<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
+    // A handshake gets as long as a connection gets for its first stream (quinn's own limit
+    // is the idle timeout, 30 s by default).
+    let handshake = tokio::time::timeout(first_stream_timeout, incoming.into_future()).await;
+    drop(slot);
+    let conn = match handshake {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             crate::warn_limited!(
                 crate::log::PEER_REFUSALS,
                 "quic connection from {remote} closed: handshake: {e}"
+            );
+            return;
+        }
+        Err(_) => {
+            crate::warn_limited!(
+                crate::log::PEER_REFUSALS,
+                "quic connection from {remote} closed: handshake: not done within {first_stream_timeout:?}"
             );
             return;
         }
@@ -574,6 +637,80 @@ mod tests {
         let mut got = Vec::new();
         st.read_to_end(&mut got).await.unwrap();
         got
+    }
+
+    /// A flood of connection attempts that never finish their handshake (a relay passes the
+    /// clients' packets to frps and drops every answer, as for spoofed sources) holds at most
+    /// the cap of handshakes; the rest get a Retry. A real client still connects meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn half_open_handshakes_are_capped_and_real_clients_get_through() {
+        const CAP: usize = 8;
+        const FLOOD: usize = 40;
+        let tls = crate::tls::server_config("", "", "").unwrap();
+        let mut l = QuicListener::bind("127.0.0.1:0", &tls, &PARAMS).unwrap();
+        l.set_max_handshakes(CAP);
+        let addr = l.local_addr().unwrap();
+        let server = l.endpoint.clone();
+        let deferred = l.deferred.clone();
+        tokio::spawn(l.serve(Duration::from_secs(10), |conn, _| async move {
+            let (mut r, mut w) = tokio::io::split(conn);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        }));
+        // The one-way relay.
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let relay = front.local_addr().unwrap();
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        back.connect(addr).await.unwrap();
+        let forwarded = Arc::new(AtomicUsize::new(0));
+        let fw = forwarded.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, _)) = front.recv_from(&mut buf).await {
+                let _ = back.send(&buf[..n]).await;
+                fw.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let mut flood = Vec::new();
+        for _ in 0..FLOOD {
+            flood.push(tokio::spawn(async move {
+                let d = QuicDialer::new(
+                    "127.0.0.1",
+                    relay.port(),
+                    "127.0.0.1",
+                    &insecure_client(),
+                    &PARAMS,
+                    Duration::from_secs(30),
+                )
+                .unwrap();
+                let _ = d.connect().await;
+            }));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let open = server.open_connections();
+            assert!(open <= CAP, "{open} handshakes held (cap {CAP})");
+            if deferred.load(Ordering::SeqCst) >= (FLOOD - CAP) as u64 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {FLOOD} attempts deferred, {open} open, {} datagrams relayed",
+                deferred.load(Ordering::SeqCst),
+                forwarded.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The first CAP were admitted (and stay stuck in their handshakes), the rest deferred
+        // (a client's retransmitted Initial may be deferred again).
+        assert!(server.open_connections() <= CAP);
+        // A real client is asked to retry and comes back validated.
+        let s = connect_insecure(addr.port()).await;
+        assert_eq!(echo(&s, b"through the flood").await, b"through the flood");
+        s.close();
+        for f in flood {
+            f.abort();
+        }
     }
 
     #[tokio::test]

@@ -122,8 +122,6 @@ pub async fn bind(addr: &str) -> io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::from_std(bind_first(addr, addrs)?)
 }
 
-/// How often an accept loop may report failing accepts.
-const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// frp's accept loops sleep 5 ms after a failed accept, doubling up to 1 s.
 const FIRST_DELAY: Duration = Duration::from_millis(5);
 const MAX_DELAY: Duration = Duration::from_secs(1);
@@ -138,8 +136,8 @@ pub struct Acceptor {
     /// Put in front of each line, e.g. `[run id] [proxy name] `.
     prefix: String,
     delay: Duration,
-    last_report: Option<Instant>,
-    suppressed: u64,
+    /// One line a second.
+    budget: crate::log::LineBudget,
 }
 
 impl Acceptor {
@@ -147,8 +145,7 @@ impl Acceptor {
         Acceptor {
             prefix: prefix.into(),
             delay: Duration::ZERO,
-            last_report: None,
-            suppressed: 0,
+            budget: crate::log::LineBudget::new(1),
         }
     }
 
@@ -178,24 +175,14 @@ impl Acceptor {
 
     /// The line to log for a failed accept at `now`, if one is due.
     fn report(&mut self, now: Instant, error: &str) -> Option<String> {
-        if let Some(last) = self.last_report
-            && now.duration_since(last) < REPORT_EVERY
-        {
-            self.suppressed += 1;
-            return None;
-        }
+        let suppressed = self.budget.take_at(now)?;
         let mut line = format!(
             "{}met temporary error: {error}, sleep for {:?} ...",
             self.prefix, self.delay
         );
-        if self.suppressed > 0 {
-            line.push_str(&format!(
-                " ({} more since the last report)",
-                self.suppressed
-            ));
+        if suppressed > 0 {
+            line.push_str(&format!(" ({suppressed} similar lines suppressed)"));
         }
-        self.last_report = Some(now);
-        self.suppressed = 0;
         Some(line)
     }
 }
@@ -255,7 +242,7 @@ mod tests {
         let line = a.report(t0 + Duration::from_secs(1), e).unwrap();
         assert!(
             line.ends_with(
-                "too many open files, sleep for 1s ... (100 more since the last report)"
+                "too many open files, sleep for 1s ... (100 similar lines suppressed)"
             ),
             "{line}"
         );

@@ -168,7 +168,7 @@ impl LineBudget {
         self.take_at(std::time::Instant::now())
     }
 
-    fn take_at(&self, now: std::time::Instant) -> Option<u64> {
+    pub(crate) fn take_at(&self, now: std::time::Instant) -> Option<u64> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let last = *st.refilled.get_or_insert(now);
         let secs = now.saturating_duration_since(last).as_secs();

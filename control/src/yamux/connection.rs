@@ -132,6 +132,9 @@ pub enum Event {
     PingAck(u32),
     /// The peer sent a normal GoAway: no new streams can be opened.
     GoAway(u32),
+    /// The peer opened a stream while `accept_backlog` streams waited to be accepted: it was
+    /// reset (the driver logs it, within a line budget: a burst can refuse thousands).
+    BacklogExceeded(u32),
     /// The session is over; [`Connection::close_reason`] says why.
     Closed,
 }
@@ -888,8 +891,8 @@ impl Connection {
             );
         }
         if self.accept_queue.len() >= self.accept_backlog {
-            tracing::warn!(stream = id, "yamux: backlog exceeded, forcing stream reset");
             put_header(&mut self.out, TYPE_WINDOW_UPDATE, FLAG_RST, id, 0);
+            self.events.push_back(Event::BacklogExceeded(id));
             return;
         }
         let mut st = StreamState::new(false);
@@ -1621,6 +1624,7 @@ mod tests {
                 "00 01 0002 00000001 005c0000 00 01 0002 00000003 005c0000 00 01 0008 00000005 00000000"
             )
         );
+        assert!(events(&mut s).contains(&Event::BacklogExceeded(5)));
         c.handle_input(&h("00 01 0002 00000001 005c0000 00 01 0002 00000003 005c0000 00 01 0008 00000005 00000000")).unwrap();
         assert_eq!(c.stream_read(5, &mut [0; 4]), Err(YamuxError::StreamReset));
         assert_eq!(c.stream_write(1, b"ok"), Ok(2));

@@ -170,6 +170,10 @@ impl Inner {
                 }
                 Event::OpenReady => self.open_wakers.drain(..).for_each(Waker::wake),
                 Event::StreamEstablished(_) | Event::PingAck(_) | Event::GoAway(_) => {}
+                Event::BacklogExceeded(_) => {
+                    static BACKLOG: crate::log::LineBudget = crate::log::LineBudget::new(5);
+                    crate::warn_limited!(BACKLOG, "yamux: backlog exceeded, forcing stream reset")
+                }
                 Event::Closed => {
                     match self.conn.close_reason() {
                         Some(e) if !e.is_normal_close() => {

@@ -241,9 +241,7 @@ mod tests {
         a.delay = MAX_DELAY;
         let line = a.report(t0 + Duration::from_secs(1), e).unwrap();
         assert!(
-            line.ends_with(
-                "too many open files, sleep for 1s ... (100 similar lines suppressed)"
-            ),
+            line.ends_with("too many open files, sleep for 1s ... (100 similar lines suppressed)"),
             "{line}"
         );
         assert_eq!(a.report(t0 + Duration::from_millis(1500), e), None);

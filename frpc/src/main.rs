@@ -146,7 +146,7 @@ fn validated(cfg: &ClientConfig) -> bool {
     if !warnings.is_empty() {
         println!("WARNING: {}", warnings.join("\n"));
     }
-    match cfg.validate() {
+    match cfg.validate_for_run() {
         Ok(()) => true,
         Err(e) => {
             println!("{e}");

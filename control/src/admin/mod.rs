@@ -204,7 +204,7 @@ impl Admin {
         let format = ConfigFormat::from_path(&self.config_path);
         let checked = config::client_config_from_str(text, format, self.strict)
             .map_err(|e| e.to_string())
-            .and_then(|c| c.validate().map_err(|e| e.0));
+            .and_then(|c| c.validate_for_run().map_err(|e| e.0));
         if let Err(msg) = checked {
             return web::error(StatusCode::BAD_REQUEST, &format!("invalid config: {msg}"));
         }
@@ -221,7 +221,7 @@ impl Admin {
 /// Loads the config file as frpc would at start-up, with frp's validation.
 fn load_and_validate(path: &std::path::Path, strict: bool) -> Result<ClientConfig, String> {
     let cfg = config::load_client_config(path, strict).map_err(|e| e.to_string())?;
-    cfg.validate().map_err(|e| e.0)?;
+    cfg.validate_for_run().map_err(|e| e.0)?;
     Ok(cfg)
 }
 

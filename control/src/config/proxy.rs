@@ -477,6 +477,15 @@ impl VisitorType {
 }
 
 impl ClientPluginType {
+    /// The plugin types this frpc serves; the others are refused by `frpc verify` and at
+    /// start (see `ClientConfig::check_supported`).
+    pub const IMPLEMENTED: &'static [ClientPluginType] = &[];
+
+    /// Whether this frpc serves the plugin.
+    pub fn implemented(self) -> bool {
+        Self::IMPLEMENTED.contains(&self)
+    }
+
     pub(crate) fn accepts_key(self, key: &str) -> bool {
         let keys: &[&str] = match self {
             Self::Http2Https | Self::Http2Http => {

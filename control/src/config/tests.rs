@@ -1191,3 +1191,71 @@ fn errors_in_later_list_elements_name_their_own_line() {
         assert!(msg.contains(key) && msg.contains("frpc.test"), "{msg}");
     }
 }
+
+/// A key frp accepts but this frpc does not serve is refused by `check_supported`, naming the
+/// proxy or visitor and the key; a plugin that is served is not.
+#[test]
+fn unsupported_keys_are_refused_with_their_key() {
+    let unsupported = |text: &str| -> String {
+        let c = client(text, ConfigFormat::Toml).unwrap();
+        c.validate().unwrap();
+        c.check_supported().unwrap_err().to_string()
+    };
+    for t in ClientPluginType::ALL {
+        let opts = match t {
+            ClientPluginType::Http2Https
+            | ClientPluginType::Https2Http
+            | ClientPluginType::Https2Https
+            | ClientPluginType::Tls2Raw => "localAddr = \"127.0.0.1:1\"\n",
+            ClientPluginType::StaticFile => "localPath = \"/tmp\"\n",
+            ClientPluginType::UnixDomainSocket => "unixPath = \"/tmp/s\"\n",
+            _ => "",
+        };
+        let text = format!(
+            "[[proxies]]\nname = \"ok\"\ntype = \"tcp\"\nlocalPort = 1\n[[proxies]]\nname = \"socks\"\ntype = \"tcp\"\n[proxies.plugin]\ntype = \"{t}\"\n{opts}"
+        );
+        let c = client(&text, ConfigFormat::Toml).unwrap();
+        c.validate().unwrap();
+        match c.check_supported() {
+            Ok(()) => assert!(t.implemented(), "{t} accepted"),
+            Err(e) => {
+                assert!(!t.implemented(), "{t} refused: {e}");
+                assert_eq!(
+                    e.to_string(),
+                    format!(
+                        "proxy [socks]: plugin type \"{t}\" (key proxies[1].plugin.type) is not supported by this frpc yet"
+                    )
+                );
+            }
+        }
+    }
+    let msg = unsupported("[[proxies]]\nname = \"p2p\"\ntype = \"xtcp\"\nlocalPort = 22\n");
+    assert_eq!(
+        msg,
+        "proxy [p2p]: proxy type \"xtcp\" (key proxies[0].type) is not supported by this frpc yet"
+    );
+    let msg = unsupported(
+        "[[visitors]]\nname = \"v\"\ntype = \"xtcp\"\nserverName = \"s\"\nbindPort = 1\n",
+    );
+    assert!(msg.contains("(key visitors[0].type)"), "{msg}");
+    let msg = unsupported(
+        "[[visitors]]\nname = \"v\"\ntype = \"stcp\"\nserverName = \"s\"\nbindPort = 1\nplugin.type = \"virtual_net\"\n",
+    );
+    assert!(
+        msg.contains("visitor [v]: plugin type \"virtual_net\" (key visitors[0].plugin.type)"),
+        "{msg}"
+    );
+    let msg = unsupported("store.path = \"/tmp/store.json\"\nwebServer.pprofEnable = true\n");
+    assert!(msg.contains("(key store.path)"), "{msg}");
+    assert!(msg.contains("(key webServer.pprofEnable)"), "{msg}");
+    let msg =
+        unsupported("auth.tokenSource.type = \"file\"\nauth.tokenSource.file.path = \"/t\"\n");
+    assert!(msg.contains("(key auth.tokenSource)"), "{msg}");
+    // A disabled proxy is not checked.
+    let c = client(
+        "[[proxies]]\nname = \"p2p\"\ntype = \"xtcp\"\nenabled = false\n",
+        ConfigFormat::Toml,
+    )
+    .unwrap();
+    c.validate_for_run().unwrap();
+}

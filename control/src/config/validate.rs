@@ -301,6 +301,87 @@ impl ClientConfig {
         Ok(())
     }
 
+    /// The keys frp accepts that this frpc does not serve yet: a key we accept is a key we
+    /// honour, so each one set is refused (by `frpc verify`, at start and on reload), naming
+    /// the key and, for proxies and visitors, their name. All of them, one per line.
+    pub fn check_supported(&self) -> Result<(), ValidationError> {
+        let mut errs = Errors::default();
+        let not_yet = |what: String, key: &str| -> String {
+            format!("{what} (key {key}) is not supported by this frpc yet")
+        };
+        if self.auth.method == "oidc" {
+            errs.push(not_yet("auth method \"oidc\"".into(), "auth.method"));
+        }
+        if self.auth.token_source.is_some() {
+            errs.push(not_yet("auth.tokenSource".into(), "auth.tokenSource"));
+        }
+        if !self.virtual_net.address.is_empty() {
+            errs.push(not_yet("virtual network".into(), "virtualNet.address"));
+        }
+        if !self.store.path.is_empty() {
+            errs.push(not_yet("the proxy store".into(), "store.path"));
+        }
+        if !self.web_server.assets_dir.is_empty() {
+            errs.push(not_yet(
+                "serving the admin UI from a directory".into(),
+                "webServer.assetsDir",
+            ));
+        }
+        if self.web_server.pprof_enable {
+            errs.push(not_yet("pprof".into(), "webServer.pprofEnable"));
+        }
+        let start: std::collections::HashSet<&str> =
+            self.start.iter().map(String::as_str).collect();
+        let active =
+            |enabled: bool, name: &str| enabled && (start.is_empty() || start.contains(name));
+        for (i, p) in self.proxies.iter().enumerate() {
+            if !active(p.enabled, &p.name) {
+                continue;
+            }
+            let name = &p.name;
+            if p.proxy_type == ProxyType::Xtcp {
+                errs.push(not_yet(
+                    format!("proxy [{name}]: proxy type \"xtcp\""),
+                    &format!("proxies[{i}].type"),
+                ));
+            }
+            if let Some(plugin) = &p.plugin
+                && !plugin.plugin_type.implemented()
+            {
+                errs.push(not_yet(
+                    format!("proxy [{name}]: plugin type \"{}\"", plugin.plugin_type),
+                    &format!("proxies[{i}].plugin.type"),
+                ));
+            }
+        }
+        for (i, v) in self.visitors.iter().enumerate() {
+            if !active(v.enabled, &v.name) {
+                continue;
+            }
+            let name = &v.name;
+            if v.visitor_type == VisitorType::Xtcp {
+                errs.push(not_yet(
+                    format!("visitor [{name}]: visitor type \"xtcp\""),
+                    &format!("visitors[{i}].type"),
+                ));
+            }
+            if let Some(plugin) = &v.plugin {
+                errs.push(not_yet(
+                    format!("visitor [{name}]: plugin type \"{}\"", plugin.plugin_type),
+                    &format!("visitors[{i}].plugin.type"),
+                ));
+            }
+        }
+        errs.finish()
+    }
+
+    /// What frpc checks before it runs a config: frp's validation, then
+    /// [`Self::check_supported`].
+    pub fn validate_for_run(&self) -> Result<(), ValidationError> {
+        self.validate()?;
+        self.check_supported()
+    }
+
     /// frp's warnings (printed as `WARNING: …` by verify, not fatal).
     pub fn warnings(&self) -> Vec<String> {
         let tls = &self.transport.tls;

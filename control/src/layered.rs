@@ -38,6 +38,17 @@ pub(crate) fn poll_write_from<W: AsyncWrite + Unpin>(
     Poll::Ready(Ok(()))
 }
 
+/// What [`Layered::into_parts`] returns.
+pub struct LayeredParts<S> {
+    pub io: S,
+    /// Wire bytes read from `io` but not decoded yet: they go through `inbound` first.
+    pub raw_prefix: Vec<u8>,
+    pub inbound: TransformChain,
+    pub outbound: TransformChain,
+    /// Bytes decoded but not yet read: they come before anything `io` still has.
+    pub plaintext: Vec<u8>,
+}
+
 /// A stream seen through transform chains. See the module docs.
 pub struct Layered<S> {
     io: S,
@@ -67,6 +78,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Layered<S> {
             read_eof: false,
             out: Vec::new(),
             out_pos: 0,
+        }
+    }
+
+    /// Takes the stream apart again, e.g. to hand it to the data plane once a protocol spoken
+    /// through it is done: the inner stream, the raw bytes not yet decoded (wire form), the
+    /// chains with their states, and the plaintext decoded but not yet read. Flush first:
+    /// transformed bytes still queued for writing are dropped.
+    pub fn into_parts(self) -> LayeredParts<S> {
+        LayeredParts {
+            io: self.io,
+            raw_prefix: self.prefix.unwrap_or_default(),
+            inbound: self.inbound,
+            outbound: self.outbound,
+            plaintext: self.plain[self.plain_pos..].to_vec(),
         }
     }
 

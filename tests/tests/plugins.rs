@@ -54,3 +54,106 @@ fn unsupported_plugins_and_keys_are_refused() {
         }
     }
 }
+
+/// frps on a free port, and an frpc config for it with one tcp proxy `name` on `remote` served
+/// by the plugin table `plugin` (TOML lines after `[proxies.plugin]`); `proxy_extra` goes in
+/// the proxy table.
+fn plugin_cfg(server: u16, name: &str, remote: u16, proxy_extra: &str, plugin: &str) -> String {
+    format!(
+        "serverAddr = \"127.0.0.1\"\nserverPort = {server}\nlog.level = \"debug\"\n\
+         [[proxies]]\nname = \"{name}\"\ntype = \"tcp\"\nremotePort = {remote}\n{proxy_extra}\n\
+         [proxies.plugin]\n{plugin}\n"
+    )
+}
+
+/// A unix socket echo service at `path`.
+async fn unix_echo_server(path: &std::path::Path) {
+    let l = tokio::net::UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+}
+
+/// `unix_domain_socket`: bytes go both ways to a unix socket, through encryption and
+/// compression; with `proxyProtocolVersion` the socket gets the PROXY header first; a socket
+/// nobody listens on is logged in frp's words, and the proxy keeps working.
+#[tokio::test(flavor = "multi_thread")]
+async fn unix_domain_socket_plugin() {
+    let env = Env::new();
+    let sock = env.path().join("echo.sock");
+    unix_echo_server(&sock).await;
+    let server = free_port();
+    let _frps = env.frps("frps", server, "");
+    let (plain, pp, gone) = (free_port(), free_port(), free_port());
+    let uds = format!(
+        "type = \"unix_domain_socket\"\nunixPath = \"{}\"",
+        sock.display()
+    );
+    let cfg = format!(
+        "{}\n[[proxies]]\nname = \"pp\"\ntype = \"tcp\"\nremotePort = {pp}\n\
+         transport.proxyProtocolVersion = \"v1\"\n[proxies.plugin]\n{uds}\n\
+         [[proxies]]\nname = \"gone\"\ntype = \"tcp\"\nremotePort = {gone}\n\
+         [proxies.plugin]\ntype = \"unix_domain_socket\"\nunixPath = \"{}\"\n",
+        plugin_cfg(
+            server,
+            "uds",
+            plain,
+            "transport.useEncryption = true\ntransport.useCompression = true",
+            &uds
+        ),
+        env.path().join("nobody.sock").display()
+    );
+    let frpc = env.frpc("frpc", &cfg);
+    for name in ["uds", "pp", "gone"] {
+        frpc.wait_log(
+            &format!("[{name}] start proxy success"),
+            Duration::from_secs(10),
+        );
+    }
+    let data = pattern(300_000, 7);
+    let got = echo_exact(plain, &data).await.unwrap();
+    assert!(got == data, "echo over the unix socket differs");
+
+    // The echo returns the PROXY header before the bytes.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", pp))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"hello").await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"hello") {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("echo with PROXY header")
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 "),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\nhello"), "{text}");
+
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gone))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
+    frpc.wait_log("[gone] dial to uds ", Duration::from_secs(5));
+    frpc.wait_log(
+        "nobody.sock: connect: no such file or directory",
+        Duration::from_secs(5),
+    );
+    // The other proxies are unaffected.
+    let got = echo_exact(plain, b"still").await.unwrap();
+    assert_eq!(got, b"still");
+}

@@ -26,6 +26,7 @@ use crate::transport::{self, Conn, Connector, DialConfig, DialError};
 use crate::wire_v2::WireVersion;
 
 mod health;
+mod plugin;
 mod udp;
 mod visitor;
 
@@ -104,6 +105,8 @@ struct ProxyRuntime {
     udp_work: Option<tokio::task::AbortHandle>,
     /// The tasks serving an sudp proxy's work connections, one per visitor connection.
     sudp_work: Vec<tokio::task::AbortHandle>,
+    /// `plugin`: serves the work connections instead of a dial to localIP:localPort.
+    plugin: Option<Arc<dyn plugin::Plugin>>,
 }
 
 /// A running frpc.
@@ -569,11 +572,11 @@ impl Client {
             return;
         }
         let name = self.strip_user(&start.proxy_name).to_string();
-        let (cfg, limiter) = {
+        let (cfg, limiter, proxy_plugin) = {
             let proxies = self.proxies.lock().unwrap();
             match proxies.get(&name) {
                 Some(p) if matches!(p.phase, Phase::Running { .. }) => {
-                    (p.cfg.clone(), p.limiter.clone())
+                    (p.cfg.clone(), p.limiter.clone(), p.plugin.clone())
                 }
                 _ => {
                     warn!("[{name}] work connection for a proxy that is not running; closed");
@@ -608,6 +611,36 @@ impl Client {
                     start.src_addr, start.src_port, start.dst_addr, start.dst_port
                 ),
             }
+        }
+        if let Some(proxy_plugin) = proxy_plugin {
+            // frp: the plugin handles the connection instead of a dial to the local service.
+            let (work, rest) = mc.into_parts();
+            let (inbound, outbound) = crypto::work_conn_layers(
+                Some(&self.key),
+                cfg.transport.use_encryption,
+                cfg.transport.use_compression,
+            );
+            let user = crate::layered::Layered::new(work, rest, inbound, outbound);
+            let (src, dst) = match start_addrs(&start) {
+                Some((s, d)) if !start.src_addr.is_empty() && start.src_port != 0 => {
+                    (Some(s), Some(d))
+                }
+                _ => (None, None),
+            };
+            let info = plugin::ConnInfo {
+                proxy: name.clone(),
+                src,
+                dst,
+                proxy_protocol_header: initial_write,
+            };
+            let relay = plugin::Relay {
+                engine: self.engine.clone(),
+                limiter,
+            };
+            debug!("[{name}] handle by plugin: {}", proxy_plugin.name());
+            proxy_plugin.handle(user, info, relay).await;
+            debug!("[{name}] handle by plugin finished");
+            return;
         }
         let local_addr = format!("{}:{}", bracket(&cfg.local_ip), cfg.local_port);
         let local =

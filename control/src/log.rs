@@ -15,11 +15,14 @@
 //! a timer, so a day without log lines leaves no empty file behind.
 
 use std::fmt;
+
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use chrono::{NaiveDate, NaiveDateTime, TimeDelta};
 use tracing::{Event, Level, Subscriber};
@@ -99,6 +102,22 @@ pub fn parse_level(s: &str) -> Level {
     }
 }
 
+/// Drops the `log` records of crates whose debug output is not for frp's log: `fast_socks5`
+/// logs every step of a SOCKS5 handshake, the password bytes included.
+struct Quiet;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Quiet {
+    fn event_enabled(
+        &self,
+        ev: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        use tracing_log::NormalizeEvent;
+        ev.normalized_metadata()
+            .is_none_or(|m| !m.target().starts_with("fast_socks5"))
+    }
+}
+
 /// Installs the global logger with frp's default `log.maxDays` (3). `to` is frp's
 /// `log.to`: "console" or a file path.
 pub fn init(to: &str, level: &str, disable_color: bool) -> io::Result<()> {
@@ -118,6 +137,8 @@ pub fn init_logger(to: &str, level: &str, max_days: i64, disable_color: bool) ->
         builder
             .event_format(FrpFormat { color })
             .with_writer(std::io::stdout)
+            .finish()
+            .with(Quiet)
             .try_init()
     } else {
         let sink = RotatingFile::new(to, max_days, Arc::new(SystemClock));
@@ -127,6 +148,8 @@ pub fn init_logger(to: &str, level: &str, max_days: i64, disable_color: bool) ->
         builder
             .event_format(FrpFormat { color: false })
             .with_writer(move || sink)
+            .finish()
+            .with(Quiet)
             .try_init()
     };
     // A second init (tests) keeps the first logger.

@@ -157,3 +157,133 @@ async fn unix_domain_socket_plugin() {
     let got = echo_exact(plain, b"still").await.unwrap();
     assert_eq!(got, b"still");
 }
+
+/// A tiny HTTP/1.1 server on 127.0.0.1: every request gets `200` with `body` (and
+/// `Connection: close`); returns its port.
+async fn http_server(body: Vec<u8>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let body = std::sync::Arc::new(body);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let first = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Request-Line: {first}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// Runs curl with `args`; returns (exit code, stdout bytes, stderr text).
+async fn curl(args: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--noproxy", ""])
+        .args(args)
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("all_proxy")
+        .env_remove("ALL_PROXY")
+        .output()
+        .await
+        .expect("curl");
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `socks5`: curl through it by host name (without and with RFC 1929 credentials, through
+/// encryption and compression); missing or wrong credentials and a garbage greeting are
+/// refused, and the proxy keeps serving others.
+#[tokio::test(flavor = "multi_thread")]
+async fn socks5_plugin() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::new();
+    let body = pattern(1 << 20, 3);
+    let web = http_server(body.clone()).await;
+    let server = free_port();
+    let _frps = env.frps("frps", server, "");
+    let (open, authed) = (free_port(), free_port());
+    let cfg = format!(
+        "{}\n[[proxies]]\nname = \"authed\"\ntype = \"tcp\"\nremotePort = {authed}\n\
+         transport.useEncryption = true\ntransport.useCompression = true\n\
+         [proxies.plugin]\ntype = \"socks5\"\nusername = \"alice\"\npassword = \"s3cret\"\n",
+        plugin_cfg(server, "open", open, "", "type = \"socks5\"")
+    );
+    let frpc = env.frpc("frpc", &cfg);
+    for name in ["open", "authed"] {
+        frpc.wait_log(
+            &format!("[{name}] start proxy success"),
+            Duration::from_secs(10),
+        );
+    }
+    let url = format!("http://localhost:{web}/file");
+    let open_proxy = format!("127.0.0.1:{open}");
+    let (code, out, err) = curl(&["--socks5-hostname", &open_proxy, &url]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out == body, "body differs ({} bytes)", out.len());
+
+    let good = format!("socks5h://alice:s3cret@127.0.0.1:{authed}");
+    let (code, out, err) = curl(&["-x", &good, &url]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out == body, "body differs ({} bytes)", out.len());
+    let bad = format!("socks5h://alice:wrong@127.0.0.1:{authed}");
+    let (code, _, err) = curl(&["-x", &bad, &url]).await;
+    assert_ne!(code, 0, "wrong password accepted");
+    assert!(err.contains("rejected"), "{err}");
+    let none = format!("socks5h://127.0.0.1:{authed}");
+    let (code, _, err) = curl(&["-x", &none, &url]).await;
+    assert_ne!(code, 0, "no credentials accepted: {err}");
+    let log = frpc.log_text();
+    assert!(
+        !log.contains("s3cret") && !log.contains("password bytes"),
+        "{log}"
+    );
+
+    // Garbage instead of a greeting: the connection is closed, nothing else is hurt.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", open))
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("garbage greeting not closed");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    // A target nobody listens on: the SOCKS reply says so (curl reports it), no hang.
+    let dead = format!("http://127.0.0.1:{}/", free_port());
+    let (code, _, err) = curl(&["--socks5-hostname", &open_proxy, &dead]).await;
+    assert_ne!(code, 0);
+    // Reply 5: connection refused.
+    assert!(err.contains("(5)"), "{err}");
+
+    let (code, out, err) = curl(&["-x", &good, &url]).await;
+    assert_eq!((code, out.len()), (0, body.len()), "{err}");
+    let (code, out, err) = curl(&["--socks5-hostname", &open_proxy, &url]).await;
+    assert_eq!((code, out.len()), (0, body.len()), "{err}");
+}

@@ -479,7 +479,7 @@ impl VisitorType {
 impl ClientPluginType {
     /// The plugin types this frpc serves; the others are refused by `frpc verify` and at
     /// start (see `ClientConfig::check_supported`).
-    pub const IMPLEMENTED: &'static [ClientPluginType] = &[Self::UnixDomainSocket];
+    pub const IMPLEMENTED: &'static [ClientPluginType] = &[Self::UnixDomainSocket, Self::Socks5];
 
     /// Whether this frpc serves the plugin.
     pub fn implemented(self) -> bool {

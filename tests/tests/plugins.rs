@@ -287,3 +287,101 @@ async fn socks5_plugin() {
     let (code, out, err) = curl(&["--socks5-hostname", &open_proxy, &url]).await;
     assert_eq!((code, out.len()), (0, body.len()), "{err}");
 }
+
+/// Sends `raw` to 127.0.0.1:port and returns what comes back until the peer closes (5 s).
+async fn raw_exchange(port: u16, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// `http_proxy`: curl forwards plain requests (`-x`) and tunnels with CONNECT (`-p`), with
+/// and without credentials (407 with `Proxy-Authenticate: Basic` when missing or wrong);
+/// a malformed request gets a 400 and the proxy keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_proxy_plugin() {
+    let env = Env::new();
+    let body = pattern(1 << 20, 5);
+    let web = http_server(body.clone()).await;
+    let server = free_port();
+    let _frps = env.frps("frps", server, "");
+    let (open, authed) = (free_port(), free_port());
+    let cfg = format!(
+        "{}\n[[proxies]]\nname = \"authed\"\ntype = \"tcp\"\nremotePort = {authed}\n\
+         transport.useEncryption = true\ntransport.useCompression = true\n\
+         [proxies.plugin]\ntype = \"http_proxy\"\nhttpUser = \"bob\"\nhttpPassword = \"pw\"\n",
+        plugin_cfg(server, "open", open, "", "type = \"http_proxy\"")
+    );
+    let frpc = env.frpc("frpc", &cfg);
+    for name in ["open", "authed"] {
+        frpc.wait_log(
+            &format!("[{name}] start proxy success"),
+            Duration::from_secs(10),
+        );
+    }
+    let url = format!("http://127.0.0.1:{web}/x?y=1");
+    let open_proxy = format!("http://127.0.0.1:{open}");
+    let authed_proxy = format!("http://127.0.0.1:{authed}");
+    for tunnel in [false, true] {
+        let mut args = vec!["-x", &open_proxy, &url];
+        if tunnel {
+            args.insert(0, "-p");
+        }
+        let (code, out, err) = curl(&args).await;
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out == body, "{args:?}: body differs ({} bytes)", out.len());
+        let mut args = vec!["-x", &authed_proxy, "--proxy-user", "bob:pw", &url];
+        if tunnel {
+            args.insert(0, "-p");
+        }
+        let (code, out, err) = curl(&args).await;
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out == body, "{args:?}: body differs ({} bytes)", out.len());
+    }
+    // The origin saw an origin-form request line.
+    let (_, out, _) = curl(&["-sI", "-x", &open_proxy, &url]).await;
+    let head = String::from_utf8_lossy(&out);
+    assert!(
+        head.contains("X-Request-Line: HEAD /x?y=1 HTTP/1.1"),
+        "{head}"
+    );
+    // Missing or wrong credentials: 407.
+    for creds in [None, Some("bob:nope")] {
+        for tunnel in [false, true] {
+            let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}", "-x", &authed_proxy];
+            if let Some(c) = creds {
+                args.extend(["--proxy-user", c]);
+            }
+            if tunnel {
+                args.push("-p");
+            }
+            args.push(&url);
+            let (_, out, err) = curl(&args).await;
+            if tunnel {
+                assert!(err.contains("response 407"), "{args:?}: {err}");
+            } else {
+                assert_eq!(String::from_utf8_lossy(&out), "407", "{args:?}: {err}");
+            }
+        }
+    }
+    let resp = raw_exchange(authed, b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 407 "), "{resp}");
+    assert!(resp.contains("Proxy-Authenticate: Basic"), "{resp}");
+    // Malformed requests: 400, not a hang.
+    let resp = raw_exchange(open, b"CONNECT \x01\x02 bad\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
+    let resp = raw_exchange(open, b"GET\x01 nonsense\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
+    // A CONNECT target nobody listens on: 400.
+    let dead = format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\n", free_port());
+    let resp = raw_exchange(open, dead.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
+    // Still serving.
+    let (code, out, err) = curl(&["-p", "-x", &authed_proxy, "--proxy-user", "bob:pw", &url]).await;
+    assert_eq!((code, out.len()), (0, body.len()), "{err}");
+}

@@ -479,7 +479,8 @@ impl VisitorType {
 impl ClientPluginType {
     /// The plugin types this frpc serves; the others are refused by `frpc verify` and at
     /// start (see `ClientConfig::check_supported`).
-    pub const IMPLEMENTED: &'static [ClientPluginType] = &[Self::UnixDomainSocket, Self::Socks5];
+    pub const IMPLEMENTED: &'static [ClientPluginType] =
+        &[Self::UnixDomainSocket, Self::Socks5, Self::HttpProxy];
 
     /// Whether this frpc serves the plugin.
     pub fn implemented(self) -> bool {

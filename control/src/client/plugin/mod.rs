@@ -22,6 +22,7 @@ use crate::config::{ClientPluginConfig, ClientPluginType};
 use crate::layered::{Layered, LayeredParts};
 use crate::transport::Conn;
 
+mod http_proxy;
 mod socks5;
 mod unix_domain_socket;
 
@@ -104,6 +105,7 @@ pub(crate) fn create(cfg: &ClientPluginConfig) -> Option<Arc<dyn Plugin>> {
         ClientPluginType::UnixDomainSocket => {
             Some(Arc::new(unix_domain_socket::UnixDomainSocket::new(cfg)))
         }
+        ClientPluginType::HttpProxy => Some(Arc::new(http_proxy::HttpProxy::new(cfg))),
         ClientPluginType::Socks5 => Some(Arc::new(socks5::Socks5::new(cfg))),
         _ => None,
     }

@@ -294,9 +294,14 @@ async fn raw_exchange(port: u16, raw: &[u8]) -> String {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    s.write_all(raw).await.unwrap();
+    let (mut r, mut w) = s.split();
+    // The peer may answer and close before it has read everything.
+    let write = async {
+        let _ = w.write_all(raw).await;
+    };
     let mut got = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    let read = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut got));
+    let _ = tokio::join!(write, read);
     String::from_utf8_lossy(&got).into_owned()
 }
 
@@ -384,4 +389,203 @@ async fn http_proxy_plugin() {
     // Still serving.
     let (code, out, err) = curl(&["-p", "-x", &authed_proxy, "--proxy-user", "bob:pw", &url]).await;
     assert_eq!((code, out.len()), (0, body.len()), "{err}");
+}
+
+/// Runs curl with `args` and returns the response head and body (`-i`), as text.
+async fn curl_text(args: &[&str]) -> String {
+    let mut all = vec!["-i", "--path-as-is"];
+    all.extend_from_slice(args);
+    let (code, out, err) = curl(&all).await;
+    assert_eq!(code, 0, "curl {args:?}: {err}");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `static_file`: files, a range, a directory listing in Go's format, the redirect of a
+/// directory without its slash, 304 for If-Modified-Since, GET only, Basic auth (401 with
+/// `WWW-Authenticate`), and never a file above `localPath`: `..` and `%2e%2e` get a `301` to
+/// the cleaned path, which is then looked up under `localPath`. A malformed request and
+/// oversized headers are refused and the proxy keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn static_file_plugin() {
+    let env = Env::new();
+    let root = env.path().join("www");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::create_dir_all(root.join("withindex")).unwrap();
+    std::fs::write(env.path().join("secret.txt"), "top secret").unwrap();
+    std::fs::write(root.join("a.txt"), "foo\n").unwrap();
+    std::fs::write(root.join("noext"), "hello world 0123456789").unwrap();
+    std::fs::write(root.join("sub").join("page.html"), "<b>x</b>").unwrap();
+    std::fs::write(root.join("we ird&<.txt"), "w").unwrap();
+    std::fs::write(root.join("withindex").join("index.html"), "the index").unwrap();
+    let big = pattern(3 << 20, 11);
+    std::fs::write(root.join("big.bin"), &big).unwrap();
+    let server = free_port();
+    let _frps = env.frps("frps", server, "");
+    let (open, authed) = (free_port(), free_port());
+    let cfg = format!(
+        "{}\n[[proxies]]\nname = \"authed\"\ntype = \"tcp\"\nremotePort = {authed}\n\
+         transport.useEncryption = true\ntransport.useCompression = true\n\
+         [proxies.plugin]\ntype = \"static_file\"\nlocalPath = \"{}\"\n\
+         httpUser = \"abc\"\nhttpPassword = \"123\"\n",
+        plugin_cfg(
+            server,
+            "open",
+            open,
+            "",
+            &format!(
+                "type = \"static_file\"\nlocalPath = \"{}\"\nstripPrefix = \"static\"",
+                root.display()
+            )
+        ),
+        root.display()
+    );
+    let frpc = env.frpc("frpc", &cfg);
+    for name in ["open", "authed"] {
+        frpc.wait_log(
+            &format!("[{name}] start proxy success"),
+            Duration::from_secs(10),
+        );
+    }
+    let u = format!("http://127.0.0.1:{open}");
+    let r = curl_text(&[&format!("{u}/static/a.txt")]).await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    assert!(
+        r.contains("Content-Type: text/plain; charset=utf-8\r\n"),
+        "{r}"
+    );
+    assert!(r.contains("Accept-Ranges: bytes\r\n"), "{r}");
+    assert!(r.contains("Last-Modified: "), "{r}");
+    assert!(r.ends_with("\r\n\r\nfoo\n"), "{r}");
+    let r = curl_text(&[&format!("{u}/static/sub/page.html")]).await;
+    assert!(
+        r.contains("Content-Type: text/html; charset=utf-8\r\n"),
+        "{r}"
+    );
+    // No extension: the content type comes from the bytes, as Go sniffs it.
+    let r = curl_text(&[&format!("{u}/static/noext")]).await;
+    assert!(
+        r.contains("Content-Type: text/plain; charset=utf-8\r\n"),
+        "{r}"
+    );
+    let r = curl_text(&["-r", "2-5", &format!("{u}/static/noext")]).await;
+    assert!(r.starts_with("HTTP/1.1 206 Partial Content\r\n"), "{r}");
+    assert!(r.contains("Content-Range: bytes 2-5/22\r\n"), "{r}");
+    assert!(r.ends_with("\r\n\r\nllo "), "{r}");
+    let r = curl_text(&["-r", "100-200", &format!("{u}/static/noext")]).await;
+    assert!(r.starts_with("HTTP/1.1 416 "), "{r}");
+    assert!(r.contains("Content-Range: bytes */22\r\n"), "{r}");
+    let (code, out, err) = curl(&[&format!("{u}/static/big.bin")]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out == big, "big file differs ({} bytes)", out.len());
+    let (code, out, err) = curl(&["-r", "1000000-1000099", &format!("{u}/static/big.bin")]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out == big[1_000_000..1_000_100], "range differs");
+    // Conditional: not modified since tomorrow.
+    let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(86400));
+    let ims = format!("If-Modified-Since: {later}");
+    let r = curl_text(&["-H", &ims, &format!("{u}/static/a.txt")]).await;
+    assert!(r.starts_with("HTTP/1.1 304 Not Modified\r\n"), "{r}");
+    let r = curl_text(&["-H", &ims, &format!("{u}/static/sub/")]).await;
+    assert!(r.starts_with("HTTP/1.1 304 Not Modified\r\n"), "{r}");
+
+    // Directories: listed as Go lists them, redirected to their slash, index.html served.
+    let r = curl_text(&[&format!("{u}/static/")]).await;
+    assert!(
+        r.contains("Content-Type: text/html; charset=utf-8\r\n"),
+        "{r}"
+    );
+    let want = "\r\n\r\n<!doctype html>\n<meta name=\"viewport\" content=\"width=device-width\">\n<pre>\n\
+        <a href=\"a.txt\">a.txt</a>\n<a href=\"big.bin\">big.bin</a>\n<a href=\"noext\">noext</a>\n\
+        <a href=\"sub/\">sub/</a>\n<a href=\"we%20ird&%3C.txt\">we ird&amp;&lt;.txt</a>\n\
+        <a href=\"withindex/\">withindex/</a>\n</pre>\n";
+    assert!(r.ends_with(want), "{r}");
+    let r = curl_text(&[&format!("{u}/static/sub?q=1")]).await;
+    assert!(r.starts_with("HTTP/1.1 301 Moved Permanently\r\n"), "{r}");
+    assert!(r.contains("Location: sub/?q=1\r\n"), "{r}");
+    let (code, out, err) = curl(&["-L", &format!("{u}/static/sub")]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        String::from_utf8_lossy(&out).contains("<a href=\"page.html\">page.html</a>"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let r = curl_text(&[&format!("{u}/static/withindex/")]).await;
+    assert!(r.ends_with("\r\n\r\nthe index"), "{r}");
+    let r = curl_text(&[&format!("{u}/static/withindex/index.html")]).await;
+    assert!(r.contains("Location: ./\r\n"), "{r}");
+    let r = curl_text(&[&format!("{u}/static/a.txt/")]).await;
+    assert!(r.contains("Location: ../a.txt\r\n"), "{r}");
+
+    // Outside the prefix, other methods, missing files.
+    for (args, want) in [
+        (vec![format!("{u}/other")], "HTTP/1.1 404 Not Found\r\n"),
+        (vec![format!("{u}/static")], "HTTP/1.1 404 Not Found\r\n"),
+        (
+            vec![format!("{u}/static/nope")],
+            "HTTP/1.1 404 Not Found\r\n",
+        ),
+        (
+            vec!["-X".into(), "POST".into(), format!("{u}/static/a.txt")],
+            "HTTP/1.1 405 Method Not Allowed\r\n",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = curl_text(&args).await;
+        assert!(r.starts_with(want), "{args:?}: {r}");
+    }
+    let r = curl_text(&[&format!("{u}/static/nope")]).await;
+    assert!(r.ends_with("\r\n\r\n404 page not found\n"), "{r}");
+
+    // Path traversal: redirected to the clean path, which is outside the prefix or under
+    // localPath; the file above localPath is never served.
+    for p in [
+        "/static/../../etc/passwd",
+        "/static/%2e%2e/%2e%2e/etc/passwd",
+        "/static/..%2f..%2fetc%2fpasswd",
+    ] {
+        let r = curl_text(&[&format!("{u}{p}")]).await;
+        assert!(r.starts_with("HTTP/1.1 301 "), "{p}: {r}");
+        assert!(r.contains("Location: /etc/passwd\r\n"), "{p}: {r}");
+        assert!(!r.contains("root:"), "{p}: {r}");
+    }
+    let ua = format!("http://127.0.0.1:{authed}");
+    for p in [
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/sub/../../secret.txt",
+    ] {
+        let (code, out, err) =
+            curl(&["-L", "--path-as-is", "-u", "abc:123", &format!("{ua}{p}")]).await;
+        assert_eq!(code, 0, "{err}");
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(out, "404 page not found\n", "{p}");
+    }
+
+    // Basic auth (through encryption and compression).
+    let r = curl_text(&[&format!("{ua}/a.txt")]).await;
+    assert!(r.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{r}");
+    assert!(
+        r.contains("Www-Authenticate: Basic realm=\"Restricted\"\r\n"),
+        "{r}"
+    );
+    let r = curl_text(&["-u", "abc:nope", &format!("{ua}/a.txt")]).await;
+    assert!(r.starts_with("HTTP/1.1 401 "), "{r}");
+    let r = curl_text(&["-u", "abc:123", &format!("{ua}/a.txt")]).await;
+    assert!(r.ends_with("\r\n\r\nfoo\n"), "{r}");
+    let (code, out, err) = curl(&["-u", "abc:123", &format!("{ua}/big.bin")]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out == big, "big file differs ({} bytes)", out.len());
+
+    // Bad input: a clear refusal, and the proxy keeps serving.
+    let resp = raw_exchange(open, b"GET\x01 nonsense\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
+    let mut huge = b"GET /static/a.txt HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..6000 {
+        huge.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "y".repeat(200)).as_bytes());
+    }
+    huge.extend_from_slice(b"\r\n");
+    let resp = raw_exchange(open, &huge).await;
+    assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
+    let r = curl_text(&[&format!("{u}/static/a.txt")]).await;
+    assert!(r.ends_with("\r\n\r\nfoo\n"), "{r}");
 }

@@ -479,8 +479,12 @@ impl VisitorType {
 impl ClientPluginType {
     /// The plugin types this frpc serves; the others are refused by `frpc verify` and at
     /// start (see `ClientConfig::check_supported`).
-    pub const IMPLEMENTED: &'static [ClientPluginType] =
-        &[Self::UnixDomainSocket, Self::Socks5, Self::HttpProxy];
+    pub const IMPLEMENTED: &'static [ClientPluginType] = &[
+        Self::UnixDomainSocket,
+        Self::Socks5,
+        Self::HttpProxy,
+        Self::StaticFile,
+    ];
 
     /// Whether this frpc serves the plugin.
     pub fn implemented(self) -> bool {

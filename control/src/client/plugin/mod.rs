@@ -24,6 +24,7 @@ use crate::transport::Conn;
 
 mod http_proxy;
 mod socks5;
+mod static_file;
 mod unix_domain_socket;
 
 /// The user's connection as a plugin sees it: plaintext, through the proxy's layers.
@@ -88,6 +89,27 @@ impl Relay {
     }
 }
 
+/// Go's HTTP servers' lingering close: after the last answer, the write side is shut and what
+/// the user still sends is read and dropped for a while (Go's `rstAvoidanceDelay`), so that an
+/// answer to a refused request (`400`, `431`) is not lost to a reset for unread bytes.
+pub(crate) async fn linger_close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    io: &mut S,
+) {
+    use tokio::io::AsyncReadExt;
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), drain).await;
+}
+
 /// A client plugin: serves the user connections of one proxy (frp's `Plugin`).
 pub(crate) trait Plugin: Send + Sync {
     /// frp's name of the plugin type (`handle by plugin: NAME`).
@@ -107,6 +129,7 @@ pub(crate) fn create(cfg: &ClientPluginConfig) -> Option<Arc<dyn Plugin>> {
         }
         ClientPluginType::HttpProxy => Some(Arc::new(http_proxy::HttpProxy::new(cfg))),
         ClientPluginType::Socks5 => Some(Arc::new(socks5::Socks5::new(cfg))),
+        ClientPluginType::StaticFile => Some(Arc::new(static_file::StaticFile::new(cfg))),
         _ => None,
     }
 }

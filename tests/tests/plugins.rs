@@ -589,3 +589,270 @@ async fn static_file_plugin() {
     let r = curl_text(&[&format!("{u}/static/a.txt")]).await;
     assert!(r.ends_with("\r\n\r\nfoo\n"), "{r}");
 }
+
+/// An HTTP/1.1 server on 127.0.0.1 that answers each request with its own head as the body
+/// (and `Connection: close`), or `big` for `GET /big`; returns its port.
+async fn head_echo_server(big: Vec<u8>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let big = std::sync::Arc::new(big);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let big = big.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // Read the request body (Content-Length) before answering.
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let end = text.find("\r\n\r\n").unwrap() + 4;
+                let want = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                let mut have = head.len() - end;
+                while have < want {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => have += n,
+                    }
+                }
+                head.truncate(end);
+                let body = if head.starts_with(b"GET /big ") {
+                    big.to_vec()
+                } else {
+                    head
+                };
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// A CA-less self-signed certificate for `name`, written as `name.crt`/`name.key` in `dir`.
+fn write_cert(dir: &std::path::Path, name: &str) -> (String, String) {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let crt = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&crt, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (
+        crt.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+    )
+}
+
+/// `http2http`: requests reach localAddr with `hostHeaderRewrite` and `requestHeaders.set`
+/// applied and the user's `X-Forwarded-*` dropped (frp's `Rewrite` drops them), through
+/// encryption and compression; a dead localAddr is a `502` with frp's warning; malformed and
+/// oversized requests are refused (400, 431) and the proxy keeps serving.
+/// `https2http`: HTTPS with a generated certificate (`-k`) and a configured one
+/// (`--cacert`), HTTP/2 unless `enableHTTP2 = false`; the backend sees `X-Forwarded-For`
+/// with the user's address appended, `X-Forwarded-Proto: https` and `X-Forwarded-Host`; a
+/// `Host` other than the TLS server name gets `421`.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2http_and_https2http_plugins() {
+    let env = Env::new();
+    let big = pattern(2 << 20, 9);
+    let backend = head_echo_server(big.clone()).await;
+    let (crt, key) = write_cert(env.path(), "example.test");
+    let server = free_port();
+    let _frps = env.frps("frps", server, "");
+    let (h2h, dead, s2h, s2h_cert, s2h_h1) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let proxy = |name: &str, port: u16, extra: &str, plugin: &str| {
+        format!(
+            "[[proxies]]\nname = \"{name}\"\ntype = \"tcp\"\nremotePort = {port}\n{extra}\n\
+             [proxies.plugin]\n{plugin}\n"
+        )
+    };
+    let cfg = format!(
+        "{}\n{}{}{}{}",
+        plugin_cfg(
+            server,
+            "h2h",
+            h2h,
+            "transport.useEncryption = true\ntransport.useCompression = true",
+            &format!(
+                "type = \"http2http\"\nlocalAddr = \"127.0.0.1:{backend}\"\n\
+                 hostHeaderRewrite = \"backend.example\"\nrequestHeaders.set.x-from-frp = \"yes\""
+            )
+        ),
+        proxy(
+            "dead",
+            dead,
+            "",
+            &format!(
+                "type = \"http2http\"\nlocalAddr = \"127.0.0.1:{}\"",
+                free_port()
+            )
+        ),
+        proxy(
+            "s2h",
+            s2h,
+            "",
+            &format!("type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\"")
+        ),
+        proxy(
+            "s2h_cert",
+            s2h_cert,
+            "",
+            &format!(
+                "type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\"\n\
+                 crtPath = \"{crt}\"\nkeyPath = \"{key}\""
+            )
+        ),
+        proxy(
+            "s2h_h1",
+            s2h_h1,
+            "",
+            &format!(
+                "type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\"\nenableHTTP2 = false"
+            )
+        ),
+    );
+    let frpc = env.frpc("frpc", &cfg);
+    for name in ["h2h", "dead", "s2h", "s2h_cert", "s2h_h1"] {
+        frpc.wait_log(
+            &format!("[{name}] start proxy success"),
+            Duration::from_secs(10),
+        );
+    }
+    // http2http.
+    let u = format!("http://127.0.0.1:{h2h}");
+    let r = curl_text(&[
+        "-H",
+        "X-Forwarded-For: 2.2.2.2",
+        "-H",
+        "X-From-Frp: no",
+        &format!("{u}/some/path?q=1"),
+    ])
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    let seen = r
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    assert!(
+        seen.starts_with("get /some/path?q=1 http/1.1\r\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("\r\nhost: backend.example\r\n"), "{seen}");
+    assert!(seen.contains("\r\nx-from-frp: yes\r\n"), "{seen}");
+    assert!(!seen.contains("x-from-frp: no"), "{seen}");
+    assert!(!seen.contains("x-forwarded"), "{seen}");
+    let (code, out, err) = curl(&[&format!("{u}/big")]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out == big, "big body differs ({} bytes)", out.len());
+    let payload = "p".repeat(100_000);
+    let (code, out, err) = curl(&["--data-binary", &payload, &format!("{u}/post")]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("POST /post HTTP/1.1\r\n"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let r = curl_text(&[&format!("http://127.0.0.1:{dead}/")]).await;
+    assert!(r.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{r}");
+    frpc.wait_log(
+        "[dead] http: proxy error: dial tcp 127.0.0.1:",
+        Duration::from_secs(5),
+    );
+    frpc.wait_log("connect: connection refused", Duration::from_secs(5));
+    let resp = raw_exchange(h2h, b"GET\x01 nonsense\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
+    let mut huge = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..6000 {
+        huge.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "y".repeat(200)).as_bytes());
+    }
+    huge.extend_from_slice(b"\r\n");
+    let resp = raw_exchange(h2h, &huge).await;
+    assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
+    let r = curl_text(&[&format!("{u}/again")]).await;
+    assert!(r.contains("GET /again HTTP/1.1"), "{r}");
+
+    // https2http, generated certificate, HTTP/2.
+    let r = curl_text(&[
+        "-k",
+        "--http2",
+        "-H",
+        "X-Forwarded-For: 2.2.2.2",
+        &format!("https://127.0.0.1:{s2h}/tls?x=1"),
+    ])
+    .await;
+    assert!(r.starts_with("HTTP/2 200"), "{r}");
+    let seen = r
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    assert!(seen.starts_with("get /tls?x=1 http/1.1\r\n"), "{seen}");
+    assert!(
+        seen.contains("\r\nx-forwarded-for: 2.2.2.2, 127.0.0.1\r\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("\r\nx-forwarded-proto: https\r\n"), "{seen}");
+    assert!(
+        seen.contains(&format!("\r\nx-forwarded-host: 127.0.0.1:{s2h}\r\n")),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(&format!("\r\nhost: 127.0.0.1:{s2h}\r\n")),
+        "{seen}"
+    );
+    let (code, out, err) = curl(&["-k", &format!("https://127.0.0.1:{s2h}/big")]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out == big, "big body differs ({} bytes)", out.len());
+    // Without -k the generated certificate is not trusted.
+    let (code, _, _) = curl(&[&format!("https://127.0.0.1:{s2h}/")]).await;
+    assert_ne!(code, 0);
+    // enableHTTP2 = false: HTTP/1.1 only.
+    let r = curl_text(&["-k", "--http2", &format!("https://127.0.0.1:{s2h_h1}/")]).await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    // The configured certificate verifies; a Host other than the server name gets 421.
+    let resolve = format!("example.test:{s2h_cert}:127.0.0.1");
+    let url = format!("https://example.test:{s2h_cert}/named");
+    let r = curl_text(&["--cacert", &crt, "--resolve", &resolve, &url]).await;
+    assert!(r.contains("\r\n\r\nGET /named HTTP/1.1\r\n"), "{r}");
+    assert!(
+        r.to_ascii_lowercase()
+            .contains(&format!("\r\nhost: example.test:{s2h_cert}\r\n")),
+        "{r}"
+    );
+    let r = curl_text(&[
+        "--cacert",
+        &crt,
+        "--resolve",
+        &resolve,
+        "-H",
+        "Host: other.test",
+        &url,
+    ])
+    .await;
+    assert!(r.starts_with("HTTP/2 421"), "{r}");
+    // Not TLS at all: the connection is closed, the proxy keeps serving.
+    let resp = raw_exchange(s2h, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(!resp.contains("200 OK"), "{resp}");
+    let r = curl_text(&["-k", &format!("https://127.0.0.1:{s2h}/after")]).await;
+    assert!(r.contains("GET /after HTTP/1.1"), "{r}");
+}

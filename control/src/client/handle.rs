@@ -66,7 +66,10 @@ pub(super) fn proxy_runtimes(cfg: &ClientConfig) -> HashMap<String, ProxyRuntime
                 healthy: !super::health::enabled(p),
                 udp_work: None,
                 sudp_work: Vec::new(),
-                plugin: p.plugin.as_ref().and_then(super::plugin::create),
+                plugin: p
+                    .plugin
+                    .as_ref()
+                    .and_then(|c| super::plugin::create(c, &p.name)),
             },
         );
     }

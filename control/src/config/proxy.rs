@@ -484,6 +484,8 @@ impl ClientPluginType {
         Self::Socks5,
         Self::HttpProxy,
         Self::StaticFile,
+        Self::Http2Http,
+        Self::Https2Http,
     ];
 
     /// Whether this frpc serves the plugin.

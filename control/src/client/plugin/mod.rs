@@ -22,6 +22,7 @@ use crate::config::{ClientPluginConfig, ClientPluginType};
 use crate::layered::{Layered, LayeredParts};
 use crate::transport::Conn;
 
+mod http_bridge;
 mod http_proxy;
 mod socks5;
 mod static_file;
@@ -122,13 +123,17 @@ pub(crate) trait Plugin: Send + Sync {
 
 /// The plugin a proxy's `plugin` table asks for; `None` for a type this frpc does not serve
 /// (`ClientConfig::check_supported` refuses those before frpc starts).
-pub(crate) fn create(cfg: &ClientPluginConfig) -> Option<Arc<dyn Plugin>> {
+pub(crate) fn create(cfg: &ClientPluginConfig, proxy: &str) -> Option<Arc<dyn Plugin>> {
     match cfg.plugin_type {
         ClientPluginType::UnixDomainSocket => {
             Some(Arc::new(unix_domain_socket::UnixDomainSocket::new(cfg)))
         }
         ClientPluginType::HttpProxy => Some(Arc::new(http_proxy::HttpProxy::new(cfg))),
         ClientPluginType::Socks5 => Some(Arc::new(socks5::Socks5::new(cfg))),
+        ClientPluginType::Http2Http
+        | ClientPluginType::Http2Https
+        | ClientPluginType::Https2Http
+        | ClientPluginType::Https2Https => Some(Arc::new(http_bridge::HttpBridge::new(cfg, proxy))),
         ClientPluginType::StaticFile => Some(Arc::new(static_file::StaticFile::new(cfg))),
         _ => None,
     }

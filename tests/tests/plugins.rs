@@ -24,8 +24,8 @@ fn unsupported_plugins_and_keys_are_refused() {
         (
             "[[proxies]]\nname = \"ok\"\ntype = \"tcp\"\nlocalPort = 22\n\
              [[proxies]]\nname = \"tls\"\ntype = \"tcp\"\nremotePort = 6000\n\
-             [proxies.plugin]\ntype = \"https2https\"\nlocalAddr = \"127.0.0.1:443\"\n",
-            "proxy [tls]: plugin type \"https2https\" (key proxies[1].plugin.type) is not supported by this frpc yet",
+             [proxies.plugin]\ntype = \"virtual_net\"\n",
+            "proxy [tls]: plugin type \"virtual_net\" (key proxies[1].plugin.type) is not supported by this frpc yet",
         ),
         (
             "[[proxies]]\nname = \"p2p\"\ntype = \"xtcp\"\nsecretKey = \"k\"\nlocalPort = 22\n",
@@ -855,4 +855,200 @@ async fn http2http_and_https2http_plugins() {
     assert!(!resp.contains("200 OK"), "{resp}");
     let r = curl_text(&["-k", &format!("https://127.0.0.1:{s2h}/after")]).await;
     assert!(r.contains("GET /after HTTP/1.1"), "{r}");
+}
+
+/// `http2https` and `https2https` in front of an HTTPS service (here frpc's own https2http):
+/// the backend gets the request with `hostHeaderRewrite` and `requestHeaders.set`;
+/// http2https passes the user's `X-Forwarded-For` on unchanged, https2https appends the
+/// user's address; a localAddr that does not speak TLS is a `502`. `tls2raw`: TLS terminated
+/// with the configured certificate, plaintext relayed to localAddr, after a PROXY protocol
+/// v2 header when the proxy asks for one.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2https_https2https_and_tls2raw_plugins() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::new();
+    let backend = head_echo_server(Vec::new()).await;
+    let echo = echo_server().await;
+    let (crt, key) = write_cert(env.path(), "example.test");
+    let server = free_port();
+    let _frps = env.frps("frps", server, "");
+    let (tls_backend, h2s, s2s, notls, raw, raw_pp) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let proxy = |name: &str, port: u16, extra: &str, plugin: &str| {
+        format!(
+            "[[proxies]]\nname = \"{name}\"\ntype = \"tcp\"\nremotePort = {port}\n{extra}\n\
+             [proxies.plugin]\n{plugin}\n"
+        )
+    };
+    let cfg = format!(
+        "{}\n{}{}{}{}{}",
+        plugin_cfg(
+            server,
+            "tls_backend",
+            tls_backend,
+            "",
+            &format!("type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\"")
+        ),
+        proxy(
+            "h2s",
+            h2s,
+            "transport.useEncryption = true",
+            &format!(
+                "type = \"http2https\"\nlocalAddr = \"127.0.0.1:{tls_backend}\"\n\
+                 hostHeaderRewrite = \"127.0.0.1:{tls_backend}\"\nrequestHeaders.set.x-via = \"h2s\""
+            )
+        ),
+        proxy(
+            "s2s",
+            s2s,
+            "",
+            &format!(
+                "type = \"https2https\"\nlocalAddr = \"127.0.0.1:{tls_backend}\"\n\
+                 crtPath = \"{crt}\"\nkeyPath = \"{key}\"\nrequestHeaders.set.x-via = \"s2s\""
+            )
+        ),
+        proxy(
+            "notls",
+            notls,
+            "",
+            &format!("type = \"http2https\"\nlocalAddr = \"127.0.0.1:{echo}\"")
+        ),
+        proxy(
+            "raw",
+            raw,
+            "transport.useCompression = true",
+            &format!(
+                "type = \"tls2raw\"\nlocalAddr = \"127.0.0.1:{backend}\"\n\
+                 crtPath = \"{crt}\"\nkeyPath = \"{key}\""
+            )
+        ),
+        proxy(
+            "raw_pp",
+            raw_pp,
+            "transport.proxyProtocolVersion = \"v2\"",
+            &format!(
+                "type = \"tls2raw\"\nlocalAddr = \"127.0.0.1:{echo}\"\n\
+                 crtPath = \"{crt}\"\nkeyPath = \"{key}\""
+            )
+        ),
+    );
+    let frpc = env.frpc("frpc", &cfg);
+    for name in ["tls_backend", "h2s", "s2s", "notls", "raw", "raw_pp"] {
+        frpc.wait_log(
+            &format!("[{name}] start proxy success"),
+            Duration::from_secs(10),
+        );
+    }
+    let body = |r: &str| {
+        r.split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    // http2https: the user's X-Forwarded-For passes unchanged to the HTTPS side, whose
+    // https2http then appends its own user's address (frpc's, 127.0.0.1).
+    let r = curl_text(&[
+        "-H",
+        "X-Forwarded-For: 2.2.2.2, 3.3.3.3",
+        &format!("http://127.0.0.1:{h2s}/a?b=c"),
+    ])
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    let seen = body(&r);
+    assert!(seen.starts_with("get /a?b=c http/1.1\r\n"), "{seen}");
+    assert!(seen.contains("\r\nx-via: h2s\r\n"), "{seen}");
+    assert!(
+        seen.contains("\r\nx-forwarded-for: 2.2.2.2, 3.3.3.3, 127.0.0.1\r\n"),
+        "{seen}"
+    );
+    // https2https with a configured certificate; the backend sees X-Forwarded-For with the
+    // user's address.
+    let resolve = format!("example.test:{s2s}:127.0.0.1");
+    let r = curl_text(&[
+        "--cacert",
+        &crt,
+        "--resolve",
+        &resolve,
+        "-H",
+        "X-Forwarded-For: 2.2.2.2",
+        &format!("https://example.test:{s2s}/secure"),
+    ])
+    .await;
+    assert!(r.starts_with("HTTP/2 200"), "{r}");
+    let seen = body(&r);
+    assert!(seen.starts_with("get /secure http/1.1\r\n"), "{seen}");
+    assert!(seen.contains("\r\nx-via: s2s\r\n"), "{seen}");
+    assert!(
+        seen.contains("\r\nx-forwarded-for: 2.2.2.2, 127.0.0.1, 127.0.0.1\r\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("\r\nx-forwarded-proto: https\r\n"), "{seen}");
+    // A localAddr that does not speak TLS: 502, and the proxy keeps serving.
+    let r = curl_text(&[&format!("http://127.0.0.1:{notls}/")]).await;
+    assert!(r.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{r}");
+    frpc.wait_log("[notls] http: proxy error: ", Duration::from_secs(5));
+    let r = curl_text(&[&format!("http://127.0.0.1:{h2s}/again")]).await;
+    assert!(body(&r).starts_with("get /again http/1.1\r\n"), "{r}");
+
+    // tls2raw: HTTPS by curl, plain HTTP at the backend.
+    let resolve = format!("example.test:{raw}:127.0.0.1");
+    let r = curl_text(&[
+        "--cacert",
+        &crt,
+        "--resolve",
+        &resolve,
+        &format!("https://example.test:{raw}/raw"),
+    ])
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    assert!(body(&r).starts_with("get /raw http/1.1\r\n"), "{r}");
+    // Not TLS: the handshake fails in frp's words, the proxy keeps serving.
+    let resp = raw_exchange(raw, b"GET / HTTP/1.1\r\n\r\n").await;
+    assert!(!resp.contains("200 OK"), "{resp}");
+    frpc.wait_log("[raw] tls handshake error: ", Duration::from_secs(5));
+    // PROXY protocol v2 before the plaintext.
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&crt).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls_cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_cfg));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", raw_pp))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("example.test").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"hello").await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"hello") {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .expect("echo through tls2raw")
+            .unwrap();
+        assert!(n > 0, "closed after {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let header = ppp::v2::Header::try_from(&got[..got.len() - 5]).expect("PROXY v2 header");
+    match header.addresses {
+        ppp::v2::Addresses::IPv4(a) => {
+            assert_eq!(a.source_address, std::net::Ipv4Addr::LOCALHOST);
+            assert_eq!(a.destination_port, raw_pp);
+        }
+        other => panic!("{other:?}"),
+    }
 }

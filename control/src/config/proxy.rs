@@ -486,6 +486,9 @@ impl ClientPluginType {
         Self::StaticFile,
         Self::Http2Http,
         Self::Https2Http,
+        Self::Http2Https,
+        Self::Https2Https,
+        Self::Tls2Raw,
     ];
 
     /// Whether this frpc serves the plugin.

@@ -26,6 +26,7 @@ mod http_bridge;
 mod http_proxy;
 mod socks5;
 mod static_file;
+mod tls2raw;
 mod unix_domain_socket;
 
 /// The user's connection as a plugin sees it: plaintext, through the proxy's layers.
@@ -134,6 +135,7 @@ pub(crate) fn create(cfg: &ClientPluginConfig, proxy: &str) -> Option<Arc<dyn Pl
         | ClientPluginType::Http2Https
         | ClientPluginType::Https2Http
         | ClientPluginType::Https2Https => Some(Arc::new(http_bridge::HttpBridge::new(cfg, proxy))),
+        ClientPluginType::Tls2Raw => Some(Arc::new(tls2raw::Tls2Raw::new(cfg, proxy))),
         ClientPluginType::StaticFile => Some(Arc::new(static_file::StaticFile::new(cfg))),
         _ => None,
     }

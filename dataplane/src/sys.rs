@@ -287,6 +287,22 @@ pub fn process_cpu_time() -> io::Result<(Duration, Duration)> {
     Ok((tv(usage.ru_utime), tv(usage.ru_stime)))
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (what Go programs, frp's included, do at
+/// start): a server with thousands of clients needs more descriptors than the usual 1024.
+/// Returns the soft limit now in force.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    // SAFETY: `lim` is a live local that getrlimit fills in and setrlimit reads.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        cvt(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            cvt(libc::setrlimit(libc::RLIMIT_NOFILE, &lim))?;
+        }
+        Ok(lim.rlim_cur as u64)
+    }
+}
+
 /// Resident set size of this process in bytes (from `/proc/self/statm`).
 pub fn rss_bytes() -> io::Result<usize> {
     let statm = std::fs::read_to_string("/proc/self/statm")?;

@@ -193,6 +193,10 @@ fn run(cfg: ClientConfig, config_file: Option<PathBuf>, strict: bool) -> anyhow:
         cfg.log.disable_print_color,
     )
     .with_context(|| format!("open log file {}", cfg.log.to))?;
+    // Like Go's runtime (frp's binaries): the soft descriptor limit goes up to the hard one.
+    if let Err(e) = dataplane::sys::raise_nofile_limit() {
+        tracing::warn!("raise the open files limit: {e}");
+    }
     let label = config_file
         .as_deref()
         .unwrap_or(Path::new("<command line>"))

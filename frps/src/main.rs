@@ -103,6 +103,10 @@ fn run(cfg: control::config::ServerConfig) -> anyhow::Result<()> {
         cfg.log.disable_print_color,
     )
     .with_context(|| format!("open log file {}", cfg.log.to))?;
+    // Like Go's runtime (frp's binaries): the soft descriptor limit goes up to the hard one.
+    if let Err(e) = dataplane::sys::raise_nofile_limit() {
+        tracing::warn!("raise the open files limit: {e}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

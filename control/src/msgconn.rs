@@ -42,6 +42,9 @@ pub enum MsgError {
 }
 
 const READ_CHUNK: usize = 16 * 1024;
+/// What a reader asks for until a read fills that much: control messages are small, and
+/// thousands of control and pooled work connections each keep their reader's buffer.
+const SMALL_READ: usize = 1024;
 
 /// A boxed cipher stage (CFB, AEAD).
 pub type Cipher = Box<dyn Transform>;
@@ -117,6 +120,8 @@ pub struct MsgReader<R> {
     wire_bytes: u64,
     raw: Vec<u8>,
     plain: Vec<u8>,
+    /// How much the next read asks for: `SMALL_READ`, `READ_CHUNK` once a read filled that.
+    chunk: usize,
 }
 
 impl<R: AsyncRead + Unpin> MsgReader<R> {
@@ -134,15 +139,16 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
             wire_bytes: 0,
             raw: Vec::new(),
             plain: Vec::new(),
+            chunk: SMALL_READ,
         }
     }
 
     /// frps' detection (spec §2.5): reads until 7 bytes are in; the v2 magic is consumed,
     /// anything else is kept and decoded as v1.
     pub async fn detect(mut io: R) -> Result<(Self, WireVersion), MsgError> {
-        let mut head = Vec::with_capacity(READ_CHUNK);
-        // Read into spare capacity (`read_buf`): no 16 KiB memset per connection.
-        let mut buf = Vec::with_capacity(READ_CHUNK);
+        let mut head = Vec::with_capacity(MAGIC.len() + SMALL_READ);
+        // Read into spare capacity (`read_buf`): no memset per connection.
+        let mut buf = Vec::with_capacity(SMALL_READ);
         while head.len() < MAGIC.len() {
             buf.clear();
             let n = io.read_buf(&mut buf).await?;
@@ -191,10 +197,15 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
 
     /// Reads more bytes into the decoder. `MsgError::Closed` on EOF with nothing buffered.
     async fn fill(&mut self) -> Result<(), MsgError> {
-        // Into spare capacity: a fresh reader (one per work connection) does not zero 16 KiB.
+        // Into spare capacity: a fresh reader (one per work connection) zeroes nothing.
         self.raw.clear();
-        self.raw.reserve(READ_CHUNK);
+        self.raw.reserve(self.chunk);
+        let room = self.raw.capacity();
         let n = self.io.read_buf(&mut self.raw).await?;
+        if n == room {
+            // A full read: more is coming (UDP packets over a work connection), read more.
+            self.chunk = READ_CHUNK;
+        }
         self.wire_bytes += n as u64;
         if n == 0 {
             return Err(if self.dec.buffered() == 0 {
@@ -517,6 +528,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
             wire_bytes,
             raw,
             plain,
+            chunk,
         } = self.reader;
         let (r, w) = tokio::io::split(io);
         (
@@ -527,6 +539,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
                 wire_bytes,
                 raw,
                 plain,
+                chunk,
             },
             MsgWriter {
                 io: w,
@@ -540,6 +553,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
 mod tests {
     use super::*;
     use crate::msg::{LoginResp, Ping, ReqWorkConn};
+
+    /// A reader of small messages keeps a small buffer; one that is sent more than that at
+    /// once (UDP packets over a work connection) reads in larger chunks.
+    #[tokio::test]
+    async fn reader_buffer_grows_only_for_bulk() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut ca = MsgConn::new(a);
+        let mut cb = MsgConn::new(b);
+        ca.write_msg(&Ping::default().into()).await.unwrap();
+        assert_eq!(cb.read_msg().await.unwrap(), Ping::default().into());
+        assert!(cb.reader.raw.capacity() < 2 * SMALL_READ);
+        for _ in 0..1000 {
+            ca.write_msg(&ReqWorkConn {}.into()).await.unwrap();
+        }
+        for _ in 0..1000 {
+            assert_eq!(cb.read_msg().await.unwrap(), ReqWorkConn {}.into());
+        }
+        assert!(cb.reader.raw.capacity() >= READ_CHUNK);
+    }
 
     #[tokio::test]
     async fn encrypted_messages_round_trip_and_leftover_is_kept() {

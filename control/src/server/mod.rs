@@ -111,7 +111,9 @@ pub(crate) struct Control {
     /// `MsgConn::with_version(conn, ctl.wire)`.
     pub(crate) wire: WireVersion,
     pool_count: usize,
-    msg_tx: mpsc::Sender<Message>,
+    /// Boxed: tokio's channel allocates its slots 32 at a time, and a `Message` is several
+    /// hundred bytes (16 KiB per connected client unboxed).
+    msg_tx: mpsc::Sender<Box<Message>>,
     work_tx: mpsc::Sender<Conn>,
     work_rx: tokio::sync::Mutex<mpsc::Receiver<Conn>>,
     /// Proxies this client registered (wire names).
@@ -282,12 +284,19 @@ impl State {
         // vhostHTTPPort / vhostHTTPSPort = bindPort: users' HTTP(S) arrives here too.
         match vhost::shared_port_kind(&self.vhost, &tcp, FIRST_MESSAGE_TIMEOUT).await {
             Some(vhost::SharedKind::Http) => {
-                return vhost::http::serve_shared(self, tcp, remote).await;
+                return Box::pin(vhost::http::serve_shared(self, tcp, remote)).await;
             }
-            Some(vhost::SharedKind::Https) => return vhost::https::handle(self, tcp, remote).await,
+            Some(vhost::SharedKind::Https) => {
+                return Box::pin(vhost::https::handle(self, tcp, remote)).await;
+            }
             None => {}
         }
-        let conn = match transport::accept_transport(tcp, &self.tls, FIRST_MESSAGE_TIMEOUT).await {
+        let accept = Box::pin(transport::accept_transport(
+            tcp,
+            &self.tls,
+            FIRST_MESSAGE_TIMEOUT,
+        ));
+        let conn = match accept.await {
             Ok(c) => c,
             Err(e) => {
                 crate::warn_limited!(
@@ -321,7 +330,7 @@ impl State {
     /// A transport connection after TLS: one logical connection, or a tcpMux session.
     async fn handle_session(self: Arc<Self>, conn: Conn, remote: SocketAddr) {
         if !self.cfg.transport.tcp_mux {
-            self.handle_logical(conn, remote).await;
+            Box::pin(self.handle_logical(conn, remote)).await;
             return;
         }
         let ycfg = yamux::Config::frp(self.cfg.transport.tcp_mux_keepalive_interval);
@@ -354,7 +363,10 @@ impl State {
     }
 
     async fn handle_logical(self: Arc<Self>, conn: Conn, remote: SocketAddr) {
-        let accepted = match handshake::server_accept(conn, FIRST_MESSAGE_TIMEOUT).await {
+        // The steps that are over once a connection is set up are boxed (here and in
+        // `handle_transport`, `handle_login`): a task's future is as large as its largest
+        // state, and a control's task lives as long as the client stays connected.
+        let accepted = match Box::pin(handshake::server_accept(conn, FIRST_MESSAGE_TIMEOUT)).await {
             Ok(a) => a,
             Err(e) => {
                 crate::warn_limited!(
@@ -367,9 +379,11 @@ impl State {
         };
         let mc = accepted.conn;
         match accepted.first {
-            Message::Login(login) => self.handle_login(mc, login, remote, accepted.crypto).await,
-            Message::NewWorkConn(nwc) => self.handle_new_work_conn(mc, nwc, remote).await,
-            Message::NewVisitorConn(v) => self.handle_visitor_conn(mc, v, remote).await,
+            Message::Login(login) => {
+                Box::pin(self.handle_login(mc, login, remote, accepted.crypto)).await
+            }
+            Message::NewWorkConn(nwc) => Box::pin(self.handle_new_work_conn(mc, nwc, remote)).await,
+            Message::NewVisitorConn(v) => Box::pin(self.handle_visitor_conn(mc, v, remote)).await,
             other => crate::warn_limited!(
                 crate::log::PEER_REFUSALS,
                 "connection from {remote} closed: unexpected first message {} (want Login, NewWorkConn or NewVisitorConn)",
@@ -487,7 +501,7 @@ impl State {
             let _ = writer.shutdown().await;
         });
         for _ in 0..pool_count {
-            let _ = ctl.msg_tx.send(ReqWorkConn {}.into()).await;
+            let _ = ctl.msg_tx.send(Box::new(ReqWorkConn {}.into())).await;
         }
 
         let hb_timeout = self.cfg.transport.heartbeat_timeout;
@@ -497,7 +511,7 @@ impl State {
             tokio::select! {
                 r = reader.read_msg() => match r {
                     Ok(m) => {
-                        if let Some(t) = self.dispatch(&ctl, m).await {
+                        if let Some(t) = Box::pin(self.dispatch(&ctl, m)).await {
                             last_ping = t;
                         }
                     }
@@ -579,7 +593,7 @@ impl State {
                         }
                     }
                 };
-                let _ = ctl.msg_tx.send(resp.into()).await;
+                let _ = ctl.msg_tx.send(Box::new(resp.into())).await;
                 None
             }
             Message::CloseProxy(cp) => {
@@ -600,10 +614,10 @@ impl State {
                     );
                     let error =
                         "token in heartbeat doesn't match token from configuration".to_string();
-                    let _ = ctl.msg_tx.send(Pong { error }.into()).await;
+                    let _ = ctl.msg_tx.send(Box::new(Pong { error }.into())).await;
                     return None;
                 }
-                let _ = ctl.msg_tx.send(Pong::default().into()).await;
+                let _ = ctl.msg_tx.send(Box::new(Pong::default().into())).await;
                 Some(Instant::now())
             }
             other => {
@@ -897,7 +911,7 @@ impl Control {
             Some(c) => c,
             None => {
                 self.msg_tx
-                    .send(ReqWorkConn {}.into())
+                    .send(Box::new(ReqWorkConn {}.into()))
                     .await
                     .map_err(|_| "control connection is closed".to_string())?;
                 let wait = async {
@@ -911,7 +925,7 @@ impl Control {
                 }
             }
         };
-        let _ = self.msg_tx.try_send(ReqWorkConn {}.into());
+        let _ = self.msg_tx.try_send(Box::new(ReqWorkConn {}.into()));
         Ok(conn)
     }
 }

@@ -28,6 +28,9 @@ const MAX_DATA_FRAME: usize = 64 * 1024;
 /// [`Connection::handle_input_bytes`]); smaller ones are copied.
 const ZERO_COPY_MIN: usize = 8 * 1024;
 
+/// The transmit buffer a session that only sends small frames (control messages) grows to.
+const SMALL_TRANSMIT: usize = 1024;
+
 /// `stream_read_chunk` hands out a first chunk of at least this size as it is; smaller pieces
 /// are copied out together (a write per small piece costs more than copying it).
 const COALESCE_BELOW: usize = 4 * 1024;
@@ -563,9 +566,17 @@ impl Connection {
                 .min(st.send_window as usize)
                 .min(MAX_DATA_FRAME);
             if self.out.capacity() - self.out.len() < HEADER_LEN + n {
-                // One allocation for a whole batch, not a doubling series.
+                // Bulk writes: one allocation for a whole batch, not a doubling series. Small
+                // ones (control messages) only what they need: a batch-sized buffer for every
+                // session that sent a message would be ~0.5 MiB each, and the allocator keeps
+                // the pages such buffers touched.
+                let need = HEADER_LEN + n;
                 self.out
-                    .reserve(TRANSMIT_HIGH_WATER + MAX_DATA_FRAME + HEADER_LEN);
+                    .reserve(if n >= ZERO_COPY_MIN || self.out.len() >= ZERO_COPY_MIN {
+                        TRANSMIT_HIGH_WATER + MAX_DATA_FRAME + HEADER_LEN
+                    } else {
+                        need.max(SMALL_TRANSMIT)
+                    });
             }
             put_header(&mut self.out, TYPE_DATA, 0, id, n as u32);
             self.out.extend_from_slice(&data[written..written + n]);
@@ -1121,6 +1132,25 @@ mod tests {
     /// Large payloads of a chunk handed over as `Bytes` reach an up-to-date stream as slices of
     /// that chunk (no copy); a stream that still holds unread bytes gets a copy instead, so a
     /// lagging reader never pins more than one chunk. Small payloads are always copied.
+    /// Small writes (control messages) queue in a small buffer; a bulk write gets the batch
+    /// buffer at once. Thousands of idle sessions must not each keep half a MiB.
+    #[test]
+    fn small_writes_keep_the_transmit_buffer_small() {
+        let cfg = no_keepalive();
+        let (mut c, mut s, _) = pair(&cfg, &cfg);
+        let id = c.open_stream().unwrap().unwrap();
+        s.handle_input(&transmit(&mut c)).unwrap();
+        c.handle_input(&transmit(&mut s)).unwrap();
+        assert_eq!(c.stream_write(id, &[7; 300]).unwrap(), 300);
+        assert!(
+            c.out.capacity() <= 4 * SMALL_TRANSMIT,
+            "{}",
+            c.out.capacity()
+        );
+        assert_eq!(c.stream_write(id, &[7; 64 * 1024]).unwrap(), 64 * 1024);
+        assert!(c.out.capacity() >= TRANSMIT_HIGH_WATER);
+    }
+
     #[test]
     fn large_payloads_are_sliced_only_for_streams_that_keep_up() {
         let cfg = no_keepalive();

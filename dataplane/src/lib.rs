@@ -21,6 +21,7 @@ pub mod limit;
 pub mod relay;
 pub mod sys;
 pub mod transform;
+pub mod trim;
 
 #[cfg(test)]
 mod testutil;

@@ -197,6 +197,8 @@ fn run(cfg: ClientConfig, config_file: Option<PathBuf>, strict: bool) -> anyhow:
     if let Err(e) = dataplane::sys::raise_nofile_limit() {
         tracing::warn!("raise the open files limit: {e}");
     }
+    // Memory freed after a burst of clients or connections goes back to the kernel.
+    dataplane::trim::start();
     let label = config_file
         .as_deref()
         .unwrap_or(Path::new("<command line>"))

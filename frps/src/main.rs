@@ -107,6 +107,8 @@ fn run(cfg: control::config::ServerConfig) -> anyhow::Result<()> {
     if let Err(e) = dataplane::sys::raise_nofile_limit() {
         tracing::warn!("raise the open files limit: {e}");
     }
+    // Memory freed after a burst of clients or connections goes back to the kernel.
+    dataplane::trim::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -218,11 +218,18 @@ pub async fn login_many(
         set.spawn(async move {
             let _permit = sem.acquire_owned().await.unwrap();
             let mut last = String::new();
-            // A busy listen backlog can refuse a few dials; frpc would retry too.
+            let mut port = port;
+            // A busy listen backlog can refuse a few dials; frpc would retry too. A port that
+            // another process took meanwhile is swapped for a free one.
             for _ in 0..5 {
                 match login(&setup, &name, port).await {
                     Ok(c) => return Ok(c),
-                    Err(e) => last = e,
+                    Err(e) => {
+                        if port.is_some() && e.contains("port") {
+                            port = Some(crate::free_port());
+                        }
+                        last = e;
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -95,6 +95,7 @@ async fn reconnect_rounds_and_tunnel_burst_give_memory_back() {
     let burst_clients = soak::login_many(&setup, n, 64, Some(&ports), "burst")
         .await
         .expect("burst clients log in");
+    let ports: Vec<u16> = burst_clients.iter().filter_map(|c| c.remote_port).collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before_kib = soak::rss_kib(pid);
     let before_fds = soak::fd_count(pid);

@@ -423,6 +423,9 @@ impl Stats {
         if let Some(p) = inner.proxies.get_mut(name) {
             p.sample(now.date_naive(), &mut totals);
             p.online = false;
+            // Shown only while online; an offline entry keeps its figures, not its config
+            // (small allocations that outlive the session pin heap pages).
+            p.conf = Value::Null;
             p.last_close = Some(now);
             // Drop the counters now unless connections still run on them.
             p.sample(now.date_naive(), &mut totals);

@@ -154,6 +154,8 @@ fn main() {
             let clients = soak::login_many(&setup, n, args.parallel, Some(&ports), "burst")
                 .await
                 .expect("burst clients");
+            // The ports the proxies got (one taken meanwhile by another process is replaced).
+            let ports: Vec<u16> = clients.iter().filter_map(|c| c.remote_port).collect();
             tokio::time::sleep(args.settle).await;
             let before = soak::rss_kib(pid);
             let fds_before = soak::fd_count(pid);

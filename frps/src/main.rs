@@ -116,7 +116,6 @@ fn run(cfg: control::config::ServerConfig) -> anyhow::Result<()> {
     // and everything it spawns then stay on the runtime's workers instead of waking the main
     // thread for every connection and hopping from it to a worker (one context switch less
     // per new connection).
-    rt.spawn(return_freed_memory());
     let served = rt.spawn(async move {
         let web = cfg.web_server.clone();
         let dashboard_cfg = (web.port != 0).then(|| cfg.clone());
@@ -136,23 +135,6 @@ fn run(cfg: control::config::ServerConfig) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
     rt.block_on(served).context("frps main task")?
-}
-
-/// Every 10 s, hands the heap's free pages back to the system. glibc's malloc keeps what a
-/// burst of connections freed in its per-thread arenas: after a KCP open flood against
-/// `kcpBindPort` (issue 13), frps held 19 MiB of arenas for 1 MiB of live data until
-/// `malloc_trim(0)` returned it (RSS 40 → 26 MiB). A trim with little to return costs
-/// microseconds.
-async fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    loop {
-        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-        // SAFETY: malloc_trim has no preconditions; it only returns free heap pages to the
-        // system, under the allocator's own locks.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-    }
 }
 
 async fn shutdown_signal() {

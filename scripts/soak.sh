@@ -5,8 +5,8 @@
 # per round. Sized by SOAK_CLIENTS (2000), SOAK_ROUNDS (5), SOAK_BURST (20000).
 #
 #   scripts/soak.sh                 # the asserted soak (tests/tests/soak.rs)
-#   scripts/soak.sh --figures ARGS  # figures only: target/release/soak ARGS (see its --help
-#                                   # in tests/src/bin/soak.rs; e.g. --clients 5000 --rounds 5)
+#   scripts/soak.sh --figures ARGS  # figures only: target/release/soak ARGS (arguments in the
+#                                   # doc comment of tests/src/bin/soak.rs; e.g. --clients 5000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--figures" ]]; then

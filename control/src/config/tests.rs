@@ -1259,3 +1259,34 @@ fn unsupported_keys_are_refused_with_their_key() {
     .unwrap();
     c.validate_for_run().unwrap();
 }
+
+/// A TLS plugin whose crtPath/keyPath do not load is refused before anything starts (frp fails
+/// that proxy's start); without them a certificate is generated, as frp does.
+#[test]
+fn tls_plugin_certificates_that_do_not_load_are_refused() {
+    let cfg = |crt: &str, key: &str| {
+        let text = format!(
+            "[[proxies]]\nname = \"web\"\ntype = \"https\"\ncustomDomains = [\"a.example.com\"]\n[proxies.plugin]\ntype = \"https2http\"\nlocalAddr = \"127.0.0.1:1\"\ncrtPath = \"{crt}\"\nkeyPath = \"{key}\"\n"
+        );
+        let c = client(&text, ConfigFormat::Toml).unwrap();
+        c.validate().unwrap();
+        c.check_supported()
+    };
+    let garbage =
+        std::env::temp_dir().join(format!("frp-uring-garbage-{}.pem", std::process::id()));
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let garbage = garbage.to_str().unwrap().to_string();
+    let garbage = garbage.as_str();
+    for (crt, key) in [
+        ("/nonexistent/server.crt", "/nonexistent/server.key"),
+        (garbage, garbage),
+    ] {
+        let e = cfg(crt, key).unwrap_err().to_string();
+        assert!(
+            e.starts_with("proxy [web]: plugin https2http (keys proxies[0].plugin.crtPath, proxies[0].plugin.keyPath): gen TLS config error: "),
+            "{e}"
+        );
+    }
+    cfg("", "").unwrap();
+    let _ = std::fs::remove_file(garbage);
+}

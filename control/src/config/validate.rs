@@ -353,6 +353,19 @@ impl ClientConfig {
                     &format!("proxies[{i}].plugin.type"),
                 ));
             }
+            // frp fails such a proxy's start ("gen TLS config error"); we refuse it before
+            // anything starts, rather than accept it and drop every connection.
+            if let Some(plugin) = &p.plugin
+                && !plugin.crt_path.is_empty()
+                && !plugin.key_path.is_empty()
+                && let Err(e) = crate::tls::server_config(&plugin.crt_path, &plugin.key_path, "")
+            {
+                errs.push(format!(
+                    "proxy [{name}]: plugin {} (keys proxies[{i}].plugin.crtPath, \
+                     proxies[{i}].plugin.keyPath): gen TLS config error: {e}",
+                    plugin.plugin_type
+                ));
+            }
         }
         for (i, v) in self.visitors.iter().enumerate() {
             if !active(v.enabled, &v.name) {

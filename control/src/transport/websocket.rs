@@ -497,14 +497,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
 }
 
 /// A stream with bytes put back in front of it (the TLS-detection byte frps read from a
-/// websocket connection).
+/// websocket connection, the request head a client plugin peeked at).
 pub struct Rewind<S> {
     prefix: Bytes,
     io: S,
 }
 
 impl<S> Rewind<S> {
-    pub fn new(prefix: Vec<u8>, io: S) -> Self {
+    pub fn new(prefix: impl Into<Bytes>, io: S) -> Self {
         Rewind {
             prefix: prefix.into(),
             io,

@@ -5,13 +5,11 @@
 //! `Proxy-Authenticate: Basic`.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -19,13 +17,14 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::{ConnInfo, Plugin, Relay, UserConn};
 use crate::config::ClientPluginConfig;
 use crate::listen::os_error_text;
+use crate::transport::websocket::Rewind;
 
 /// frp's `httpProxyReadHeaderTimeout`.
 const READ_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -118,10 +117,7 @@ impl Plugin for HttpProxy {
                 connect(user, head, &auth, &name, relay).await;
                 return;
             }
-            let io = Prefixed {
-                prefix: Bytes::from(head),
-                io: user,
-            };
+            let io = Rewind::new(head, user);
             let svc = hyper::service::service_fn(move |req| {
                 let auth = auth.clone();
                 async move { Ok::<_, Infallible>(forward(req, &auth).await) }
@@ -319,45 +315,4 @@ async fn connect(
     relay
         .join(user, dataplane::Endpoint::Tcp(remote), rest)
         .await;
-}
-
-/// A stream whose first reads return `prefix` (bytes a plugin peeked at).
-pub(crate) struct Prefixed<S> {
-    pub prefix: Bytes,
-    pub io: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
 }

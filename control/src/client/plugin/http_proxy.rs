@@ -144,19 +144,9 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     r
 }
 
-/// Go's `http.Error`: the text and a newline, as text/plain.
+/// Go's `http.Error` ([`super::go_error`]).
 fn go_error(status: StatusCode, msg: &str) -> Response<Body> {
-    let mut r = text(status, format!("{msg}\n"));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(
-        "X-Content-Type-Options",
-        HeaderValue::from_static("nosniff"),
-    );
-    r
+    super::go_error(status, msg).map(|b| b.map_err(|e| match e {}).boxed())
 }
 
 /// A plain (non-CONNECT) proxy request: checked, stripped of hop-by-hop and proxy headers

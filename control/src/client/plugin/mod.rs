@@ -29,6 +29,27 @@ mod static_file;
 mod tls2raw;
 mod unix_domain_socket;
 
+/// Go's `http.Error`: `msg` and a newline as text/plain, with `X-Content-Type-Options:
+/// nosniff`; each HTTP plugin boxes the body into its own body type.
+pub(crate) fn go_error(
+    status: http::StatusCode,
+    msg: &str,
+) -> http::Response<http_body_util::Full<Bytes>> {
+    use http::{HeaderValue, header};
+    let mut r = http::Response::new(http_body_util::Full::new(Bytes::from(format!("{msg}\n"))));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        "X-Content-Type-Options",
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
 /// The user's connection as a plugin sees it: plaintext, through the proxy's layers.
 pub(crate) type UserConn = Layered<Conn>;
 

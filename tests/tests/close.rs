@@ -48,35 +48,53 @@ struct WriterEnd {
 }
 
 /// Writes `CHUNK`s to `s` until a write fails; reports when and how.
-async fn write_until_error(mut s: TcpStream) -> WriterEnd {
-    let buf = vec![0x5a; CHUNK];
+async fn write_until_error(s: TcpStream) -> WriterEnd {
+    write_repeatedly(s, &vec![0x5a; CHUNK]).await
+}
+
+/// Writes `data` to `s` again and again until a write fails; reports when and how.
+async fn write_repeatedly(mut s: TcpStream, data: &[u8]) -> WriterEnd {
     let mut written = 0;
     loop {
-        if let Err(e) = s.write_all(&buf).await {
+        if let Err(e) = s.write_all(data).await {
             return WriterEnd {
                 at: Instant::now(),
                 error: e.kind(),
                 written,
             };
         }
-        written += CHUNK as u64;
+        written += data.len() as u64;
     }
 }
 
-/// A local service that streams to each connection until its write fails.
-async fn streaming_service() -> (u16, mpsc::UnboundedReceiver<WriterEnd>) {
+/// A local service on 127.0.0.1 that runs `serve` on each connection and reports what it
+/// returns (nothing for `None`); returns its port and the reports.
+async fn reporting_service<T, F, Fut>(serve: F) -> (u16, mpsc::UnboundedReceiver<T>)
+where
+    T: Send + 'static,
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = Option<T>> + Send + 'static,
+{
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             let tx = tx.clone();
+            let served = serve(s);
             tokio::spawn(async move {
-                let _ = tx.send(write_until_error(s).await);
+                if let Some(report) = served.await {
+                    let _ = tx.send(report);
+                }
             });
         }
     });
     (port, rx)
+}
+
+/// A local service that streams to each connection until its write fails.
+async fn streaming_service() -> (u16, mpsc::UnboundedReceiver<WriterEnd>) {
+    reporting_service(|s| async move { Some(write_until_error(s).await) }).await
 }
 
 /// A local service that reads `CHUNK` bytes of each connection, then closes it (with unread
@@ -98,20 +116,12 @@ async fn closing_service() -> u16 {
 /// A local service that reads until EOF (or an error) and reports when it came; it never
 /// writes.
 async fn reading_service() -> (u16, mpsc::UnboundedReceiver<Instant>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0; CHUNK];
-                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
-                let _ = tx.send(Instant::now());
-            });
-        }
-    });
-    (port, rx)
+    reporting_service(|mut s| async move {
+        let mut buf = vec![0; CHUNK];
+        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+        Some(Instant::now())
+    })
+    .await
 }
 
 /// frps + frpc with one tcp proxy to `local`; returns the processes and the public port.
@@ -287,45 +297,26 @@ cases! {
 /// An HTTP backend that answers every request with an endless chunked stream (server-sent
 /// events) and reports when its writes fail.
 async fn sse_backend() -> (u16, mpsc::UnboundedReceiver<WriterEnd>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                // Read the request head.
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if !matches!(s.read(&mut byte).await, Ok(1)) {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let start = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
-                              Transfer-Encoding: chunked\r\n\r\n";
-                if s.write_all(start).await.is_err() {
-                    return;
-                }
-                let event = format!("data: {}\n\n", "x".repeat(16 * 1024));
-                let chunk = format!("{:x}\r\n{event}\r\n", event.len());
-                let mut written = 0;
-                let end = loop {
-                    if let Err(e) = s.write_all(chunk.as_bytes()).await {
-                        break WriterEnd {
-                            at: Instant::now(),
-                            error: e.kind(),
-                            written,
-                        };
-                    }
-                    written += chunk.len() as u64;
-                };
-                let _ = tx.send(end);
-            });
+    reporting_service(|mut s| async move {
+        // Read the request head.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if !matches!(s.read(&mut byte).await, Ok(1)) {
+                return None;
+            }
+            head.push(byte[0]);
         }
-    });
-    (port, rx)
+        let start = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                      Transfer-Encoding: chunked\r\n\r\n";
+        if s.write_all(start).await.is_err() {
+            return None;
+        }
+        let event = format!("data: {}\n\n", "x".repeat(16 * 1024));
+        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+        Some(write_repeatedly(s, chunk.as_bytes()).await)
+    })
+    .await
 }
 
 async fn sse_user_leaves(mux: bool) {

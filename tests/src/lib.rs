@@ -421,6 +421,34 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A frpc config for frps on 127.0.0.1:`server_port` with `token` and `tcp_mux`, `extra`
+/// top-level lines, and one proxy `name` of type `kind` to 127.0.0.1:`local_port`; the
+/// proxy's other keys are appended by the caller.
+pub fn frpc_proxy_config(
+    server_port: u16,
+    token: &str,
+    tcp_mux: bool,
+    extra: &str,
+    name: &str,
+    kind: &str,
+    local_port: u16,
+) -> String {
+    format!(
+        r#"serverAddr = "127.0.0.1"
+serverPort = {server_port}
+auth.token = "{token}"
+transport.tcpMux = {tcp_mux}
+{extra}
+
+[[proxies]]
+name = "{name}"
+type = "{kind}"
+localIP = "127.0.0.1"
+localPort = {local_port}
+"#
+    )
+}
+
 /// A frpc config for one tcp proxy to `local_port`, exposed on `remote_port`.
 pub fn frpc_tcp_config(
     server_port: u16,
@@ -431,23 +459,18 @@ pub fn frpc_tcp_config(
     local_port: u16,
     remote_port: u16,
 ) -> String {
+    let head = frpc_proxy_config(
+        server_port,
+        token,
+        tcp_mux,
+        &format!("transport.tls.enable = {tls}\nlog.level = \"debug\""),
+        "echo",
+        "tcp",
+        local_port,
+    );
     format!(
-        r#"serverAddr = "127.0.0.1"
-serverPort = {server_port}
-auth.token = "{token}"
-transport.tcpMux = {tcp_mux}
-transport.tls.enable = {tls}
-log.level = "debug"
-
-[[proxies]]
-name = "echo"
-type = "tcp"
-localIP = "127.0.0.1"
-localPort = {local_port}
-remotePort = {remote_port}
-transport.useEncryption = {enc}
-transport.useCompression = {enc}
-"#
+        "{head}remotePort = {remote_port}\ntransport.useEncryption = {enc}\n\
+         transport.useCompression = {enc}\n"
     )
 }
 

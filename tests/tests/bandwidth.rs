@@ -47,20 +47,9 @@ async fn limited_upload(mode: &str, tcp_mux: bool) {
     let frpc = env.frpc(
         "frpc",
         &format!(
-            r#"serverAddr = "127.0.0.1"
-serverPort = {bind}
-auth.token = "{TOKEN}"
-transport.tcpMux = {tcp_mux}
-
-[[proxies]]
-name = "bulk"
-type = "tcp"
-localIP = "127.0.0.1"
-localPort = {local}
-remotePort = {remote}
-transport.bandwidthLimit = "1MB"
-transport.bandwidthLimitMode = "{mode}"
-"#
+            "{}remotePort = {remote}\ntransport.bandwidthLimit = \"1MB\"\n\
+             transport.bandwidthLimitMode = \"{mode}\"\n",
+            frpc_proxy_config(bind, TOKEN, tcp_mux, "", "bulk", "tcp", local)
         ),
     );
     frpc.wait_log("[bulk] start proxy success", Duration::from_secs(10));

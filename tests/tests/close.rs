@@ -335,19 +335,16 @@ async fn sse_user_leaves(mux: bool) {
     let frpc = env.frpc(
         "frpc",
         &format!(
-            r#"serverAddr = "127.0.0.1"
-serverPort = {bind}
-auth.token = "{TOKEN}"
-transport.tcpMux = {mux}
-log.level = "debug"
-
-[[proxies]]
-name = "sse"
-type = "http"
-localIP = "127.0.0.1"
-localPort = {backend}
-customDomains = ["sse.example.com"]
-"#
+            "{}customDomains = [\"sse.example.com\"]\n",
+            frpc_proxy_config(
+                bind,
+                TOKEN,
+                mux,
+                "log.level = \"debug\"",
+                "sse",
+                "http",
+                backend
+            )
         ),
     );
     frpc.wait_log("[sse] start proxy success", Duration::from_secs(10));

@@ -421,13 +421,12 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A frpc config for frps on 127.0.0.1:`server_port` with `token` and `tcp_mux`, `extra`
-/// top-level lines, and one proxy `name` of type `kind` to 127.0.0.1:`local_port`; the
-/// proxy's other keys are appended by the caller.
+/// A frpc config for frps on 127.0.0.1:`server_port` with `token`, `extra` top-level lines,
+/// and one proxy `name` of type `kind` to 127.0.0.1:`local_port`; the proxy's other keys are
+/// appended by the caller.
 pub fn frpc_proxy_config(
     server_port: u16,
     token: &str,
-    tcp_mux: bool,
     extra: &str,
     name: &str,
     kind: &str,
@@ -437,7 +436,6 @@ pub fn frpc_proxy_config(
         r#"serverAddr = "127.0.0.1"
 serverPort = {server_port}
 auth.token = "{token}"
-transport.tcpMux = {tcp_mux}
 {extra}
 
 [[proxies]]
@@ -462,8 +460,9 @@ pub fn frpc_tcp_config(
     let head = frpc_proxy_config(
         server_port,
         token,
-        tcp_mux,
-        &format!("transport.tls.enable = {tls}\nlog.level = \"debug\""),
+        &format!(
+            "transport.tcpMux = {tcp_mux}\ntransport.tls.enable = {tls}\nlog.level = \"debug\""
+        ),
         "echo",
         "tcp",
         local_port,

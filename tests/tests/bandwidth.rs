@@ -49,7 +49,14 @@ async fn limited_upload(mode: &str, tcp_mux: bool) {
         &format!(
             "{}remotePort = {remote}\ntransport.bandwidthLimit = \"1MB\"\n\
              transport.bandwidthLimitMode = \"{mode}\"\n",
-            frpc_proxy_config(bind, TOKEN, tcp_mux, "", "bulk", "tcp", local)
+            frpc_proxy_config(
+                bind,
+                TOKEN,
+                &format!("transport.tcpMux = {tcp_mux}"),
+                "bulk",
+                "tcp",
+                local
+            )
         ),
     );
     frpc.wait_log("[bulk] start proxy success", Duration::from_secs(10));

@@ -339,8 +339,7 @@ async fn sse_user_leaves(mux: bool) {
             frpc_proxy_config(
                 bind,
                 TOKEN,
-                mux,
-                "log.level = \"debug\"",
+                &format!("transport.tcpMux = {mux}\nlog.level = \"debug\""),
                 "sse",
                 "http",
                 backend

@@ -40,21 +40,8 @@ async fn stoppable_echo(port: u16) -> tokio::task::JoinHandle<()> {
 }
 
 fn frpc_config(bind: u16, local: u16, remote: u16, health: &str) -> String {
-    format!(
-        r#"serverAddr = "127.0.0.1"
-serverPort = {bind}
-auth.token = "{TOKEN}"
-log.level = "debug"
-
-[[proxies]]
-name = "svc"
-type = "tcp"
-localIP = "127.0.0.1"
-localPort = {local}
-remotePort = {remote}
-{health}
-"#
-    )
+    let head = frpc_proxy_config(bind, TOKEN, "log.level = \"debug\"", "svc", "tcp", local);
+    format!("{head}remotePort = {remote}\n{health}\n")
 }
 
 async fn wait_listening(port: u16, want: bool, timeout: Duration) {

@@ -44,20 +44,15 @@ fn open_datagram(conv: u32) -> Vec<u8> {
 }
 
 fn frpc_kcp_config(name: &str, kcp: u16, local: u16, remote: u16) -> String {
-    format!(
-        r#"serverAddr = "127.0.0.1"
-serverPort = {kcp}
-auth.token = "{TOKEN}"
-transport.protocol = "kcp"
-
-[[proxies]]
-name = "{name}"
-type = "tcp"
-localIP = "127.0.0.1"
-localPort = {local}
-remotePort = {remote}
-"#
-    )
+    let head = frpc_proxy_config(
+        kcp,
+        TOKEN,
+        "transport.protocol = \"kcp\"",
+        name,
+        "tcp",
+        local,
+    );
+    format!("{head}remotePort = {remote}\n")
 }
 
 fn warnings(log: &str) -> usize {

@@ -387,6 +387,21 @@ pub async fn roundtrip(port: u16, data: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(got)
 }
 
+/// Reads from `s` until what it read holds the end of an HTTP head (`\r\n\r\n`); returns
+/// those bytes (with whatever followed the head in the same reads), or `None` when EOF or an
+/// error comes first.
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
 /// Echo round trip that retries until the tunnel is up (or `timeout`).
 pub async fn roundtrip_eventually(port: u16, data: &[u8], timeout: Duration) -> Vec<u8> {
     let deadline = Instant::now() + timeout;

@@ -161,7 +161,7 @@ async fn unix_domain_socket_plugin() {
 /// A tiny HTTP/1.1 server on 127.0.0.1: every request gets `200` with `body` (and
 /// `Connection: close`); returns its port.
 async fn http_server(body: Vec<u8>) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let body = std::sync::Arc::new(body);
@@ -169,14 +169,9 @@ async fn http_server(body: Vec<u8>) -> u16 {
         while let Ok((mut s, _)) = l.accept().await {
             let body = body.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(head) = read_head(&mut s).await else {
+                    return;
+                };
                 let first = String::from_utf8_lossy(&head)
                     .lines()
                     .next()
@@ -601,14 +596,10 @@ async fn head_echo_server(big: Vec<u8>) -> u16 {
         while let Ok((mut s, _)) = l.accept().await {
             let big = big.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
+                let Some(mut head) = read_head(&mut s).await else {
+                    return;
+                };
                 let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
                 // Read the request body (Content-Length) before answering.
                 let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
                 let end = text.find("\r\n\r\n").unwrap() + 4;

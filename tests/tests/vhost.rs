@@ -1024,15 +1024,9 @@ async fn tcpmux_passthrough_forwards_the_connect_request() {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                }
+                let Some(got) = read_head(&mut s).await else {
+                    return;
+                };
                 let _ = s.write_all(b"backend saw: ").await;
                 let _ = s.write_all(&got).await;
             });

@@ -352,23 +352,31 @@ pub fn engine_table() -> String {
     }
 }
 
-/// A TCP echo service on 127.0.0.1; returns its port. Runs until the runtime ends.
-pub async fn echo_server() -> u16 {
+/// A TCP service on 127.0.0.1 that runs `serve` on each accepted connection, each in a task
+/// of its own; returns its port. Runs until the runtime ends.
+pub async fn tcp_service<F, Fut>(serve: F) -> u16
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(serve(s));
         }
     });
     port
+}
+
+/// A TCP echo service on 127.0.0.1; returns its port. Runs until the runtime ends.
+pub async fn echo_server() -> u16 {
+    tcp_service(|mut s| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
 }
 
 /// Sends `data` to 127.0.0.1:port, half-closes, and returns everything received.

@@ -75,20 +75,17 @@ where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = Option<T>> + Send + 'static,
 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let tx = tx.clone();
-            let served = serve(s);
-            tokio::spawn(async move {
-                if let Some(report) = served.await {
-                    let _ = tx.send(report);
-                }
-            });
+    let port = tcp_service(move |s| {
+        let tx = tx.clone();
+        let served = serve(s);
+        async move {
+            if let Some(report) = served.await {
+                let _ = tx.send(report);
+            }
         }
-    });
+    })
+    .await;
     (port, rx)
 }
 
@@ -100,17 +97,11 @@ async fn streaming_service() -> (u16, mpsc::UnboundedReceiver<WriterEnd>) {
 /// A local service that reads `CHUNK` bytes of each connection, then closes it (with unread
 /// data behind them).
 async fn closing_service() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0; CHUNK];
-                let _ = s.read_exact(&mut buf).await;
-            });
-        }
-    });
-    port
+    tcp_service(|mut s| async move {
+        let mut buf = vec![0; CHUNK];
+        let _ = s.read_exact(&mut buf).await;
+    })
+    .await
 }
 
 /// A local service that reads until EOF (or an error) and reports when it came; it never
@@ -242,21 +233,18 @@ async fn service_closes_while_idle(mode: Mode) {
 /// writing; the service answers only after the EOF, with more than a window's worth.
 async fn half_close_keeps_the_reply(mode: Mode) {
     let env = Env::new();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let local = l.local_addr().unwrap().port();
     let reply = pattern(8 << 20, 3);
     let served = reply.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let served = served.clone();
-            tokio::spawn(async move {
-                let mut req = Vec::new();
-                s.read_to_end(&mut req).await.unwrap();
-                assert_eq!(req, b"request");
-                s.write_all(&served).await.unwrap();
-            });
+    let local = tcp_service(move |mut s| {
+        let served = served.clone();
+        async move {
+            let mut req = Vec::new();
+            s.read_to_end(&mut req).await.unwrap();
+            assert_eq!(req, b"request");
+            s.write_all(&served).await.unwrap();
         }
-    });
+    })
+    .await;
     let (_frps, _frpc, remote) = tunnel(&env, mode, local);
     let mut user = TcpStream::connect(("127.0.0.1", remote)).await.unwrap();
     user.write_all(b"request").await.unwrap();

@@ -162,32 +162,28 @@ async fn unix_domain_socket_plugin() {
 /// `Connection: close`); returns its port.
 async fn http_server(body: Vec<u8>) -> u16 {
     use tokio::io::AsyncWriteExt;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
     let body = std::sync::Arc::new(body);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let Some(head) = read_head(&mut s).await else {
-                    return;
-                };
-                let first = String::from_utf8_lossy(&head)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Request-Line: {first}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-                let _ = s.write_all(&body).await;
-                let _ = s.shutdown().await;
-            });
+    tcp_service(move |mut s| {
+        let body = body.clone();
+        async move {
+            let Some(head) = read_head(&mut s).await else {
+                return;
+            };
+            let first = String::from_utf8_lossy(&head)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Request-Line: {first}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+            let _ = s.write_all(&body).await;
+            let _ = s.shutdown().await;
         }
-    });
-    port
+    })
+    .await
 }
 
 /// Runs curl with `args`; returns (exit code, stdout bytes, stderr text).
@@ -589,49 +585,45 @@ async fn static_file_plugin() {
 /// (and `Connection: close`), or `big` for `GET /big`; returns its port.
 async fn head_echo_server(big: Vec<u8>) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
     let big = std::sync::Arc::new(big);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let big = big.clone();
-            tokio::spawn(async move {
-                let Some(mut head) = read_head(&mut s).await else {
-                    return;
-                };
-                let mut buf = [0u8; 4096];
-                // Read the request body (Content-Length) before answering.
-                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                let end = text.find("\r\n\r\n").unwrap() + 4;
-                let want = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length: "))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                let mut have = head.len() - end;
-                while have < want {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => have += n,
-                    }
+    tcp_service(move |mut s| {
+        let big = big.clone();
+        async move {
+            let Some(mut head) = read_head(&mut s).await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            // Read the request body (Content-Length) before answering.
+            let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let end = text.find("\r\n\r\n").unwrap() + 4;
+            let want = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut have = head.len() - end;
+            while have < want {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => have += n,
                 }
-                head.truncate(end);
-                let body = if head.starts_with(b"GET /big ") {
-                    big.to_vec()
-                } else {
-                    head
-                };
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-                let _ = s.write_all(&body).await;
-                let _ = s.shutdown().await;
-            });
+            }
+            head.truncate(end);
+            let body = if head.starts_with(b"GET /big ") {
+                big.to_vec()
+            } else {
+                head
+            };
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+            let _ = s.write_all(&body).await;
+            let _ = s.shutdown().await;
         }
-    });
-    port
+    })
+    .await
 }
 
 /// A CA-less self-signed certificate for `name`, written as `name.crt`/`name.key` in `dir`.

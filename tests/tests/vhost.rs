@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -103,14 +103,7 @@ where
 
 /// A plain HTTP backend; returns its port.
 async fn http_backend(name: &'static str) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(serve_http(name, s));
-        }
-    });
-    port
+    tcp_service(move |s| serve_http(name, s)).await
 }
 
 /// An HTTPS backend with its own self-signed certificate for `host`; returns its port and the
@@ -128,18 +121,15 @@ async fn https_backend(name: &'static str, host: &str) -> (u16, String) {
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let pem = ck.cert.pem();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(tls) = acceptor.accept(s).await {
-                    serve_http(name, tls).await;
-                }
-            });
+    let port = tcp_service(move |s| {
+        let acceptor = acceptor.clone();
+        async move {
+            if let Ok(tls) = acceptor.accept(s).await {
+                serve_http(name, tls).await;
+            }
         }
-    });
+    })
+    .await;
     (port, pem)
 }
 
@@ -623,31 +613,27 @@ customDomains = ["a.example.com"]
 /// A backend that takes big request heads (up to 4 MiB, 5000 fields) and answers how many
 /// header fields and header bytes it got; counts the requests it answered.
 async fn big_head_backend(seen: Arc<AtomicUsize>) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    seen.fetch_add(1, Ordering::SeqCst);
-                    let bytes: usize = req
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| k.as_str().len() + v.len())
-                        .sum();
-                    let body = format!("fields={} bytes={bytes}", req.headers().len());
-                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .max_buf_size(4 << 20)
-                    .max_headers(5000)
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
+    tcp_service(move |s| {
+        let seen = seen.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let bytes: usize = req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| k.as_str().len() + v.len())
+                    .sum();
+                let body = format!("fields={} bytes={bytes}", req.headers().len());
+                async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(4 << 20)
+                .max_headers(5000)
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
         }
-    });
-    port
+    })
+    .await
 }
 
 /// Writes `head` to the vhost (while reading, as a client whose request is refused midway
@@ -1019,19 +1005,14 @@ async fn tcpmux_passthrough_forwards_the_connect_request() {
         ),
     );
     // A raw backend: answers with what it received first.
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let Some(got) = read_head(&mut s).await else {
-                    return;
-                };
-                let _ = s.write_all(b"backend saw: ").await;
-                let _ = s.write_all(&got).await;
-            });
-        }
-    });
+    let port = tcp_service(|mut s| async move {
+        let Some(got) = read_head(&mut s).await else {
+            return;
+        };
+        let _ = s.write_all(b"backend saw: ").await;
+        let _ = s.write_all(&got).await;
+    })
+    .await;
     let frpc = env.frpc(
         "frpc",
         &format!(

@@ -55,15 +55,89 @@ fn unsupported_plugins_and_keys_are_refused() {
     }
 }
 
-/// frps on a free port, and an frpc config for it with one tcp proxy `name` on `remote` served
-/// by the plugin table `plugin` (TOML lines after `[proxies.plugin]`); `proxy_extra` goes in
-/// the proxy table.
-fn plugin_cfg(server: u16, name: &str, remote: u16, proxy_extra: &str, plugin: &str) -> String {
-    format!(
-        "serverAddr = \"127.0.0.1\"\nserverPort = {server}\nlog.level = \"debug\"\n\
-         [[proxies]]\nname = \"{name}\"\ntype = \"tcp\"\nremotePort = {remote}\n{proxy_extra}\n\
-         [proxies.plugin]\n{plugin}\n"
-    )
+/// The proxy table keys for encryption and compression.
+const ENC_COMP: &str = "transport.useEncryption = true\ntransport.useCompression = true";
+
+/// A tcp proxy served by a plugin: its name, its remote port, more keys of its table, and its
+/// plugin table (TOML lines after `[proxies.plugin]`).
+type PluginProxy<'a> = (&'a str, u16, &'a str, String);
+
+/// frps on a free port, and frpc for it with `proxies`; returns both once every proxy has
+/// logged "start proxy success".
+fn start(env: &Env, proxies: &[PluginProxy]) -> (Proc, Proc) {
+    let server = free_port();
+    let frps = env.frps("frps", server, "");
+    let mut cfg =
+        format!("serverAddr = \"127.0.0.1\"\nserverPort = {server}\nlog.level = \"debug\"\n");
+    for (name, remote, extra, plugin) in proxies {
+        cfg.push_str(&format!(
+            "[[proxies]]\nname = \"{name}\"\ntype = \"tcp\"\nremotePort = {remote}\n{extra}\n\
+             [proxies.plugin]\n{plugin}\n"
+        ));
+    }
+    let frpc = env.frpc("frpc", &cfg);
+    for (name, ..) in proxies {
+        frpc.wait_log(
+            &format!("[{name}] start proxy success"),
+            Duration::from_secs(10),
+        );
+    }
+    (frps, frpc)
+}
+
+/// [`start`] with two proxies on free ports: "open" served by the plugin table `open`, and
+/// "authed" served by `authed` through encryption and compression. Returns (frps, frpc,
+/// open's port, authed's port).
+fn start_open_and_authed(env: &Env, open: &str, authed: &str) -> (Proc, Proc, u16, u16) {
+    let (open_port, authed_port) = (free_port(), free_port());
+    let (frps, frpc) = start(
+        env,
+        &[
+            ("open", open_port, "", open.to_string()),
+            ("authed", authed_port, ENC_COMP, authed.to_string()),
+        ],
+    );
+    (frps, frpc, open_port, authed_port)
+}
+
+/// Reads from `s` until what it read ends with `suffix` (each read within 5 s, `what` naming
+/// the wait); returns all it read.
+async fn read_until_suffix<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    suffix: &[u8],
+    what: &str,
+) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    while !got.ends_with(suffix) {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect(what)
+            .unwrap();
+        assert!(
+            n > 0,
+            "{what}: closed after {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+/// Connects to 127.0.0.1:port, sends `send`, and asserts that the peer closes the connection
+/// (EOF or an error) within 5 s without answering; `what` names the case.
+async fn assert_closed(port: u16, send: &[u8], what: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(send).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not closed"));
+    assert!(matches!(n, Ok(0) | Err(_)), "{what}: {n:?}");
 }
 
 /// A unix socket echo service at `path`.
@@ -87,34 +161,26 @@ async fn unix_domain_socket_plugin() {
     let env = Env::new();
     let sock = env.path().join("echo.sock");
     unix_echo_server(&sock).await;
-    let server = free_port();
-    let _frps = env.frps("frps", server, "");
     let (plain, pp, gone) = (free_port(), free_port(), free_port());
-    let uds = format!(
-        "type = \"unix_domain_socket\"\nunixPath = \"{}\"",
-        sock.display()
+    let uds = |path: &std::path::Path| {
+        format!(
+            "type = \"unix_domain_socket\"\nunixPath = \"{}\"",
+            path.display()
+        )
+    };
+    let (_frps, frpc) = start(
+        &env,
+        &[
+            ("uds", plain, ENC_COMP, uds(&sock)),
+            (
+                "pp",
+                pp,
+                "transport.proxyProtocolVersion = \"v1\"",
+                uds(&sock),
+            ),
+            ("gone", gone, "", uds(&env.path().join("nobody.sock"))),
+        ],
     );
-    let cfg = format!(
-        "{}\n[[proxies]]\nname = \"pp\"\ntype = \"tcp\"\nremotePort = {pp}\n\
-         transport.proxyProtocolVersion = \"v1\"\n[proxies.plugin]\n{uds}\n\
-         [[proxies]]\nname = \"gone\"\ntype = \"tcp\"\nremotePort = {gone}\n\
-         [proxies.plugin]\ntype = \"unix_domain_socket\"\nunixPath = \"{}\"\n",
-        plugin_cfg(
-            server,
-            "uds",
-            plain,
-            "transport.useEncryption = true\ntransport.useCompression = true",
-            &uds
-        ),
-        env.path().join("nobody.sock").display()
-    );
-    let frpc = env.frpc("frpc", &cfg);
-    for name in ["uds", "pp", "gone"] {
-        frpc.wait_log(
-            &format!("[{name}] start proxy success"),
-            Duration::from_secs(10),
-        );
-    }
     let data = pattern(300_000, 7);
     let got = echo_exact(plain, &data).await.unwrap();
     assert!(got == data, "echo over the unix socket differs");
@@ -123,18 +189,9 @@ async fn unix_domain_socket_plugin() {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", pp))
         .await
         .unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     s.write_all(b"hello").await.unwrap();
-    let mut got = Vec::new();
-    while !got.ends_with(b"hello") {
-        let mut buf = [0u8; 256];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("echo with PROXY header")
-            .unwrap();
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    let got = read_until_suffix(&mut s, b"hello", "echo with PROXY header").await;
     let text = String::from_utf8_lossy(&got);
     assert!(
         text.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 "),
@@ -142,12 +199,7 @@ async fn unix_domain_socket_plugin() {
     );
     assert!(text.ends_with("\r\nhello"), "{text}");
 
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gone))
-        .await
-        .unwrap();
-    let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
-    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
+    assert_closed(gone, b"", "a socket nobody listens on").await;
     frpc.wait_log("[gone] dial to uds ", Duration::from_secs(5));
     frpc.wait_log(
         "nobody.sock: connect: no such file or directory",
@@ -206,41 +258,36 @@ async fn curl(args: &[&str]) -> (i32, Vec<u8>, String) {
     )
 }
 
+/// Runs curl with `args`; asserts that it succeeds with output `want`.
+async fn curl_expect(args: &[&str], want: &[u8]) {
+    let (code, out, err) = curl(args).await;
+    assert_eq!(code, 0, "curl {args:?}: {err}");
+    assert!(
+        out == want,
+        "curl {args:?}: body differs ({} bytes)",
+        out.len()
+    );
+}
+
 /// `socks5`: curl through it by host name (without and with RFC 1929 credentials, through
 /// encryption and compression); missing or wrong credentials and a garbage greeting are
 /// refused, and the proxy keeps serving others.
 #[tokio::test(flavor = "multi_thread")]
 async fn socks5_plugin() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let env = Env::new();
     let body = pattern(1 << 20, 3);
     let web = http_server(body.clone()).await;
-    let server = free_port();
-    let _frps = env.frps("frps", server, "");
-    let (open, authed) = (free_port(), free_port());
-    let cfg = format!(
-        "{}\n[[proxies]]\nname = \"authed\"\ntype = \"tcp\"\nremotePort = {authed}\n\
-         transport.useEncryption = true\ntransport.useCompression = true\n\
-         [proxies.plugin]\ntype = \"socks5\"\nusername = \"alice\"\npassword = \"s3cret\"\n",
-        plugin_cfg(server, "open", open, "", "type = \"socks5\"")
+    let (_frps, frpc, open, authed) = start_open_and_authed(
+        &env,
+        "type = \"socks5\"",
+        "type = \"socks5\"\nusername = \"alice\"\npassword = \"s3cret\"",
     );
-    let frpc = env.frpc("frpc", &cfg);
-    for name in ["open", "authed"] {
-        frpc.wait_log(
-            &format!("[{name}] start proxy success"),
-            Duration::from_secs(10),
-        );
-    }
     let url = format!("http://localhost:{web}/file");
     let open_proxy = format!("127.0.0.1:{open}");
-    let (code, out, err) = curl(&["--socks5-hostname", &open_proxy, &url]).await;
-    assert_eq!(code, 0, "{err}");
-    assert!(out == body, "body differs ({} bytes)", out.len());
+    curl_expect(&["--socks5-hostname", &open_proxy, &url], &body).await;
 
     let good = format!("socks5h://alice:s3cret@127.0.0.1:{authed}");
-    let (code, out, err) = curl(&["-x", &good, &url]).await;
-    assert_eq!(code, 0, "{err}");
-    assert!(out == body, "body differs ({} bytes)", out.len());
+    curl_expect(&["-x", &good, &url], &body).await;
     let bad = format!("socks5h://alice:wrong@127.0.0.1:{authed}");
     let (code, _, err) = curl(&["-x", &bad, &url]).await;
     assert_ne!(code, 0, "wrong password accepted");
@@ -255,17 +302,12 @@ async fn socks5_plugin() {
     );
 
     // Garbage instead of a greeting: the connection is closed, nothing else is hurt.
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", open))
-        .await
-        .unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .expect("garbage greeting not closed");
-    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert_closed(
+        open,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        "garbage greeting",
+    )
+    .await;
     // A target nobody listens on: the SOCKS reply says so (curl reports it), no hang.
     let dead = format!("http://127.0.0.1:{}/", free_port());
     let (code, _, err) = curl(&["--socks5-hostname", &open_proxy, &dead]).await;
@@ -273,10 +315,8 @@ async fn socks5_plugin() {
     // Reply 5: connection refused.
     assert!(err.contains("(5)"), "{err}");
 
-    let (code, out, err) = curl(&["-x", &good, &url]).await;
-    assert_eq!((code, out.len()), (0, body.len()), "{err}");
-    let (code, out, err) = curl(&["--socks5-hostname", &open_proxy, &url]).await;
-    assert_eq!((code, out.len()), (0, body.len()), "{err}");
+    curl_expect(&["-x", &good, &url], &body).await;
+    curl_expect(&["--socks5-hostname", &open_proxy, &url], &body).await;
 }
 
 /// Sends `raw` to 127.0.0.1:port and returns what comes back until the peer closes (5 s).
@@ -304,22 +344,11 @@ async fn http_proxy_plugin() {
     let env = Env::new();
     let body = pattern(1 << 20, 5);
     let web = http_server(body.clone()).await;
-    let server = free_port();
-    let _frps = env.frps("frps", server, "");
-    let (open, authed) = (free_port(), free_port());
-    let cfg = format!(
-        "{}\n[[proxies]]\nname = \"authed\"\ntype = \"tcp\"\nremotePort = {authed}\n\
-         transport.useEncryption = true\ntransport.useCompression = true\n\
-         [proxies.plugin]\ntype = \"http_proxy\"\nhttpUser = \"bob\"\nhttpPassword = \"pw\"\n",
-        plugin_cfg(server, "open", open, "", "type = \"http_proxy\"")
+    let (_frps, _frpc, open, authed) = start_open_and_authed(
+        &env,
+        "type = \"http_proxy\"",
+        "type = \"http_proxy\"\nhttpUser = \"bob\"\nhttpPassword = \"pw\"",
     );
-    let frpc = env.frpc("frpc", &cfg);
-    for name in ["open", "authed"] {
-        frpc.wait_log(
-            &format!("[{name}] start proxy success"),
-            Duration::from_secs(10),
-        );
-    }
     let url = format!("http://127.0.0.1:{web}/x?y=1");
     let open_proxy = format!("http://127.0.0.1:{open}");
     let authed_proxy = format!("http://127.0.0.1:{authed}");
@@ -328,16 +357,12 @@ async fn http_proxy_plugin() {
         if tunnel {
             args.insert(0, "-p");
         }
-        let (code, out, err) = curl(&args).await;
-        assert_eq!(code, 0, "{args:?}: {err}");
-        assert!(out == body, "{args:?}: body differs ({} bytes)", out.len());
+        curl_expect(&args, &body).await;
         let mut args = vec!["-x", &authed_proxy, "--proxy-user", "bob:pw", &url];
         if tunnel {
             args.insert(0, "-p");
         }
-        let (code, out, err) = curl(&args).await;
-        assert_eq!(code, 0, "{args:?}: {err}");
-        assert!(out == body, "{args:?}: body differs ({} bytes)", out.len());
+        curl_expect(&args, &body).await;
     }
     // The origin saw an origin-form request line.
     let (_, out, _) = curl(&["-sI", "-x", &open_proxy, &url]).await;
@@ -378,8 +403,11 @@ async fn http_proxy_plugin() {
     let resp = raw_exchange(open, dead.as_bytes()).await;
     assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
     // Still serving.
-    let (code, out, err) = curl(&["-p", "-x", &authed_proxy, "--proxy-user", "bob:pw", &url]).await;
-    assert_eq!((code, out.len()), (0, body.len()), "{err}");
+    curl_expect(
+        &["-p", "-x", &authed_proxy, "--proxy-user", "bob:pw", &url],
+        &body,
+    )
+    .await;
 }
 
 /// Runs curl with `args` and returns the response head and body (`-i`), as text.
@@ -389,6 +417,25 @@ async fn curl_text(args: &[&str]) -> String {
     let (code, out, err) = curl(&all).await;
     assert_eq!(code, 0, "curl {args:?}: {err}");
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The body of a `curl -i` response (after the first blank line), lowercased.
+fn body_lowercase(r: &str) -> String {
+    r.split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// A request head `start` (its request line and first fields) with 6000 more fields of
+/// 200 bytes: past the 1 MiB head limit.
+fn oversized_head(start: &[u8]) -> Vec<u8> {
+    let mut huge = start.to_vec();
+    for i in 0..6000 {
+        huge.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "y".repeat(200)).as_bytes());
+    }
+    huge.extend_from_slice(b"\r\n");
+    huge
 }
 
 /// `static_file`: files, a range, a directory listing in Go's format, the redirect of a
@@ -410,33 +457,18 @@ async fn static_file_plugin() {
     std::fs::write(root.join("withindex").join("index.html"), "the index").unwrap();
     let big = pattern(3 << 20, 11);
     std::fs::write(root.join("big.bin"), &big).unwrap();
-    let server = free_port();
-    let _frps = env.frps("frps", server, "");
-    let (open, authed) = (free_port(), free_port());
-    let cfg = format!(
-        "{}\n[[proxies]]\nname = \"authed\"\ntype = \"tcp\"\nremotePort = {authed}\n\
-         transport.useEncryption = true\ntransport.useCompression = true\n\
-         [proxies.plugin]\ntype = \"static_file\"\nlocalPath = \"{}\"\n\
-         httpUser = \"abc\"\nhttpPassword = \"123\"\n",
-        plugin_cfg(
-            server,
-            "open",
-            open,
-            "",
-            &format!(
-                "type = \"static_file\"\nlocalPath = \"{}\"\nstripPrefix = \"static\"",
-                root.display()
-            )
+    let (_frps, _frpc, open, authed) = start_open_and_authed(
+        &env,
+        &format!(
+            "type = \"static_file\"\nlocalPath = \"{}\"\nstripPrefix = \"static\"",
+            root.display()
         ),
-        root.display()
+        &format!(
+            "type = \"static_file\"\nlocalPath = \"{}\"\n\
+             httpUser = \"abc\"\nhttpPassword = \"123\"",
+            root.display()
+        ),
     );
-    let frpc = env.frpc("frpc", &cfg);
-    for name in ["open", "authed"] {
-        frpc.wait_log(
-            &format!("[{name}] start proxy success"),
-            Duration::from_secs(10),
-        );
-    }
     let u = format!("http://127.0.0.1:{open}");
     let r = curl_text(&[&format!("{u}/static/a.txt")]).await;
     assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
@@ -465,12 +497,12 @@ async fn static_file_plugin() {
     let r = curl_text(&["-r", "100-200", &format!("{u}/static/noext")]).await;
     assert!(r.starts_with("HTTP/1.1 416 "), "{r}");
     assert!(r.contains("Content-Range: bytes */22\r\n"), "{r}");
-    let (code, out, err) = curl(&[&format!("{u}/static/big.bin")]).await;
-    assert_eq!(code, 0, "{err}");
-    assert!(out == big, "big file differs ({} bytes)", out.len());
-    let (code, out, err) = curl(&["-r", "1000000-1000099", &format!("{u}/static/big.bin")]).await;
-    assert_eq!(code, 0, "{err}");
-    assert!(out == big[1_000_000..1_000_100], "range differs");
+    curl_expect(&[&format!("{u}/static/big.bin")], &big).await;
+    curl_expect(
+        &["-r", "1000000-1000099", &format!("{u}/static/big.bin")],
+        &big[1_000_000..1_000_100],
+    )
+    .await;
     // Conditional: not modified since tomorrow.
     let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(86400));
     let ims = format!("If-Modified-Since: {later}");
@@ -563,18 +595,12 @@ async fn static_file_plugin() {
     assert!(r.starts_with("HTTP/1.1 401 "), "{r}");
     let r = curl_text(&["-u", "abc:123", &format!("{ua}/a.txt")]).await;
     assert!(r.ends_with("\r\n\r\nfoo\n"), "{r}");
-    let (code, out, err) = curl(&["-u", "abc:123", &format!("{ua}/big.bin")]).await;
-    assert_eq!(code, 0, "{err}");
-    assert!(out == big, "big file differs ({} bytes)", out.len());
+    curl_expect(&["-u", "abc:123", &format!("{ua}/big.bin")], &big).await;
 
     // Bad input: a clear refusal, and the proxy keeps serving.
     let resp = raw_exchange(open, b"GET\x01 nonsense\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
-    let mut huge = b"GET /static/a.txt HTTP/1.1\r\nHost: x\r\n".to_vec();
-    for i in 0..6000 {
-        huge.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "y".repeat(200)).as_bytes());
-    }
-    huge.extend_from_slice(b"\r\n");
+    let huge = oversized_head(b"GET /static/a.txt HTTP/1.1\r\nHost: x\r\n");
     let resp = raw_exchange(open, &huge).await;
     assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
     let r = curl_text(&[&format!("{u}/static/a.txt")]).await;
@@ -653,8 +679,6 @@ async fn http2http_and_https2http_plugins() {
     let big = pattern(2 << 20, 9);
     let backend = head_echo_server(big.clone()).await;
     let (crt, key) = write_cert(env.path(), "example.test");
-    let server = free_port();
-    let _frps = env.frps("frps", server, "");
     let (h2h, dead, s2h, s2h_cert, s2h_h1) = (
         free_port(),
         free_port(),
@@ -662,64 +686,52 @@ async fn http2http_and_https2http_plugins() {
         free_port(),
         free_port(),
     );
-    let proxy = |name: &str, port: u16, extra: &str, plugin: &str| {
-        format!(
-            "[[proxies]]\nname = \"{name}\"\ntype = \"tcp\"\nremotePort = {port}\n{extra}\n\
-             [proxies.plugin]\n{plugin}\n"
-        )
-    };
-    let cfg = format!(
-        "{}\n{}{}{}{}",
-        plugin_cfg(
-            server,
-            "h2h",
-            h2h,
-            "transport.useEncryption = true\ntransport.useCompression = true",
-            &format!(
-                "type = \"http2http\"\nlocalAddr = \"127.0.0.1:{backend}\"\n\
-                 hostHeaderRewrite = \"backend.example\"\nrequestHeaders.set.x-from-frp = \"yes\""
-            )
-        ),
-        proxy(
-            "dead",
-            dead,
-            "",
-            &format!(
-                "type = \"http2http\"\nlocalAddr = \"127.0.0.1:{}\"",
-                free_port()
-            )
-        ),
-        proxy(
-            "s2h",
-            s2h,
-            "",
-            &format!("type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\"")
-        ),
-        proxy(
-            "s2h_cert",
-            s2h_cert,
-            "",
-            &format!(
-                "type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\"\n\
-                 crtPath = \"{crt}\"\nkeyPath = \"{key}\""
-            )
-        ),
-        proxy(
-            "s2h_h1",
-            s2h_h1,
-            "",
-            &format!(
-                "type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\"\nenableHTTP2 = false"
-            )
-        ),
+    let (_frps, frpc) = start(
+        &env,
+        &[
+            (
+                "h2h",
+                h2h,
+                ENC_COMP,
+                format!(
+                    "type = \"http2http\"\nlocalAddr = \"127.0.0.1:{backend}\"\n\
+                     hostHeaderRewrite = \"backend.example\"\nrequestHeaders.set.x-from-frp = \"yes\""
+                ),
+            ),
+            (
+                "dead",
+                dead,
+                "",
+                format!(
+                    "type = \"http2http\"\nlocalAddr = \"127.0.0.1:{}\"",
+                    free_port()
+                ),
+            ),
+            (
+                "s2h",
+                s2h,
+                "",
+                format!("type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\""),
+            ),
+            (
+                "s2h_cert",
+                s2h_cert,
+                "",
+                format!(
+                    "type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\"\n\
+                     crtPath = \"{crt}\"\nkeyPath = \"{key}\""
+                ),
+            ),
+            (
+                "s2h_h1",
+                s2h_h1,
+                "",
+                format!(
+                    "type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\"\nenableHTTP2 = false"
+                ),
+            ),
+        ],
     );
-    let frpc = env.frpc("frpc", &cfg);
-    for name in ["h2h", "dead", "s2h", "s2h_cert", "s2h_h1"] {
-        frpc.wait_log(
-            &format!("[{name}] start proxy success"),
-            Duration::from_secs(10),
-        );
-    }
     // http2http.
     let u = format!("http://127.0.0.1:{h2h}");
     let r = curl_text(&[
@@ -731,11 +743,7 @@ async fn http2http_and_https2http_plugins() {
     ])
     .await;
     assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-    let seen = r
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let seen = body_lowercase(&r);
     assert!(
         seen.starts_with("get /some/path?q=1 http/1.1\r\n"),
         "{seen}"
@@ -744,9 +752,7 @@ async fn http2http_and_https2http_plugins() {
     assert!(seen.contains("\r\nx-from-frp: yes\r\n"), "{seen}");
     assert!(!seen.contains("x-from-frp: no"), "{seen}");
     assert!(!seen.contains("x-forwarded"), "{seen}");
-    let (code, out, err) = curl(&[&format!("{u}/big")]).await;
-    assert_eq!(code, 0, "{err}");
-    assert!(out == big, "big body differs ({} bytes)", out.len());
+    curl_expect(&[&format!("{u}/big")], &big).await;
     let payload = "p".repeat(100_000);
     let (code, out, err) = curl(&["--data-binary", &payload, &format!("{u}/post")]).await;
     assert_eq!(code, 0, "{err}");
@@ -764,11 +770,7 @@ async fn http2http_and_https2http_plugins() {
     frpc.wait_log("connect: connection refused", Duration::from_secs(5));
     let resp = raw_exchange(h2h, b"GET\x01 nonsense\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
-    let mut huge = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
-    for i in 0..6000 {
-        huge.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "y".repeat(200)).as_bytes());
-    }
-    huge.extend_from_slice(b"\r\n");
+    let huge = oversized_head(b"GET / HTTP/1.1\r\nHost: x\r\n");
     let resp = raw_exchange(h2h, &huge).await;
     assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
     let r = curl_text(&[&format!("{u}/again")]).await;
@@ -784,11 +786,7 @@ async fn http2http_and_https2http_plugins() {
     ])
     .await;
     assert!(r.starts_with("HTTP/2 200"), "{r}");
-    let seen = r
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let seen = body_lowercase(&r);
     assert!(seen.starts_with("get /tls?x=1 http/1.1\r\n"), "{seen}");
     assert!(
         seen.contains("\r\nx-forwarded-for: 2.2.2.2, 127.0.0.1\r\n"),
@@ -803,9 +801,7 @@ async fn http2http_and_https2http_plugins() {
         seen.contains(&format!("\r\nhost: 127.0.0.1:{s2h}\r\n")),
         "{seen}"
     );
-    let (code, out, err) = curl(&["-k", &format!("https://127.0.0.1:{s2h}/big")]).await;
-    assert_eq!(code, 0, "{err}");
-    assert!(out == big, "big body differs ({} bytes)", out.len());
+    curl_expect(&["-k", &format!("https://127.0.0.1:{s2h}/big")], &big).await;
     // Without -k the generated certificate is not trusted.
     let (code, _, _) = curl(&[&format!("https://127.0.0.1:{s2h}/")]).await;
     assert_ne!(code, 0);
@@ -848,13 +844,11 @@ async fn http2http_and_https2http_plugins() {
 /// v2 header when the proxy asks for one.
 #[tokio::test(flavor = "multi_thread")]
 async fn http2https_https2https_and_tls2raw_plugins() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let env = Env::new();
     let backend = head_echo_server(Vec::new()).await;
     let echo = echo_server().await;
     let (crt, key) = write_cert(env.path(), "example.test");
-    let server = free_port();
-    let _frps = env.frps("frps", server, "");
     let (tls_backend, h2s, s2s, notls, raw, raw_pp) = (
         free_port(),
         free_port(),
@@ -863,77 +857,59 @@ async fn http2https_https2https_and_tls2raw_plugins() {
         free_port(),
         free_port(),
     );
-    let proxy = |name: &str, port: u16, extra: &str, plugin: &str| {
-        format!(
-            "[[proxies]]\nname = \"{name}\"\ntype = \"tcp\"\nremotePort = {port}\n{extra}\n\
-             [proxies.plugin]\n{plugin}\n"
-        )
-    };
-    let cfg = format!(
-        "{}\n{}{}{}{}{}",
-        plugin_cfg(
-            server,
-            "tls_backend",
-            tls_backend,
-            "",
-            &format!("type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\"")
-        ),
-        proxy(
-            "h2s",
-            h2s,
-            "transport.useEncryption = true",
-            &format!(
-                "type = \"http2https\"\nlocalAddr = \"127.0.0.1:{tls_backend}\"\n\
-                 hostHeaderRewrite = \"127.0.0.1:{tls_backend}\"\nrequestHeaders.set.x-via = \"h2s\""
-            )
-        ),
-        proxy(
-            "s2s",
-            s2s,
-            "",
-            &format!(
-                "type = \"https2https\"\nlocalAddr = \"127.0.0.1:{tls_backend}\"\n\
-                 crtPath = \"{crt}\"\nkeyPath = \"{key}\"\nrequestHeaders.set.x-via = \"s2s\""
-            )
-        ),
-        proxy(
-            "notls",
-            notls,
-            "",
-            &format!("type = \"http2https\"\nlocalAddr = \"127.0.0.1:{echo}\"")
-        ),
-        proxy(
-            "raw",
-            raw,
-            "transport.useCompression = true",
-            &format!(
-                "type = \"tls2raw\"\nlocalAddr = \"127.0.0.1:{backend}\"\n\
-                 crtPath = \"{crt}\"\nkeyPath = \"{key}\""
-            )
-        ),
-        proxy(
-            "raw_pp",
-            raw_pp,
-            "transport.proxyProtocolVersion = \"v2\"",
-            &format!(
-                "type = \"tls2raw\"\nlocalAddr = \"127.0.0.1:{echo}\"\n\
-                 crtPath = \"{crt}\"\nkeyPath = \"{key}\""
-            )
-        ),
+    let (_frps, frpc) = start(
+        &env,
+        &[
+            (
+                "tls_backend",
+                tls_backend,
+                "",
+                format!("type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\""),
+            ),
+            (
+                "h2s",
+                h2s,
+                "transport.useEncryption = true",
+                format!(
+                    "type = \"http2https\"\nlocalAddr = \"127.0.0.1:{tls_backend}\"\n\
+                     hostHeaderRewrite = \"127.0.0.1:{tls_backend}\"\nrequestHeaders.set.x-via = \"h2s\""
+                ),
+            ),
+            (
+                "s2s",
+                s2s,
+                "",
+                format!(
+                    "type = \"https2https\"\nlocalAddr = \"127.0.0.1:{tls_backend}\"\n\
+                     crtPath = \"{crt}\"\nkeyPath = \"{key}\"\nrequestHeaders.set.x-via = \"s2s\""
+                ),
+            ),
+            (
+                "notls",
+                notls,
+                "",
+                format!("type = \"http2https\"\nlocalAddr = \"127.0.0.1:{echo}\""),
+            ),
+            (
+                "raw",
+                raw,
+                "transport.useCompression = true",
+                format!(
+                    "type = \"tls2raw\"\nlocalAddr = \"127.0.0.1:{backend}\"\n\
+                     crtPath = \"{crt}\"\nkeyPath = \"{key}\""
+                ),
+            ),
+            (
+                "raw_pp",
+                raw_pp,
+                "transport.proxyProtocolVersion = \"v2\"",
+                format!(
+                    "type = \"tls2raw\"\nlocalAddr = \"127.0.0.1:{echo}\"\n\
+                     crtPath = \"{crt}\"\nkeyPath = \"{key}\""
+                ),
+            ),
+        ],
     );
-    let frpc = env.frpc("frpc", &cfg);
-    for name in ["tls_backend", "h2s", "s2s", "notls", "raw", "raw_pp"] {
-        frpc.wait_log(
-            &format!("[{name}] start proxy success"),
-            Duration::from_secs(10),
-        );
-    }
-    let body = |r: &str| {
-        r.split_once("\r\n\r\n")
-            .map(|x| x.1)
-            .unwrap_or("")
-            .to_ascii_lowercase()
-    };
     // http2https: the user's X-Forwarded-For passes unchanged to the HTTPS side, whose
     // https2http then appends its own user's address (frpc's, 127.0.0.1).
     let r = curl_text(&[
@@ -943,7 +919,7 @@ async fn http2https_https2https_and_tls2raw_plugins() {
     ])
     .await;
     assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-    let seen = body(&r);
+    let seen = body_lowercase(&r);
     assert!(seen.starts_with("get /a?b=c http/1.1\r\n"), "{seen}");
     assert!(seen.contains("\r\nx-via: h2s\r\n"), "{seen}");
     assert!(
@@ -964,7 +940,7 @@ async fn http2https_https2https_and_tls2raw_plugins() {
     ])
     .await;
     assert!(r.starts_with("HTTP/2 200"), "{r}");
-    let seen = body(&r);
+    let seen = body_lowercase(&r);
     assert!(seen.starts_with("get /secure http/1.1\r\n"), "{seen}");
     assert!(seen.contains("\r\nx-via: s2s\r\n"), "{seen}");
     assert!(
@@ -977,7 +953,10 @@ async fn http2https_https2https_and_tls2raw_plugins() {
     assert!(r.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{r}");
     frpc.wait_log("[notls] http: proxy error: ", Duration::from_secs(5));
     let r = curl_text(&[&format!("http://127.0.0.1:{h2s}/again")]).await;
-    assert!(body(&r).starts_with("get /again http/1.1\r\n"), "{r}");
+    assert!(
+        body_lowercase(&r).starts_with("get /again http/1.1\r\n"),
+        "{r}"
+    );
 
     // tls2raw: HTTPS by curl, plain HTTP at the backend.
     let resolve = format!("example.test:{raw}:127.0.0.1");
@@ -990,7 +969,10 @@ async fn http2https_https2https_and_tls2raw_plugins() {
     ])
     .await;
     assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-    assert!(body(&r).starts_with("get /raw http/1.1\r\n"), "{r}");
+    assert!(
+        body_lowercase(&r).starts_with("get /raw http/1.1\r\n"),
+        "{r}"
+    );
     // Not TLS: the handshake fails in frp's words, the proxy keeps serving.
     let resp = raw_exchange(raw, b"GET / HTTP/1.1\r\n\r\n").await;
     assert!(!resp.contains("200 OK"), "{resp}");
@@ -1016,16 +998,7 @@ async fn http2https_https2https_and_tls2raw_plugins() {
     let name = rustls::pki_types::ServerName::try_from("example.test").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
     tls.write_all(b"hello").await.unwrap();
-    let mut got = Vec::new();
-    while !got.ends_with(b"hello") {
-        let mut buf = [0u8; 256];
-        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
-            .await
-            .expect("echo through tls2raw")
-            .unwrap();
-        assert!(n > 0, "closed after {got:?}");
-        got.extend_from_slice(&buf[..n]);
-    }
+    let got = read_until_suffix(&mut tls, b"hello", "echo through tls2raw").await;
     let header = ppp::v2::Header::try_from(&got[..got.len() - 5]).expect("PROXY v2 header");
     match header.addresses {
         ppp::v2::Addresses::IPv4(a) => {

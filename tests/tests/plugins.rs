@@ -85,6 +85,11 @@ fn start(env: &Env, proxies: &[PluginProxy]) -> (Proc, Proc) {
     (frps, frpc)
 }
 
+/// A plugin table: `type = kind`, `localAddr` 127.0.0.1:`port`, and the lines `more`.
+fn plugin_to(kind: &str, port: u16, more: &str) -> String {
+    format!("type = \"{kind}\"\nlocalAddr = \"127.0.0.1:{port}\"\n{more}")
+}
+
 /// [`start`] with two proxies on free ports: "open" served by the plugin table `open`, and
 /// "authed" served by `authed` through encryption and compression. Returns (frps, frpc,
 /// open's port, authed's port).
@@ -210,10 +215,22 @@ async fn unix_domain_socket_plugin() {
     assert_eq!(got, b"still");
 }
 
+/// Writes a `200` response with `fields` (whole header lines) and `body`, and
+/// `Connection: close`, then shuts `s` down.
+async fn respond_and_close(s: &mut tokio::net::TcpStream, fields: &str, body: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{fields}Connection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(resp.as_bytes()).await;
+    let _ = s.write_all(body).await;
+    let _ = s.shutdown().await;
+}
+
 /// A tiny HTTP/1.1 server on 127.0.0.1: every request gets `200` with `body` (and
 /// `Connection: close`); returns its port.
 async fn http_server(body: Vec<u8>) -> u16 {
-    use tokio::io::AsyncWriteExt;
     let body = std::sync::Arc::new(body);
     tcp_service(move |mut s| {
         let body = body.clone();
@@ -226,13 +243,8 @@ async fn http_server(body: Vec<u8>) -> u16 {
                 .next()
                 .unwrap_or("")
                 .to_string();
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Request-Line: {first}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(resp.as_bytes()).await;
-            let _ = s.write_all(&body).await;
-            let _ = s.shutdown().await;
+            let field = format!("X-Request-Line: {first}\r\n");
+            respond_and_close(&mut s, &field, &body).await;
         }
     })
     .await
@@ -438,6 +450,26 @@ fn oversized_head(start: &[u8]) -> Vec<u8> {
     huge
 }
 
+/// A garbage request line on 127.0.0.1:port gets a `400`, and [`oversized_head`]`(start)` a
+/// `431`.
+async fn assert_bad_heads_refused(port: u16, start: &[u8]) {
+    let resp = raw_exchange(port, b"GET\x01 nonsense\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
+    let resp = raw_exchange(port, &oversized_head(start)).await;
+    assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
+}
+
+/// Runs [`curl_text`] with `args`; asserts that the response starts with `status` and the
+/// request head [`head_echo_server`] echoed (lowercased) with `request_line`; returns that
+/// head, lowercased.
+async fn curl_echoed_head(args: &[&str], status: &str, request_line: &str) -> String {
+    let r = curl_text(args).await;
+    assert!(r.starts_with(status), "{r}");
+    let seen = body_lowercase(&r);
+    assert!(seen.starts_with(request_line), "{seen}");
+    seen
+}
+
 /// `static_file`: files, a range, a directory listing in Go's format, the redirect of a
 /// directory without its slash, 304 for If-Modified-Since, GET only, Basic auth (401 with
 /// `WWW-Authenticate`), and never a file above `localPath`: `..` and `%2e%2e` get a `301` to
@@ -598,11 +630,7 @@ async fn static_file_plugin() {
     curl_expect(&["-u", "abc:123", &format!("{ua}/big.bin")], &big).await;
 
     // Bad input: a clear refusal, and the proxy keeps serving.
-    let resp = raw_exchange(open, b"GET\x01 nonsense\r\n\r\n").await;
-    assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
-    let huge = oversized_head(b"GET /static/a.txt HTTP/1.1\r\nHost: x\r\n");
-    let resp = raw_exchange(open, &huge).await;
-    assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
+    assert_bad_heads_refused(open, b"GET /static/a.txt HTTP/1.1\r\nHost: x\r\n").await;
     let r = curl_text(&[&format!("{u}/static/a.txt")]).await;
     assert!(r.ends_with("\r\n\r\nfoo\n"), "{r}");
 }
@@ -610,7 +638,7 @@ async fn static_file_plugin() {
 /// An HTTP/1.1 server on 127.0.0.1 that answers each request with its own head as the body
 /// (and `Connection: close`), or `big` for `GET /big`; returns its port.
 async fn head_echo_server(big: Vec<u8>) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let big = std::sync::Arc::new(big);
     tcp_service(move |mut s| {
         let big = big.clone();
@@ -640,13 +668,7 @@ async fn head_echo_server(big: Vec<u8>) -> u16 {
             } else {
                 head
             };
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(resp.as_bytes()).await;
-            let _ = s.write_all(&body).await;
-            let _ = s.shutdown().await;
+            respond_and_close(&mut s, "", &body).await;
         }
     })
     .await
@@ -679,13 +701,10 @@ async fn http2http_and_https2http_plugins() {
     let big = pattern(2 << 20, 9);
     let backend = head_echo_server(big.clone()).await;
     let (crt, key) = write_cert(env.path(), "example.test");
-    let (h2h, dead, s2h, s2h_cert, s2h_h1) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
+    let [h2h, dead, s2h, s2h_cert, s2h_h1] = std::array::from_fn(|_| free_port());
+    let cert = format!("crtPath = \"{crt}\"\nkeyPath = \"{key}\"");
+    let rewrite =
+        "hostHeaderRewrite = \"backend.example\"\nrequestHeaders.set.x-from-frp = \"yes\"";
     let (_frps, frpc) = start(
         &env,
         &[
@@ -693,61 +712,38 @@ async fn http2http_and_https2http_plugins() {
                 "h2h",
                 h2h,
                 ENC_COMP,
-                format!(
-                    "type = \"http2http\"\nlocalAddr = \"127.0.0.1:{backend}\"\n\
-                     hostHeaderRewrite = \"backend.example\"\nrequestHeaders.set.x-from-frp = \"yes\""
-                ),
+                plugin_to("http2http", backend, rewrite),
             ),
-            (
-                "dead",
-                dead,
-                "",
-                format!(
-                    "type = \"http2http\"\nlocalAddr = \"127.0.0.1:{}\"",
-                    free_port()
-                ),
-            ),
-            (
-                "s2h",
-                s2h,
-                "",
-                format!("type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\""),
-            ),
+            ("dead", dead, "", plugin_to("http2http", free_port(), "")),
+            ("s2h", s2h, "", plugin_to("https2http", backend, "")),
             (
                 "s2h_cert",
                 s2h_cert,
                 "",
-                format!(
-                    "type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\"\n\
-                     crtPath = \"{crt}\"\nkeyPath = \"{key}\""
-                ),
+                plugin_to("https2http", backend, &cert),
             ),
             (
                 "s2h_h1",
                 s2h_h1,
                 "",
-                format!(
-                    "type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\"\nenableHTTP2 = false"
-                ),
+                plugin_to("https2http", backend, "enableHTTP2 = false"),
             ),
         ],
     );
     // http2http.
     let u = format!("http://127.0.0.1:{h2h}");
-    let r = curl_text(&[
-        "-H",
-        "X-Forwarded-For: 2.2.2.2",
-        "-H",
-        "X-From-Frp: no",
-        &format!("{u}/some/path?q=1"),
-    ])
+    let seen = curl_echoed_head(
+        &[
+            "-H",
+            "X-Forwarded-For: 2.2.2.2",
+            "-H",
+            "X-From-Frp: no",
+            &format!("{u}/some/path?q=1"),
+        ],
+        "HTTP/1.1 200 OK\r\n",
+        "get /some/path?q=1 http/1.1\r\n",
+    )
     .await;
-    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-    let seen = body_lowercase(&r);
-    assert!(
-        seen.starts_with("get /some/path?q=1 http/1.1\r\n"),
-        "{seen}"
-    );
     assert!(seen.contains("\r\nhost: backend.example\r\n"), "{seen}");
     assert!(seen.contains("\r\nx-from-frp: yes\r\n"), "{seen}");
     assert!(!seen.contains("x-from-frp: no"), "{seen}");
@@ -768,26 +764,23 @@ async fn http2http_and_https2http_plugins() {
         Duration::from_secs(5),
     );
     frpc.wait_log("connect: connection refused", Duration::from_secs(5));
-    let resp = raw_exchange(h2h, b"GET\x01 nonsense\r\n\r\n").await;
-    assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
-    let huge = oversized_head(b"GET / HTTP/1.1\r\nHost: x\r\n");
-    let resp = raw_exchange(h2h, &huge).await;
-    assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
+    assert_bad_heads_refused(h2h, b"GET / HTTP/1.1\r\nHost: x\r\n").await;
     let r = curl_text(&[&format!("{u}/again")]).await;
     assert!(r.contains("GET /again HTTP/1.1"), "{r}");
 
     // https2http, generated certificate, HTTP/2.
-    let r = curl_text(&[
-        "-k",
-        "--http2",
-        "-H",
-        "X-Forwarded-For: 2.2.2.2",
-        &format!("https://127.0.0.1:{s2h}/tls?x=1"),
-    ])
+    let seen = curl_echoed_head(
+        &[
+            "-k",
+            "--http2",
+            "-H",
+            "X-Forwarded-For: 2.2.2.2",
+            &format!("https://127.0.0.1:{s2h}/tls?x=1"),
+        ],
+        "HTTP/2 200",
+        "get /tls?x=1 http/1.1\r\n",
+    )
     .await;
-    assert!(r.starts_with("HTTP/2 200"), "{r}");
-    let seen = body_lowercase(&r);
-    assert!(seen.starts_with("get /tls?x=1 http/1.1\r\n"), "{seen}");
     assert!(
         seen.contains("\r\nx-forwarded-for: 2.2.2.2, 127.0.0.1\r\n"),
         "{seen}"
@@ -849,14 +842,12 @@ async fn http2https_https2https_and_tls2raw_plugins() {
     let backend = head_echo_server(Vec::new()).await;
     let echo = echo_server().await;
     let (crt, key) = write_cert(env.path(), "example.test");
-    let (tls_backend, h2s, s2s, notls, raw, raw_pp) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
+    let [tls_backend, h2s, s2s, notls, raw, raw_pp] = std::array::from_fn(|_| free_port());
+    let cert = format!("crtPath = \"{crt}\"\nkeyPath = \"{key}\"");
+    let h2s_more = format!(
+        "hostHeaderRewrite = \"127.0.0.1:{tls_backend}\"\nrequestHeaders.set.x-via = \"h2s\""
     );
+    let s2s_more = format!("{cert}\nrequestHeaders.set.x-via = \"s2s\"");
     let (_frps, frpc) = start(
         &env,
         &[
@@ -864,63 +855,47 @@ async fn http2https_https2https_and_tls2raw_plugins() {
                 "tls_backend",
                 tls_backend,
                 "",
-                format!("type = \"https2http\"\nlocalAddr = \"127.0.0.1:{backend}\""),
+                plugin_to("https2http", backend, ""),
             ),
             (
                 "h2s",
                 h2s,
                 "transport.useEncryption = true",
-                format!(
-                    "type = \"http2https\"\nlocalAddr = \"127.0.0.1:{tls_backend}\"\n\
-                     hostHeaderRewrite = \"127.0.0.1:{tls_backend}\"\nrequestHeaders.set.x-via = \"h2s\""
-                ),
+                plugin_to("http2https", tls_backend, &h2s_more),
             ),
             (
                 "s2s",
                 s2s,
                 "",
-                format!(
-                    "type = \"https2https\"\nlocalAddr = \"127.0.0.1:{tls_backend}\"\n\
-                     crtPath = \"{crt}\"\nkeyPath = \"{key}\"\nrequestHeaders.set.x-via = \"s2s\""
-                ),
+                plugin_to("https2https", tls_backend, &s2s_more),
             ),
-            (
-                "notls",
-                notls,
-                "",
-                format!("type = \"http2https\"\nlocalAddr = \"127.0.0.1:{echo}\""),
-            ),
+            ("notls", notls, "", plugin_to("http2https", echo, "")),
             (
                 "raw",
                 raw,
                 "transport.useCompression = true",
-                format!(
-                    "type = \"tls2raw\"\nlocalAddr = \"127.0.0.1:{backend}\"\n\
-                     crtPath = \"{crt}\"\nkeyPath = \"{key}\""
-                ),
+                plugin_to("tls2raw", backend, &cert),
             ),
             (
                 "raw_pp",
                 raw_pp,
                 "transport.proxyProtocolVersion = \"v2\"",
-                format!(
-                    "type = \"tls2raw\"\nlocalAddr = \"127.0.0.1:{echo}\"\n\
-                     crtPath = \"{crt}\"\nkeyPath = \"{key}\""
-                ),
+                plugin_to("tls2raw", echo, &cert),
             ),
         ],
     );
     // http2https: the user's X-Forwarded-For passes unchanged to the HTTPS side, whose
     // https2http then appends its own user's address (frpc's, 127.0.0.1).
-    let r = curl_text(&[
-        "-H",
-        "X-Forwarded-For: 2.2.2.2, 3.3.3.3",
-        &format!("http://127.0.0.1:{h2s}/a?b=c"),
-    ])
+    let seen = curl_echoed_head(
+        &[
+            "-H",
+            "X-Forwarded-For: 2.2.2.2, 3.3.3.3",
+            &format!("http://127.0.0.1:{h2s}/a?b=c"),
+        ],
+        "HTTP/1.1 200 OK\r\n",
+        "get /a?b=c http/1.1\r\n",
+    )
     .await;
-    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-    let seen = body_lowercase(&r);
-    assert!(seen.starts_with("get /a?b=c http/1.1\r\n"), "{seen}");
     assert!(seen.contains("\r\nx-via: h2s\r\n"), "{seen}");
     assert!(
         seen.contains("\r\nx-forwarded-for: 2.2.2.2, 3.3.3.3, 127.0.0.1\r\n"),
@@ -929,19 +904,20 @@ async fn http2https_https2https_and_tls2raw_plugins() {
     // https2https with a configured certificate; the backend sees X-Forwarded-For with the
     // user's address.
     let resolve = format!("example.test:{s2s}:127.0.0.1");
-    let r = curl_text(&[
-        "--cacert",
-        &crt,
-        "--resolve",
-        &resolve,
-        "-H",
-        "X-Forwarded-For: 2.2.2.2",
-        &format!("https://example.test:{s2s}/secure"),
-    ])
+    let seen = curl_echoed_head(
+        &[
+            "--cacert",
+            &crt,
+            "--resolve",
+            &resolve,
+            "-H",
+            "X-Forwarded-For: 2.2.2.2",
+            &format!("https://example.test:{s2s}/secure"),
+        ],
+        "HTTP/2 200",
+        "get /secure http/1.1\r\n",
+    )
     .await;
-    assert!(r.starts_with("HTTP/2 200"), "{r}");
-    let seen = body_lowercase(&r);
-    assert!(seen.starts_with("get /secure http/1.1\r\n"), "{seen}");
     assert!(seen.contains("\r\nx-via: s2s\r\n"), "{seen}");
     assert!(
         seen.contains("\r\nx-forwarded-for: 2.2.2.2, 127.0.0.1, 127.0.0.1\r\n"),

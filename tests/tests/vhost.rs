@@ -196,6 +196,19 @@ fn frpc_head(server_port: u16) -> String {
     )
 }
 
+/// frps with `TOKEN`, an HTTP vhost port and the `extra` lines, both ports free; returns
+/// (frps, its bind port, the vhost port).
+fn frps_with_vhost(env: &Env, extra: &str) -> (Proc, u16, u16) {
+    let bind = free_port();
+    let vport = free_port();
+    let frps = env.frps(
+        "frps",
+        bind,
+        &format!("auth.token = \"{TOKEN}\"\nvhostHTTPPort = {vport}\n{extra}"),
+    );
+    (frps, bind, vport)
+}
+
 fn lower(s: &str) -> String {
     s.to_ascii_lowercase()
 }
@@ -205,14 +218,11 @@ fn lower(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_routing_rewrite_auth_websocket_and_keepalive() {
     let env = Env::new();
-    let bind = free_port();
-    let vport = free_port();
     let page = env.write("404.html", "<h1>custom not found page</h1>\n");
-    let _frps = env.frps(
-        "frps",
-        bind,
+    let (_frps, bind, vport) = frps_with_vhost(
+        &env,
         &format!(
-            "auth.token = \"{TOKEN}\"\nvhostHTTPPort = {vport}\nsubDomainHost = \"example.test\"\ncustom404Page = \"{}\"\nlog.level = \"debug\"",
+            "subDomainHost = \"example.test\"\ncustom404Page = \"{}\"\nlog.level = \"debug\"",
             page.display()
         ),
     );
@@ -450,13 +460,7 @@ httpPassword = "p"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_group_of_two_clients_round_robin_and_failover() {
     let env = Env::new();
-    let bind = free_port();
-    let vport = free_port();
-    let _frps = env.frps(
-        "frps",
-        bind,
-        &format!("auth.token = \"{TOKEN}\"\nvhostHTTPPort = {vport}\nlog.level = \"debug\""),
-    );
+    let (_frps, bind, vport) = frps_with_vhost(&env, "log.level = \"debug\"");
     let group_cfg = |name: &str, port: u16, key: &str| {
         format!(
             r#"{head}
@@ -506,15 +510,7 @@ loadBalancer.groupKey = "{key}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_registration_errors_match_frp() {
     let env = Env::new();
-    let bind = free_port();
-    let vport = free_port();
-    let _frps = env.frps(
-        "frps",
-        bind,
-        &format!(
-            "auth.token = \"{TOKEN}\"\nvhostHTTPPort = {vport}\nsubDomainHost = \"example.test\""
-        ),
-    );
+    let (_frps, bind, _vport) = frps_with_vhost(&env, "subDomainHost = \"example.test\"");
     let backend = http_backend("X").await;
     // The http-error-v1-nomux capture's case, a route conflict, a bad subdomain.
     let frpc = env.frpc(
@@ -665,13 +661,7 @@ fn status_of(resp: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_request_heads_have_go_limits() {
     let env = Env::new();
-    let bind = free_port();
-    let vport = free_port();
-    let _frps = env.frps(
-        "frps",
-        bind,
-        &format!("auth.token = \"{TOKEN}\"\nvhostHTTPPort = {vport}"),
-    );
+    let (_frps, bind, vport) = frps_with_vhost(&env, "");
     let seen = Arc::new(AtomicUsize::new(0));
     let backend = big_head_backend(seen.clone()).await;
     let _frpc = env.frpc(

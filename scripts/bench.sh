@@ -27,9 +27,18 @@
 # "websocket quic kcp"; "" for none; engine: the first one). Transport columns measure iperf3
 # (throughput, CPU-s/GB) and redis -c 1 latency only.
 #
+# BENCH_PLUGINS="socks5" (off by default: about 35 s more per column): in each tcp frp-uring
+# column of the first engine, frpc also runs a tcp proxy with the `socks5` client plugin, and
+# BENCH_PLUGIN_ROUNDS (3) interleaved pairs of 1-stream iperf3 runs go through the plain tcp proxy
+# and through the socks5 plugin (iperf3 under proxychains4, which LD_PRELOADs connect() so
+# iperf3's own control and data sockets speak SOCKS5, no extra copy), on the same frps+frpc:
+# Gbit/s and CPU-s/GB of both, and socks5 ÷ plain per round (rows "socks5 plugin …" and a
+# per-round table). Needs proxychains4 (Debian package, not installed here: skipped with a
+# note when missing).
+#
 # Nothing leaves 127.0.0.1. Every process started here is killed on exit.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 OUTDIR=$ROOT/target/bench
 TOOLS=$OUTDIR/tools
@@ -46,6 +55,8 @@ read -r -a MODES <<<"${BENCH_MODES:-off on tls}"
 TESTS=" ${BENCH_TESTS:-hold iperf1 iperf8 lat rps conn} "
 want() { [[ $TESTS == *" $1 "* ]]; }
 want_mode() { [[ " ${MODES[*]} " == *" $1 "* ]]; }
+read -r -a PLUGINS <<<"${BENCH_PLUGINS:-}"
+PLUGIN_ROUNDS=${BENCH_PLUGIN_ROUNDS:-3}
 
 WORK=$(mktemp -d /tmp/frp-bench.XXXXXX)
 PIDS=()
@@ -99,6 +110,18 @@ fi
 for tool in iperf3 redis-server redis-benchmark redis-cli python3 ss; do
   command -v "$tool" >/dev/null || { log "missing $tool"; exit 1; }
 done
+
+# proxychains4 for BENCH_PLUGINS=socks5: used when present, never installed by this script.
+SOCKS5=0
+SOCKS5_WHY=""
+if [[ " ${PLUGINS[*]} " == *" socks5 "* ]]; then
+  if command -v proxychains4 >/dev/null; then
+    SOCKS5=1
+  else
+    SOCKS5_WHY="proxychains4 not installed (apt-get install proxychains4)"
+    log "no socks5 plugin rows: $SOCKS5_WHY"
+  fi
+fi
 
 # rathole: cached under target/bench/tools. `--locked` first, as upstream pins it; rathole
 # 0.5.0's lock file pins `time` 0.3.29, which no longer builds with current rustc, so retry
@@ -219,20 +242,25 @@ rss_kib() {
   echo "$total"
 }
 
-# iperf3 through PUBLIC with P streams; records Gbit/s and CPU-s/GB of the tunnel pids.
-run_iperf() {
-  local col=$1 public=$2 streams=$3
+# One iperf3 run through PUBLIC with P streams, the client under the command prefix in the array
+# IPERF_WRAP (empty: none); the iperf3 server is the shared one on 127.0.0.1:IPERF_PORT. Sets
+# IPERF_GBPS, IPERF_BYTES, IPERF_CPU (CPU-s per GB of the tunnel pids, "" without pids) and
+# IPERF_PEERS (the ports the client's data streams were connected to, from getpeername).
+IPERF_WRAP=()
+iperf_once() { # label public streams tunnel-pids...
+  local label=$1 public=$2 streams=$3
   shift 3
   local pids=("$@") srv c0 c1 json="$WORK/iperf-$streams.json"
+  IPERF_GBPS="" IPERF_BYTES="" IPERF_CPU="" IPERF_PEERS=""
   start srv "$WORK/iperf-server.log" iperf3 -s -1 -B 127.0.0.1 -p "$IPERF_PORT"
   wait_listen "$IPERF_PORT" 5 || { stop "$srv"; return 1; }
   c0=$(cpu_ticks "${pids[@]}")
-  timeout $((SECS + 20)) iperf3 -c 127.0.0.1 -p "$public" -t "$SECS" -P "$streams" -J \
-    --connect-timeout 5000 >"$json" 2>"$WORK/iperf-client.err"
+  timeout $((SECS + 20)) "${IPERF_WRAP[@]}" iperf3 -c 127.0.0.1 -p "$public" -t "$SECS" \
+    -P "$streams" -J --connect-timeout 5000 >"$json" 2>"$WORK/iperf-client.err"
   local rc=$?
   c1=$(cpu_ticks "${pids[@]}")
   stop "$srv"
-  ((rc == 0)) || { log "$col: iperf3 -P $streams failed: $(head -c 300 "$json" "$WORK/iperf-client.err" | tr '\n' ' ')"; return 1; }
+  ((rc == 0)) || { log "$label: iperf3 -P $streams failed: $(head -c 300 "$json" "$WORK/iperf-client.err" | tr '\n' ' ')"; return 1; }
   local out
   out=$(python3 -c '
 import json, sys
@@ -240,15 +268,26 @@ j = json.load(open(sys.argv[1]))
 if "error" in j:
     sys.exit("iperf3: " + j["error"])
 d = j["end"]["sum_received"]
-print(d["bits_per_second"] / 1e9, d["bytes"])' "$json" 2>&1) ||
-    { log "$col: iperf3 -P $streams failed: $out"; record "iperf3 ${streams}× stream, Gbit/s ↑" "$col" fail; return 1; }
-  local gbps bytes
-  read -r gbps bytes <<<"$out"
-  record "iperf3 ${streams}× stream, Gbit/s ↑" "$col" "$gbps"
+peers = sorted({c["remote_port"] for c in j["start"]["connected"]})
+print(d["bits_per_second"] / 1e9, d["bytes"], ",".join(map(str, peers)))' "$json" 2>&1) ||
+    { log "$label: iperf3 -P $streams failed: $out"; return 1; }
+  read -r IPERF_GBPS IPERF_BYTES IPERF_PEERS <<<"$out"
   if ((${#pids[@]})) && [[ -n $c0 && -n $c1 ]]; then
-    record "CPU-s per GB, iperf3 ${streams}× ↓" "$col" \
-      "$(python3 -c "print(($c1 - $c0) / $CLK_TCK / ($bytes / 1e9))")"
+    IPERF_CPU=$(python3 -c "print(($c1 - $c0) / $CLK_TCK / ($IPERF_BYTES / 1e9))")
   fi
+}
+
+# iperf3 through PUBLIC with P streams; records Gbit/s and CPU-s/GB of the tunnel pids.
+run_iperf() {
+  local col=$1 public=$2 streams=$3
+  shift 3
+  if ! iperf_once "$col" "$public" "$streams" "$@"; then
+    record "iperf3 ${streams}× stream, Gbit/s ↑" "$col" fail
+    return 1
+  fi
+  record "iperf3 ${streams}× stream, Gbit/s ↑" "$col" "$IPERF_GBPS"
+  [[ -n $IPERF_CPU ]] && record "CPU-s per GB, iperf3 ${streams}× ↓" "$col" "$IPERF_CPU"
+  return 0
 }
 
 # An extra 1-stream iperf3 run under `perf record --call-graph dwarf` of the tunnel pids (not in
@@ -261,7 +300,7 @@ profile_iperf() {
   local pid_list srv prec pid procs=()
   pid_list=$(IFS=,; echo "$*")
   for pid in "$@"; do
-    procs+=("$(cat "/proc/$pid/comm")=$(ls "/proc/$pid/task" | paste -sd,)")
+    procs+=("$(cat "/proc/$pid/comm")=$(cd "/proc/$pid/task" && printf '%s\n' * | paste -sd,)")
   done
   start srv "$WORK/iperf-server.log" iperf3 -s -1 -B 127.0.0.1 -p "$IPERF_PORT"
   wait_listen "$IPERF_PORT" 5 || { stop "$srv"; return 1; }
@@ -305,11 +344,11 @@ redis_bench() { # col what args...
   return 1
 }
 run_redis() {
-  local col=$1 public=$2 csv test rps avg min p50 p95 p99 max
+  local col=$1 public=$2 csv test rps p50 p99
   if ! want lat; then :
   elif csv=$(redis_bench "$col" "-c 1" -p "$public" -t set,get -n "${LAT_N_COL:-$LAT_N}" -c 1 \
     -r 1000 --precision 3); then
-    while IFS=, read -r test rps avg min p50 p95 p99 max; do
+    while IFS=, read -r test rps _ _ p50 _ p99 _; do
       test=${test//\"/}
       [[ $test == SET || $test == GET ]] || continue
       record "redis -c 1 $test p50, µs ↓" "$col" "$(python3 -c "print(${p50//\"/} * 1000)")"
@@ -357,8 +396,8 @@ run_hold() {
   sleep 1
   r1=$(rss_kib "${pids[@]}")
   : >"$WORK/hold.release"
-  local opened failed
-  read -r opened failed _ <"$ready" 2>/dev/null || opened=0
+  local opened
+  read -r opened _ <"$ready" 2>/dev/null || opened=0
   log "$col: held $opened/$CONNS connections ($(cat "$ready" 2>/dev/null))"
   stop "$holder"
   local per="fail"
@@ -367,6 +406,66 @@ run_hold() {
   record "RSS per idle conn (${CONNS} held), KiB ↓" "$col" "$per"
   sleep 0.5
 }
+
+# BENCH_PLUGINS=socks5: PLUGIN_ROUNDS pairs of 1-stream iperf3 runs on this column's frps+frpc,
+# plain tcp proxy (IPERF_PUBLIC) and socks5 plugin proxy (SOCKS_PUBLIC, iperf3 -c the iperf3
+# server's own 127.0.0.1:IPERF_PORT under proxychains4), in alternating order (plain first in odd
+# rounds) so drift on a noisy machine hits both alike. One row per run goes to ROUNDS_TSV. Each
+# socks5 run checks that iperf3's data stream was connected to SOCKS_PUBLIC (getpeername in the
+# JSON), and the first one that iperf3's control and data sockets are both connected to
+# SOCKS_PUBLIC and none goes to IPERF_PORT directly (ss, in the middle of the run).
+ROUNDS_TSV=$WORK/socks5-rounds.tsv
+: >"$ROUNDS_TSV"
+socks5_rounds() { # col tunnel-pids...
+  local col=$1
+  shift
+  local conf=$WORK/proxychains-$SOCKS_PUBLIC.conf r kind order chk via direct checked=0
+  # strict_chain through the one SOCKS5 server, no proxy_dns (iperf3 is given an address), no
+  # localnet exceptions: every connect() of iperf3 goes through frps' socks5 proxy port.
+  printf '%s\n' strict_chain quiet_mode "tcp_read_time_out 15000" "tcp_connect_time_out 8000" \
+    "" "[ProxyList]" "socks5 127.0.0.1 $SOCKS_PUBLIC" >"$conf"
+  for ((r = 1; r <= PLUGIN_ROUNDS; r++)); do
+    order=(plain socks5)
+    ((r % 2 == 0)) && order=(socks5 plain)
+    for kind in "${order[@]}"; do
+      if [[ $kind == plain ]]; then
+        IPERF_WRAP=()
+        iperf_once "$col plain" "$IPERF_PUBLIC" 1 "$@" || { record_round "$col" "$r" plain fail; continue; }
+        record_round "$col" "$r" plain "$IPERF_GBPS" "$IPERF_CPU"
+        continue
+      fi
+      IPERF_WRAP=(proxychains4 -q -f "$conf")
+      if ((!checked)); then
+        start chk "$WORK/socks5-ss.txt" sh -c "sleep $(((SECS + 1) / 2)); ss -Htnp state established \
+          '( dport = :$SOCKS_PUBLIC or dport = :$IPERF_PORT )'"
+      fi
+      iperf_once "$col socks5" "$IPERF_PORT" 1 "$@"
+      local ok=$?
+      IPERF_WRAP=()
+      if ((!checked)); then
+        stop_wait "$chk"
+        checked=1
+        via=$(grep -c ":$SOCKS_PUBLIC .*\"iperf3\"" "$WORK/socks5-ss.txt")
+        direct=$(grep -c ":$IPERF_PORT .*\"iperf3\"" "$WORK/socks5-ss.txt")
+        if ((via == 2 && direct == 0)); then
+          log "$col: socks5: iperf3's control and data connections both go through the socks5 proxy"
+        else
+          log "$col: socks5: iperf3 sockets via socks5 $via, direct $direct (want 2 and 0): $(tr '\n' ' ' <"$WORK/socks5-ss.txt")"
+          SOCKS5_WHY="$col: iperf3 sockets via the socks5 proxy $via, direct $direct (want 2 and 0)"
+        fi
+      fi
+      if ((ok != 0)); then
+        record_round "$col" "$r" socks5 fail
+      elif [[ $IPERF_PEERS != "$SOCKS_PUBLIC" ]]; then
+        log "$col: socks5: iperf3's data stream connected to port $IPERF_PEERS, not the socks5 proxy's $SOCKS_PUBLIC"
+        record_round "$col" "$r" socks5 "not-proxied"
+      else
+        record_round "$col" "$r" socks5 "$IPERF_GBPS" "$IPERF_CPU"
+      fi
+    done
+  done
+}
+record_round() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:-}" >>"$ROUNDS_TSV"; }
 
 # Waits until PUBLIC reaches redis end to end.
 wait_tunnel() {
@@ -402,6 +501,7 @@ new_ports() {
   REDIS_PUBLIC=$(free_port)
   HOLD_PUBLIC=$(free_port)
   HOLD_LOCAL=$(free_port)
+  SOCKS_PUBLIC=$(free_port)
 }
 
 # ---- direct loopback: the clients talk to the services themselves.
@@ -414,7 +514,8 @@ run_redis direct "$REDIS_PORT"
 
 # ---- frp-uring
 frp_column() { # name mux tls engine perf [protocol]
-  local col=$1 mux=$2 tls=$3 engine=$4 perf=$5 proto=${6:-tcp} frps frpc
+  local col=$1 mux=$2 tls=$3 engine=$4 perf=$5 proto=${6:-tcp} frps frpc socks5=0
+  [[ $SOCKS5 == 1 && $proto == tcp && $engine == "${ENGINES[0]}" ]] && socks5=1
   new_ports
   # QUIC and KCP: frpc's serverPort is frps' UDP quicBindPort / kcpBindPort.
   local server_port=$BIND_PORT udp_line=""
@@ -472,12 +573,31 @@ localIP = "127.0.0.1"
 localPort = $HOLD_LOCAL
 remotePort = $HOLD_PUBLIC
 EOF
+  ((socks5)) && cat >>"$dir/frpc.toml" <<EOF
+
+[[proxies]]
+name = "socks5"
+type = "tcp"
+remotePort = $SOCKS_PUBLIC
+
+[proxies.plugin]
+type = "socks5"
+EOF
   log "column: $col (protocol=$proto tcpMux=$mux tls=$tls engine=$engine)"
   start frps "$dir/frps.log" "$FRPS" -c "$dir/frps.toml"
   wait_listen "$BIND_PORT" 5 || { log "$col: frps did not start: $(tail -3 "$dir/frps.log")"; }
   start frpc "$dir/frpc.log" "$FRPC" -c "$dir/frpc.toml"
   if wait_tunnel "$REDIS_PUBLIC"; then
     measure_column "$col" "$perf" "$frps" "$frpc"
+    if ((socks5)); then
+      if wait_listen "$SOCKS_PUBLIC" 5; then
+        log "$col: $PLUGIN_ROUNDS rounds of iperf3 1×, plain tcp proxy vs socks5 plugin"
+        socks5_rounds "$col" "$frps" "$frpc"
+      else
+        log "$col: the socks5 plugin proxy did not come up; frpc: $(tail -3 "$dir/frpc.log")"
+        record_round "$col" 1 socks5 fail
+      fi
+    fi
   else
     log "$col: tunnel did not come up; frps: $(tail -3 "$dir/frps.log"); frpc: $(tail -3 "$dir/frpc.log")"
     COLUMNS_ORDER+=("$col")
@@ -485,7 +605,6 @@ EOF
   stop "$frpc" "$frps"
 }
 
-FRP_COLUMNS=()
 perf_once=${BENCH_PERF:-0}
 for engine in "${ENGINES[@]}"; do
   suffix=""
@@ -525,6 +644,7 @@ if [[ -x $RATHOLE ]]; then
     done
   } >"$dir/client.toml"
   log "column: rathole ($("$RATHOLE" --version 2>/dev/null | grep -m1 "Build Version" | tr -s " "))"
+  rs="" rc=""
   start rs "$dir/server.log" env RUST_LOG=warn "$RATHOLE" -s "$dir/server.toml"
   wait_listen "$BIND_PORT" 5
   start rc "$dir/client.log" env RUST_LOG=warn "$RATHOLE" -c "$dir/client.toml"
@@ -540,8 +660,9 @@ REF=rathole
 grep -q $'\trathole\t' "$RESULTS" || REF=direct
 
 # ------------------------------------------------------------------------------ the table
-python3 - "$RESULTS" "$REF" "$OUTDIR/results.md" "$RATHOLE_WHY" "${COLUMNS_ORDER[@]}" <<'EOF'
-import sys
+ROUNDS_TSV=$ROUNDS_TSV SOCKS5=$SOCKS5 SOCKS5_WHY=$SOCKS5_WHY PLUGIN_ROUNDS=$PLUGIN_ROUNDS SECS=$SECS \
+  python3 - "$RESULTS" "$REF" "$OUTDIR/results.md" "$RATHOLE_WHY" "${COLUMNS_ORDER[@]}" <<'EOF'
+import os, statistics, sys
 results, ref, out_md, why, *cols = sys.argv[1:]
 rows, vals = [], {}
 for line in open(results, encoding="utf-8"):
@@ -549,6 +670,47 @@ for line in open(results, encoding="utf-8"):
     if row not in rows:
         rows.append(row)
     vals[(row, col)] = val
+
+# BENCH_PLUGINS=socks5: runs (col, round, kind, Gbit/s, CPU-s/GB), plain tcp proxy vs socks5.
+S_G, S_C = "socks5 plugin: iperf3 1×, Gbit/s ↑", "socks5 plugin: CPU-s per GB, iperf3 1× ↓"
+P_G, P_C = "plain tcp proxy: iperf3 1×, Gbit/s ↑", "plain tcp proxy: CPU-s per GB, iperf3 1× ↓"
+R_G = "socks5 ÷ plain, Gbit/s (median of rounds; target ≥ 0.9)"
+R_C = "socks5 ÷ plain, CPU-s/GB (median of rounds; target ≤ 1.1)"
+runs = {}
+for line in open(os.environ["ROUNDS_TSV"], encoding="utf-8"):
+    col, rnd, kind, gbps, cpu = line.rstrip("\n").split("\t")
+    runs.setdefault(col, {}).setdefault(int(rnd), {})[kind] = (gbps, cpu)
+round_lines = []
+if runs:
+    round_lines = [
+        "", f"socks5 plugin rounds (iperf3 1×, {os.environ['SECS']} s each; odd rounds plain first):", "",
+        "| column | round | plain Gbit/s | socks5 Gbit/s | ratio | plain CPU-s/GB | socks5 CPU-s/GB | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+for col, by_round in runs.items():
+    series = {P_G: [], S_G: [], P_C: [], S_C: [], R_G: [], R_C: []}
+    for rnd in sorted(by_round):
+        (pg, pc), (sg, sc) = (by_round[rnd].get(k, ("fail", "")) for k in ("plain", "socks5"))
+        cells = [col, str(rnd), pg, sg, "—", pc or "—", sc or "—", "—"]
+        try:
+            pg, sg = float(pg), float(sg)
+            series[P_G].append(pg); series[S_G].append(sg); series[R_G].append(sg / pg)
+            cells[2:5] = [f"{pg:.2f}", f"{sg:.2f}", f"{sg / pg:.3f}"]
+            pc, sc = float(pc), float(sc)
+            series[P_C].append(pc); series[S_C].append(sc); series[R_C].append(sc / pc)
+            cells[5:8] = [f"{pc:.3f}", f"{sc:.3f}", f"{sc / pc:.3f}"]
+        except ValueError:
+            pass
+        round_lines.append("| " + " | ".join(cells) + " |")
+    for row, xs in series.items():
+        if row not in rows:
+            rows.append(row)
+        if not xs:
+            vals[(row, col)] = "fail"
+        elif row in (R_G, R_C):
+            vals[(row, col)] = f"{statistics.median(xs):.2f} ({min(xs):.2f}–{max(xs):.2f})"
+        else:
+            vals[(row, col)] = str(statistics.median(xs))
 order = [
     "iperf3 1× stream, Gbit/s ↑", "iperf3 8× stream, Gbit/s ↑",
     "CPU-s per GB, iperf3 1× ↓", "CPU-s per GB, iperf3 8× ↓",
@@ -556,6 +718,7 @@ order = [
     "redis -c 1 SET p50, µs ↓", "redis -c 1 SET p99, µs ↓",
     "redis -c 64 GET, req/s ↑", "redis -c 64 SET, req/s ↑",
     "redis -k 0 (new conn per GET), conn/s ↑",
+    P_G, S_G, R_G, P_C, S_C, R_C,
 ]
 rows = [r for r in order if r in rows] + sorted(
     (r for r in rows if r not in order), key=lambda r: (not r.startswith("RSS idle"), r))
@@ -599,7 +762,14 @@ notes = [
 ]
 if why:
     notes.append(f"No rathole column: {why}")
-table = "\n".join(lines + notes) + "\n"
+if runs:
+    notes.append(
+        f"socks5 plugin rows: {os.environ['PLUGIN_ROUNDS']} interleaved rounds of iperf3 1× through "
+        "the plain tcp proxy and through frpc's socks5 plugin (iperf3 under proxychains4) on the "
+        "same frps+frpc; medians, and the median (min–max) of the rounds' socks5 ÷ plain ratios.")
+if os.environ["SOCKS5_WHY"]:
+    notes.append(f"socks5 plugin: {os.environ['SOCKS5_WHY']}")
+table = "\n".join(lines + notes + round_lines) + "\n"
 print(table)
 with open(out_md, "w", encoding="utf-8") as f:
     f.write("# scripts/bench.sh results\n\n" + table)

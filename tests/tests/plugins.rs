@@ -984,3 +984,134 @@ async fn http2https_https2https_and_tls2raw_plugins() {
         other => panic!("{other:?}"),
     }
 }
+
+/// An upgrade (`Connection: Upgrade`) goes through http2http and https2http as through Go's
+/// reverse proxy: the local service's 101 reaches the user, then both ways are one byte
+/// stream (frp's wss transport behind frpc's https2http relies on it).
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrades_pass_through_http_plugins() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::new();
+    // Switches to "echo" and echoes, after checking that the upgrade was asked for.
+    let backend = tcp_service(|mut s| async move {
+        let Some(head) = read_head(&mut s).await else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        if !(head.contains("connection: upgrade") && head.contains("upgrade: echo")) {
+            respond_and_close(&mut s, "", b"no upgrade asked").await;
+            return;
+        }
+        let _ = s
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+            )
+            .await;
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await;
+    let (h2h, s2h) = (free_port(), free_port());
+    let (_frps, _frpc) = start(
+        &env,
+        &[
+            ("h2h", h2h, ENC_COMP, plugin_to("http2http", backend, "")),
+            (
+                "s2h",
+                s2h,
+                "",
+                plugin_to("https2http", backend, "enableHTTP2 = false"),
+            ),
+        ],
+    );
+    let request =
+        b"GET /ws HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+    let data = pattern(300_000, 11);
+    // http2http: plain TCP.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", h2h))
+        .await
+        .unwrap();
+    s.write_all(request).await.unwrap();
+    let head = read_until_suffix(&mut s, b"\r\n\r\n", "http2http: 101").await;
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    let (mut r, mut w) = s.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move { w.write_all(&sent).await.map(|()| w) });
+    let mut got = vec![0u8; data.len()];
+    tokio::time::timeout(Duration::from_secs(20), r.read_exact(&mut got))
+        .await
+        .expect("http2http: echo after the upgrade")
+        .unwrap();
+    assert!(got == data, "http2http: echo differs");
+    drop(writer.await.unwrap());
+    // https2http: the same inside TLS (the plugin's generated certificate).
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(insecure_client_config()));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s2h))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.example").unwrap();
+    let mut s = tls.connect(name, tcp).await.expect("TLS to https2http");
+    s.write_all(request).await.unwrap();
+    let head = read_until_suffix(&mut s, b"\r\n\r\n", "https2http: 101").await;
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s.write_all(b"hello through tls").await.unwrap();
+    let mut got = [0u8; 17];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut got))
+        .await
+        .expect("https2http: echo after the upgrade")
+        .unwrap();
+    assert_eq!(&got, b"hello through tls");
+}
+
+/// A TLS client config that accepts any certificate (the plugin's is generated).
+fn insecure_client_config() -> rustls::ClientConfig {
+    #[derive(Debug)]
+    struct AnyCert;
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
+    .with_no_client_auth()
+}

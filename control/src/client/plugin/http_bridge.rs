@@ -15,7 +15,9 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,7 +29,7 @@ use http_body_util::{BodyExt, Empty, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, warn};
@@ -170,11 +172,7 @@ impl Plugin for HttpBridge {
     }
 }
 
-async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    mut io: S,
-    h2: bool,
-    ctx: ConnCtx,
-) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: S, h2: bool, ctx: ConnCtx) {
     let ctx = Arc::new(ctx);
     let proxy = ctx.proxy.clone();
     let name = ctx.inner.name;
@@ -182,11 +180,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(forward(req, &ctx).await) }
     });
+    // By value: an upgrade (WebSocket) takes the connection over.
+    let io = TokioIo::new(LingerOnDrop(Some(io)));
     let served = if h2 {
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEAD as u32)
-            .serve_connection(TokioIo::new(&mut io), svc)
+            .serve_connection(io, svc)
             .await
     } else {
         hyper::server::conn::http1::Builder::new()
@@ -194,13 +194,78 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             .header_read_timeout(READ_HEADER_TIMEOUT)
             .title_case_headers(true)
             .max_buf_size(MAX_HEAD)
-            .serve_connection(TokioIo::new(&mut io), svc)
+            .serve_connection(io, svc)
+            .with_upgrades()
             .await
     };
     if let Err(e) = served {
         debug!("[{proxy}] {name}: {e}");
     }
-    super::linger_close(&mut io).await;
+}
+
+/// The user's connection as hyper holds it: once dropped (served, or at the end of an
+/// upgraded session), it is closed as [`super::linger_close`] closes it, so that an answer
+/// written just before (a 431 with request bytes still unread) is not lost to a reset.
+struct LingerOnDrop<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(Option<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> LingerOnDrop<S> {
+    fn io(&mut self) -> Pin<&mut S> {
+        Pin::new(self.0.as_mut().expect("held until dropped"))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for LingerOnDrop<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.get_mut().io().poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for LingerOnDrop<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut().io().poll_write(cx, data)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().io().poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().io().poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for LingerOnDrop<S> {
+    fn drop(&mut self) {
+        if let Some(mut io) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move { super::linger_close(&mut io).await });
+        }
+    }
+}
+
+/// The protocol a request asks to switch to (`Connection: Upgrade` and `Upgrade: X`), which
+/// Go's reverse proxy passes on (WebSocket through https2http, e.g. frp's wss transport).
+fn upgrade_of(h: &HeaderMap) -> Option<HeaderValue> {
+    let asked = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asked.then(|| h.get(header::UPGRADE).cloned()).flatten()
+}
+
+/// Marks `h` as switching to `proto` (after the hop-by-hop headers were removed).
+fn set_upgrade(h: &mut HeaderMap, proto: HeaderValue) {
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, proto);
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -261,8 +326,10 @@ fn remove_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-async fn forward(req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
+async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
     let inner = &ctx.inner;
+    let upgrade = upgrade_of(req.headers());
+    let user_upgraded = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let in_host = req
         .headers()
         .get(header::HOST)
@@ -333,6 +400,9 @@ async fn forward(req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
     for (k, v) in &inner.set {
         h.insert(k.clone(), v.clone());
     }
+    if let Some(proto) = &upgrade {
+        set_upgrade(h, proto.clone());
+    }
     parts.uri = parts
         .uri
         .path_and_query()
@@ -352,10 +422,34 @@ async fn forward(req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
     };
     match sender.send_request(out).await {
         Ok(mut resp) => {
-            if let Ok(mut idle) = ctx.idle.lock() {
-                idle.push(sender);
+            let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let proto = upgrade_of(resp.headers());
+            match (switched, user_upgraded, proto) {
+                (true, Some(user), Some(proto)) => {
+                    // The local service switched: from now on the two connections are one
+                    // byte stream, until either side closes.
+                    let local = hyper::upgrade::on(&mut resp);
+                    let name = ctx.proxy.clone();
+                    tokio::spawn(async move {
+                        match tokio::try_join!(user, local) {
+                            Ok((user, local)) => {
+                                let (mut user, mut local) =
+                                    (TokioIo::new(user), TokioIo::new(local));
+                                let _ = tokio::io::copy_bidirectional(&mut user, &mut local).await;
+                            }
+                            Err(e) => debug!("[{name}] upgrade: {e}"),
+                        }
+                    });
+                    remove_hop_by_hop(resp.headers_mut());
+                    set_upgrade(resp.headers_mut(), proto);
+                }
+                _ => {
+                    if !switched && let Ok(mut idle) = ctx.idle.lock() {
+                        idle.push(sender);
+                    }
+                    remove_hop_by_hop(resp.headers_mut());
+                }
             }
-            remove_hop_by_hop(resp.headers_mut());
             resp.map(|b| b.boxed())
         }
         Err(e) => {
@@ -402,7 +496,7 @@ async fn sender(ctx: &ConnCtx) -> Result<SendRequest<Incoming>, String> {
                 .handshake(TokioIo::new(tls))
                 .await
                 .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
+            tokio::spawn(conn.with_upgrades());
             Ok(s)
         }
         None => {
@@ -410,7 +504,7 @@ async fn sender(ctx: &ConnCtx) -> Result<SendRequest<Incoming>, String> {
                 .handshake(TokioIo::new(tcp))
                 .await
                 .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
+            tokio::spawn(conn.with_upgrades());
             Ok(s)
         }
     }

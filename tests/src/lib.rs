@@ -333,7 +333,11 @@ impl Env {
 /// frp's join (and a websocket) ends both directions on the first EOF, so an echo through
 /// a real frp hop may lose its tail after a half-close.
 pub async fn echo_exact(port: u16, data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let s = TcpStream::connect(("127.0.0.1", port)).await?;
+    echo_exact_on(TcpStream::connect(("127.0.0.1", port)).await?, data).await
+}
+
+/// [`echo_exact`] on a connection already open (e.g. after a CONNECT or an upgrade).
+pub async fn echo_exact_on(s: TcpStream, data: &[u8]) -> std::io::Result<Vec<u8>> {
     let (mut r, mut w) = s.into_split();
     let owned = data.to_vec();
     let writer = tokio::spawn(async move { w.write_all(&owned).await.map(|()| w) });

@@ -1062,15 +1062,10 @@ customDomains = ["tm.interop.test"]
         "{:?}",
         String::from_utf8_lossy(&head)
     );
-    let (mut r, mut w) = s.into_split();
-    let sent = data.clone();
-    let writer = tokio::spawn(async move { w.write_all(&sent).await.map(|()| w) });
-    let mut got = vec![0u8; data.len()];
-    tokio::time::timeout(Duration::from_secs(20), r.read_exact(&mut got))
+    let got = tokio::time::timeout(Duration::from_secs(20), echo_exact_on(s, &data))
         .await
         .expect("tcpmux echo timed out")
         .unwrap();
-    let _w = writer.await.unwrap().unwrap();
     assert!(got == data, "tcpmux echo differs");
 }
 

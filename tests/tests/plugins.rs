@@ -1036,16 +1036,11 @@ async fn upgrades_pass_through_http_plugins() {
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
-    let (mut r, mut w) = s.into_split();
-    let sent = data.clone();
-    let writer = tokio::spawn(async move { w.write_all(&sent).await.map(|()| w) });
-    let mut got = vec![0u8; data.len()];
-    tokio::time::timeout(Duration::from_secs(20), r.read_exact(&mut got))
+    let got = tokio::time::timeout(Duration::from_secs(20), echo_exact_on(s, &data))
         .await
         .expect("http2http: echo after the upgrade")
         .unwrap();
     assert!(got == data, "http2http: echo differs");
-    drop(writer.await.unwrap());
     // https2http: the same inside TLS (the plugin's generated certificate).
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(insecure_client_config()));
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s2h))

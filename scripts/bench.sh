@@ -36,6 +36,11 @@
 # per-round table). Needs proxychains4 (Debian package, not installed here: skipped with a
 # note when missing).
 #
+# BENCH_FRP=DIR (default $FRP_GO_BIN_DIR; off when neither is set): real frp's frps and frpc from
+# DIR (shared/tools/frp-peers builds v0.70.0) get the same three columns as frp-uring (mux off,
+# mux on, mux+TLS; no transports, no plugins), and each frp-uring figure is also given as a ratio
+# to real frp's figure in the same mode: frp's default (mux+TLS) against ours.
+#
 # Nothing leaves 127.0.0.1. Every process started here is killed on exit.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -57,6 +62,7 @@ want() { [[ $TESTS == *" $1 "* ]]; }
 want_mode() { [[ " ${MODES[*]} " == *" $1 "* ]]; }
 read -r -a PLUGINS <<<"${BENCH_PLUGINS:-}"
 PLUGIN_ROUNDS=${BENCH_PLUGIN_ROUNDS:-3}
+GO_DIR=${BENCH_FRP:-${FRP_GO_BIN_DIR:-}}
 
 WORK=$(mktemp -d /tmp/frp-bench.XXXXXX)
 PIDS=()
@@ -147,11 +153,15 @@ fi
 if [[ -n ${BENCH_BIN:-} ]]; then
   log "using the binaries in $BENCH_BIN (BENCH_BIN), not building"
 else
-  log "building frp-uring (release)"
-  cargo build --release --bins >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
+  # BENCH_PERF=1 measures the `profiling` profile (the release build with symbols and debug
+  # info: the shipped release binaries are stripped, so perf could name no symbol in them).
+  BUILT=release
+  [[ ${BENCH_PERF:-0} == 1 ]] && BUILT=profiling
+  log "building frp-uring ($BUILT profile)"
+  cargo build --profile "$BUILT" --bins >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
 fi
-FRPS=${BENCH_BIN:-$ROOT/target/release}/frps
-FRPC=${BENCH_BIN:-$ROOT/target/release}/frpc
+FRPS=${BENCH_BIN:-$ROOT/target/${BUILT:-release}}/frps
+FRPC=${BENCH_BIN:-$ROOT/target/${BUILT:-release}}/frpc
 
 # Room for CONNS idle connections: each one is up to 3 sockets in each tunnel process.
 want_fds=$((CONNS * 3 + 1024))
@@ -515,7 +525,10 @@ run_redis direct "$REDIS_PORT"
 # ---- frp-uring
 frp_column() { # name mux tls engine perf [protocol]
   local col=$1 mux=$2 tls=$3 engine=$4 perf=$5 proto=${6:-tcp} frps frpc socks5=0
-  [[ $SOCKS5 == 1 && $proto == tcp && $engine == "${ENGINES[0]}" ]] && socks5=1
+  local bin_s=$FRPS bin_c=$FRPC dataplane="[dataplane]"$'\n'"engine = \"$engine\""
+  [[ $SOCKS5 == 1 && $proto == tcp && $engine == "${ENGINES[0]}" && -z ${GO:-} ]] && socks5=1
+  # Real frp (GO=1): its binaries, and no [dataplane] table (frp's strict config refuses it).
+  [[ -n ${GO:-} ]] && bin_s=$GO_DIR/frps bin_c=$GO_DIR/frpc dataplane=""
   new_ports
   # QUIC and KCP: frpc's serverPort is frps' UDP quicBindPort / kcpBindPort.
   local server_port=$BIND_PORT udp_line=""
@@ -537,8 +550,7 @@ auth.token = "$TOKEN"
 transport.tcpMux = $mux
 log.level = "warn"
 
-[dataplane]
-engine = "$engine"
+$dataplane
 EOF
   cat >"$dir/frpc.toml" <<EOF
 serverAddr = "127.0.0.1"
@@ -549,8 +561,7 @@ transport.tcpMux = $mux
 transport.tls.enable = $tls
 log.level = "warn"
 
-[dataplane]
-engine = "$engine"
+$dataplane
 
 [[proxies]]
 name = "iperf"
@@ -584,9 +595,9 @@ remotePort = $SOCKS_PUBLIC
 type = "socks5"
 EOF
   log "column: $col (protocol=$proto tcpMux=$mux tls=$tls engine=$engine)"
-  start frps "$dir/frps.log" "$FRPS" -c "$dir/frps.toml"
+  start frps "$dir/frps.log" "$bin_s" -c "$dir/frps.toml"
   wait_listen "$BIND_PORT" 5 || { log "$col: frps did not start: $(tail -3 "$dir/frps.log")"; }
-  start frpc "$dir/frpc.log" "$FRPC" -c "$dir/frpc.toml"
+  start frpc "$dir/frpc.log" "$bin_c" -c "$dir/frpc.toml"
   if wait_tunnel "$REDIS_PUBLIC"; then
     measure_column "$col" "$perf" "$frps" "$frpc"
     if ((socks5)); then
@@ -624,6 +635,19 @@ for proto in "${TRANSPORTS[@]}"; do
     "${ENGINES[0]}" light "$proto"
 done
 
+# ---- real frp, same three modes
+GO_VERSION=""
+if [[ -n $GO_DIR ]]; then
+  if [[ -x $GO_DIR/frps && -x $GO_DIR/frpc ]]; then
+    GO_VERSION=$("$GO_DIR/frps" -v 2>/dev/null)
+    want_mode off && GO=1 frp_column "frp $GO_VERSION mux off" false false go 0
+    want_mode on && GO=1 frp_column "frp $GO_VERSION mux on" true false go 0
+    want_mode tls && GO=1 frp_column "frp $GO_VERSION mux+TLS" true true go 0
+  else
+    log "no real frp columns: $GO_DIR/frps or $GO_DIR/frpc is missing"
+  fi
+fi
+
 # ---- rathole
 if [[ -x $RATHOLE ]]; then
   new_ports
@@ -660,7 +684,7 @@ REF=rathole
 grep -q $'\trathole\t' "$RESULTS" || REF=direct
 
 # ------------------------------------------------------------------------------ the table
-ROUNDS_TSV=$ROUNDS_TSV SOCKS5=$SOCKS5 SOCKS5_WHY=$SOCKS5_WHY PLUGIN_ROUNDS=$PLUGIN_ROUNDS SECS=$SECS \
+GO_VERSION=$GO_VERSION ROUNDS_TSV=$ROUNDS_TSV SOCKS5=$SOCKS5 SOCKS5_WHY=$SOCKS5_WHY PLUGIN_ROUNDS=$PLUGIN_ROUNDS SECS=$SECS \
   python3 - "$RESULTS" "$REF" "$OUTDIR/results.md" "$RATHOLE_WHY" "${COLUMNS_ORDER[@]}" <<'EOF'
 import os, statistics, sys
 results, ref, out_md, why, *cols = sys.argv[1:]
@@ -737,6 +761,15 @@ def fmt(x):
     if a >= 1: return f"{x:.2f}"
     return f"{x:.3f}"
 
+go = os.environ.get("GO_VERSION", "")
+
+def go_twin(col):
+    """Real frp's column in the same mode as this frp-uring column (engine suffix dropped)."""
+    for mode in ("mux off", "mux on", "mux+TLS"):
+        if col.startswith(f"frp-uring {mode}"):
+            return f"frp {go} {mode}"
+    return None
+
 head = ["figure"] + cols
 lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 for row in rows:
@@ -750,13 +783,17 @@ for row in rows:
         elif v is None:
             cells.append(raw)
         elif col.startswith("frp-uring") and refv:
-            cells.append(f"{fmt(v)} ({v / refv:.2f}×)")
+            cell = f"{fmt(v)} ({v / refv:.2f}×"
+            gov = num(vals.get((row, go_twin(col))))
+            cells.append(cell + (f", {v / gov:.2f}× frp)" if gov else ")"))
         else:
             cells.append(fmt(v))
     lines.append("| " + " | ".join(cells) + " |")
 notes = [
     "",
-    f"Ratios: frp-uring ÷ {ref} (same run). ↑ higher is better, ↓ lower is better.",
+    f"Ratios: frp-uring ÷ {ref} (same run)"
+    + (f"; then ÷ real frp {go} in the same mode (×frp)" if go else "")
+    + ". ↑ higher is better, ↓ lower is better.",
     "CPU-s per GB: utime+stime of both tunnel processes over the run ÷ bytes iperf3 received.",
     "RSS: VmRSS of both tunnel processes; per idle conn = (held − idle) ÷ connections held.",
 ]

@@ -122,14 +122,23 @@ fn main() -> ExitCode {
             }
         },
     };
+    // Quick proxies have no file: nothing to reload from.
+    let config_file = cli.cmd.is_none().then(|| cli.config.clone());
+    // `store.path`: the store's proxies and visitors join the file's.
+    let sources = match control::client::store::ConfigSources::open(cfg, config_file.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cfg = sources.merged();
     // frp validates the config (common part, then each proxy and visitor it would start)
     // before it starts logging, whether it came from a file or from flags.
     if !validated(&cfg) {
         return ExitCode::FAILURE;
     }
-    // Quick proxies have no file: nothing to reload from.
-    let config_file = cli.cmd.is_none().then(|| cli.config.clone());
-    match run(cfg, config_file, cli.strict_config) {
+    match run(cfg, sources, config_file, cli.strict_config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // frp prints why it stopped on stdout.
@@ -185,7 +194,12 @@ fn admin_command(cli: &Cli, timeout: Duration) -> anyhow::Result<()> {
     })
 }
 
-fn run(cfg: ClientConfig, config_file: Option<PathBuf>, strict: bool) -> anyhow::Result<()> {
+fn run(
+    cfg: ClientConfig,
+    sources: control::client::store::ConfigSources,
+    config_file: Option<PathBuf>,
+    strict: bool,
+) -> anyhow::Result<()> {
     control::log::init_logger(
         &cfg.log.to,
         &cfg.log.level,
@@ -221,6 +235,7 @@ fn run(cfg: ClientConfig, config_file: Option<PathBuf>, strict: bool) -> anyhow:
                 config_file.clone().unwrap_or_default(),
                 strict,
                 stop.clone(),
+                sources,
             )
             .await?;
             tracing::info!("admin server listen on {}", admin.local_addr()?);

@@ -7,6 +7,7 @@
 //! | `POST /api/stop` | graceful stop (CloseProxy for all, 100 ms, exit 0) |
 //! | `GET /api/status` | proxies by type |
 //! | `GET`/`PUT /api/config` | the config file's raw text |
+//! | `/api/store/proxies[/{name}]`, `/api/store/visitors[/{name}]` | with `store.path`: see [`store_api`] |
 //!
 //! Everything but `/healthz` needs Basic auth when `webServer.user`/`password` are set.
 //! Errors are frp's `{"Code":n,"Msg":"…"}` with status n.
@@ -24,11 +25,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::info;
 
+use crate::client::store::ConfigSources;
 use crate::client::{Client, ProxyStatus};
 use crate::config::{self, ClientConfig, ConfigFormat, WebServerConfig};
 use crate::web::{self, Body};
 
 pub mod api_client;
+pub mod store_api;
 
 pub use crate::web::WebError;
 
@@ -43,6 +46,9 @@ pub struct ProxyStatusResp {
     pub local_addr: String,
     pub plugin: String,
     pub remote_addr: String,
+    /// "store" for a proxy of the store (frp omits it otherwise).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
 }
 
 /// `/api/status`: proxy type → proxies sorted by name.
@@ -64,6 +70,11 @@ struct Admin {
     user: String,
     password: String,
     stop: Arc<Notify>,
+    /// The config file's proxies and the store's; frp's `reloadMu` (a reload or a store
+    /// change at a time).
+    sources: std::sync::Mutex<ConfigSources>,
+    /// `store.path` is set: the `/api/store/*` routes exist.
+    store_enabled: bool,
 }
 
 /// frpc's admin server, bound and ready to run.
@@ -73,15 +84,18 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `webServer.addr:port`. `stop` is notified on `POST /api/stop`.
+    /// Binds `webServer.addr:port`. `stop` is notified on `POST /api/stop`. `sources` are
+    /// what `client` was started with (the config file and the store).
     pub async fn bind(
         cfg: &WebServerConfig,
         client: Arc<Client>,
         config_path: PathBuf,
         strict: bool,
         stop: Arc<Notify>,
+        sources: ConfigSources,
     ) -> Result<AdminServer, WebError> {
         let listener = web::Listener::bind(cfg).await?;
+        let store_enabled = sources.store.is_some();
         Ok(AdminServer {
             listener,
             admin: Arc::new(Admin {
@@ -91,6 +105,8 @@ impl AdminServer {
                 user: cfg.user.clone(),
                 password: cfg.password.clone(),
                 stop,
+                sources: std::sync::Mutex::new(sources),
+                store_enabled,
             }),
         })
     }
@@ -130,14 +146,24 @@ impl Admin {
             (_, "/api/reload" | "/api/stop" | "/api/status" | "/api/config") => {
                 web::text(StatusCode::METHOD_NOT_ALLOWED, "")
             }
-            _ => web::text(StatusCode::NOT_FOUND, "404 page not found\n"),
+            _ => match store_api::route(&req).filter(|_| self.store_enabled) {
+                Some(route) => self.store(route, req).await,
+                None => web::text(StatusCode::NOT_FOUND, "404 page not found\n"),
+            },
         };
         web::log_request(&method, &path, resp.status());
         resp
     }
 
     fn status(&self) -> StatusResp {
-        status_resp(self.client.server_addr(), &self.client.proxy_status())
+        let mut s = status_resp(self.client.server_addr(), &self.client.proxy_status());
+        let sources = self.sources.lock().unwrap();
+        for p in s.values_mut().flatten() {
+            if sources.is_store_proxy_enabled(&p.name) {
+                p.source = "store".into();
+            }
+        }
+        s
     }
 
     async fn reload(&self, req: &Request<Incoming>) -> Response<Body> {
@@ -159,7 +185,12 @@ impl Admin {
             Ok(Err(msg)) => return web::error(StatusCode::BAD_REQUEST, &msg),
             Err(e) => return web::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         };
-        self.client.reload(&cfg);
+        {
+            // The store's proxies stay; a store entry still wins over a file entry.
+            let mut sources = self.sources.lock().unwrap();
+            sources.file = cfg;
+            self.client.reload(&sources.merged());
+        }
         info!("success reload conf");
         web::ok_empty()
     }
@@ -255,6 +286,7 @@ pub fn status_resp(server_addr: &str, proxies: &[ProxyStatus]) -> StatusResp {
                 local_addr: p.local_addr.clone(),
                 plugin: p.plugin.clone(),
                 remote_addr,
+                source: String::new(),
             });
     }
     for v in out.values_mut() {

@@ -27,6 +27,7 @@ use crate::wire_v2::WireVersion;
 
 mod health;
 mod plugin;
+pub mod store;
 mod udp;
 mod visitor;
 

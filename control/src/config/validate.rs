@@ -318,9 +318,6 @@ impl ClientConfig {
         if !self.virtual_net.address.is_empty() {
             errs.push(not_yet("virtual network".into(), "virtualNet.address"));
         }
-        if !self.store.path.is_empty() {
-            errs.push(not_yet("the proxy store".into(), "store.path"));
-        }
         if !self.web_server.assets_dir.is_empty() {
             errs.push(not_yet(
                 "serving the admin UI from a directory".into(),

@@ -81,8 +81,8 @@ pub(super) fn route<B>(req: &Request<B>) -> Option<Route> {
 
 /// A proxy or visitor, one config of either kind.
 enum Entry {
-    Proxy(ProxyConfig),
-    Visitor(VisitorConfig),
+    Proxy(Box<ProxyConfig>),
+    Visitor(Box<VisitorConfig>),
 }
 
 impl Entry {
@@ -148,11 +148,11 @@ fn parse_definition(kind: Kind, body: &[u8]) -> Result<Definition, String> {
         let entry = match kind {
             Kind::Proxy => {
                 let pt = ProxyType::parse(t).expect("a proxy type");
-                Entry::Proxy(decode_proxy_as(b.clone(), pt, &name)?)
+                Entry::Proxy(Box::new(decode_proxy_as(b.clone(), pt, &name)?))
             }
             Kind::Visitor => {
                 let vt = VisitorType::parse(t).expect("a visitor type");
-                Entry::Visitor(decode_visitor_as(b.clone(), vt, &name)?)
+                Entry::Visitor(Box::new(decode_visitor_as(b.clone(), vt, &name)?))
             }
         };
         blocks.push((t, entry));
@@ -207,13 +207,13 @@ fn validate(e: &Entry) -> Result<(), String> {
     let mut cfg = ClientConfig::default();
     match e {
         Entry::Proxy(p) => {
-            let mut p = p.clone();
+            let mut p = p.as_ref().clone();
             p.complete();
             crate::config::validate_proxy(&p)?;
             cfg.proxies.push(p);
         }
         Entry::Visitor(v) => {
-            let mut v = v.clone();
+            let mut v = v.as_ref().clone();
             v.complete();
             crate::config::validate_visitor(&v)?;
             cfg.visitors.push(v);
@@ -251,11 +251,11 @@ impl Admin {
         let defs: Vec<Value> = match kind {
             Kind::Proxy => store
                 .proxies()
-                .map(|p| definition(&Entry::Proxy(p.clone())))
+                .map(|p| definition(&Entry::Proxy(Box::new(p.clone()))))
                 .collect(),
             Kind::Visitor => store
                 .visitors()
-                .map(|v| definition(&Entry::Visitor(v.clone())))
+                .map(|v| definition(&Entry::Visitor(Box::new(v.clone()))))
                 .collect(),
         };
         let key = match kind {
@@ -271,8 +271,14 @@ impl Admin {
             return store_disabled();
         };
         let found = match kind {
-            Kind::Proxy => store.proxy(name).cloned().map(Entry::Proxy),
-            Kind::Visitor => store.visitor(name).cloned().map(Entry::Visitor),
+            Kind::Proxy => store
+                .proxy(name)
+                .cloned()
+                .map(|p| Entry::Proxy(Box::new(p))),
+            Kind::Visitor => store
+                .visitor(name)
+                .cloned()
+                .map(|v| Entry::Visitor(Box::new(v))),
         };
         match found {
             Some(e) => web::json(StatusCode::OK, &definition(&e)),
@@ -284,30 +290,30 @@ impl Admin {
     }
 
     fn store_create(&self, kind: Kind, body: &[u8]) -> Response<Body> {
-        let entry = match self.checked_entry(kind, body, None) {
+        let entry = match checked_entry(kind, body, None) {
             Ok(e) => e,
-            Err(r) => return r,
+            Err(msg) => return web::error(StatusCode::BAD_REQUEST, &msg),
         };
         let name = entry.name().to_string();
         self.mutate(kind, &name, "created", |sources| {
             let store = sources.store.as_mut().expect("store enabled");
             match entry {
-                Entry::Proxy(p) => store.add_proxy(p),
-                Entry::Visitor(v) => store.add_visitor(v),
+                Entry::Proxy(p) => store.add_proxy(*p),
+                Entry::Visitor(v) => store.add_visitor(*v),
             }
         })
     }
 
     fn store_update(&self, kind: Kind, name: &str, body: &[u8]) -> Response<Body> {
-        let entry = match self.checked_entry(kind, body, Some(name)) {
+        let entry = match checked_entry(kind, body, Some(name)) {
             Ok(e) => e,
-            Err(r) => return r,
+            Err(msg) => return web::error(StatusCode::BAD_REQUEST, &msg),
         };
         self.mutate(kind, name, "updated", |sources| {
             let store = sources.store.as_mut().expect("store enabled");
             match entry {
-                Entry::Proxy(p) => store.update_proxy(p),
-                Entry::Visitor(v) => store.update_visitor(v),
+                Entry::Proxy(p) => store.update_proxy(*p),
+                Entry::Visitor(v) => store.update_visitor(*v),
             }
         })
     }
@@ -327,27 +333,6 @@ impl Admin {
         self.client.reload(&sources.merged());
         info!("store: deleted {} {name:?}", kind.as_str());
         web::ok_empty()
-    }
-
-    /// Parses and validates a create/update body; `Err` is the response refusing it.
-    fn checked_entry(
-        &self,
-        kind: Kind,
-        body: &[u8],
-        path_name: Option<&str>,
-    ) -> Result<Entry, Response<Body>> {
-        let def = parse_definition(kind, body)
-            .map_err(|e| web::error(StatusCode::BAD_REQUEST, &format!("parse JSON error: {e}")))?;
-        let entry = def
-            .into_entry(kind, path_name)
-            .map_err(|e| web::error(StatusCode::BAD_REQUEST, &e))?;
-        validate(&entry).map_err(|e| {
-            web::error(
-                StatusCode::BAD_REQUEST,
-                &format!("invalid argument: validation error: {e}"),
-            )
-        })?;
-        Ok(entry)
     }
 
     /// Changes the store, applies the result to the running frpc and answers with the
@@ -370,8 +355,14 @@ impl Admin {
         info!("store: {done} {} {name:?}", kind.as_str());
         let store = sources.store.as_ref().expect("store enabled");
         let stored = match kind {
-            Kind::Proxy => store.proxy(name).cloned().map(Entry::Proxy),
-            Kind::Visitor => store.visitor(name).cloned().map(Entry::Visitor),
+            Kind::Proxy => store
+                .proxy(name)
+                .cloned()
+                .map(|p| Entry::Proxy(Box::new(p))),
+            Kind::Visitor => store
+                .visitor(name)
+                .cloned()
+                .map(|v| Entry::Visitor(Box::new(v))),
         };
         match stored {
             Some(e) => web::json(StatusCode::OK, &definition(&e)),
@@ -384,6 +375,14 @@ impl Admin {
             ),
         }
     }
+}
+
+/// Parses and validates a create/update body; `Err` is why it is refused (a 400).
+fn checked_entry(kind: Kind, body: &[u8], path_name: Option<&str>) -> Result<Entry, String> {
+    let def = parse_definition(kind, body).map_err(|e| format!("parse JSON error: {e}"))?;
+    let entry = def.into_entry(kind, path_name)?;
+    validate(&entry).map_err(|e| format!("invalid argument: validation error: {e}"))?;
+    Ok(entry)
 }
 
 async fn read(req: Request<Incoming>) -> Result<bytes::Bytes, Response<Body>> {

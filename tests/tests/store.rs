@@ -244,6 +244,16 @@ async fn store_api_creates_lists_gets_updates_and_deletes_proxies_and_visitors()
         (source("api-tcp").as_str(), source("file").as_str()),
         ("store", "")
     );
+    // frp's per-proxy config endpoint: the running config, whichever source it came from.
+    let (code, body) = call(&api, Method::GET, "/api/proxy/api-tcp/config", None).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["tcp"]["remotePort"], r1);
+    let (code, body) = call(&api, Method::GET, "/api/proxy/file/config", None).await;
+    assert_eq!((code, &body["tcp"]["remotePort"]), (200, &json!(r_file)));
+    assert_eq!(
+        call(&api, Method::GET, "/api/proxy/nope/config", None).await,
+        (404, frp_error(404, "proxy \"nope\" not found"))
+    );
 
     // Update: the proxy moves to its new remote port.
     let (code, body) = call(
@@ -298,6 +308,8 @@ async fn store_api_creates_lists_gets_updates_and_deletes_proxies_and_visitors()
     let (code, body) = call(&api, Method::GET, "/api/store/visitors", None).await;
     assert_eq!(code, 200);
     assert_eq!(body["visitors"][0]["name"], "visit");
+    let (code, body) = call(&api, Method::GET, "/api/visitor/visit/config", None).await;
+    assert_eq!((code, &body["stcp"]["bindPort"]), (200, &json!(v_port)));
     let (code, _) = call(&api, Method::DELETE, "/api/store/visitors/visit", None).await;
     assert_eq!(code, 200);
     wait_closed(v_port);

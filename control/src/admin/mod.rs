@@ -7,6 +7,7 @@
 //! | `POST /api/stop` | graceful stop (CloseProxy for all, 100 ms, exit 0) |
 //! | `GET /api/status` | proxies by type |
 //! | `GET`/`PUT /api/config` | the config file's raw text |
+//! | `GET /api/proxy/{name}/config`, `GET /api/visitor/{name}/config` | a proxy's or visitor's config as it runs (else the store's) |
 //! | `/api/store/proxies[/{name}]`, `/api/store/visitors[/{name}]` | with `store.path`: see [`store_api`] |
 //!
 //! Everything but `/healthz` needs Basic auth when `webServer.user`/`password` are set.
@@ -148,7 +149,10 @@ impl Admin {
             }
             _ => match store_api::route(&req).filter(|_| self.store_enabled) {
                 Some(route) => self.store(route, req).await,
-                None => web::text(StatusCode::NOT_FOUND, "404 page not found\n"),
+                None => match store_api::config_route(&req) {
+                    Some(route) => self.running_config(route, &method),
+                    None => web::text(StatusCode::NOT_FOUND, "404 page not found\n"),
+                },
             },
         };
         web::log_request(&method, &path, resp.status());

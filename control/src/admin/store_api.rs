@@ -79,6 +79,25 @@ pub(super) fn route<B>(req: &Request<B>) -> Option<Route> {
     }
 }
 
+/// `/api/proxy/{name}/config` or `/api/visitor/{name}/config`.
+pub(super) fn config_route<B>(req: &Request<B>) -> Option<Route> {
+    let seg = web::segments(req);
+    match seg.as_slice() {
+        [api, kind, name, config] if api == "api" && config == "config" && !name.is_empty() => {
+            let kind = match kind.as_str() {
+                "proxy" => Kind::Proxy,
+                "visitor" => Kind::Visitor,
+                _ => return None,
+            };
+            Some(Route {
+                kind,
+                name: Some(name.clone()),
+            })
+        }
+        _ => None,
+    }
+}
+
 /// A proxy or visitor, one config of either kind.
 enum Entry {
     Proxy(Box<ProxyConfig>),
@@ -240,6 +259,47 @@ impl Admin {
             },
             (Method::DELETE, Some(name)) => self.store_delete(kind, &name),
             _ => web::text(StatusCode::METHOD_NOT_ALLOWED, ""),
+        }
+    }
+
+    /// `GET /api/proxy/{name}/config`, `GET /api/visitor/{name}/config`: the running config,
+    /// else the store's.
+    pub(super) fn running_config(&self, route: Route, method: &Method) -> Response<Body> {
+        if method != Method::GET {
+            return web::text(StatusCode::METHOD_NOT_ALLOWED, "");
+        }
+        let kind = route.kind;
+        let name = route.name.unwrap_or_default();
+        let running = match kind {
+            Kind::Proxy => self
+                .client
+                .proxy_config(&name)
+                .map(|p| Entry::Proxy(Box::new(p))),
+            Kind::Visitor => self
+                .client
+                .visitor_config(&name)
+                .map(|v| Entry::Visitor(Box::new(v))),
+        };
+        let found = running.or_else(|| {
+            let sources = self.sources.lock().unwrap();
+            let store = sources.store.as_ref()?;
+            match kind {
+                Kind::Proxy => store
+                    .proxy(&name)
+                    .cloned()
+                    .map(|p| Entry::Proxy(Box::new(p))),
+                Kind::Visitor => store
+                    .visitor(&name)
+                    .cloned()
+                    .map(|v| Entry::Visitor(Box::new(v))),
+            }
+        });
+        match found {
+            Some(e) => web::json(StatusCode::OK, &definition(&e)),
+            None => web::error(
+                StatusCode::NOT_FOUND,
+                &format!("{} {name:?} not found", kind.as_str()),
+            ),
         }
     }
 

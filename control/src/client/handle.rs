@@ -95,6 +95,17 @@ impl Client {
         &self.cfg.server_addr
     }
 
+    /// The config of the proxy `name` as it runs (completed with defaults).
+    pub fn proxy_config(&self, name: &str) -> Option<crate::config::ProxyConfig> {
+        let proxies = self.proxies.lock().unwrap();
+        proxies.get(name).map(|p| p.cfg.as_ref().clone())
+    }
+
+    /// The config of the visitor `name` as it runs.
+    pub fn visitor_config(&self, name: &str) -> Option<crate::config::VisitorConfig> {
+        self.visitors.lock().unwrap().config(name).cloned()
+    }
+
     /// A snapshot of every proxy's phase, sorted by name.
     pub fn proxy_status(&self) -> Vec<ProxyStatus> {
         let proxies = self.proxies.lock().unwrap();

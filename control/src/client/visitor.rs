@@ -93,6 +93,11 @@ impl Manager {
         }
     }
 
+    /// The config of the wanted visitor `name`.
+    pub(crate) fn config(&self, name: &str) -> Option<&VisitorConfig> {
+        self.wanted.iter().find(|v| v.name == name)
+    }
+
     /// A session began: start every wanted visitor in it.
     pub(crate) fn start_session(&mut self, s: Session) {
         self.stop_session();

@@ -479,7 +479,14 @@ pub enum Connector {
     Mux(yamux::Session),
     Direct(Arc<DialConfig>),
     Quic(quic::QuicSession),
+    /// An frpc inside frps (the SSH tunnel gateway's, frp's `virtual.Client`): each logical
+    /// connection is an in-memory stream frps serves like an accepted one.
+    InProcess(InProcessDialer),
 }
+
+/// Makes one logical connection to the frps of the same process (see
+/// [`Connector::InProcess`]).
+pub type InProcessDialer = Arc<dyn Fn() -> Conn + Send + Sync>;
 
 impl Connector {
     pub async fn open(&self) -> Result<Conn, DialError> {
@@ -493,6 +500,7 @@ impl Connector {
             }
             Connector::Direct(d) => d.dial().await,
             Connector::Quic(q) => Ok(Conn::Boxed(Box::new(q.open().await?))),
+            Connector::InProcess(d) => Ok(d()),
         }
     }
 
@@ -509,7 +517,7 @@ impl Connector {
         match self {
             Connector::Mux(s) => s.close(),
             Connector::Quic(q) => q.close(),
-            Connector::Direct(_) => {}
+            Connector::Direct(_) | Connector::InProcess(_) => {}
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::transport::{self, Conn, Connector, DialConfig, DialError};
 use crate::wire_v2::WireVersion;
 
 mod health;
-mod plugin;
+pub(crate) mod plugin;
 pub mod store;
 mod udp;
 mod visitor;
@@ -124,6 +124,9 @@ pub struct Client {
     session_tx: Mutex<Option<mpsc::Sender<Message>>>,
     /// `[[visitors]]`: started with each session, updated by reloads.
     visitors: Mutex<visitor::Manager>,
+    /// Set for an frpc inside frps (the SSH tunnel gateway's): logical connections are made
+    /// in memory instead of dialing `serverAddr`.
+    in_process: Option<transport::InProcessDialer>,
 }
 
 struct Session {
@@ -157,7 +160,25 @@ impl Client {
             session_tx: Mutex::new(None),
             visitors: Mutex::new(visitor::Manager::new(cfg.active_visitors())),
             cfg,
+            in_process: None,
         })
+    }
+
+    /// An frpc inside frps (frp's `virtual.Client`): `dial` makes its logical connections,
+    /// and `handler` serves the work connections of proxy `name` instead of a dial to the
+    /// local service (frp's `HandleWorkConnCb`).
+    pub(crate) fn in_process(
+        cfg: ClientConfig,
+        dial: transport::InProcessDialer,
+        name: &str,
+        handler: Arc<dyn plugin::Plugin>,
+    ) -> Result<Client, ClientError> {
+        let mut c = Client::new(cfg)?;
+        c.in_process = Some(dial);
+        if let Some(p) = c.proxies.lock().unwrap().get_mut(name) {
+            p.plugin = Some(handler);
+        }
+        Ok(c)
     }
 
     /// Runs until `shutdown` resolves (then stops gracefully: CloseProxy for every proxy,
@@ -237,7 +258,10 @@ impl Client {
     }
 
     async fn login(&self) -> Result<Session, LoginError> {
-        let (connector, conn) = self.dial.connect().await?;
+        let (connector, conn) = match &self.in_process {
+            Some(dial) => (Connector::InProcess(dial.clone()), dial()),
+            None => self.dial.connect().await?,
+        };
         let mut mc = MsgConn::client(conn, self.wire);
         let timestamp = unix_now();
         let login = Login {

@@ -34,6 +34,7 @@ use crate::wire_v2::{CryptoContext, WireVersion};
 use crate::yamux;
 
 mod ports;
+mod ssh_gateway;
 mod tcp;
 mod udp;
 mod vhost;
@@ -61,6 +62,8 @@ pub struct Server {
     vhost_listeners: vhost::Listeners,
     /// `quicBindPort`, when set.
     quic: Option<transport::quic::QuicListener>,
+    /// `sshTunnelGateway.bindPort`, when set.
+    ssh: Option<ssh_gateway::Gateway>,
 }
 
 /// Aborts a spawned task when dropped (ties a listener's task to [`Server::run`]).
@@ -175,6 +178,14 @@ impl Server {
                 .iter()
                 .any(|s| s.as_str() == "NewWorkConns"),
         };
+        let ssh = match cfg.ssh_tunnel_gateway.bind_port {
+            0 => None,
+            _ => Some(
+                ssh_gateway::Gateway::bind(&cfg.ssh_tunnel_gateway, &cfg.bind_addr)
+                    .await
+                    .map_err(StartError::SshGateway)?,
+            ),
+        };
         let token = cfg.auth.token.clone();
         let ports = PortManager::new(&cfg);
         let (vhost, vhost_listeners) = vhost::bind(&cfg).await?;
@@ -202,6 +213,7 @@ impl Server {
             kcp,
             vhost_listeners,
             quic,
+            ssh,
         })
     }
 
@@ -239,6 +251,9 @@ impl Server {
                 }),
             ))
         });
+        let _ssh = self
+            .ssh
+            .map(|g| AbortOnDrop(tokio::spawn(g.serve(self.state.clone()))));
         let _kcp = self.kcp.map(|(l, addr)| {
             info!("frps kcp listen on udp {addr}");
             AbortOnDrop(tokio::spawn(self.state.clone().serve_kcp(l)))
@@ -268,6 +283,8 @@ pub enum StartError {
     Kcp { addr: String, error: String },
     #[error("{0}")]
     Quic(#[from] transport::quic::QuicError),
+    #[error("create ssh gateway error: {0}")]
+    SshGateway(String),
 }
 
 fn join_host_port(host: &str, port: u16) -> String {

@@ -147,6 +147,11 @@ fn backoff_next(prev: Duration, cap: Duration) -> Duration {
 
 impl Client {
     pub fn new(cfg: ClientConfig) -> Result<Client, ClientError> {
+        let engine = Engine::new(cfg.dataplane.engine_config());
+        Client::with_engine(cfg, engine)
+    }
+
+    fn with_engine(cfg: ClientConfig, engine: Engine) -> Result<Client, ClientError> {
         let dial = DialConfig::from_client_config(&cfg)?;
         let wire = WireVersion::from_config(&cfg.transport.wire_protocol).unwrap_or_default();
         let proxies = handle::proxy_runtimes(&cfg);
@@ -154,7 +159,7 @@ impl Client {
             key: CryptoKey::derive(cfg.auth.token.as_bytes()),
             dial,
             wire,
-            engine: Engine::new(cfg.dataplane.engine_config()),
+            engine,
             run_id: Mutex::new(String::new()),
             proxies: Arc::new(Mutex::new(proxies)),
             session_tx: Mutex::new(None),
@@ -165,15 +170,16 @@ impl Client {
     }
 
     /// An frpc inside frps (frp's `virtual.Client`): `dial` makes its logical connections,
-    /// and `handler` serves the work connections of proxy `name` instead of a dial to the
-    /// local service (frp's `HandleWorkConnCb`).
+    /// `handler` serves the work connections of proxy `name` instead of a dial to the local
+    /// service (frp's `HandleWorkConnCb`), and frps' data plane relays them.
     pub(crate) fn in_process(
         cfg: ClientConfig,
+        engine: Engine,
         dial: transport::InProcessDialer,
         name: &str,
         handler: Arc<dyn plugin::Plugin>,
     ) -> Result<Client, ClientError> {
-        let mut c = Client::new(cfg)?;
+        let mut c = Client::with_engine(cfg, engine)?;
         c.in_process = Some(dial);
         if let Some(p) = c.proxies.lock().unwrap().get_mut(name) {
             p.plugin = Some(handler);

@@ -448,7 +448,7 @@ async fn run(
         host,
         port,
     });
-    let client = match Client::in_process(cfg, dial, &name, forwarder) {
+    let client = match Client::in_process(cfg, state.engine.clone(), dial, &name, forwarder) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             talk.say(&e.to_string()).await;

@@ -52,17 +52,23 @@ fn generate() -> Result<String, String> {
         .map_err(|e| format!("encode private key: {e}"))
 }
 
+/// Writes the key whole or not at all (a file beside it, then a rename): frps processes
+/// started together in one directory share the default path, and none may read half a key.
 fn write_private(path: &str, text: &str) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    let tmp = format!("{path}.{}.tmp", std::process::id());
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("open {path}: {}", io_text(&e)))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| format!("write {path}: {}", io_text(&e)))
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("open {path}: {}", io_text(&e))
+    })
 }
 
 /// The user a key of `authorizedKeysFile` logs in as: the key's comment, trimmed (frp's

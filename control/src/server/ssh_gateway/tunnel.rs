@@ -65,7 +65,11 @@ struct SshHandler {
     remote: SocketAddr,
     events: mpsc::UnboundedSender<Event>,
     user: String,
+    /// Only the first forward request, session channel and command count (as in frp); the
+    /// rest are answered without being passed on, so a client cannot queue up events.
     forwarded: bool,
+    has_session: bool,
+    has_command: bool,
 }
 
 impl SshHandler {
@@ -149,6 +153,11 @@ impl russh::server::Handler for SshHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.has_session {
+            // Dropping the handle refuses the channel.
+            return Ok(());
+        }
+        self.has_session = true;
         reply.accept().await;
         let _ = self.events.send(Event::Session(channel.id()));
         // What the user types is not read; drain it so it cannot hold the session up.
@@ -163,8 +172,11 @@ impl russh::server::Handler for SshHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
-        let command = String::from_utf8_lossy(data).into_owned();
-        let _ = self.events.send(Event::Exec(command));
+        if !self.has_command {
+            self.has_command = true;
+            let command = String::from_utf8_lossy(data).into_owned();
+            let _ = self.events.send(Event::Exec(command));
+        }
         Ok(())
     }
 
@@ -303,6 +315,8 @@ async fn run(
         events: tx,
         user: String::new(),
         forwarded: false,
+        has_session: false,
+        has_command: false,
     };
     let deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
     let started = tokio::time::timeout_at(
@@ -360,9 +374,12 @@ async fn run(
                 }
                 Some(Event::Forward(host, port)) => forward = Some((host, port)),
                 Some(Event::Exec(cmd)) => {
-                    if payload.is_empty() {
-                        payload = cmd;
+                    if cmd.is_empty() {
+                        talk.say("no command: run ssh with one, e.g. ssh -R :80:127.0.0.1:8080 v0@{address} tcp --remote-port 6000").await;
+                        talk.finish(1).await;
+                        return Err("empty command".into());
                     }
+                    payload = cmd;
                 }
                 Some(_) => {}
                 None => return Err("ssh session ended".into()),

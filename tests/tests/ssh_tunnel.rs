@@ -174,16 +174,36 @@ async fn tcp_proxy_through_ssh_r_and_gone_with_the_session() {
     );
 }
 
-/// An http proxy through `ssh -R` (vhostHTTPPort routes by Host to it).
+/// An http proxy through `ssh -R` (vhostHTTPPort routes by Host to it). The host key is a
+/// `privateKeyFile` in frp's own format for generated keys: PEM PKCS#1 RSA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_proxy_through_ssh_r() {
     if !have_openssh("http_proxy_through_ssh_r") {
         return;
     }
     let env = Env::new();
+    let host_key = env.path().join("rsa_host_key");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f"])
+        .arg(&host_key)
+        .status()
+        .expect("ssh-keygen");
+    assert!(st.success());
+    assert!(
+        std::fs::read_to_string(&host_key)
+            .unwrap()
+            .starts_with("-----BEGIN RSA PRIVATE KEY-----")
+    );
     let ssh_port = free_port();
     let vhost = free_port();
-    let _frps = frps(&env, ssh_port, &format!("vhostHTTPPort = {vhost}\n"));
+    let _frps = frps(
+        &env,
+        ssh_port,
+        &format!(
+            "vhostHTTPPort = {vhost}\nsshTunnelGateway.privateKeyFile = \"{}\"\n",
+            host_key.display()
+        ),
+    );
     let local = http_service("hello through ssh").await;
     let client = ssh(
         &env,
@@ -195,6 +215,8 @@ async fn http_proxy_through_ssh_r() {
     );
     client.wait_log("RemoteAddress:", WAIT);
     assert!(client.log_text().contains("Type: http"));
+    // privateKeyFile wins: no key was generated.
+    assert!(!env.path().join("host_key").exists());
     let resp = http_get(vhost, "test.example.com").await;
     assert!(
         resp.starts_with("HTTP/1.1 200") && resp.ends_with("hello through ssh"),

@@ -336,26 +336,40 @@ async fn run(
         channel: None,
     };
 
-    // 1. Authentication.
+    // 1. Authentication. (The events end when the session does: its result says why.)
     let mut auth_failure = String::new();
-    let key_user = loop {
+    let ended = loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(Event::Authenticated(user)) => break user,
+                Some(Event::Authenticated(user)) => break Ok(user),
                 Some(Event::AuthFailed(why)) => auth_failure = why,
                 Some(_) => {}
-                None => return Err("ssh session ended".into()),
+                None => break Err((&mut talk.session).await),
             },
-            r = &mut talk.session => {
-                let why = match r {
-                    Err(e) => format!("ssh handshake: {e}"),
-                    Ok(()) => "closed before authentication".into(),
-                };
-                return Err(if auth_failure.is_empty() { why } else { format!("{why}: {auth_failure}") });
-            }
+            r = &mut talk.session => break Err(r),
             _ = tokio::time::sleep_until(deadline) => {
                 return Err(format!("no successful ssh authentication within {AUTH_TIMEOUT:?}"));
             }
+        }
+    };
+    let key_user = match ended {
+        Ok(user) => user,
+        Err(r) => {
+            // Reasons given before the session ended (a refused key) come first.
+            while let Ok(ev) = events.try_recv() {
+                if let Event::AuthFailed(why) = ev {
+                    auth_failure = why;
+                }
+            }
+            let why = match r {
+                Err(e) => format!("ssh handshake: {e}"),
+                Ok(()) => "closed before authentication".into(),
+            };
+            return Err(if auth_failure.is_empty() {
+                why
+            } else {
+                format!("{why}: {auth_failure}")
+            });
         }
     };
 
@@ -382,7 +396,12 @@ async fn run(
                     payload = cmd;
                 }
                 Some(_) => {}
-                None => return Err("ssh session ended".into()),
+                None => {
+                    return match (&mut talk.session).await {
+                        Err(e) => Err(format!("ssh session: {e}")),
+                        Ok(()) => Err("closed before asking for a proxy".into()),
+                    };
+                }
             },
             r = &mut talk.session => {
                 return match r {

@@ -375,3 +375,35 @@ async fn garbage_and_half_handshakes_are_closed_with_a_reason() {
         "{log}"
     );
 }
+
+/// A `privateKeyFile` that cannot be read stops frps at start, with frp's words.
+#[test]
+fn unreadable_private_key_file_stops_frps() {
+    let env = Env::new();
+    let missing = env.path().join("missing_key");
+    let cfg = env.write(
+        "frps.toml",
+        &format!(
+            "bindAddr = \"127.0.0.1\"\nbindPort = {}\nsshTunnelGateway.bindPort = {}\nsshTunnelGateway.privateKeyFile = \"{}\"\n",
+            free_port(),
+            free_port(),
+            missing.display()
+        ),
+    );
+    let mut p = Proc::spawn(
+        "frps",
+        &bin("frps"),
+        &["-c", cfg.to_str().unwrap()],
+        env.path(),
+    );
+    let status = p.wait_exit(WAIT).expect("frps kept running");
+    assert!(!status.success());
+    let log = p.log_text();
+    assert!(
+        log.contains(&format!(
+            "create ssh gateway error: open {}: no such file or directory",
+            missing.display()
+        )),
+        "{log}"
+    );
+}

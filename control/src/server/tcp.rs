@@ -50,7 +50,7 @@ pub(crate) async fn start(
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            st.release(ctl, started).await;
+            st.proxies.release(ctl, started).await;
             return Err(e.to_string());
         }
     };
@@ -76,7 +76,7 @@ async fn acquire_port(
 ) -> Result<std::net::TcpListener, String> {
     let mut attempts = 0;
     loop {
-        let r = st.ports.lock().unwrap().acquire(name, port);
+        let r = st.proxies.ports.lock().unwrap().acquire(name, port);
         match r {
             Err(e) if port != 0 && e == "port unavailable" && attempts < 10 => {
                 attempts += 1;
@@ -125,7 +125,7 @@ fn start_group(
     let np = &info.msg;
     let id = NEXT_MEMBER.fetch_add(1, Ordering::Relaxed);
     let member = (id, ctl.clone(), info.clone());
-    let mut groups = st.tcp_groups.lock().unwrap();
+    let mut groups = st.proxies.tcp_groups.lock().unwrap();
     let group = match groups.get(&np.group) {
         Some(g) => {
             if g.requested_port != np.remote_port {
@@ -146,6 +146,7 @@ fn start_group(
                 return Err("port not allowed".into());
             }
             let std_listener: std::net::TcpListener = st
+                .proxies
                 .ports
                 .lock()
                 .unwrap()
@@ -154,7 +155,7 @@ fn start_group(
             let listener = match TcpListener::from_std(std_listener) {
                 Ok(l) => l,
                 Err(e) => {
-                    st.ports.lock().unwrap().release(port);
+                    st.proxies.ports.lock().unwrap().release(port);
                     return Err(e.to_string());
                 }
             };
@@ -190,7 +191,7 @@ fn start_group(
             return Box::pin(std::future::ready(()));
         };
         let task = {
-            let mut groups = st.tcp_groups.lock().unwrap();
+            let mut groups = st.proxies.tcp_groups.lock().unwrap();
             let empty = {
                 let mut members = group.members.lock().unwrap();
                 members.retain(|m| m.0 != id);
@@ -205,8 +206,8 @@ fn start_group(
             group.task.lock().unwrap().take()
         };
         Box::pin(async move {
-            super::stop_tasks(task.into_iter().collect()).await;
-            st.ports.lock().unwrap().release(port);
+            super::proxies::stop_tasks(task.into_iter().collect()).await;
+            st.proxies.ports.lock().unwrap().release(port);
         })
     };
     Ok(Started {

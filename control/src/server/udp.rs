@@ -51,6 +51,7 @@ pub(crate) async fn start(
         return Err("port not allowed".into());
     }
     let sock: std::net::UdpSocket = st
+        .proxies
         .udp_ports
         .lock()
         .unwrap()
@@ -61,7 +62,7 @@ pub(crate) async fn start(
     let release = {
         let (st, ctl) = (st.clone(), ctl.clone());
         move || {
-            st.udp_ports.lock().unwrap().release(port);
+            st.proxies.udp_ports.lock().unwrap().release(port);
             let mut used = ctl.ports_used.lock().unwrap();
             *used = used.saturating_sub(1);
         }
@@ -146,7 +147,7 @@ async fn work_loop(
     let timeout = Duration::from_secs(st.cfg.user_conn_timeout.max(1) as u64);
     let v6 = sock.local_addr().is_ok_and(|a| a.is_ipv6());
     loop {
-        let work = match ctl.get_work_conn(timeout).await {
+        let work = match ctl.pool.get(timeout).await {
             Ok(w) => w,
             Err(e) => {
                 debug!(

@@ -40,23 +40,20 @@ fn admit(st: &State, v: &NewVisitorConn) -> Result<(Arc<Control>, Arc<ProxyInfo>
     let visitor_user = if v.run_id.is_empty() {
         String::new()
     } else {
-        match st.controls.lock().unwrap().get(&v.run_id) {
+        match st.controls.get(&v.run_id) {
             Some(c) => c.login.user.clone(),
             None => return Err(format!("no client control found for run id [{}]", v.run_id)),
         }
     };
-    let (owner_run_id, info) = {
-        let proxies = st.proxies.lock().unwrap();
-        match proxies.get(&v.proxy_name) {
-            Some(e) if matches!(e.info.proxy_type.as_str(), "stcp" | "sudp") => {
-                (e.run_id.clone(), e.info.clone())
-            }
-            _ => {
-                return Err(format!(
-                    "custom listener for [{}] doesn't exist",
-                    v.proxy_name
-                ));
-            }
+    let (owner_run_id, info) = match st.proxies.get(&v.proxy_name) {
+        Some((run_id, info)) if matches!(info.proxy_type.as_str(), "stcp" | "sudp") => {
+            (run_id, info)
+        }
+        _ => {
+            return Err(format!(
+                "custom listener for [{}] doesn't exist",
+                v.proxy_name
+            ));
         }
     };
     if !auth::verify_sign_key(&info.msg.sk, v.timestamp, &v.sign_key) {
@@ -65,7 +62,7 @@ fn admit(st: &State, v: &NewVisitorConn) -> Result<(Arc<Control>, Arc<ProxyInfo>
             v.proxy_name
         ));
     }
-    let owner = st.controls.lock().unwrap().get(&owner_run_id).cloned();
+    let owner = st.controls.get(&owner_run_id);
     let Some(owner) = owner else {
         return Err(format!(
             "custom listener for [{}] doesn't exist",

@@ -1,0 +1,320 @@
+//! A client's session on frps: Login (auth, run id, the control's message loop), the control
+//! messages (NewProxy, CloseProxy, Ping) and the work connections that join its pool.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::control::Control;
+use super::proxies::{proxy_type, stop_tasks};
+use super::{CONTROL_QUEUE, State};
+use crate::auth;
+use crate::handshake::{self, Role};
+use crate::msg::{
+    Login, LoginResp, Message, NewProxyResp, NewWorkConn, Pong, ReqWorkConn, StartWorkConn,
+};
+use crate::msgconn::{MsgConn, MsgError};
+use crate::transport::Conn;
+use crate::wire_v2::CryptoContext;
+
+impl State {
+    pub(super) async fn handle_login(
+        self: Arc<Self>,
+        mut mc: MsgConn<Conn>,
+        login: Login,
+        remote: SocketAddr,
+        crypto: Option<CryptoContext>,
+    ) {
+        info!(
+            "client login info: ip [{remote}] version [{}] hostname [{}] os [{}] arch [{}] wire protocol [{}]",
+            login.version,
+            login.hostname,
+            login.os,
+            login.arch,
+            mc.version()
+        );
+        let checked = handshake::check_control_crypto(mc.version(), crypto.as_ref())
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.check_login(&login));
+        if let Err(reason) = checked {
+            warn!("login from {remote} refused: {reason}");
+            let error = if self.cfg.detailed_errors_to_client {
+                reason
+            } else {
+                "invalid Login".into()
+            };
+            let resp = LoginResp {
+                version: crate::FRP_VERSION.into(),
+                run_id: String::new(),
+                error,
+            };
+            let _ = mc.write_msg(&resp.into()).await;
+            return;
+        }
+        let run_id = if login.run_id.is_empty() {
+            new_run_id()
+        } else {
+            login.run_id.clone()
+        };
+
+        // A client logging in again with its run id replaces its old session: tear that one
+        // down completely (ports released) before the new one starts.
+        let old = self.controls.get(&run_id);
+        if let Some(old) = old {
+            info!("[{run_id}] replacing the previous session of this client");
+            old.kill.notify_one();
+            let _ = tokio::time::timeout(Duration::from_secs(5), old.wait_done()).await;
+        }
+
+        let max_pool = self.cfg.transport.max_pool_count.max(0) as usize;
+        let pool_count = (login.pool_count.max(0) as usize).min(max_pool);
+        let (msg_tx, msg_rx) = mpsc::channel(CONTROL_QUEUE);
+        let ctl = Arc::new(Control::new(
+            run_id.clone(),
+            login,
+            remote,
+            mc.version(),
+            msg_tx,
+            pool_count,
+        ));
+
+        let resp = LoginResp {
+            version: crate::FRP_VERSION.into(),
+            run_id: run_id.clone(),
+            error: String::new(),
+        };
+        if let Err(e) = mc.write_msg(&resp.into()).await {
+            warn!("[{run_id}] write LoginResp: {e}");
+            return;
+        }
+        let enabled = handshake::enable_control_encryption(
+            &mut mc,
+            crypto.as_ref(),
+            &self.token,
+            &self.key,
+            Role::Server,
+        );
+        if let Err(e) = enabled {
+            warn!("[{run_id}] control connection: {e}");
+            return;
+        }
+        self.controls.insert(ctl.clone());
+        self.stats.on_login(&run_id, &ctl.login, remote, "v1");
+        info!("[{run_id}] client login success, pool count {pool_count}");
+
+        let (mut reader, mut writer) = mc.split();
+        let writer_task = tokio::spawn(async move {
+            let mut rx = msg_rx;
+            while let Some(m) = rx.recv().await {
+                if let Err(e) = writer.write_msg(&m).await {
+                    debug!("control write: {e}");
+                    break;
+                }
+            }
+            let _ = writer.shutdown().await;
+        });
+        for _ in 0..pool_count {
+            let _ = ctl.msg_tx.send(Box::new(ReqWorkConn {}.into())).await;
+        }
+
+        let hb_timeout = self.cfg.transport.heartbeat_timeout;
+        let mut last_ping = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let reason: String = loop {
+            tokio::select! {
+                r = reader.read_msg() => match r {
+                    Ok(m) => {
+                        if let Some(t) = Box::pin(self.dispatch(&ctl, m)).await {
+                            last_ping = t;
+                        }
+                    }
+                    Err(MsgError::Closed) => break "client closed the control connection".into(),
+                    Err(e) => break format!("control connection error: {e}"),
+                },
+                _ = tick.tick() => {
+                    if hb_timeout > 0 && last_ping.elapsed() > Duration::from_secs(hb_timeout as u64) {
+                        break "heartbeat timeout".into();
+                    }
+                }
+                _ = ctl.kill.notified() => break "replaced by a new login with the same run id".into(),
+            }
+        };
+        info!("[{run_id}] control from {} closed: {reason}", ctl.remote);
+        self.cleanup_control(&ctl).await;
+        // The control connection is closed before the exit is reported, as frp does.
+        stop_tasks(vec![writer_task]).await;
+        drop(reader);
+        info!("[{run_id}] client exit success");
+    }
+
+    fn check_login(&self, login: &Login) -> Result<(), String> {
+        self.verify_login(login)?;
+        if self.controls.client_id_online(login) {
+            return Err(format!(
+                "client_id [{}] for user [{}] is already online",
+                login.client_id, login.user
+            ));
+        }
+        Ok(())
+    }
+
+    /// The auth method's verdict on a Login (`auth.method`).
+    fn verify_login(&self, login: &Login) -> Result<(), String> {
+        if self.cfg.auth.method.as_str() == "token"
+            && !auth::verify_privilege_key(&self.token, login.timestamp, &login.privilege_key)
+        {
+            return Err("token in login doesn't match token from configuration".into());
+        }
+        Ok(())
+    }
+
+    /// Handles one control message; returns the time of a valid Ping.
+    async fn dispatch(self: &Arc<Self>, ctl: &Arc<Control>, m: Message) -> Option<Instant> {
+        match m {
+            Message::NewProxy(np) => {
+                let resp = match self.register_proxy(ctl, &np).await {
+                    Ok(remote_addr) => {
+                        info!(
+                            "[{}] new proxy [{}] type [{}] success",
+                            ctl.run_id,
+                            np.proxy_name,
+                            proxy_type(&np)
+                        );
+                        NewProxyResp {
+                            proxy_name: np.proxy_name,
+                            remote_addr,
+                            error: String::new(),
+                        }
+                    }
+                    Err(e) => {
+                        warn!(
+                            "[{}] new proxy [{}] type [{}] error: {e}",
+                            ctl.run_id,
+                            np.proxy_name,
+                            proxy_type(&np)
+                        );
+                        let error = if self.cfg.detailed_errors_to_client {
+                            e
+                        } else {
+                            format!("new proxy [{}] error", np.proxy_name)
+                        };
+                        NewProxyResp {
+                            proxy_name: np.proxy_name,
+                            remote_addr: String::new(),
+                            error,
+                        }
+                    }
+                };
+                let _ = ctl.msg_tx.send(Box::new(resp.into())).await;
+                None
+            }
+            Message::CloseProxy(cp) => {
+                let owned = ctl.proxies.lock().unwrap().remove(&cp.proxy_name);
+                if owned {
+                    self.close_proxy(ctl, &cp.proxy_name).await;
+                    info!("[{}] close proxy [{}] success", ctl.run_id, cp.proxy_name);
+                }
+                None
+            }
+            Message::Ping(p) => {
+                if self.scopes.heartbeats
+                    && !auth::verify_privilege_key(&self.token, p.timestamp, &p.privilege_key)
+                {
+                    warn!(
+                        "[{}] invalid ping: token in heartbeat doesn't match",
+                        ctl.run_id
+                    );
+                    let error =
+                        "token in heartbeat doesn't match token from configuration".to_string();
+                    let _ = ctl.msg_tx.send(Box::new(Pong { error }.into())).await;
+                    return None;
+                }
+                let _ = ctl.msg_tx.send(Box::new(Pong::default().into())).await;
+                Some(Instant::now())
+            }
+            other => {
+                debug!("[{}] ignoring control message {}", ctl.run_id, other.name());
+                None
+            }
+        }
+    }
+
+    async fn cleanup_control(&self, ctl: &Arc<Control>) {
+        let names: Vec<String> = ctl.proxies.lock().unwrap().drain().collect();
+        for name in names {
+            self.close_proxy(ctl, &name).await;
+        }
+        self.controls.remove(ctl);
+        self.stats.on_logout(&ctl.run_id);
+        ctl.set_done();
+    }
+
+    pub(super) async fn handle_new_work_conn(
+        self: Arc<Self>,
+        mut mc: MsgConn<Conn>,
+        nwc: NewWorkConn,
+        remote: SocketAddr,
+    ) {
+        let ctl = self.controls.get(&nwc.run_id);
+        let Some(ctl) = ctl else {
+            warn!(
+                "no client control found for run id [{}] (work connection from {remote})",
+                nwc.run_id
+            );
+            return;
+        };
+        if mc.version() != ctl.wire {
+            warn!(
+                "[{}] work connection from {remote} speaks wire protocol {} but its control speaks {}; closed",
+                ctl.run_id,
+                mc.version(),
+                ctl.wire
+            );
+            return;
+        }
+        if self.scopes.new_work_conns
+            && !auth::verify_privilege_key(&self.token, nwc.timestamp, &nwc.privilege_key)
+        {
+            warn!(
+                "[{}] invalid NewWorkConn from {remote}: token doesn't match",
+                nwc.run_id
+            );
+            let error = if self.cfg.detailed_errors_to_client {
+                "token in NewWorkConn doesn't match token from configuration".to_string()
+            } else {
+                "invalid NewWorkConn".to_string()
+            };
+            let _ = mc
+                .write_msg(
+                    &StartWorkConn {
+                        error,
+                        ..Default::default()
+                    }
+                    .into(),
+                )
+                .await;
+            return;
+        }
+        let (conn, rest) = mc.into_parts();
+        if !rest.is_empty() {
+            warn!(
+                "[{}] work connection sent {} unexpected bytes before StartWorkConn; closed",
+                ctl.run_id,
+                rest.len()
+            );
+            return;
+        }
+        if !ctl.pool.park(conn) {
+            debug!("[{}] work connection pool is full, discarding", ctl.run_id);
+        }
+    }
+}
+
+fn new_run_id() -> String {
+    let b: [u8; 8] = rand::rng().random();
+    hex::encode(b)
+}

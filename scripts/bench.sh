@@ -41,6 +41,14 @@
 # mux on, mux+TLS; no transports, no plugins), and each frp-uring figure is also given as a ratio
 # to real frp's figure in the same mode: frp's default (mux+TLS) against ours.
 #
+# BENCH_PLUGINS="newuserconn" (off by default: about 10 s more per column): in each tcp frp-uring
+# column of the first engine, a second frps+frpc pair with the same settings whose frps has a
+# server plugin on NewUserConn (`[[httpPlugins]]`, served by a small local keep-alive HTTP server
+# that answers {"unchange": true}); BENCH_PLUGIN_ROUNDS interleaved pairs of `redis-benchmark -k 0`
+# (a new connection per GET) through the redis proxy of each pair: conn/s with and without the
+# plugin, and the ratio (target >= 0.7). The plugin server's connection and request counts are
+# logged (keep-alive: far fewer connections than requests).
+#
 # Nothing leaves 127.0.0.1. Every process started here is killed on exit.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -128,6 +136,9 @@ if [[ " ${PLUGINS[*]} " == *" socks5 "* ]]; then
     log "no socks5 plugin rows: $SOCKS5_WHY"
   fi
 fi
+
+USERCONN=0
+[[ " ${PLUGINS[*]} " == *" newuserconn "* ]] && USERCONN=1
 
 # rathole: cached under target/bench/tools. `--locked` first, as upstream pins it; rathole
 # 0.5.0's lock file pins `time` 0.3.29, which no longer builds with current rustc, so retry
@@ -226,6 +237,42 @@ async def main():
     for w in conns + held:
         w.close()
     server.close()
+asyncio.run(main())
+EOF
+
+# A frps server plugin for BENCH_PLUGINS=newuserconn: HTTP/1.1 with keep-alive, every request
+# answered {"unchange": true}; the connection and request counts are written to COUNTS on demand
+# (when COUNTS.dump exists).
+cat >"$WORK/plugin.py" <<'EOF'
+import asyncio, os, sys
+port, counts = int(sys.argv[1]), sys.argv[2]
+conns = reqs = 0
+BODY = b'{"reject":false,"unchange":true}'
+RESP = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+async def serve(r, w):
+    global conns, reqs
+    conns += 1
+    try:
+        while True:
+            head = await r.readuntil(b"\r\n\r\n")
+            n = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    n = int(line.split(b":", 1)[1])
+            await r.readexactly(n)
+            reqs += 1
+            w.write(RESP)
+            await w.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        w.close()
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", port, backlog=1024)
+    while True:
+        await asyncio.sleep(0.1)
+        if os.path.exists(counts + ".dump"):
+            os.unlink(counts + ".dump")
+            with open(counts, "w") as f:
+                f.write(f"{conns} {reqs}\n")
 asyncio.run(main())
 EOF
 
@@ -524,9 +571,10 @@ run_redis direct "$REDIS_PORT"
 
 # ---- frp-uring
 frp_column() { # name mux tls engine perf [protocol]
-  local col=$1 mux=$2 tls=$3 engine=$4 perf=$5 proto=${6:-tcp} frps frpc socks5=0
+  local col=$1 mux=$2 tls=$3 engine=$4 perf=$5 proto=${6:-tcp} frps frpc socks5=0 userconn=0
   local bin_s=$FRPS bin_c=$FRPC dataplane="[dataplane]"$'\n'"engine = \"$engine\""
   [[ $SOCKS5 == 1 && $proto == tcp && $engine == "${ENGINES[0]}" && -z ${GO:-} ]] && socks5=1
+  [[ $USERCONN == 1 && $proto == tcp && $engine == "${ENGINES[0]}" && -z ${GO:-} ]] && userconn=1
   # Real frp (GO=1): its binaries, and no [dataplane] table (frp's strict config refuses it).
   [[ -n ${GO:-} ]] && bin_s=$GO_DIR/frps bin_c=$GO_DIR/frpc dataplane=""
   new_ports
@@ -609,12 +657,82 @@ EOF
         record_round "$col" 1 socks5 fail
       fi
     fi
+    ((userconn)) && userconn_rounds "$col" "$dir"
   else
     log "$col: tunnel did not come up; frps: $(tail -3 "$dir/frps.log"); frpc: $(tail -3 "$dir/frpc.log")"
     COLUMNS_ORDER+=("$col")
   fi
   stop "$frpc" "$frps"
 }
+
+# BENCH_PLUGINS=newuserconn: a second frps+frpc pair made from this column's configs, its frps
+# with a NewUserConn server plugin; PLUGIN_ROUNDS interleaved `redis-benchmark -k 0` runs through
+# the redis proxy of the column's pair (no plugin) and of this one. Records the medians and the
+# median (min–max) of the per-round ratios.
+userconn_rounds() { # col dir
+  local col=$1 dir=$2 pdir=$2/userconn plug_port bind2 redis2 pfrps pfrpc psrv r kind order csv rps
+  mkdir -p "$pdir"
+  plug_port=$(free_port) bind2=$(free_port) redis2=$(free_port)
+  start psrv "$pdir/plugin.log" python3 "$WORK/plugin.py" "$plug_port" "$pdir/counts"
+  wait_listen "$plug_port" 5 || { log "$col: plugin server did not start"; stop "$psrv"; return 1; }
+  sed "s/^bindPort = .*/bindPort = $bind2/" "$dir/frps.toml" >"$pdir/frps.toml"
+  cat >>"$pdir/frps.toml" <<EOF
+
+[[httpPlugins]]
+name = "userconn"
+addr = "127.0.0.1:$plug_port"
+path = "/handler"
+ops = ["NewUserConn"]
+EOF
+  # The same proxies; redis on its own public port, the others on any free one.
+  sed -e "s/^serverPort = .*/serverPort = $bind2/" -e "s/^remotePort = $REDIS_PUBLIC\$/remotePort = $redis2/" \
+    -e "/^remotePort = $redis2\$/!s/^remotePort = .*/remotePort = 0/" "$dir/frpc.toml" >"$pdir/frpc.toml"
+  start pfrps "$pdir/frps.log" "$FRPS" -c "$pdir/frps.toml"
+  wait_listen "$bind2" 5 || log "$col: plugin frps did not start: $(tail -3 "$pdir/frps.log")"
+  start pfrpc "$pdir/frpc.log" "$FRPC" -c "$pdir/frpc.toml"
+  if ! wait_tunnel "$redis2"; then
+    log "$col: NewUserConn plugin tunnel did not come up: $(tail -3 "$pdir/frps.log" "$pdir/frpc.log" | tr '\n' ' ')"
+    stop "$pfrpc" "$pfrps" "$psrv"
+    return 1
+  fi
+  log "$col: $PLUGIN_ROUNDS rounds of redis -k 0, no plugin vs NewUserConn plugin"
+  local plain=() plugged=()
+  for ((r = 1; r <= PLUGIN_ROUNDS; r++)); do
+    order=(plain plugin)
+    ((r % 2 == 0)) && order=(plugin plain)
+    for kind in "${order[@]}"; do
+      local port=$REDIS_PUBLIC
+      [[ $kind == plugin ]] && port=$redis2
+      rps=""
+      if csv=$(redis_bench "$col $kind" "-k 0" -p "$port" -t get -n "$CONN_N" -c 16 -k 0); then
+        rps=$(awk -F, '$1 == "\"GET\"" {gsub(/"/, "", $2); print $2}' <<<"$csv")
+      fi
+      if [[ $kind == plain ]]; then plain+=("${rps:-fail}"); else plugged+=("${rps:-fail}"); fi
+    done
+  done
+  : >"$pdir/counts.dump"
+  sleep 0.3
+  log "$col: plugin server: $(awk '{print $1 " connections, " $2 " requests"}' "$pdir/counts" 2>/dev/null)"
+  log "$col: redis -k 0 conn/s, no plugin: ${plain[*]}; NewUserConn plugin: ${plugged[*]}"
+  local out p q ratio
+  out=$(python3 -c '
+import statistics, sys
+n = (len(sys.argv) - 1) // 2
+a, b = sys.argv[1:n + 1], sys.argv[n + 1:]
+pairs = [(float(x), float(y)) for x, y in zip(a, b) if x != "fail" and y != "fail"]
+if not pairs:
+    print("fail fail fail")
+    sys.exit()
+r = [y / x for x, y in pairs]
+print(statistics.median(x for x, _ in pairs), statistics.median(y for _, y in pairs),
+      f"{statistics.median(r):.2f}_({min(r):.2f}–{max(r):.2f})")' "${plain[@]}" "${plugged[@]}")
+  read -r p q ratio <<<"$out"
+  record "no server plugin (same rounds): redis -k 0, conn/s ↑" "$col" "$p"
+  record "NewUserConn server plugin: redis -k 0, conn/s ↑" "$col" "$q"
+  record "NewUserConn plugin ÷ none, conn/s (median of rounds; target ≥ 0.7)" "$col" "${ratio//_/ }"
+  stop "$pfrpc" "$pfrps" "$psrv"
+}
+
 
 perf_once=${BENCH_PERF:-0}
 for engine in "${ENGINES[@]}"; do

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 
+use super::hooks::UserInfo;
 use crate::msg::{Login, Message, ReqWorkConn};
 use crate::transport::Conn;
 use crate::wire_v2::WireVersion;
@@ -60,6 +61,11 @@ impl Control {
             done: Notify::new(),
             finished: AtomicBool::new(false),
         }
+    }
+
+    /// Who this client is, for server plugins.
+    pub(crate) fn user_info(&self) -> UserInfo {
+        UserInfo::of(&self.login, &self.run_id)
     }
 
     /// Marks the session as cleaned up, waking [`Control::wait_done`].

@@ -24,6 +24,7 @@ use crate::transport::{self, Conn, ServerTls};
 use crate::yamux;
 
 mod control;
+pub mod hooks;
 mod ports;
 mod proxies;
 mod session;
@@ -84,6 +85,8 @@ pub(crate) struct State {
     proxies: Proxies,
     /// http/https/tcpmux routing and the vhost listeners' shared state.
     vhost: Arc<vhost::Vhost>,
+    /// The server plugins' chain (`httpPlugins`).
+    hooks: hooks::Hooks,
     /// Clients, proxies and traffic for the dashboard and `/metrics`.
     stats: Arc<crate::dashboard::Stats>,
 }
@@ -157,6 +160,7 @@ impl Server {
             },
             engine: Engine::new(cfg.dataplane.engine_config()),
             controls: Controls::default(),
+            hooks: hooks::Hooks::from_config(&cfg),
             proxies: Proxies::new(&cfg),
             vhost,
             stats: Arc::new(crate::dashboard::Stats::new()),
@@ -361,6 +365,35 @@ impl State {
                 "connection from {remote} closed: unexpected first message {} (want Login, NewWorkConn or NewVisitorConn)",
                 other.name()
             ),
+        }
+    }
+
+    /// Asks the NewUserConn plugins about a user connection that reached `proxy` from
+    /// `remote`; `false` when it is refused (the caller drops the connection).
+    pub(crate) async fn admit_user(
+        &self,
+        ctl: &Control,
+        proxy: &ProxyInfo,
+        remote: &SocketAddr,
+    ) -> bool {
+        if !self.hooks.has(hooks::Op::NewUserConn) {
+            return true;
+        }
+        let content = hooks::NewUserConnContent {
+            user: ctl.user_info(),
+            proxy_name: proxy.name.clone(),
+            proxy_type: proxy.proxy_type.clone(),
+            remote_addr: remote.to_string(),
+        };
+        match self.hooks.new_user_conn(content).await {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(
+                    "[{}] [{}] the user conn [{remote}] was rejected, err:{e}",
+                    ctl.run_id, proxy.name
+                );
+                false
+            }
         }
     }
 

@@ -12,10 +12,11 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::control::Control;
+use super::hooks::CloseProxyContent;
 use super::ports::PortManager;
 use super::{State, tcp, udp, vhost, visitor};
 use crate::config::ServerConfig;
-use crate::msg::NewProxy;
+use crate::msg::{CloseProxy, NewProxy};
 
 struct ProxyEntry {
     run_id: String,
@@ -168,6 +169,12 @@ impl State {
                 "[{}] proxy [{name}] type [{}] closed",
                 ctl.run_id, e.info.proxy_type
             );
+            self.hooks.close_proxy(CloseProxyContent {
+                user: ctl.user_info(),
+                close_proxy: CloseProxy {
+                    proxy_name: name.to_string(),
+                },
+            });
         }
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::control::Control;
+use super::hooks::{LoginContent, NewProxyContent, NewWorkConnContent, Op, PingContent};
 use super::proxies::{proxy_type, stop_tasks};
 use super::{CONTROL_QUEUE, State};
 use crate::auth;
@@ -29,6 +30,11 @@ impl State {
         remote: SocketAddr,
         crypto: Option<CryptoContext>,
     ) {
+        // Server plugins see the Login first and may rewrite or refuse it (frp's order).
+        let login = match self.login_hooks(login, remote).await {
+            Ok(login) => login,
+            Err(reason) => return self.refuse_login(&mut mc, remote, reason).await,
+        };
         info!(
             "client login info: ip [{remote}] version [{}] hostname [{}] os [{}] arch [{}] wire protocol [{}]",
             login.version,
@@ -41,19 +47,7 @@ impl State {
             .map_err(|e| e.to_string())
             .and_then(|()| self.check_login(&login));
         if let Err(reason) = checked {
-            warn!("login from {remote} refused: {reason}");
-            let error = if self.cfg.detailed_errors_to_client {
-                reason
-            } else {
-                "invalid Login".into()
-            };
-            let resp = LoginResp {
-                version: crate::FRP_VERSION.into(),
-                run_id: String::new(),
-                error,
-            };
-            let _ = mc.write_msg(&resp.into()).await;
-            return;
+            return self.refuse_login(&mut mc, remote, reason).await;
         }
         let run_id = if login.run_id.is_empty() {
             new_run_id()
@@ -151,6 +145,32 @@ impl State {
         info!("[{run_id}] client exit success");
     }
 
+    async fn login_hooks(&self, login: Login, remote: SocketAddr) -> Result<Login, String> {
+        if !self.hooks.has(Op::Login) {
+            return Ok(login);
+        }
+        let content = LoginContent {
+            login,
+            client_address: remote.to_string(),
+        };
+        Ok(self.hooks.login(content).await?.login)
+    }
+
+    async fn refuse_login(&self, mc: &mut MsgConn<Conn>, remote: SocketAddr, reason: String) {
+        warn!("login from {remote} refused: {reason}");
+        let error = if self.cfg.detailed_errors_to_client {
+            reason
+        } else {
+            "invalid Login".into()
+        };
+        let resp = LoginResp {
+            version: crate::FRP_VERSION.into(),
+            run_id: String::new(),
+            error,
+        };
+        let _ = mc.write_msg(&resp.into()).await;
+    }
+
     fn check_login(&self, login: &Login) -> Result<(), String> {
         self.verify_login(login)?;
         if self.controls.client_id_online(login) {
@@ -176,7 +196,24 @@ impl State {
     async fn dispatch(self: &Arc<Self>, ctl: &Arc<Control>, m: Message) -> Option<Instant> {
         match m {
             Message::NewProxy(np) => {
-                let resp = match self.register_proxy(ctl, &np).await {
+                // Server plugins may rewrite or refuse the proxy before it is registered.
+                let (np, registered) = if self.hooks.has(Op::NewProxy) {
+                    let content = NewProxyContent {
+                        user: ctl.user_info(),
+                        new_proxy: np,
+                    };
+                    match self.hooks.new_proxy(content.clone()).await {
+                        Ok(c) => {
+                            let r = self.register_proxy(ctl, &c.new_proxy).await;
+                            (c.new_proxy, r)
+                        }
+                        Err(e) => (content.new_proxy, Err(e)),
+                    }
+                } else {
+                    let r = self.register_proxy(ctl, &np).await;
+                    (np, r)
+                };
+                let resp = match registered {
                     Ok(remote_addr) => {
                         info!(
                             "[{}] new proxy [{}] type [{}] success",
@@ -221,6 +258,27 @@ impl State {
                 None
             }
             Message::Ping(p) => {
+                let p = if self.hooks.has(Op::Ping) {
+                    let content = PingContent {
+                        user: ctl.user_info(),
+                        ping: p,
+                    };
+                    match self.hooks.ping(content).await {
+                        Ok(c) => c.ping,
+                        Err(e) => {
+                            warn!("[{}] received invalid ping: {e}", ctl.run_id);
+                            let error = if self.cfg.detailed_errors_to_client {
+                                e
+                            } else {
+                                "invalid ping".to_string()
+                            };
+                            let _ = ctl.msg_tx.send(Box::new(Pong { error }.into())).await;
+                            return None;
+                        }
+                    }
+                } else {
+                    p
+                };
                 if self.scopes.heartbeats
                     && !auth::verify_privilege_key(&self.token, p.timestamp, &p.privilege_key)
                 {
@@ -276,6 +334,34 @@ impl State {
             );
             return;
         }
+        let nwc = if self.hooks.has(Op::NewWorkConn) {
+            let content = NewWorkConnContent {
+                user: ctl.user_info(),
+                new_work_conn: nwc,
+            };
+            match self.hooks.new_work_conn(content).await {
+                Ok(c) => c.new_work_conn,
+                Err(e) => {
+                    warn!(
+                        "[{}] invalid NewWorkConn with run id [{}]: {e}",
+                        ctl.run_id, ctl.run_id
+                    );
+                    let error = if self.cfg.detailed_errors_to_client {
+                        e
+                    } else {
+                        "invalid NewWorkConn".to_string()
+                    };
+                    let start = StartWorkConn {
+                        error,
+                        ..Default::default()
+                    };
+                    let _ = mc.write_msg(&start.into()).await;
+                    return;
+                }
+            }
+        } else {
+            nwc
+        };
         if self.scopes.new_work_conns
             && !auth::verify_privilege_key(&self.token, nwc.timestamp, &nwc.privilege_key)
         {

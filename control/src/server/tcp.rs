@@ -248,6 +248,9 @@ async fn handle_user(
         "[{}] [{}] get a user connection [{remote}]",
         ctl.run_id, info.name
     );
+    if !st.admit_user(&ctl, &info, &remote).await {
+        return;
+    }
     let start = start_work_conn_for(&info.name, &remote, user.local_addr().ok());
     st.join_user_conn(ctl, info, Side::plain(Endpoint::Tcp(user)), start)
         .await;

@@ -119,6 +119,9 @@ impl State {
             debug!("visitor connection from {remote}: write NewVisitorConnResp: {e}");
             return;
         }
+        if !self.admit_user(&owner, &info, &remote).await {
+            return;
+        }
         let visitor_wire = mc.version();
         let key = CryptoKey::derive(info.msg.sk.as_bytes());
         let (inbound, outbound) =

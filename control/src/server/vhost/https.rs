@@ -68,6 +68,9 @@ pub(crate) async fn handle(st: Arc<State>, mut tcp: TcpStream, remote: SocketAdd
         "[{}] [{}] new https connection for host [{host}] from {remote}",
         member.ctl.run_id, member.info.name
     );
+    if !st.admit_user(&member.ctl, &member.info, &remote).await {
+        return;
+    }
     let start = start_work_conn_for(&member.info.name, &remote, tcp.local_addr().ok());
     let user = Side {
         prefix: Bytes::from(hello.bytes),

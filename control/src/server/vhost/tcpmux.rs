@@ -90,6 +90,9 @@ async fn handle(st: Arc<State>, mut tcp: TcpStream, remote: SocketAddr) {
         "[{}] [{}] new tcpmux connection for host [{}] from {remote}",
         member.ctl.run_id, member.info.name, req.host
     );
+    if !st.admit_user(&member.ctl, &member.info, &remote).await {
+        return;
+    }
     let start = start_work_conn_for(&member.info.name, &remote, tcp.local_addr().ok());
     let user = Side {
         prefix: Bytes::from(prefix),

@@ -84,11 +84,15 @@ impl HttpPlugin {
             // Without tlsVerify any certificate is accepted (Go's InsecureSkipVerify).
             crate::tls::client_config("", "", "").unwrap_or_else(|_| empty_roots_config())
         };
+        // One small request and answer at a time per connection: no Nagle delay.
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config((*tls).clone())
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).build(connector);
         let timeout = std::env::var(TEST_TIMEOUT_ENV)
             .ok()

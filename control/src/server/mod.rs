@@ -6,6 +6,14 @@
 //! sniffs it, completes TLS and, with tcpMux, accepts yamux streams; per logical connection a
 //! task that reads the first message and becomes a control session, a work connection (parked
 //! in its control's pool) or a visitor connection.
+//!
+//! Rooms: `control` (the registry of logged-in clients by run id, each with its message
+//! queue and work-connection pool), `session` (Login, the control messages, work
+//! connections), `proxies` (the registry of proxies, their ports and tcp groups; each kind's
+//! `start` — `tcp`, `udp`, `vhost`, `visitor` — returns what it set up, undone on
+//! close), [`hooks`] (the server plugins' chain). User connections flow from a proxy kind's
+//! listener through `State::admit_user` (NewUserConn) to `State::join_user_conn` and the
+//! data plane.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

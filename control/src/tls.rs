@@ -165,6 +165,32 @@ pub fn system_roots_client_config() -> Result<Arc<rustls::ClientConfig>, TlsErro
     Ok(Arc::new(cfg))
 }
 
+/// The TLS config of an HTTPS client (the OIDC token endpoint and discovery): Go's defaults —
+/// the system's roots — unless `trusted_ca_file` replaces them or `insecure_skip_verify` turns
+/// verification off. No system roots is not an error here (plain `http://` URLs need none; an
+/// `https://` one then fails its handshake).
+pub fn https_client_config(
+    trusted_ca_file: &str,
+    insecure_skip_verify: bool,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
+    let builder = if insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(
+                provider().signature_verification_algorithms,
+            )))
+    } else if !trusted_ca_file.is_empty() {
+        builder.with_root_certificates(root_store(trusted_ca_file)?)
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        builder.with_root_certificates(roots)
+    };
+    Ok(builder.with_no_client_auth())
+}
+
 /// The name frpc presents (SNI) and verifies: `tls.serverName`, else `serverAddr`.
 pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(name.to_string()).map_err(|_| TlsError::ServerName(name.to_string()))

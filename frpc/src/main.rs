@@ -32,6 +32,9 @@ struct Cli {
     /// strict config parsing mode, unknown fields will cause an errors
     #[arg(long = "strict_config", global = true, default_value_t = true, action = ArgAction::Set)]
     strict_config: bool,
+    /// allowed unsafe features, one or more of: TokenSourceExec
+    #[arg(long = "allow-unsafe", global = true, value_delimiter = ',')]
+    allow_unsafe: Vec<String>,
     /// version of frpc
     #[arg(short = 'v', long = "version")]
     version: bool,
@@ -68,6 +71,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let features = control::config::UnsafeFeatures::new(cli.allow_unsafe.iter().cloned());
     if cli.version {
         println!("{}", control::FRP_VERSION);
         return ExitCode::SUCCESS;
@@ -75,7 +79,7 @@ fn main() -> ExitCode {
     match &cli.cmd {
         Some(Cmd::Verify) => {
             return match control::config::load_client_config(&cli.config, cli.strict_config) {
-                Ok(c) if !validated(&c) => ExitCode::FAILURE,
+                Ok(c) if !validated(&c, &features) => ExitCode::FAILURE,
                 Ok(_) => {
                     println!(
                         "frpc: the configuration file {} syntax is ok",
@@ -135,10 +139,10 @@ fn main() -> ExitCode {
     let cfg = sources.merged();
     // frp validates the config (common part, then each proxy and visitor it would start)
     // before it starts logging, whether it came from a file or from flags.
-    if !validated(&cfg) {
+    if !validated(&cfg, &features) {
         return ExitCode::FAILURE;
     }
-    match run(cfg, sources, config_file, cli.strict_config) {
+    match run(cfg, sources, config_file, cli.strict_config, features) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // frp prints why it stopped on stdout.
@@ -150,12 +154,12 @@ fn main() -> ExitCode {
 
 /// frp's `ValidateAllClientConfig` as `frpc` and `frpc verify` run it: warnings printed as
 /// `WARNING: …`, an error printed on stdout; returns whether the config is valid.
-fn validated(cfg: &ClientConfig) -> bool {
+fn validated(cfg: &ClientConfig, features: &control::config::UnsafeFeatures) -> bool {
     let warnings = cfg.warnings();
     if !warnings.is_empty() {
         println!("WARNING: {}", warnings.join("\n"));
     }
-    match cfg.validate_for_run() {
+    match cfg.validate_for_run_with(features) {
         Ok(()) => true,
         Err(e) => {
             println!("{e}");
@@ -199,6 +203,7 @@ fn run(
     sources: control::client::store::ConfigSources,
     config_file: Option<PathBuf>,
     strict: bool,
+    features: control::config::UnsafeFeatures,
 ) -> anyhow::Result<()> {
     control::log::init_logger(
         &cfg.log.to,
@@ -227,7 +232,7 @@ fn run(
     let served = rt.spawn(async move {
         let stop = Arc::new(tokio::sync::Notify::new());
         let web = cfg.web_server.clone();
-        let client = Arc::new(control::client::Client::new(cfg)?);
+        let client = Arc::new(control::client::Client::new(cfg)?.with_unsafe_features(features));
         if web.port != 0 {
             let admin = control::admin::AdminServer::bind(
                 &web,

@@ -20,6 +20,9 @@ struct Cli {
     /// strict config parsing mode, unknown fields will cause an error
     #[arg(long = "strict_config", global = true, default_value_t = true, action = ArgAction::Set)]
     strict_config: bool,
+    /// allowed unsafe features, one or more of: TokenSourceExec
+    #[arg(long = "allow-unsafe", global = true, value_delimiter = ',')]
+    allow_unsafe: Vec<String>,
     /// version of frps
     #[arg(short = 'v', long = "version")]
     version: bool,
@@ -35,6 +38,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let features = control::config::UnsafeFeatures::new(cli.allow_unsafe.iter().cloned());
     if cli.version {
         println!("{}", control::FRP_VERSION);
         return ExitCode::SUCCESS;
@@ -45,7 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         };
         return match control::config::load_server_config(path, cli.strict_config) {
-            Ok(c) if !validated(&c) => ExitCode::FAILURE,
+            Ok(c) if !validated(&c, &features) => ExitCode::FAILURE,
             Ok(_) => {
                 println!(
                     "frps: the configuration file {} syntax is ok",
@@ -70,7 +74,7 @@ fn main() -> ExitCode {
         None => control::config::ServerConfig::default(),
     };
     // frp validates the config before it starts logging and exits 1 on an error.
-    if !validated(&cfg) {
+    if !validated(&cfg, &features) {
         return ExitCode::FAILURE;
     }
     match run(cfg) {
@@ -85,8 +89,11 @@ fn main() -> ExitCode {
 
 /// frp's `ValidateServerConfig` as `frps` and `frps verify` run it: the error printed on
 /// stdout; returns whether the config is valid.
-fn validated(cfg: &control::config::ServerConfig) -> bool {
-    match cfg.validate() {
+fn validated(
+    cfg: &control::config::ServerConfig,
+    features: &control::config::UnsafeFeatures,
+) -> bool {
+    match cfg.validate_with(features) {
         Ok(()) => true,
         Err(e) => {
             println!("{e}");

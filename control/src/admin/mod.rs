@@ -183,7 +183,9 @@ impl Admin {
             );
         }
         let path = self.config_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || load_and_validate(&path, strict)).await;
+        let features = self.client.unsafe_features().clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || load_and_validate(&path, strict, &features)).await;
         let cfg = match loaded {
             Ok(Ok(cfg)) => cfg,
             Ok(Err(msg)) => return web::error(StatusCode::BAD_REQUEST, &msg),
@@ -239,7 +241,10 @@ impl Admin {
         let format = ConfigFormat::from_path(&self.config_path);
         let checked = config::client_config_from_str(text, format, self.strict)
             .map_err(|e| e.to_string())
-            .and_then(|c| c.validate_for_run().map_err(|e| e.0));
+            .and_then(|c| {
+                c.validate_for_run_with(self.client.unsafe_features())
+                    .map_err(|e| e.0)
+            });
         if let Err(msg) = checked {
             return web::error(StatusCode::BAD_REQUEST, &format!("invalid config: {msg}"));
         }
@@ -254,9 +259,13 @@ impl Admin {
 }
 
 /// Loads the config file as frpc would at start-up, with frp's validation.
-fn load_and_validate(path: &std::path::Path, strict: bool) -> Result<ClientConfig, String> {
+fn load_and_validate(
+    path: &std::path::Path,
+    strict: bool,
+    features: &config::UnsafeFeatures,
+) -> Result<ClientConfig, String> {
     let cfg = config::load_client_config(path, strict).map_err(|e| e.to_string())?;
-    cfg.validate_for_run().map_err(|e| e.0)?;
+    cfg.validate_for_run_with(features).map_err(|e| e.0)?;
     Ok(cfg)
 }
 

@@ -45,6 +45,9 @@ pub enum ClientError {
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     Transport(#[from] transport::SetupError),
+    /// `auth.tokenSource` could not be read, or the OIDC client could not be set up.
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// One login attempt failed.
@@ -58,6 +61,9 @@ enum LoginError {
     Refused(String),
     #[error("{0}")]
     Handshake(HandshakeError),
+    /// No credential for the Login (OIDC token endpoint or token source failed).
+    #[error("{0}")]
+    Auth(String),
 }
 
 impl From<HandshakeError> for LoginError {
@@ -113,6 +119,10 @@ struct ProxyRuntime {
 /// A running frpc.
 pub struct Client {
     cfg: ClientConfig,
+    /// Fills the credentials of Login, Ping and NewWorkConn (`auth.*`).
+    auth: Arc<auth::ClientAuth>,
+    /// `--allow-unsafe`: applied to configs the admin API reloads.
+    unsafe_features: crate::config::UnsafeFeatures,
     key: CryptoKey,
     dial: DialConfig,
     /// `transport.wireProtocol`: every logical connection (control, work) speaks it.
@@ -155,8 +165,11 @@ impl Client {
         let dial = DialConfig::from_client_config(&cfg)?;
         let wire = WireVersion::from_config(&cfg.transport.wire_protocol).unwrap_or_default();
         let proxies = handle::proxy_runtimes(&cfg);
+        let auth = auth::ClientAuth::build(&cfg.auth).map_err(ClientError::Auth)?;
         Ok(Client {
-            key: CryptoKey::derive(cfg.auth.token.as_bytes()),
+            key: CryptoKey::derive(auth.token().as_bytes()),
+            auth: Arc::new(auth),
+            unsafe_features: Default::default(),
             dial,
             wire,
             engine,
@@ -185,6 +198,17 @@ impl Client {
             p.plugin = Some(handler);
         }
         Ok(c)
+    }
+
+    /// Sets the features `--allow-unsafe` enabled (checked again on admin API reloads).
+    pub fn with_unsafe_features(mut self, features: crate::config::UnsafeFeatures) -> Self {
+        self.unsafe_features = features;
+        self
+    }
+
+    /// The features `--allow-unsafe` enabled.
+    pub fn unsafe_features(&self) -> &crate::config::UnsafeFeatures {
+        &self.unsafe_features
     }
 
     /// Runs until `shutdown` resolves (then stops gracefully: CloseProxy for every proxy,
@@ -264,19 +288,13 @@ impl Client {
     }
 
     async fn login(&self) -> Result<Session, LoginError> {
-        let (connector, conn) = match &self.in_process {
-            Some(dial) => (Connector::InProcess(dial.clone()), dial()),
-            None => self.dial.connect().await?,
-        };
-        let mut mc = MsgConn::client(conn, self.wire);
         let timestamp = unix_now();
-        let login = Login {
+        let mut login = Login {
             version: crate::FRP_VERSION.into(),
             hostname: hostname(),
             os: std::env::consts::OS.into(),
             arch: go_arch().into(),
             user: self.cfg.user.clone(),
-            privilege_key: auth::privilege_key(&self.cfg.auth.token, timestamp),
             timestamp,
             run_id: self.run_id.lock().unwrap().clone(),
             client_id: self.cfg.client_id.clone(),
@@ -284,6 +302,15 @@ impl Client {
             pool_count: self.cfg.transport.pool_count,
             ..Default::default()
         };
+        self.auth
+            .set_login(&mut login)
+            .await
+            .map_err(LoginError::Auth)?;
+        let (connector, conn) = match &self.in_process {
+            Some(dial) => (Connector::InProcess(dial.clone()), dial()),
+            None => self.dial.connect().await?,
+        };
+        let mut mc = MsgConn::client(conn, self.wire);
         let result = match handshake::client_login(&mut mc, login, self.bootstrap_info()).await {
             Ok((r, _)) if !r.error.is_empty() => Err(LoginError::Refused(r.error)),
             Ok(ok) => Ok(ok),
@@ -298,7 +325,7 @@ impl Client {
         };
         *self.run_id.lock().unwrap() = resp.run_id.clone();
         info!("login to server success, get run id [{}]", resp.run_id);
-        let token = &self.cfg.auth.token;
+        let token = self.auth.token();
         handshake::enable_control_encryption(
             &mut mc,
             crypto.as_ref(),
@@ -369,12 +396,6 @@ impl Client {
 
         let hb_interval = self.cfg.transport.heartbeat_interval;
         let hb_timeout = self.cfg.transport.heartbeat_timeout;
-        let auth_heartbeats = self
-            .cfg
-            .auth
-            .additional_scopes
-            .iter()
-            .any(|s| s.as_str() == "HeartBeats");
         let mut last_pong = Instant::now();
         let mut next_ping = if hb_interval > 0 {
             Some(Instant::now())
@@ -410,12 +431,21 @@ impl Client {
                     if let Some(at) = next_ping
                         && Instant::now() >= at
                     {
-                        let mut ping = Ping::default();
-                        if auth_heartbeats {
-                            ping.timestamp = unix_now();
-                            ping.privilege_key = auth::privilege_key(&self.cfg.auth.token, ping.timestamp);
-                        }
-                        let _ = tx.try_send(ping.into());
+                        debug!("send heartbeat to server");
+                        // A credential may take a round trip to the OIDC provider: off the
+                        // control loop.
+                        let (auth, tx) = (self.auth.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let mut ping = Ping::default();
+                            match auth.set_ping(&mut ping).await {
+                                Ok(()) => {
+                                    let _ = tx.try_send(ping.into());
+                                }
+                                Err(e) => warn!(
+                                    "error during ping authentication: {e}, skip sending ping message"
+                                ),
+                            }
+                        });
                         next_ping = Some(at + Duration::from_secs(hb_interval as u64));
                     }
                     if hb_interval > 0 && hb_timeout > 0 && last_pong.elapsed() > Duration::from_secs(hb_timeout as u64) {
@@ -569,15 +599,9 @@ impl Client {
             run_id,
             ..Default::default()
         };
-        if self
-            .cfg
-            .auth
-            .additional_scopes
-            .iter()
-            .any(|s| s.as_str() == "NewWorkConns")
-        {
-            nwc.timestamp = unix_now();
-            nwc.privilege_key = auth::privilege_key(&self.cfg.auth.token, nwc.timestamp);
+        if let Err(e) = self.auth.set_new_work_conn(&mut nwc).await {
+            warn!("error during NewWorkConn authentication: {e}");
+            return;
         }
         if let Err(e) = mc.write_msg(&nwc.into()).await {
             warn!("write NewWorkConn to server error: {e}");

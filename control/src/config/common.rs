@@ -142,7 +142,25 @@ impl ValueSource {
             "exec" if self.exec.is_none() => {
                 Err("exec configuration is required when type is 'exec'".into())
             }
-            "file" | "exec" => Ok(()),
+            "file" => match &self.file {
+                Some(f) if f.path.is_empty() => Err("file path cannot be empty".into()),
+                _ => Ok(()),
+            },
+            "exec" => {
+                let Some(e) = &self.exec else { return Ok(()) };
+                if e.command.is_empty() {
+                    return Err("exec command cannot be empty".into());
+                }
+                for env in &e.env {
+                    if env.name.is_empty() {
+                        return Err("exec env name cannot be empty".into());
+                    }
+                    if env.name.contains('=') {
+                        return Err("exec env name cannot contain '='".into());
+                    }
+                }
+                Ok(())
+            }
             t => Err(format!(
                 "unsupported value source type: {t} (only 'file' and 'exec' are supported)"
             )),

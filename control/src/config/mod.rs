@@ -55,7 +55,10 @@ pub use server::{
     AuthOidcServerConfig, AuthServerConfig, HttpPluginOptions, ServerConfig, ServerTransportConfig,
     SshTunnelGateway, TlsServerConfig,
 };
-pub use validate::{ValidationError, validate_annotations, validate_proxy, validate_visitor};
+pub use validate::{
+    TOKEN_SOURCE_EXEC, UNSAFE_FEATURES, UnsafeFeatures, ValidationError, validate_annotations,
+    validate_proxy, validate_visitor,
+};
 
 /// The file label used in errors for configs given as text.
 const INLINE: &str = "<inline config>";

@@ -1248,9 +1248,16 @@ fn unsupported_keys_are_refused_with_their_key() {
     let msg = unsupported("store.path = \"/tmp/store.json\"\nwebServer.pprofEnable = true\n");
     assert!(!msg.contains("store.path"), "{msg}");
     assert!(msg.contains("(key webServer.pprofEnable)"), "{msg}");
-    let msg =
-        unsupported("auth.tokenSource.type = \"file\"\nauth.tokenSource.file.path = \"/t\"\n");
-    assert!(msg.contains("(key auth.tokenSource)"), "{msg}");
+    // OIDC and token sources are served now: not refused.
+    for text in [
+        "auth.tokenSource.type = \"file\"\nauth.tokenSource.file.path = \"/t\"\n",
+        "auth.method = \"oidc\"\nauth.oidc.clientID = \"c\"\nauth.oidc.tokenEndpointURL = \"http://127.0.0.1:1/token\"\n",
+    ] {
+        client(text, ConfigFormat::Toml)
+            .unwrap()
+            .validate_for_run()
+            .unwrap();
+    }
     // A disabled proxy is not checked.
     let c = client(
         "[[proxies]]\nname = \"p2p\"\ntype = \"xtcp\"\nenabled = false\n",
@@ -1289,4 +1296,41 @@ fn tls_plugin_certificates_that_do_not_load_are_refused() {
     }
     cfg("", "").unwrap();
     let _ = std::fs::remove_file(garbage);
+}
+
+/// `exec` token sources need `--allow-unsafe TokenSourceExec` (frp's message), on both sides and
+/// for `auth.oidc.tokenSource`; bad sources get frp's validation messages.
+#[test]
+fn exec_token_sources_need_the_unsafe_flag() {
+    use crate::config::UnsafeFeatures;
+    let refused = "unsafe feature \"TokenSourceExec\" is not enabled. To enable it, ensure it is allowed in the configuration or command line flags";
+    let allowed = UnsafeFeatures::new(["TokenSourceExec"]);
+    let exec = "auth.tokenSource.type = \"exec\"\nauth.tokenSource.exec.command = \"/bin/echo\"\n";
+    let s = server(exec, ConfigFormat::Toml).unwrap();
+    assert_eq!(s.validate().unwrap_err().to_string(), refused);
+    s.validate_with(&allowed).unwrap();
+    let c = client(exec, ConfigFormat::Toml).unwrap();
+    assert_eq!(c.validate_for_run().unwrap_err().to_string(), refused);
+    c.validate_for_run_with(&allowed).unwrap();
+    // An unknown name enables nothing.
+    assert!(c.validate_with(&UnsafeFeatures::new(["Other"])).is_err());
+    let oidc = "auth.method = \"oidc\"\nauth.oidc.tokenSource.type = \"exec\"\nauth.oidc.tokenSource.exec.command = \"/bin/echo\"\n";
+    let c = client(oidc, ConfigFormat::Toml).unwrap();
+    assert_eq!(c.validate().unwrap_err().to_string(), refused);
+    c.validate_with(&allowed).unwrap();
+    // Both a token and a source; an empty path; an exec source without its table.
+    let s = server(
+        "auth.token = \"t\"\nauth.tokenSource.type = \"file\"\nauth.tokenSource.file.path = \"\"\n",
+        ConfigFormat::Toml,
+    )
+    .unwrap();
+    assert_eq!(
+        s.validate().unwrap_err().to_string(),
+        "cannot specify both auth.token and auth.tokenSource\ninvalid auth.tokenSource: file path cannot be empty"
+    );
+    let s = server("auth.tokenSource.type = \"exec\"\n", ConfigFormat::Toml).unwrap();
+    assert_eq!(
+        s.validate_with(&allowed).unwrap_err().to_string(),
+        "invalid auth.tokenSource: exec configuration is required when type is 'exec'"
+    );
 }

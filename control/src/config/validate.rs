@@ -25,6 +25,37 @@ const HTTP_PLUGIN_OPS: &[&str] = &[
     "NewUserConn",
 ];
 
+/// `--allow-unsafe TokenSourceExec`: run `auth.tokenSource` / `auth.oidc.tokenSource` commands.
+pub const TOKEN_SOURCE_EXEC: &str = "TokenSourceExec";
+/// The unsafe features frps and frpc know (`--allow-unsafe` help text).
+pub const UNSAFE_FEATURES: &[&str] = &[TOKEN_SOURCE_EXEC];
+
+/// The features enabled with `--allow-unsafe` (frp's `security.UnsafeFeatures`). Names are not
+/// checked, as in frp: an unknown one enables nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnsafeFeatures(std::collections::BTreeSet<String>);
+
+impl UnsafeFeatures {
+    pub fn new<S: Into<String>>(allowed: impl IntoIterator<Item = S>) -> Self {
+        Self(allowed.into_iter().map(Into::into).collect())
+    }
+
+    pub fn is_enabled(&self, feature: &str) -> bool {
+        self.0.contains(feature)
+    }
+
+    /// frp's `ValidateUnsafeFeature`.
+    fn check(&self, feature: &str) -> Result<(), String> {
+        if self.is_enabled(feature) {
+            Ok(())
+        } else {
+            Err(format!(
+                "unsafe feature \"{feature}\" is not enabled. To enable it, ensure it is allowed in the configuration or command line flags"
+            ))
+        }
+    }
+}
+
 #[derive(Default)]
 struct Errors(Vec<String>);
 
@@ -48,6 +79,7 @@ impl Errors {
 
 fn validate_auth(
     errs: &mut Errors,
+    unsafe_features: &UnsafeFeatures,
     method: &str,
     scopes: &[String],
     token: &str,
@@ -69,10 +101,23 @@ fn validate_auth(
     if !token.is_empty() && src.is_some() {
         errs.push("cannot specify both auth.token and auth.tokenSource");
     }
-    if let Some(src) = src
-        && let Err(e) = src.validate()
-    {
-        errs.push(format!("invalid auth.tokenSource: {e}"));
+    if let Some(src) = src {
+        validate_source(errs, unsafe_features, src, "auth.tokenSource");
+    }
+}
+
+/// frp's checks of a `tokenSource`: `exec` needs `--allow-unsafe TokenSourceExec`.
+fn validate_source(
+    errs: &mut Errors,
+    unsafe_features: &UnsafeFeatures,
+    src: &ValueSource,
+    key: &str,
+) {
+    if src.source_type == "exec" {
+        errs.check(unsafe_features.check(TOKEN_SOURCE_EXEC));
+    }
+    if let Err(e) = src.validate() {
+        errs.push(format!("invalid {key}: {e}"));
     }
 }
 
@@ -118,11 +163,18 @@ fn validate_allow_port(r: &PortsRange) -> Result<(), String> {
 }
 
 impl ServerConfig {
-    /// frp's `ValidateServerConfig`, plus `allowPorts` entries and the TLS cert/key pair.
+    /// frp's `ValidateServerConfig`, plus `allowPorts` entries and the TLS cert/key pair,
+    /// with no unsafe feature enabled.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        self.validate_with(&UnsafeFeatures::default())
+    }
+
+    /// [`Self::validate`] with the features enabled by `--allow-unsafe`.
+    pub fn validate_with(&self, unsafe_features: &UnsafeFeatures) -> Result<(), ValidationError> {
         let mut errs = Errors::default();
         validate_auth(
             &mut errs,
+            unsafe_features,
             &self.auth.method,
             &self.auth.additional_scopes,
             &self.auth.token,
@@ -202,8 +254,14 @@ impl ServerConfig {
 
 impl ClientConfig {
     /// frp's `ValidateAllClientConfig`: the common part (all errors, joined), then each
-    /// proxy and visitor frpc would start (the first error, prefixed `proxy NAME:`).
+    /// proxy and visitor frpc would start (the first error, prefixed `proxy NAME:`), with no
+    /// unsafe feature enabled.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        self.validate_with(&UnsafeFeatures::default())
+    }
+
+    /// [`Self::validate`] with the features enabled by `--allow-unsafe`.
+    pub fn validate_with(&self, unsafe_features: &UnsafeFeatures) -> Result<(), ValidationError> {
         let mut errs = Errors::default();
         if !self.virtual_net.address.is_empty()
             && self.feature_gates.get("VirtualNet") != Some(&true)
@@ -213,6 +271,7 @@ impl ClientConfig {
         let auth = &self.auth;
         validate_auth(
             &mut errs,
+            unsafe_features,
             &auth.method,
             &auth.additional_scopes,
             &auth.token,
@@ -234,9 +293,7 @@ impl ClientConfig {
                     "cannot specify both auth.oidc.tokenSource and any other field of auth.oidc",
                 );
             }
-            if let Err(e) = src.validate() {
-                errs.push(format!("invalid auth.oidc.tokenSource: {e}"));
-            }
+            validate_source(&mut errs, unsafe_features, src, "auth.oidc.tokenSource");
         } else if auth.method == "oidc" {
             let mut o = Vec::new();
             if oidc.client_id.is_empty() {
@@ -309,12 +366,6 @@ impl ClientConfig {
         let not_yet = |what: String, key: &str| -> String {
             format!("{what} (key {key}) is not supported by this frpc yet")
         };
-        if self.auth.method == "oidc" {
-            errs.push(not_yet("auth method \"oidc\"".into(), "auth.method"));
-        }
-        if self.auth.token_source.is_some() {
-            errs.push(not_yet("auth.tokenSource".into(), "auth.tokenSource"));
-        }
         if !self.virtual_net.address.is_empty() {
             errs.push(not_yet("virtual network".into(), "virtualNet.address"));
         }
@@ -388,7 +439,15 @@ impl ClientConfig {
     /// What frpc checks before it runs a config: frp's validation, then
     /// [`Self::check_supported`].
     pub fn validate_for_run(&self) -> Result<(), ValidationError> {
-        self.validate()?;
+        self.validate_for_run_with(&UnsafeFeatures::default())
+    }
+
+    /// [`Self::validate_for_run`] with the features enabled by `--allow-unsafe`.
+    pub fn validate_for_run_with(
+        &self,
+        unsafe_features: &UnsafeFeatures,
+    ) -> Result<(), ValidationError> {
+        self.validate_with(unsafe_features)?;
         self.check_supported()
     }
 

@@ -23,6 +23,7 @@ use dataplane::{Engine, Pair, Side};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::auth;
 use crate::config::ServerConfig;
 use crate::crypto::{self, CryptoKey};
 use crate::handshake;
@@ -51,13 +52,6 @@ const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Queue depth of a control's writer (frp uses 100).
 pub(super) const CONTROL_QUEUE: usize = 100;
 
-/// Which auth scopes frps verifies beyond Login (`auth.additionalScopes`).
-#[derive(Debug, Clone, Copy, Default)]
-struct Scopes {
-    heartbeats: bool,
-    new_work_conns: bool,
-}
-
 /// A running frps.
 pub struct Server {
     state: Arc<State>,
@@ -84,7 +78,8 @@ pub(crate) struct State {
     cfg: ServerConfig,
     token: String,
     key: CryptoKey,
-    scopes: Scopes,
+    /// Checks Login / Ping / NewWorkConn credentials (`auth.*`).
+    auth: auth::ServerAuth,
     tls: ServerTls,
     engine: Engine,
     /// Logged-in clients by run id.
@@ -102,6 +97,11 @@ pub(crate) struct State {
 impl Server {
     /// Binds `bindAddr:bindPort` and prepares everything that can fail at start-up.
     pub async fn bind(cfg: ServerConfig) -> Result<Server, StartError> {
+        // Before any listener: a token that cannot be read leaves no port open (as in frp).
+        let auth = auth::ServerAuth::build(&cfg.auth)
+            .await
+            .map_err(StartError::Auth)?;
+        let token = auth.token().to_owned();
         let tls_cfg = crate::tls::server_config(
             &cfg.transport.tls.cert_file,
             &cfg.transport.tls.key_file,
@@ -136,18 +136,6 @@ impl Server {
                 &transport::quic::QuicParams::from_config(&cfg.transport.quic),
             )?),
         };
-        let scopes = Scopes {
-            heartbeats: cfg
-                .auth
-                .additional_scopes
-                .iter()
-                .any(|s| s.as_str() == "HeartBeats"),
-            new_work_conns: cfg
-                .auth
-                .additional_scopes
-                .iter()
-                .any(|s| s.as_str() == "NewWorkConns"),
-        };
         let ssh = match cfg.ssh_tunnel_gateway.bind_port {
             0 => None,
             _ => Some(
@@ -156,12 +144,11 @@ impl Server {
                     .map_err(StartError::SshGateway)?,
             ),
         };
-        let token = cfg.auth.token.clone();
         let (vhost, vhost_listeners) = vhost::bind(&cfg).await?;
         let state = Arc::new(State {
             key: CryptoKey::derive(token.as_bytes()),
             token,
-            scopes,
+            auth,
             tls: ServerTls {
                 acceptor: tokio_rustls::TlsAcceptor::from(tls_cfg),
                 force,
@@ -238,6 +225,9 @@ impl Server {
 /// frps could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// `auth.tokenSource` could not be read, or OIDC discovery failed.
+    #[error("{0}")]
+    Auth(String),
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
     /// frp: `create server listener error, listen tcp ADDR: bind: …` (the error carries

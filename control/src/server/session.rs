@@ -13,7 +13,6 @@ use super::control::Control;
 use super::hooks::{LoginContent, NewProxyContent, NewWorkConnContent, Op, PingContent};
 use super::proxies::{proxy_type, stop_tasks};
 use super::{CONTROL_QUEUE, State};
-use crate::auth;
 use crate::handshake::{self, Role};
 use crate::msg::{
     Login, LoginResp, Message, NewProxyResp, NewWorkConn, Pong, ReqWorkConn, StartWorkConn,
@@ -43,9 +42,11 @@ impl State {
             login.arch,
             mc.version()
         );
-        let checked = handshake::check_control_crypto(mc.version(), crypto.as_ref())
-            .map_err(|e| e.to_string())
-            .and_then(|()| self.check_login(&login));
+        let checked = match handshake::check_control_crypto(mc.version(), crypto.as_ref()) {
+            Ok(()) => self.auth.verify_login(&login).await,
+            Err(e) => Err(e.to_string()),
+        }
+        .and_then(|()| self.check_login(&login));
         if let Err(reason) = checked {
             return self.refuse_login(&mut mc, remote, reason).await;
         }
@@ -172,22 +173,11 @@ impl State {
     }
 
     fn check_login(&self, login: &Login) -> Result<(), String> {
-        self.verify_login(login)?;
         if self.controls.client_id_online(login) {
             return Err(format!(
                 "client_id [{}] for user [{}] is already online",
                 login.client_id, login.user
             ));
-        }
-        Ok(())
-    }
-
-    /// The auth method's verdict on a Login (`auth.method`).
-    fn verify_login(&self, login: &Login) -> Result<(), String> {
-        if self.cfg.auth.method.as_str() == "token"
-            && !auth::verify_privilege_key(&self.token, login.timestamp, &login.privilege_key)
-        {
-            return Err("token in login doesn't match token from configuration".into());
         }
         Ok(())
     }
@@ -279,15 +269,8 @@ impl State {
                 } else {
                     p
                 };
-                if self.scopes.heartbeats
-                    && !auth::verify_privilege_key(&self.token, p.timestamp, &p.privilege_key)
-                {
-                    warn!(
-                        "[{}] invalid ping: token in heartbeat doesn't match",
-                        ctl.run_id
-                    );
-                    let error =
-                        "token in heartbeat doesn't match token from configuration".to_string();
+                if let Err(error) = self.auth.verify_ping(&p).await {
+                    warn!("[{}] invalid ping: {error}", ctl.run_id);
                     let _ = ctl.msg_tx.send(Box::new(Pong { error }.into())).await;
                     return None;
                 }
@@ -362,15 +345,13 @@ impl State {
         } else {
             nwc
         };
-        if self.scopes.new_work_conns
-            && !auth::verify_privilege_key(&self.token, nwc.timestamp, &nwc.privilege_key)
-        {
+        if let Err(reason) = self.auth.verify_new_work_conn(&nwc).await {
             warn!(
-                "[{}] invalid NewWorkConn from {remote}: token doesn't match",
+                "[{}] invalid NewWorkConn from {remote}: {reason}",
                 nwc.run_id
             );
             let error = if self.cfg.detailed_errors_to_client {
-                "token in NewWorkConn doesn't match token from configuration".to_string()
+                reason
             } else {
                 "invalid NewWorkConn".to_string()
             };

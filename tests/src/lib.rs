@@ -8,6 +8,7 @@
 //! - [`echo_server`], [`roundtrip`]: a local service and a user of it.
 
 pub mod lossy;
+pub mod oidc;
 pub mod soak;
 
 use std::io::Read;

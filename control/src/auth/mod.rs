@@ -339,6 +339,46 @@ mod tests {
         );
     }
 
+    /// `auth.oidc.tokenSource`: read again for every message that carries a token.
+    #[tokio::test]
+    async fn oidc_token_source_is_read_per_message() {
+        let path = std::env::temp_dir().join(format!("frp-uring-oidc-{}", std::process::id()));
+        std::fs::write(&path, "jwt-1\n").unwrap();
+        let cfg = AuthClientConfig {
+            method: "oidc".into(),
+            additional_scopes: vec!["HeartBeats".into()],
+            oidc: crate::config::AuthOidcClientConfig {
+                token_source: Some(ValueSource {
+                    source_type: "file".into(),
+                    file: Some(crate::config::FileSource {
+                        path: path.to_str().unwrap().into(),
+                    }),
+                    exec: None,
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let client = ClientAuth::build(&cfg).unwrap();
+        let mut login = Login::default();
+        client.set_login(&mut login).await.unwrap();
+        assert_eq!(login.privilege_key, "jwt-1");
+        std::fs::write(&path, "jwt-2").unwrap();
+        let mut ping = Ping::default();
+        client.set_ping(&mut ping).await.unwrap();
+        assert_eq!(ping.privilege_key, "jwt-2");
+        // Out of scope: nothing.
+        let mut nwc = NewWorkConn::default();
+        client.set_new_work_conn(&mut nwc).await.unwrap();
+        assert!(nwc.privilege_key.is_empty());
+        std::fs::remove_file(&path).unwrap();
+        let err = client.set_login(&mut login).await.unwrap_err();
+        assert!(
+            err.starts_with("couldn't acquire OIDC token for login: failed to read file "),
+            "{err}"
+        );
+    }
+
     #[tokio::test]
     async fn token_source_is_resolved_at_build() {
         let cfg = AuthServerConfig {

@@ -334,10 +334,11 @@ pub struct Verifier {
     audience: String,
     skip_expiry_check: bool,
     skip_issuer_check: bool,
-    keys: RwLock<Arc<Vec<Key>>>,
-    /// Serializes JWKS fetches; holds how many fetches have completed, so a waiter whose
-    /// refetch another task already did uses that result instead of fetching again.
-    refresh: tokio::sync::Mutex<u64>,
+    /// The cached key set and how many fetches produced it: a task whose refetch another
+    /// task already did uses that result instead of fetching again.
+    keys: RwLock<(u64, Arc<Vec<Key>>)>,
+    /// Serializes JWKS fetches (verifications with cached keys never wait for one).
+    refresh: tokio::sync::Mutex<()>,
 }
 
 struct Key {
@@ -417,8 +418,8 @@ impl Verifier {
             audience: cfg.audience.clone(),
             skip_expiry_check: cfg.skip_expiry_check,
             skip_issuer_check: cfg.skip_issuer_check,
-            keys: RwLock::new(Arc::new(Vec::new())),
-            refresh: tokio::sync::Mutex::new(0),
+            keys: RwLock::new((0, Arc::new(Vec::new()))),
+            refresh: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -486,7 +487,7 @@ impl Verifier {
             ));
         }
         let kid = header.kid.as_deref();
-        let (generation, keys) = self.cached_keys().await;
+        let (generation, keys) = self.keys.read().unwrap().clone();
         if !verify_with(raw, header.alg, kid, &keys) {
             let keys = self
                 .refetch(generation)
@@ -503,20 +504,15 @@ impl Verifier {
         })
     }
 
-    async fn cached_keys(&self) -> (u64, Arc<Vec<Key>>) {
-        let generation = *self.refresh.lock().await;
-        (generation, self.keys.read().unwrap().clone())
-    }
-
     /// Fetches the key set again, unless another task did since `seen` (then its result).
     async fn refetch(&self, seen: u64) -> Result<Arc<Vec<Key>>, String> {
-        let mut generation = self.refresh.lock().await;
-        if *generation != seen {
-            return Ok(self.keys.read().unwrap().clone());
+        let _one_fetch = self.refresh.lock().await;
+        let (generation, cached) = self.keys.read().unwrap().clone();
+        if generation != seen {
+            return Ok(cached);
         }
         let keys = Arc::new(self.fetch_keys().await?);
-        *self.keys.write().unwrap() = keys.clone();
-        *generation += 1;
+        *self.keys.write().unwrap() = (generation + 1, keys.clone());
         Ok(keys)
     }
 
@@ -657,8 +653,8 @@ mod tests {
             audience: audience.into(),
             skip_expiry_check: skip_exp,
             skip_issuer_check: skip_iss,
-            keys: RwLock::new(Arc::new(Vec::new())),
-            refresh: tokio::sync::Mutex::new(0),
+            keys: RwLock::new((0, Arc::new(Vec::new()))),
+            refresh: tokio::sync::Mutex::new(()),
         }
     }
 

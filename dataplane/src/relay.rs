@@ -487,10 +487,13 @@ struct Opening {
 enum Stage {
     /// The opening, if any, not written yet.
     Start(Option<Box<Opening>>),
+    /// The reading side's `prefix` (bytes its message reader read ahead), or what is left of
+    /// it: charged to the limiter like a read, then forwarded.
+    Prefix(Bytes),
     /// Relaying.
     Pump,
-    /// Out of tokens until the timer fires.
-    Throttled(Pin<Box<tokio::time::Sleep>>),
+    /// Out of tokens until the timer fires; then the rest of the prefix (if any), else `Pump`.
+    Throttled(Pin<Box<tokio::time::Sleep>>, Bytes),
     /// EOF read: half-closing the writer.
     Finish,
 }
@@ -527,19 +530,45 @@ impl Direction {
                             let initial = std::mem::take(&mut o.initial);
                             self.fwd.queue_raw(&initial);
                         }
-                        ready!(self.fwd.poll_drain(cx))?;
-                        if !o.prefix.is_empty() {
-                            let prefix = std::mem::take(&mut o.prefix);
-                            self.fwd.forward_now(cx, &prefix, None)?;
-                        }
+                        let prefix = std::mem::take(&mut o.prefix);
+                        self.stage = Stage::Prefix(prefix);
+                    } else {
+                        self.stage = Stage::Pump;
                     }
-                    self.stage = Stage::Pump;
                 }
-                Stage::Throttled(sleep) => {
+                Stage::Prefix(prefix) => {
+                    ready!(self.fwd.poll_drain(cx))?;
+                    if prefix.is_empty() {
+                        self.stage = Stage::Pump;
+                        continue;
+                    }
+                    // Bytes read ahead are bytes read: they take tokens like any read (frp
+                    // reads its work connection without read-ahead, so all of them pass its
+                    // limiter).
+                    let n = match &self.limiter {
+                        None => prefix.len(),
+                        Some(l) => match l.acquire(prefix.len()) {
+                            Grant::Bytes(n) => n,
+                            Grant::Wait(d) => {
+                                let rest = std::mem::take(prefix);
+                                self.stage =
+                                    Stage::Throttled(Box::pin(tokio::time::sleep(d)), rest);
+                                continue;
+                            }
+                        },
+                    };
+                    let chunk = prefix.split_to(n);
+                    self.fwd.forward_now(cx, &chunk, None)?;
+                }
+                Stage::Throttled(sleep, rest) => {
                     if sleep.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    self.stage = Stage::Pump;
+                    self.stage = if rest.is_empty() {
+                        Stage::Pump
+                    } else {
+                        Stage::Prefix(std::mem::take(rest))
+                    };
                 }
                 Stage::Finish => {
                     let to = self.from.other();
@@ -562,7 +591,8 @@ impl Direction {
                         Some(l) => match l.acquire(if self.busy { read_size } else { IDLE_READ }) {
                             Grant::Bytes(n) => n,
                             Grant::Wait(d) => {
-                                self.stage = Stage::Throttled(Box::pin(tokio::time::sleep(d)));
+                                self.stage =
+                                    Stage::Throttled(Box::pin(tokio::time::sleep(d)), Bytes::new());
                                 continue;
                             }
                         },

@@ -98,7 +98,8 @@ impl State {
             return;
         }
         self.controls.insert(ctl.clone());
-        self.stats.on_login(&run_id, &ctl.login, remote, "v1");
+        self.stats
+            .on_login(&run_id, &ctl.login, remote, ctl.wire.as_str());
         info!("[{run_id}] client login success, pool count {pool_count}");
 
         let (mut reader, mut writer) = mc.split();

@@ -258,8 +258,13 @@ impl Dir {
             }
             budget -= 1;
             if !self.prefix.is_empty() {
-                let prefix = std::mem::take(&mut self.prefix);
-                self.forward(&prefix, dst, cx.plain, cx.wire, cx.stats, counter)?;
+                // Bytes read ahead are bytes read: they take tokens like any read.
+                let Some(granted) = self.grant(self.prefix.len()) else {
+                    self.release(cx);
+                    return Ok(Turn::Parked);
+                };
+                let chunk = self.prefix.split_to(granted.min(self.prefix.len()));
+                self.forward(&chunk, dst, cx.plain, cx.wire, cx.stats, counter)?;
                 continue;
             }
             if self.eof {

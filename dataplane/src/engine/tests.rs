@@ -681,6 +681,39 @@ async fn rate_limit_holds_at_a_small_rate(kind: EngineKind) {
     limited_exchange(kind, 20 << 10, 2 << 10, 12 << 10, 0).await;
 }
 
+/// Bytes a message reader read ahead (a side's `prefix`) are charged to the limiter like
+/// any read: frp reads its work connections without read-ahead, so every user byte passes its
+/// limiter. With 1 B/s and a 1000-byte bucket, a 600-byte prefix leaves at most 400 tokens
+/// (plus the few accrued since); uncharged, the whole bucket would still be there.
+async fn prefix_takes_tokens(kind: EngineKind) {
+    let Some(engine) = engine(kind) else { return };
+    let (_ca, ra) = tcp_pair().await;
+    let (mut cb, rb) = tcp_pair().await;
+    let limiter = Arc::new(crate::RateLimiter::with_burst(1, 1000));
+    let mut a = tcp_side(ra);
+    a.prefix = Bytes::from(pattern(600, 3));
+    engine.spawn(Pair {
+        a,
+        b: tcp_side(rb),
+        counters: None,
+        limiter: Some(limiter.clone()),
+    });
+    let mut got = vec![0u8; 600];
+    timeout(HANG_GUARD, cb.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, pattern(600, 3));
+    let left = match limiter.acquire(1000) {
+        crate::limit::Grant::Bytes(n) => n,
+        crate::limit::Grant::Wait(_) => 0,
+    };
+    assert!(
+        left <= 410,
+        "{kind}: {left} tokens left after a 600-byte prefix"
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod epoll {
@@ -731,6 +764,7 @@ suite!(
     initial_write_goes_first_even_if_nothing_is_relayed,
     rate_limit_holds_for_both_directions_together,
     rate_limit_holds_at_a_small_rate,
+    prefix_takes_tokens,
 );
 
 // ----- engine choice ----------------------------------------------------------------------

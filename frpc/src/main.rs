@@ -30,7 +30,9 @@ struct Cli {
     )]
     config: PathBuf,
     /// strict config parsing mode, unknown fields will cause an errors
-    #[arg(long = "strict_config", global = true, default_value_t = true, action = ArgAction::Set)]
+    #[arg(long = "strict_config", alias = "strict-config", global = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", default_value_t = true,
+          action = ArgAction::Set)]
     strict_config: bool,
     /// allowed unsafe features, one or more of: TokenSourceExec
     #[arg(long = "allow-unsafe", global = true, value_delimiter = ',')]
@@ -63,10 +65,18 @@ enum Cmd {
     Tcp(quick::TcpArgs),
     /// Run frpc with a single udp proxy
     Udp(quick::TcpArgs),
+    /// Run frpc with a single tcpmux proxy
+    Tcpmux(quick::TcpmuxArgs),
     /// Run frpc with a single http proxy
     Http(quick::HttpArgs),
     /// Run frpc with a single https proxy
-    Https(quick::DomainArgs),
+    Https(quick::HttpsArgs),
+    /// Run frpc with a single stcp proxy
+    Stcp(quick::SecretArgs),
+    /// Run frpc with a single sudp proxy
+    Sudp(quick::SecretArgs),
+    /// Run frpc with a single xtcp proxy
+    Xtcp(quick::SecretArgs),
 }
 
 fn main() -> ExitCode {
@@ -108,8 +118,12 @@ fn main() -> ExitCode {
     let quick = match &cli.cmd {
         Some(Cmd::Tcp(a)) => Some(quick::tcp_config("tcp", a)),
         Some(Cmd::Udp(a)) => Some(quick::tcp_config("udp", a)),
+        Some(Cmd::Tcpmux(a)) => Some(quick::tcpmux_config(a)),
         Some(Cmd::Http(a)) => Some(quick::http_config(a)),
         Some(Cmd::Https(a)) => Some(quick::https_config(a)),
+        Some(Cmd::Stcp(a)) => Some(quick::secret_config("stcp", a)),
+        Some(Cmd::Sudp(a)) => Some(quick::secret_config("sudp", a)),
+        Some(Cmd::Xtcp(a)) => Some(quick::secret_config("xtcp", a)),
         _ => None,
     };
     let cfg = match quick {

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{ArgAction, Parser, Subcommand};
 
+mod flags;
+
 #[derive(Parser)]
 #[command(
     name = "frps",
@@ -18,7 +20,9 @@ struct Cli {
     #[arg(short = 'c', long = "config", global = true)]
     config: Option<PathBuf>,
     /// strict config parsing mode, unknown fields will cause an error
-    #[arg(long = "strict_config", global = true, default_value_t = true, action = ArgAction::Set)]
+    #[arg(long = "strict_config", alias = "strict-config", global = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", default_value_t = true,
+          action = ArgAction::Set)]
     strict_config: bool,
     /// allowed unsafe features, one or more of: TokenSourceExec
     #[arg(long = "allow-unsafe", global = true, value_delimiter = ',')]
@@ -28,6 +32,9 @@ struct Cli {
     version: bool,
     #[command(subcommand)]
     cmd: Option<Cmd>,
+    /// The config as flags, for a run without `-c`.
+    #[command(flatten)]
+    flags: flags::ServerFlags,
 }
 
 #[derive(Subcommand)]
@@ -71,13 +78,19 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        None => control::config::ServerConfig::default(),
+        None => match cli.flags.to_config() {
+            Ok(c) => c,
+            Err(e) => {
+                println!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     // frp validates the config before it starts logging and exits 1 on an error.
     if !validated(&cfg, &features) {
         return ExitCode::FAILURE;
     }
-    match run(cfg) {
+    match run(cfg, cli.config.as_deref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // frp prints why it stopped on stdout.
@@ -102,7 +115,10 @@ fn validated(
     }
 }
 
-fn run(cfg: control::config::ServerConfig) -> anyhow::Result<()> {
+fn run(
+    cfg: control::config::ServerConfig,
+    config_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     control::log::init_logger(
         &cfg.log.to,
         &cfg.log.level,
@@ -110,6 +126,10 @@ fn run(cfg: control::config::ServerConfig) -> anyhow::Result<()> {
         cfg.log.disable_print_color,
     )
     .with_context(|| format!("open log file {}", cfg.log.to))?;
+    match config_file {
+        Some(path) => tracing::info!("frps uses config file: {}", path.display()),
+        None => tracing::info!("frps uses command line arguments for config"),
+    }
     // Like Go's runtime (frp's binaries): the soft descriptor limit goes up to the hard one.
     if let Err(e) = dataplane::sys::raise_nofile_limit() {
         tracing::warn!("raise the open files limit: {e}");

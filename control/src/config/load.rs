@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use super::client::ClientConfig;
+use super::fold::{Doc, canonical_keys};
 use super::proxy::{ClientPluginType, ProxyType, VisitorType};
 use super::server::ServerConfig;
 use super::{ConfigError, ConfigFormat, legacy, template};
@@ -100,8 +101,34 @@ pub(crate) fn decode_document<T: DeserializeOwned>(
 
     let mut ignored: Vec<Vec<Seg>> = Vec::new();
     let mut on_ignored = |p: serde_ignored::Path<'_>| ignored.push(ignored_path(&p));
-    let (value, generic): (T, serde_json::Value) = match format {
-        ConfigFormat::Toml | ConfigFormat::Auto => {
+    // Keys in another case than our fields' (Go's JSON decoder takes them, so frp does):
+    // the document with canonical keys, decoded from that instead (see `fold`).
+    let folded: Option<serde_json::Value> = match format {
+        ConfigFormat::Json => serde_json::from_str::<Doc>(&text).ok(),
+        ConfigFormat::Toml | ConfigFormat::Auto => toml::from_str::<serde_json::Value>(&text)
+            .ok()
+            .map(Doc::from),
+        // After merges (below).
+        ConfigFormat::Yaml => None,
+    }
+    .and_then(canonical_keys::<T>);
+    let decode_folded = |canon: serde_json::Value,
+                         on_ignored: &mut dyn FnMut(serde_ignored::Path<'_>)|
+     -> Result<(T, serde_json::Value), ConfigError> {
+        let mut on_ignored = on_ignored;
+        let v = decode_tracked(canon.clone(), &mut on_ignored).map_err(|(path, e)| {
+            parse_err(
+                find_key_line(&text, &path),
+                None,
+                non_empty(&path),
+                e.to_string(),
+            )
+        })?;
+        Ok((v, canon))
+    };
+    let (value, generic): (T, serde_json::Value) = match (folded, format) {
+        (Some(canon), _) => decode_folded(canon, &mut on_ignored)?,
+        (None, ConfigFormat::Toml | ConfigFormat::Auto) => {
             let de = toml::de::Deserializer::parse(&text)
                 .map_err(|e| parse_err(None, None, None, e.message().to_owned()))?;
             let v = decode_tracked(de, &mut on_ignored).map_err(|(path, e)| {
@@ -118,7 +145,7 @@ pub(crate) fn decode_document<T: DeserializeOwned>(
             })?;
             (v, generic)
         }
-        ConfigFormat::Json => {
+        (None, ConfigFormat::Json) => {
             let mut de = serde_json::Deserializer::from_str(&text);
             let v = decode_tracked(&mut de, &mut on_ignored).map_err(|(path, e)| {
                 let msg = e.to_string();
@@ -136,7 +163,7 @@ pub(crate) fn decode_document<T: DeserializeOwned>(
                 .map_err(|e| parse_err(Some(e.line()), Some(e.column()), None, e.to_string()))?;
             (v, generic)
         }
-        ConfigFormat::Yaml => {
+        (None, ConfigFormat::Yaml) => {
             let mut doc: serde_norway::Value = serde_norway::from_str(&text).map_err(|e| {
                 let loc = e.location();
                 parse_err(
@@ -155,17 +182,21 @@ pub(crate) fn decode_document<T: DeserializeOwned>(
             if let serde_norway::Value::Mapping(m) = &mut doc {
                 m.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with('.')));
             }
-            let v = decode_tracked(doc.clone(), &mut on_ignored).map_err(|(path, e)| {
-                parse_err(
-                    find_key_line(&text, &path),
-                    None,
-                    non_empty(&path),
-                    e.to_string(),
-                )
-            })?;
             let generic = serde_json::to_value(&doc)
                 .map_err(|e| parse_err(None, None, None, e.to_string()))?;
-            (v, generic)
+            if let Some(canon) = canonical_keys::<T>(Doc::from(generic.clone())) {
+                decode_folded(canon, &mut on_ignored)?
+            } else {
+                let v = decode_tracked(doc.clone(), &mut on_ignored).map_err(|(path, e)| {
+                    parse_err(
+                        find_key_line(&text, &path),
+                        None,
+                        non_empty(&path),
+                        e.to_string(),
+                    )
+                })?;
+                (v, generic)
+            }
         }
     };
 
@@ -475,7 +506,12 @@ fn line_has_key(line: &str, key: &str) -> bool {
     };
     key_part
         .split('.')
-        .any(|seg| seg.trim().trim_matches(['"', '\'']) == key)
+        // Any case: keys match their fields as Go's JSON decoder matches them.
+        .any(|seg| {
+            seg.trim()
+                .trim_matches(['"', '\''])
+                .eq_ignore_ascii_case(key)
+        })
 }
 
 /// Reads a file (for error messages, the path as given).

@@ -21,6 +21,7 @@
 
 mod client;
 mod common;
+mod fold;
 mod ini;
 mod legacy;
 mod load;

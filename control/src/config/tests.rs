@@ -1334,3 +1334,119 @@ fn exec_token_sources_need_the_unsafe_flag() {
         "invalid auth.tokenSource: exec configuration is required when type is 'exec'"
     );
 }
+
+// ---- keys in any case, as Go's JSON decoder matches them ----
+
+#[test]
+fn keys_match_case_insensitively_in_toml_yaml_and_json() {
+    let toml = r#"
+SubDomainHost = "example.com"
+VHOSTHTTPPORT = 8080
+[Transport.TLS]
+Force = true
+"#;
+    let yaml =
+        "subdomainhost: example.com\nVhostHTTPPort: 8080\ntransport:\n  tls:\n    FORCE: true\n";
+    let json = r#"{"subdomainHost": "example.com", "vhostHttpPort": 8080,
+                   "TRANSPORT": {"Tls": {"force": true}}}"#;
+    for (text, format) in [
+        (toml, ConfigFormat::Toml),
+        (yaml, ConfigFormat::Yaml),
+        (json, ConfigFormat::Json),
+    ] {
+        let c = server(text, format).unwrap_or_else(|e| panic!("{format}: {e}"));
+        assert_eq!(c.sub_domain_host, "example.com", "{format}");
+        assert_eq!(c.vhost_http_port, 8080, "{format}");
+        assert!(c.transport.tls.force, "{format}");
+    }
+    // Proxies: base keys, type-specific keys and nested tables in any case.
+    let c = client(
+        r#"
+ServerPort = 7001
+[[Proxies]]
+Name = "web"
+TYPE = "http"
+LocalPort = 80
+SubDomain = "foo"
+CustomDomains = ["a.example.com"]
+Transport.UseEncryption = true
+"#,
+        ConfigFormat::Toml,
+    )
+    .unwrap();
+    assert_eq!(c.server_port, 7001);
+    let p = &c.proxies[0];
+    assert_eq!((p.name.as_str(), p.proxy_type), ("web", ProxyType::Http));
+    assert_eq!((p.local_port, p.subdomain.as_str()), (80, "foo"));
+    assert_eq!(p.custom_domains, ["a.example.com"]);
+    assert!(p.transport.use_encryption);
+}
+
+#[test]
+fn unknown_keys_are_still_refused_with_their_line_next_to_case_variants() {
+    for (text, format, line) in [
+        (
+            "SubDomainHost = \"example.com\"\nnoSuchKey = 1\n",
+            ConfigFormat::Toml,
+            2,
+        ),
+        (
+            "SubDomainHost: example.com\nnoSuchKey: 1\n",
+            ConfigFormat::Yaml,
+            2,
+        ),
+        (
+            "{\"SubDomainHost\": \"example.com\",\n \"noSuchKey\": 1}",
+            ConfigFormat::Json,
+            2,
+        ),
+    ] {
+        let e = server(text, format).unwrap_err();
+        assert_eq!(e.line(), Some(line), "{format}: {e}");
+        assert!(e.to_string().contains("noSuchKey"), "{e}");
+    }
+    // A key of another proxy type, in another case, is still another type's key.
+    let e = client(
+        "[[proxies]]\nname = \"t\"\ntype = \"tcp\"\nlocalPort = 22\nCustomDomains = [\"x\"]\n",
+        ConfigFormat::Toml,
+    )
+    .unwrap_err();
+    assert_eq!(e.line(), Some(5), "{e}");
+    assert!(e.to_string().contains("customDomains"), "{e}");
+    // Type errors under a folded key name the key's line too.
+    let e = server(
+        "SubDomainHost = \"x\"\nBindPort = \"seven\"\n",
+        ConfigFormat::Toml,
+    )
+    .unwrap_err();
+    assert_eq!(e.line(), Some(2), "{e}");
+}
+
+#[test]
+fn two_spellings_of_one_key_resolve_as_in_frp() {
+    // TOML and YAML reach Go's decoder through a Go map re-encoded as JSON: keys sorted
+    // byte-wise, so "subDomainHost" (lower case 'd') comes last and wins, whatever the order
+    // in the file.
+    let c = server(
+        "subDomainHost = \"lower\"\nSubDomainHost = \"upper\"\n",
+        ConfigFormat::Toml,
+    )
+    .unwrap();
+    assert_eq!(c.sub_domain_host, "lower");
+    let c = server(
+        "subDomainHost: lower\nSubDomainHost: upper\n",
+        ConfigFormat::Yaml,
+    )
+    .unwrap();
+    assert_eq!(c.sub_domain_host, "lower");
+    // JSON is decoded as written: the later member wins, and two objects for one struct merge.
+    let c = server(
+        r#"{"subDomainHost": "first", "SubDomainHost": "second",
+            "transport": {"tls": {"force": true}}, "Transport": {"maxPoolCount": 9}}"#,
+        ConfigFormat::Json,
+    )
+    .unwrap();
+    assert_eq!(c.sub_domain_host, "second");
+    assert!(c.transport.tls.force);
+    assert_eq!(c.transport.max_pool_count, 9);
+}

@@ -29,6 +29,9 @@ struct Cli {
         default_value = "./frpc.ini"
     )]
     config: PathBuf,
+    /// config directory, run one frpc service for each file in config directory
+    #[arg(long = "config_dir", alias = "config-dir", global = true)]
+    config_dir: Option<PathBuf>,
     /// strict config parsing mode, unknown fields will cause an errors
     #[arg(long = "strict_config", alias = "strict-config", global = true, num_args = 0..=1,
           require_equals = true, default_missing_value = "true", default_value_t = true,
@@ -81,15 +84,15 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let features = control::config::UnsafeFeatures::new(cli.allow_unsafe.iter().cloned());
     if cli.version {
         println!("{}", control::FRP_VERSION);
         return ExitCode::SUCCESS;
     }
+    let features = control::config::UnsafeFeatures::new(cli.allow_unsafe.iter().cloned());
     match &cli.cmd {
         Some(Cmd::Verify) => {
             return match control::config::load_client_config(&cli.config, cli.strict_config) {
-                Ok(c) if !validated(&c, &features) => ExitCode::FAILURE,
+                Ok(c) if !validated(&c, &features, Some(&cli.config)) => ExitCode::FAILURE,
                 Ok(_) => {
                     println!(
                         "frpc: the configuration file {} syntax is ok",
@@ -114,6 +117,11 @@ fn main() -> ExitCode {
             };
         }
         _ => {}
+    }
+    if cli.cmd.is_none()
+        && let Some(dir) = &cli.config_dir
+    {
+        return run_dir(dir, cli.strict_config, &features);
     }
     let quick = match &cli.cmd {
         Some(Cmd::Tcp(a)) => Some(quick::tcp_config("tcp", a)),
@@ -153,7 +161,7 @@ fn main() -> ExitCode {
     let cfg = sources.merged();
     // frp validates the config (common part, then each proxy and visitor it would start)
     // before it starts logging, whether it came from a file or from flags.
-    if !validated(&cfg, &features) {
+    if !validated(&cfg, &features, config_file.as_deref()) {
         return ExitCode::FAILURE;
     }
     match run(cfg, sources, config_file, cli.strict_config, features) {
@@ -168,7 +176,11 @@ fn main() -> ExitCode {
 
 /// frp's `ValidateAllClientConfig` as `frpc` and `frpc verify` run it: warnings printed as
 /// `WARNING: …`, an error printed on stdout; returns whether the config is valid.
-fn validated(cfg: &ClientConfig, features: &control::config::UnsafeFeatures) -> bool {
+fn validated(
+    cfg: &ClientConfig,
+    features: &control::config::UnsafeFeatures,
+    file: Option<&Path>,
+) -> bool {
     let warnings = cfg.warnings();
     if !warnings.is_empty() {
         println!("WARNING: {}", warnings.join("\n"));
@@ -176,7 +188,11 @@ fn validated(cfg: &ClientConfig, features: &control::config::UnsafeFeatures) -> 
     match cfg.validate_for_run_with(features) {
         Ok(()) => true,
         Err(e) => {
-            println!("{e}");
+            // Prefixed with the line of its key in the file, when known.
+            match file {
+                Some(f) => println!("{}", control::config::validation_with_lines(f, &e.0)),
+                None => println!("{e}"),
+            }
             false
         }
     }
@@ -212,13 +228,8 @@ fn admin_command(cli: &Cli, timeout: Duration) -> anyhow::Result<()> {
     })
 }
 
-fn run(
-    cfg: ClientConfig,
-    sources: control::client::store::ConfigSources,
-    config_file: Option<PathBuf>,
-    strict: bool,
-    features: control::config::UnsafeFeatures,
-) -> anyhow::Result<()> {
+/// What every run does once per process before serving: logging, limits, memory trimming.
+fn init_process(cfg: &ClientConfig) -> anyhow::Result<()> {
     control::log::init_logger(
         &cfg.log.to,
         &cfg.log.level,
@@ -232,49 +243,149 @@ fn run(
     }
     // Memory freed after a burst of clients or connections goes back to the kernel.
     dataplane::trim::start();
+    Ok(())
+}
+
+fn run(
+    cfg: ClientConfig,
+    sources: control::client::store::ConfigSources,
+    config_file: Option<PathBuf>,
+    strict: bool,
+    features: control::config::UnsafeFeatures,
+) -> anyhow::Result<()> {
+    init_process(&cfg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // A spawned task rather than the blocking thread: the control loop's wake-ups and the
+    // work-connection tasks it spawns stay on the runtime's workers (see frps's main).
+    let served = rt.spawn(serve(cfg, sources, config_file, strict, features));
+    rt.block_on(served).context("frpc main task")?
+}
+
+/// `frpc --config_dir DIR`: one frpc service per file under DIR (recursively), all in this
+/// process, as frp runs them. A file that fails to load or validate, or a service that
+/// stops on an error, prints frp's `frpc service error for config file [...]`; the others
+/// go on. Returns once every service has stopped.
+fn run_dir(dir: &Path, strict: bool, features: &control::config::UnsafeFeatures) -> ExitCode {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut entries: Vec<_> = rd.filter_map(Result::ok).map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    let mut cfgs = Vec::new();
+    for f in files {
+        let sources = control::config::load_client_config(&f, strict)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                control::client::store::ConfigSources::open(c, Some(&f)).map_err(|e| e.to_string())
+            });
+        match sources {
+            Ok(s) => {
+                let c = s.merged();
+                if validated(&c, features, Some(&f)) {
+                    cfgs.push((f, c, s));
+                } else {
+                    println!("frpc service error for config file [{}]", f.display());
+                }
+            }
+            Err(e) => {
+                println!("{e}");
+                println!("frpc service error for config file [{}]", f.display());
+            }
+        }
+    }
+    let Some((_, first, _)) = cfgs.first() else {
+        return ExitCode::SUCCESS;
+    };
+    if let Err(e) = init_process(first) {
+        println!("{e:#}");
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let services: Vec<_> = cfgs
+        .into_iter()
+        .map(|(f, c, s)| {
+            let features = features.clone();
+            rt.spawn(async move {
+                if let Err(e) = serve(c, s, Some(f.clone()), strict, features).await {
+                    println!("{}", control::log::error_text(e.as_ref()));
+                    println!("frpc service error for config file [{}]", f.display());
+                }
+            })
+        })
+        .collect();
+    rt.block_on(async {
+        for s in services {
+            let _ = s.await;
+        }
+    });
+    ExitCode::SUCCESS
+}
+
+/// One frpc service (and its admin API) until it stops.
+async fn serve(
+    cfg: ClientConfig,
+    sources: control::client::store::ConfigSources,
+    config_file: Option<PathBuf>,
+    strict: bool,
+    features: control::config::UnsafeFeatures,
+) -> anyhow::Result<()> {
     let label = config_file
         .as_deref()
         .unwrap_or(Path::new("<command line>"))
         .display()
         .to_string();
     tracing::info!("start frpc service for config file [{label}]");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    // A spawned task rather than the blocking thread: the control loop's wake-ups and the
-    // work-connection tasks it spawns stay on the runtime's workers (see frps's main).
-    let served = rt.spawn(async move {
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let web = cfg.web_server.clone();
-        let client = Arc::new(control::client::Client::new(cfg)?.with_unsafe_features(features));
-        if web.port != 0 {
-            let admin = control::admin::AdminServer::bind(
-                &web,
-                client.clone(),
-                config_file.clone().unwrap_or_default(),
-                strict,
-                stop.clone(),
-                sources,
-            )
-            .await?;
-            tracing::info!("admin server listen on {}", admin.local_addr()?);
-            tokio::spawn(admin.run());
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let web = cfg.web_server.clone();
+    let client = Arc::new(control::client::Client::new(cfg)?.with_unsafe_features(features));
+    if web.port != 0 {
+        let admin = control::admin::AdminServer::bind(
+            &web,
+            client.clone(),
+            config_file.clone().unwrap_or_default(),
+            strict,
+            stop.clone(),
+            sources,
+        )
+        .await?;
+        tracing::info!("admin server listen on {}", admin.local_addr()?);
+        tokio::spawn(admin.run());
+    }
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = stop.notified() => tracing::info!("stop requested through the admin API"),
         }
-        let shutdown = async move {
-            tokio::select! {
-                _ = shutdown_signal() => {}
-                _ = stop.notified() => tracing::info!("stop requested through the admin API"),
-            }
-        };
-        let result = client.run(shutdown).await;
-        if let Err(e) = &result {
-            tracing::warn!("{e}");
-        }
-        result?;
-        tracing::info!("frpc service for config file [{label}] stopped");
-        anyhow::Ok(())
-    });
-    rt.block_on(served).context("frpc main task")?
+    };
+    let result = client.run(shutdown).await;
+    if let Err(e) = &result {
+        tracing::warn!("{e}");
+    }
+    result?;
+    tracing::info!("frpc service for config file [{label}] stopped");
+    Ok(())
 }
 
 async fn shutdown_signal() {

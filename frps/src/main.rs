@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         };
         return match control::config::load_server_config(path, cli.strict_config) {
-            Ok(c) if !validated(&c, &features) => ExitCode::FAILURE,
+            Ok(c) if !validated(&c, &features, Some(path)) => ExitCode::FAILURE,
             Ok(_) => {
                 println!(
                     "frps: the configuration file {} syntax is ok",
@@ -87,7 +87,7 @@ fn main() -> ExitCode {
         },
     };
     // frp validates the config before it starts logging and exits 1 on an error.
-    if !validated(&cfg, &features) {
+    if !validated(&cfg, &features, cli.config.as_deref()) {
         return ExitCode::FAILURE;
     }
     match run(cfg, cli.config.as_deref()) {
@@ -101,15 +101,19 @@ fn main() -> ExitCode {
 }
 
 /// frp's `ValidateServerConfig` as `frps` and `frps verify` run it: the error printed on
-/// stdout; returns whether the config is valid.
+/// stdout (prefixed with its line in `file`, when known); returns whether the config is valid.
 fn validated(
     cfg: &control::config::ServerConfig,
     features: &control::config::UnsafeFeatures,
+    file: Option<&std::path::Path>,
 ) -> bool {
     match cfg.validate_with(features) {
         Ok(()) => true,
         Err(e) => {
-            println!("{e}");
+            match file {
+                Some(f) => println!("{}", control::config::validation_with_lines(f, &e.0)),
+                None => println!("{e}"),
+            }
             false
         }
     }

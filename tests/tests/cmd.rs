@@ -404,3 +404,97 @@ async fn quick_flag_errors_and_xtcp_refusal() {
         "bindPort: port number 70000 must be in the range 0..65535\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_dir_runs_one_frpc_per_file() {
+    let env = Env::new();
+    let bind = free_port();
+    let _frps = env.frps("frps", bind, &format!("auth.token = \"{TOKEN}\""));
+    let echo = echo_server().await;
+    let (r1, r2) = (free_port(), free_port());
+    let dir = env.path().join("confs");
+    std::fs::create_dir_all(dir.join("more")).unwrap();
+    let conf = |name: &str, remote: u16| {
+        format!(
+            "serverAddr = \"127.0.0.1\"\nserverPort = {bind}\nauth.token = \"{TOKEN}\"\n\
+             [[proxies]]\nname = \"{name}\"\ntype = \"tcp\"\nlocalPort = {echo}\nremotePort = {remote}\n"
+        )
+    };
+    std::fs::write(dir.join("a.toml"), conf("dir-a", r1)).unwrap();
+    std::fs::write(dir.join("more/b.toml"), conf("dir-b", r2)).unwrap();
+    std::fs::write(dir.join("broken.toml"), "serverPort = \"x\"\n").unwrap();
+    let frpc = Proc::spawn(
+        "frpc",
+        &bin("frpc"),
+        &["--config_dir", dir.to_str().unwrap()],
+        env.path(),
+    );
+    frpc.wait_log("[dir-a] start proxy success", WAIT);
+    frpc.wait_log("[dir-b] start proxy success", WAIT);
+    frpc.wait_log("frpc service error for config file [", WAIT);
+    assert!(
+        frpc.log_text().contains("broken.toml]"),
+        "{}",
+        frpc.log_text()
+    );
+    for remote in [r1, r2] {
+        let data = pattern(20_000, u64::from(remote));
+        assert_eq!(echo_eventually(remote, &data).await, data);
+    }
+}
+
+#[test]
+fn verify_refusals_name_their_line() {
+    let env = Env::new();
+    let verify = |bin_name: &str, file: &str, text: &str| {
+        let path = env.write(file, text);
+        let out = std::process::Command::new(bin(bin_name))
+            .args(["verify", "-c", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!stdout.contains("syntax is ok"), "{stdout}");
+        (path, stdout)
+    };
+    // frp's e2e "frpc invalid": transport.protocol = "invalid".
+    let (path, out) = verify(
+        "frpc",
+        "c.toml",
+        "serverAddr = \"0.0.0.0\"\nserverPort = 7000\ntransport.protocol = \"invalid\"\n",
+    );
+    assert_eq!(
+        out,
+        format!(
+            "{}: line 3: invalid transport.protocol, optional values are [tcp kcp quic websocket wss]\n",
+            path.display()
+        )
+    );
+    let (path, out) = verify(
+        "frpc",
+        "p.yaml",
+        "proxies:\n  - name: web\n    type: http\n    localPort: 80\n",
+    );
+    assert_eq!(
+        out,
+        format!(
+            "{}: line 2: proxy web: subdomain and custom domains should not be both empty\n",
+            path.display()
+        )
+    );
+    // frp's e2e "frps invalid": bindPort = 70000 (a decode error, with line and column).
+    let (_, out) = verify(
+        "frps",
+        "s.toml",
+        "bindAddr = \"0.0.0.0\"\nbindPort = 70000\n",
+    );
+    assert!(out.contains("line 2") && out.contains("70000"), "{out}");
+    let (path, out) = verify("frps", "s2.toml", "log.level = \"loud\"\n");
+    assert_eq!(
+        out,
+        format!(
+            "{}: line 1: invalid log level, optional values are [trace debug info warn error]\n",
+            path.display()
+        )
+    );
+}

@@ -452,3 +452,49 @@ async fn http_proxy_traffic_is_counted() {
     let t_in = v["proxies"][0]["todayTrafficIn"].as_u64().unwrap();
     assert!(t_in < 201_000, "{v}");
 }
+
+/// `/api/clients` reports each client's wire protocol, as frps v0.70 does (frp's e2e
+/// `[Feature: WireProtocol] reports client wire protocol`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_report_their_wire_protocol() {
+    let env = Env::new();
+    let echo = echo_server().await;
+    let (bind, dash) = (free_port(), free_port());
+    let _frps = env.frps(
+        "frps",
+        bind,
+        &format!(
+            "auth.token = \"{TOKEN}\"\nwebServer.addr = \"127.0.0.1\"\nwebServer.port = {dash}\n\
+             webServer.user = \"{USER}\"\nwebServer.password = \"{PASSWORD}\"\n"
+        ),
+    );
+    let mut clients = Vec::new();
+    for wire in ["v1", "v2"] {
+        let cfg = frpc_proxy_config(
+            bind,
+            TOKEN,
+            &format!("clientID = \"wire-{wire}\"\ntransport.wireProtocol = \"{wire}\""),
+            &format!("p-{wire}"),
+            "tcp",
+            echo,
+        );
+        let frpc = env.frpc(
+            &format!("frpc-{wire}"),
+            &format!("{cfg}remotePort = {}\n", free_port()),
+        );
+        frpc.wait_log(
+            &format!("[p-{wire}] start proxy success"),
+            Duration::from_secs(10),
+        );
+        clients.push(frpc);
+    }
+    let api = client(dash, USER, PASSWORD);
+    let v = json_eventually(&api, "/api/clients", |v| {
+        v.as_array().is_some_and(|a| a.len() == 2)
+    })
+    .await;
+    for c in v.as_array().unwrap() {
+        let id = c["clientID"].as_str().unwrap();
+        assert_eq!(c["wireProtocol"].as_str(), id.strip_prefix("wire-"), "{c}");
+    }
+}

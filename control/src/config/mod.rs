@@ -25,6 +25,7 @@ mod fold;
 mod ini;
 mod legacy;
 mod load;
+mod locate;
 mod proxy;
 mod server;
 pub mod template;
@@ -47,6 +48,7 @@ pub use common::{
     LogConfig, NameValue, PortsRange, QuicOptions, TlsConfig, ValueSource, WebServerConfig,
 };
 pub use legacy::DEPRECATION_WARNING;
+pub use locate::with_lines as validation_with_lines;
 pub use proxy::{
     ClientPluginConfig, ClientPluginType, HealthCheckConfig, LoadBalancerConfig,
     NatTraversalConfig, ProxyConfig, ProxyTransport, ProxyType, VisitorConfig, VisitorPluginConfig,
@@ -286,7 +288,7 @@ pub fn verify_server(path: &Path, strict: bool) -> Result<(), ConfigError> {
     let cfg = load_server_config(path, strict)?;
     cfg.validate().map_err(|e| ConfigError::Invalid {
         file: label(path),
-        message: e.0,
+        message: validation_with_lines(path, &e.0),
     })
 }
 
@@ -295,7 +297,7 @@ pub fn verify_client(path: &Path, strict: bool) -> Result<(), ConfigError> {
     let cfg = load_client_config(path, strict)?;
     cfg.validate().map_err(|e| ConfigError::Invalid {
         file: label(path),
-        message: e.0,
+        message: validation_with_lines(path, &e.0),
     })
 }
 

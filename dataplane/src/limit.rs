@@ -251,6 +251,31 @@ mod tests {
     }
 
     #[test]
+    fn an_echo_through_one_limiter_pays_for_both_directions() {
+        // frp's e2e "Proxy Bandwidth Limit by Client": 50 KiB up and the same 50 KiB echoed
+        // back through a 10 KiB/s proxy. One bucket of 10 KiB (rate = burst = the limit,
+        // starting full) for both directions: 100 KiB − 10 KiB of burst take 9 s, which frp's
+        // spec requires to be over 8 s. Simulated with a reader that always wants 64 KiB.
+        let l = RateLimiter::new(10 * 1024);
+        assert_eq!(l.burst(), 10 * 1024);
+        let mut now = Duration::ZERO;
+        for _direction in 0..2 {
+            let mut left = 50 * 1024usize;
+            while left > 0 {
+                match l.acquire_at(left.min(64 * 1024), now) {
+                    Grant::Bytes(n) => {
+                        assert!(n <= 10 * 1024, "no grant beyond the bucket");
+                        left -= n;
+                    }
+                    Grant::Wait(w) => now += w,
+                }
+            }
+        }
+        let secs = now.as_secs_f64();
+        assert!((8.95..=9.05).contains(&secs), "took {secs} s");
+    }
+
+    #[test]
     fn shared_by_threads_without_losing_tokens() {
         let l = std::sync::Arc::new(RateLimiter::with_burst(1_000_000, 1_000_000));
         let at = ms(0);

@@ -481,19 +481,20 @@ struct Direction {
 /// reading side's `prefix` (boxed: most pairs have neither, and a pair lives long).
 struct Opening {
     initial: Bytes,
+    /// Bytes the reading side's message reader read ahead (what is left of them): charged to
+    /// the limiter like a read, then forwarded.
     prefix: Bytes,
+    /// Out of tokens for the prefix until this fires.
+    throttle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 enum Stage {
     /// The opening, if any, not written yet.
     Start(Option<Box<Opening>>),
-    /// The reading side's `prefix` (bytes its message reader read ahead), or what is left of
-    /// it: charged to the limiter like a read, then forwarded.
-    Prefix(Bytes),
     /// Relaying.
     Pump,
-    /// Out of tokens until the timer fires; then the rest of the prefix (if any), else `Pump`.
-    Throttled(Pin<Box<tokio::time::Sleep>>, Bytes),
+    /// Out of tokens until the timer fires.
+    Throttled(Pin<Box<tokio::time::Sleep>>),
     /// EOF read: half-closing the writer.
     Finish,
 }
@@ -507,8 +508,13 @@ impl Direction {
         limiter: Option<Arc<RateLimiter>>,
         fwd: Forwarder,
     ) -> Direction {
-        let opening = (!initial.is_empty() || !prefix.is_empty())
-            .then(|| Box::new(Opening { initial, prefix }));
+        let opening = (!initial.is_empty() || !prefix.is_empty()).then(|| {
+            Box::new(Opening {
+                initial,
+                prefix,
+                throttle: None,
+            })
+        });
         Direction {
             from,
             reader,
@@ -524,21 +530,23 @@ impl Direction {
         loop {
             match &mut self.stage {
                 Stage::Start(opening) => {
-                    if let Some(o) = opening {
-                        // The initial write goes first, uncounted and untransformed.
-                        if !o.initial.is_empty() {
-                            let initial = std::mem::take(&mut o.initial);
-                            self.fwd.queue_raw(&initial);
-                        }
-                        let prefix = std::mem::take(&mut o.prefix);
-                        self.stage = Stage::Prefix(prefix);
-                    } else {
+                    let Some(o) = opening else {
                         self.stage = Stage::Pump;
+                        continue;
+                    };
+                    // The initial write goes first, uncounted and untransformed.
+                    if !o.initial.is_empty() {
+                        let initial = std::mem::take(&mut o.initial);
+                        self.fwd.queue_raw(&initial);
                     }
-                }
-                Stage::Prefix(prefix) => {
+                    if let Some(t) = &mut o.throttle {
+                        if t.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        o.throttle = None;
+                    }
                     ready!(self.fwd.poll_drain(cx))?;
-                    if prefix.is_empty() {
+                    if o.prefix.is_empty() {
                         self.stage = Stage::Pump;
                         continue;
                     }
@@ -546,29 +554,23 @@ impl Direction {
                     // reads its work connection without read-ahead, so all of them pass its
                     // limiter).
                     let n = match &self.limiter {
-                        None => prefix.len(),
-                        Some(l) => match l.acquire(prefix.len()) {
+                        None => o.prefix.len(),
+                        Some(l) => match l.acquire(o.prefix.len()) {
                             Grant::Bytes(n) => n,
                             Grant::Wait(d) => {
-                                let rest = std::mem::take(prefix);
-                                self.stage =
-                                    Stage::Throttled(Box::pin(tokio::time::sleep(d)), rest);
+                                o.throttle = Some(Box::pin(tokio::time::sleep(d)));
                                 continue;
                             }
                         },
                     };
-                    let chunk = prefix.split_to(n);
+                    let chunk = o.prefix.split_to(n);
                     self.fwd.forward_now(cx, &chunk, None)?;
                 }
-                Stage::Throttled(sleep, rest) => {
+                Stage::Throttled(sleep) => {
                     if sleep.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    self.stage = if rest.is_empty() {
-                        Stage::Pump
-                    } else {
-                        Stage::Prefix(std::mem::take(rest))
-                    };
+                    self.stage = Stage::Pump;
                 }
                 Stage::Finish => {
                     let to = self.from.other();
@@ -591,8 +593,7 @@ impl Direction {
                         Some(l) => match l.acquire(if self.busy { read_size } else { IDLE_READ }) {
                             Grant::Bytes(n) => n,
                             Grant::Wait(d) => {
-                                self.stage =
-                                    Stage::Throttled(Box::pin(tokio::time::sleep(d)), Bytes::new());
+                                self.stage = Stage::Throttled(Box::pin(tokio::time::sleep(d)));
                                 continue;
                             }
                         },

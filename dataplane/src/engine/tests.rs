@@ -714,6 +714,32 @@ async fn prefix_takes_tokens(kind: EngineKind) {
     );
 }
 
+/// A prefix larger than the bucket waits for tokens and then arrives whole, in order, before
+/// the bytes read after it.
+async fn prefix_beyond_the_bucket_arrives_after_waiting(kind: EngineKind) {
+    let Some(engine) = engine(kind) else { return };
+    let (mut ca, ra) = tcp_pair().await;
+    let (mut cb, rb) = tcp_pair().await;
+    let limiter = Arc::new(crate::RateLimiter::with_burst(20_000, 1000));
+    let mut a = tcp_side(ra);
+    a.prefix = Bytes::from(pattern(3000, 5));
+    engine.spawn(Pair {
+        a,
+        b: tcp_side(rb),
+        counters: None,
+        limiter: Some(limiter),
+    });
+    ca.write_all(b"after").await.unwrap();
+    let mut got = vec![0u8; 3005];
+    timeout(HANG_GUARD, cb.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut want = pattern(3000, 5);
+    want.extend_from_slice(b"after");
+    assert!(got == want, "{kind}: prefix then data, intact");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod epoll {
@@ -765,6 +791,7 @@ suite!(
     rate_limit_holds_for_both_directions_together,
     rate_limit_holds_at_a_small_rate,
     prefix_takes_tokens,
+    prefix_beyond_the_bucket_arrives_after_waiting,
 );
 
 // ----- engine choice ----------------------------------------------------------------------

@@ -7,6 +7,7 @@
 //! - [`Env`]: a temporary directory holding configs and logs for one test.
 //! - [`echo_server`], [`roundtrip`]: a local service and a user of it.
 
+pub mod admin_api;
 pub mod lossy;
 pub mod oidc;
 pub mod soak;

@@ -5,9 +5,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use control::admin::api_client::AdminClient;
 use control::admin::{ProxyStatusResp, StatusResp};
-use control::config::WebServerConfig;
+use e2e::admin_api::{
+    admin_client, admin_common_toml, banner_server, read_eventually, tcp_proxy_toml, wait_status,
+};
 use e2e::*;
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,36 +20,7 @@ const PASSWORD: &str = "s3cret";
 
 /// frpc's common section with the admin API on `admin_port`.
 fn common(server_port: u16, admin_port: u16) -> String {
-    format!(
-        r#"serverAddr = "127.0.0.1"
-serverPort = {server_port}
-auth.token = "{TOKEN}"
-log.level = "debug"
-webServer.addr = "127.0.0.1"
-webServer.port = {admin_port}
-webServer.user = "{USER}"
-webServer.password = "{PASSWORD}"
-"#
-    )
-}
-
-fn tcp_proxy(name: &str, local_port: u16, remote_port: u16) -> String {
-    format!(
-        "\n[[proxies]]\nname = \"{name}\"\ntype = \"tcp\"\nlocalIP = \"127.0.0.1\"\nlocalPort = {local_port}\nremotePort = {remote_port}\n"
-    )
-}
-
-fn api(admin_port: u16, user: &str, password: &str) -> AdminClient {
-    AdminClient::new(
-        &WebServerConfig {
-            addr: "127.0.0.1".into(),
-            port: admin_port,
-            user: user.into(),
-            password: password.into(),
-            ..Default::default()
-        },
-        Duration::from_secs(10),
-    )
+    admin_common_toml(server_port, TOKEN, admin_port, USER, PASSWORD)
 }
 
 /// Runs `frpc <args>` to completion.
@@ -64,23 +36,6 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Polls `/api/status` until `pred` holds (or panics after 15 s with the last status).
-async fn wait_status(api: &AdminClient, what: &str, pred: impl Fn(&StatusResp) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let s = api.status().await;
-        if let Ok(s) = &s
-            && pred(s)
-        {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!("{what}: not reached within 15s; last /api/status: {s:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn proxy<'a>(s: &'a StatusResp, name: &str) -> Option<&'a ProxyStatusResp> {
     s.values().flatten().find(|p| p.name == name)
 }
@@ -89,44 +44,6 @@ fn running(s: &StatusResp, names: &[&str]) -> bool {
     names
         .iter()
         .all(|n| proxy(s, n).is_some_and(|p| p.status == "running"))
-}
-
-/// A service that greets every connection with `banner` and closes.
-async fn banner_server(banner: &'static [u8]) -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let _ = s.write_all(banner).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    port
-}
-
-/// Reads what `port` sends until EOF, retrying until it is `want` (the tunnel may still be
-/// switching over).
-async fn read_eventually(port: u16, want: &[u8]) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
-            let mut got = Vec::new();
-            let r = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got)).await;
-            if matches!(r, Ok(Ok(_))) && got == want {
-                return;
-            }
-            last = Some(got);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "port {port} never answered {:?}; last: {:?}",
-        String::from_utf8_lossy(want),
-        last.map(|g| String::from_utf8_lossy(&g).into_owned())
-    );
 }
 
 async fn echo_once(s: &mut TcpStream, msg: &[u8]) {
@@ -155,12 +72,12 @@ async fn reload_adds_changes_and_removes_proxies_and_keeps_untouched_ones() {
     let before = format!(
         "{}{}{}{}",
         common(bind, admin),
-        tcp_proxy("keep", echo, r_keep),
-        tcp_proxy("change", echo, r_change),
-        tcp_proxy("remove", echo, r_remove),
+        tcp_proxy_toml("keep", echo, r_keep),
+        tcp_proxy_toml("change", echo, r_change),
+        tcp_proxy_toml("remove", echo, r_remove),
     );
     let _frpc = env.frpc("frpc", &before);
-    let api = api(admin, USER, PASSWORD);
+    let api = admin_client(admin, USER, PASSWORD);
     wait_status(&api, "all proxies running", |s| {
         running(s, &["keep", "change", "remove"])
     })
@@ -175,9 +92,9 @@ async fn reload_adds_changes_and_removes_proxies_and_keeps_untouched_ones() {
     let after = format!(
         "{}{}{}{}{}",
         common(bind, admin),
-        tcp_proxy("keep", echo, r_keep),
-        tcp_proxy("change", second, r_change),
-        tcp_proxy("added", echo, r_add),
+        tcp_proxy_toml("keep", echo, r_keep),
+        tcp_proxy_toml("change", second, r_change),
+        tcp_proxy_toml("added", echo, r_add),
         engine_table(),
     );
     let cfg_path = env.write("frpc.toml", &after);
@@ -221,9 +138,13 @@ async fn reload_rejects_an_invalid_config_and_changes_nothing() {
     let admin = free_port();
     let remote = free_port();
     let _frps = env.frps("frps", bind, &format!("auth.token = \"{TOKEN}\""));
-    let good = format!("{}{}", common(bind, admin), tcp_proxy("echo", echo, remote));
+    let good = format!(
+        "{}{}",
+        common(bind, admin),
+        tcp_proxy_toml("echo", echo, remote)
+    );
     let _frpc = env.frpc("frpc", &good);
-    let api = api(admin, USER, PASSWORD);
+    let api = admin_client(admin, USER, PASSWORD);
     wait_status(&api, "echo running", |s| running(s, &["echo"])).await;
 
     // Parses, but fails frp's validation: an http proxy needs a domain.
@@ -262,11 +183,11 @@ async fn status_command_and_api_status_list_running_proxies() {
     let cfg = format!(
         "{}{}{}",
         common(bind, admin),
-        tcp_proxy("alpha", echo, r1),
-        tcp_proxy("beta", echo, r2)
+        tcp_proxy_toml("alpha", echo, r1),
+        tcp_proxy_toml("beta", echo, r2)
     );
     let _frpc = env.frpc("frpc", &cfg);
-    let api = api(admin, USER, PASSWORD);
+    let api = admin_client(admin, USER, PASSWORD);
     wait_status(&api, "both running", |s| running(s, &["alpha", "beta"])).await;
 
     let s = api.status().await.unwrap();
@@ -324,14 +245,14 @@ async fn config_round_trip_healthz_and_basic_auth() {
     let cfg = format!(
         "{}{}",
         common(bind, admin),
-        tcp_proxy("echo", 1, free_port())
+        tcp_proxy_toml("echo", 1, free_port())
     );
     let frpc = env.frpc("frpc", &cfg);
     frpc.wait_log("admin server listen on", Duration::from_secs(10));
     let path = env.path().join("frpc.toml");
     let on_disk = std::fs::read_to_string(&path).unwrap();
 
-    let api = api(admin, USER, PASSWORD);
+    let api = admin_client(admin, USER, PASSWORD);
     assert_eq!(api.get_config().await.unwrap(), on_disk);
     let changed = format!("# edited through the admin API\n{on_disk}");
     api.put_config(&changed).await.unwrap();
@@ -355,7 +276,7 @@ async fn config_round_trip_healthz_and_basic_auth() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), changed);
 
     // /healthz needs no credentials; everything else does.
-    let anon = self::api(admin, "", "");
+    let anon = admin_client(admin, "", "");
     assert_eq!(
         anon.raw(Method::GET, "/healthz", None).await.unwrap().0,
         StatusCode::OK
@@ -369,7 +290,7 @@ async fn config_round_trip_healthz_and_basic_auth() {
         let (status, _) = anon.raw(method.clone(), p, None).await.unwrap();
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {p}");
     }
-    let wrong = self::api(admin, USER, "wrong");
+    let wrong = admin_client(admin, USER, "wrong");
     assert_eq!(
         wrong.raw(Method::GET, "/api/status", None).await.unwrap().0,
         StatusCode::UNAUTHORIZED
@@ -386,9 +307,13 @@ async fn stop_command_exits_frpc_zero_and_frps_closes_the_proxy() {
     let admin = free_port();
     let remote = free_port();
     let frps = env.frps("frps", bind, &format!("auth.token = \"{TOKEN}\""));
-    let cfg = format!("{}{}", common(bind, admin), tcp_proxy("echo", echo, remote));
+    let cfg = format!(
+        "{}{}",
+        common(bind, admin),
+        tcp_proxy_toml("echo", echo, remote)
+    );
     let mut frpc = env.frpc("frpc", &cfg);
-    wait_status(&api(admin, USER, PASSWORD), "echo running", |s| {
+    wait_status(&admin_client(admin, USER, PASSWORD), "echo running", |s| {
         running(s, &["echo"])
     })
     .await;

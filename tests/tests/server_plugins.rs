@@ -96,6 +96,11 @@ impl PluginServer {
         PluginServer { port, seen, conns }
     }
 
+    /// `host:port` of the plugin, as frps' `addr` takes it.
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
@@ -218,7 +223,7 @@ async fn each_op_sends_frps_request_shape() {
     let echo = echo_server().await;
     let env = Env::new();
     let (port, remote) = (free_port(), free_port());
-    let addr = format!("127.0.0.1:{}", plugin.port);
+    let addr = plugin.addr();
     let ops = [
         "Login",
         "NewProxy",
@@ -318,7 +323,7 @@ async fn login_reject_unchange_and_change() {
     let echo = echo_server().await;
     let env = Env::new();
     let port = free_port();
-    let addr = format!("127.0.0.1:{}", plugin.port);
+    let addr = plugin.addr();
     let _frps = env.frps(
         "frps",
         port,
@@ -364,7 +369,7 @@ async fn new_proxy_change_then_reject_in_order() {
     let echo = echo_server().await;
     let env = Env::new();
     let port = free_port();
-    let addr = format!("127.0.0.1:{}", plugin.port);
+    let addr = plugin.addr();
     let plugins = plugin_toml("first", &addr, "/first", &["NewProxy"], false)
         + &plugin_toml("second", &addr, "/second", &["NewProxy"], false);
     let _frps = env.frps("frps", port, &frps_toml(&plugins));
@@ -409,7 +414,7 @@ async fn ping_work_conn_and_user_conn_refusals() {
     let echo = echo_server().await;
     let env = Env::new();
     let port = free_port();
-    let addr = format!("127.0.0.1:{}", plugin.port);
+    let addr = plugin.addr();
     let frps = env.frps(
         "frps",
         port,
@@ -479,7 +484,7 @@ async fn https_plugin_with_and_without_tls_verify() {
     let echo = echo_server().await;
     let env = Env::new();
     let ca = env.write("plugin-ca.pem", &ck.cert.pem());
-    let addr = format!("https://127.0.0.1:{}", plugin.port);
+    let addr = format!("https://{}", plugin.addr());
     for (name, verify, envs) in [
         ("noverify", false, vec![]),
         (
@@ -539,7 +544,7 @@ async fn plugin_down_slow_or_garbage() {
     let echo = echo_server().await;
     let env = Env::new();
     let port = free_port();
-    let addr = format!("127.0.0.1:{}", plugin.port);
+    let addr = plugin.addr();
     let frps = env.frps_with_env(
         "frps",
         port,

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use control::admin::StatusResp;
 use control::admin::api_client::AdminClient;
 use control::config::WebServerConfig;
+use e2e::admin_api::{
+    admin_client, admin_common_toml, banner_server, read_eventually, tcp_proxy_toml, wait_status,
+};
 use e2e::*;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const TOKEN: &str = "store-e2e";
 
@@ -22,36 +23,11 @@ fn common(server_port: u16, admin_port: u16, store: bool) -> String {
     } else {
         ""
     };
-    format!(
-        r#"serverAddr = "127.0.0.1"
-serverPort = {server_port}
-auth.token = "{TOKEN}"
-log.level = "debug"
-webServer.addr = "127.0.0.1"
-webServer.port = {admin_port}
-webServer.user = "admin"
-webServer.password = "pw"
-{store}"#
-    )
-}
-
-fn file_proxy(name: &str, local_port: u16, remote_port: u16) -> String {
-    format!(
-        "\n[[proxies]]\nname = \"{name}\"\ntype = \"tcp\"\nlocalIP = \"127.0.0.1\"\nlocalPort = {local_port}\nremotePort = {remote_port}\n"
-    )
+    admin_common_toml(server_port, TOKEN, admin_port, "admin", "pw") + store
 }
 
 fn api(admin_port: u16) -> AdminClient {
-    AdminClient::new(
-        &WebServerConfig {
-            addr: "127.0.0.1".into(),
-            port: admin_port,
-            user: "admin".into(),
-            password: "pw".into(),
-            ..Default::default()
-        },
-        Duration::from_secs(10),
-    )
+    admin_client(admin_port, "admin", "pw")
 }
 
 /// One call: the status and the body (JSON when it parses, else a JSON string of the text).
@@ -63,6 +39,22 @@ async fn call(api: &AdminClient, method: Method, path: &str, body: Option<Value>
     let v = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status.as_u16(), v)
+}
+
+async fn api_get(api: &AdminClient, path: &str) -> (u16, Value) {
+    call(api, Method::GET, path, None).await
+}
+
+async fn api_post(api: &AdminClient, path: &str, body: Value) -> (u16, Value) {
+    call(api, Method::POST, path, Some(body)).await
+}
+
+async fn api_put(api: &AdminClient, path: &str, body: Value) -> (u16, Value) {
+    call(api, Method::PUT, path, Some(body)).await
+}
+
+async fn api_delete(api: &AdminClient, path: &str) -> (u16, Value) {
+    call(api, Method::DELETE, path, None).await
 }
 
 /// frp's error body: `{"Code": code, "Msg": msg}`.
@@ -83,22 +75,6 @@ async fn wait_admin(api: &AdminClient) {
     }
 }
 
-async fn wait_status(api: &AdminClient, what: &str, pred: impl Fn(&StatusResp) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let s = api.status().await;
-        if let Ok(s) = &s
-            && pred(s)
-        {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!("{what}: not reached within 15s; last /api/status: {s:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn running(s: &StatusResp, name: &str) -> bool {
     s.values()
         .flatten()
@@ -112,45 +88,17 @@ fn wait_closed(port: u16) {
     );
 }
 
-/// A service that greets every connection with `banner` and closes.
-async fn banner_server(banner: &'static [u8]) -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let _ = s.write_all(banner).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    port
-}
-
-/// Reads what `port` sends until EOF, retrying until it is `want`.
-async fn read_eventually(port: u16, want: &[u8]) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
-            let mut got = Vec::new();
-            let r = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got)).await;
-            if matches!(r, Ok(Ok(_))) && got == want {
-                return;
-            }
-            last = Some(got);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "port {port} never answered {:?}; last: {:?}",
-        String::from_utf8_lossy(want),
-        last.map(|g| String::from_utf8_lossy(&g).into_owned())
-    );
-}
-
 fn stored(env: &Env) -> Value {
     serde_json::from_slice(&std::fs::read(env.path().join("store.json")).unwrap()).unwrap()
+}
+
+/// The `name`s of a JSON array of definitions.
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,20 +114,14 @@ async fn store_api_creates_lists_gets_updates_and_deletes_proxies_and_visitors()
         &format!(
             "{}{}",
             common(bind, admin, true),
-            file_proxy("file", echo, r_file)
+            tcp_proxy_toml("file", echo, r_file)
         ),
     );
     let api = api(admin);
     wait_admin(&api).await;
 
     // Create: answered with the stored definition; bytes flow through the new proxy.
-    let (code, body) = call(
-        &api,
-        Method::POST,
-        "/api/store/proxies",
-        Some(tcp_def("api-tcp", echo, r1)),
-    )
-    .await;
+    let (code, body) = api_post(&api, "/api/store/proxies", tcp_def("api-tcp", echo, r1)).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["name"], "api-tcp");
     assert_eq!(body["type"], "tcp");
@@ -192,13 +134,7 @@ async fn store_api_creates_lists_gets_updates_and_deletes_proxies_and_visitors()
     assert_eq!(stored(&env)["proxies"][0]["remotePort"], r1);
 
     // The name is taken now.
-    let (code, body) = call(
-        &api,
-        Method::POST,
-        "/api/store/proxies",
-        Some(tcp_def("api-tcp", echo, r2)),
-    )
-    .await;
+    let (code, body) = api_post(&api, "/api/store/proxies", tcp_def("api-tcp", echo, r2)).await;
     assert_eq!(
         (code, body),
         (
@@ -208,19 +144,13 @@ async fn store_api_creates_lists_gets_updates_and_deletes_proxies_and_visitors()
     );
 
     // List and get show the store's proxies only (not the config file's).
-    let (code, body) = call(&api, Method::GET, "/api/store/proxies", None).await;
+    let (code, body) = api_get(&api, "/api/store/proxies").await;
     assert_eq!(code, 200);
-    let names: Vec<&str> = body["proxies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["api-tcp"]);
-    let (code, body) = call(&api, Method::GET, "/api/store/proxies/api-tcp", None).await;
+    assert_eq!(names(&body["proxies"]), ["api-tcp"]);
+    let (code, body) = api_get(&api, "/api/store/proxies/api-tcp").await;
     assert_eq!(code, 200);
     assert_eq!(body["tcp"]["localPort"], echo);
-    let (code, body) = call(&api, Method::GET, "/api/store/proxies/nope", None).await;
+    let (code, body) = api_get(&api, "/api/store/proxies/nope").await;
     assert_eq!(
         (code, body),
         (404, frp_error(404, "not found: proxy \"nope\""))
@@ -245,22 +175,21 @@ async fn store_api_creates_lists_gets_updates_and_deletes_proxies_and_visitors()
         ("store", "")
     );
     // frp's per-proxy config endpoint: the running config, whichever source it came from.
-    let (code, body) = call(&api, Method::GET, "/api/proxy/api-tcp/config", None).await;
+    let (code, body) = api_get(&api, "/api/proxy/api-tcp/config").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["tcp"]["remotePort"], r1);
-    let (code, body) = call(&api, Method::GET, "/api/proxy/file/config", None).await;
+    let (code, body) = api_get(&api, "/api/proxy/file/config").await;
     assert_eq!((code, &body["tcp"]["remotePort"]), (200, &json!(r_file)));
     assert_eq!(
-        call(&api, Method::GET, "/api/proxy/nope/config", None).await,
+        api_get(&api, "/api/proxy/nope/config").await,
         (404, frp_error(404, "proxy \"nope\" not found"))
     );
 
     // Update: the proxy moves to its new remote port.
-    let (code, body) = call(
+    let (code, body) = api_put(
         &api,
-        Method::PUT,
         "/api/store/proxies/api-tcp",
-        Some(tcp_def("api-tcp", echo, r2)),
+        tcp_def("api-tcp", echo, r2),
     )
     .await;
     assert_eq!(code, 200, "{body}");
@@ -268,35 +197,27 @@ async fn store_api_creates_lists_gets_updates_and_deletes_proxies_and_visitors()
     roundtrip_eventually(r2, b"moved", Duration::from_secs(10)).await;
     wait_closed(r1);
     assert_eq!(stored(&env)["proxies"][0]["remotePort"], r2);
-    let (code, body) = call(
-        &api,
-        Method::PUT,
-        "/api/store/proxies/ghost",
-        Some(tcp_def("ghost", echo, r1)),
-    )
-    .await;
+    let (code, body) = api_put(&api, "/api/store/proxies/ghost", tcp_def("ghost", echo, r1)).await;
     assert_eq!(
         (code, body),
         (404, frp_error(404, "not found: not found: proxy \"ghost\""))
     );
 
     // A visitor through the API reaches an stcp proxy created through the API.
-    let (code, body) = call(
+    let (code, body) = api_post(
         &api,
-        Method::POST,
         "/api/store/proxies",
-        Some(json!({"name": "secret", "type": "stcp",
-                    "stcp": {"localPort": echo, "secretKey": "sk"}})),
+        json!({"name": "secret", "type": "stcp",
+                    "stcp": {"localPort": echo, "secretKey": "sk"}}),
     )
     .await;
     assert_eq!(code, 200, "{body}");
-    let (code, body) = call(
+    let (code, body) = api_post(
         &api,
-        Method::POST,
         "/api/store/visitors",
-        Some(json!({"name": "visit", "type": "stcp",
+        json!({"name": "visit", "type": "stcp",
                     "stcp": {"serverName": "secret", "secretKey": "sk",
-                             "bindAddr": "127.0.0.1", "bindPort": v_port}})),
+                             "bindAddr": "127.0.0.1", "bindPort": v_port}}),
     )
     .await;
     assert_eq!(code, 200, "{body}");
@@ -305,21 +226,21 @@ async fn store_api_creates_lists_gets_updates_and_deletes_proxies_and_visitors()
         roundtrip_eventually(v_port, b"via the visitor", Duration::from_secs(10)).await,
         b"via the visitor"
     );
-    let (code, body) = call(&api, Method::GET, "/api/store/visitors", None).await;
+    let (code, body) = api_get(&api, "/api/store/visitors").await;
     assert_eq!(code, 200);
     assert_eq!(body["visitors"][0]["name"], "visit");
-    let (code, body) = call(&api, Method::GET, "/api/visitor/visit/config", None).await;
+    let (code, body) = api_get(&api, "/api/visitor/visit/config").await;
     assert_eq!((code, &body["stcp"]["bindPort"]), (200, &json!(v_port)));
-    let (code, _) = call(&api, Method::DELETE, "/api/store/visitors/visit", None).await;
+    let (code, _) = api_delete(&api, "/api/store/visitors/visit").await;
     assert_eq!(code, 200);
     wait_closed(v_port);
 
     // Delete: the port closes; a second delete finds nothing.
-    let (code, body) = call(&api, Method::DELETE, "/api/store/proxies/api-tcp", None).await;
+    let (code, body) = api_delete(&api, "/api/store/proxies/api-tcp").await;
     assert_eq!((code, body), (200, Value::String(String::new())));
     wait_closed(r2);
     frpc.wait_log("store: deleted proxy \"api-tcp\"", Duration::from_secs(5));
-    let (code, body) = call(&api, Method::DELETE, "/api/store/proxies/api-tcp", None).await;
+    let (code, body) = api_delete(&api, "/api/store/proxies/api-tcp").await;
     assert_eq!(
         (code, body),
         (
@@ -327,13 +248,7 @@ async fn store_api_creates_lists_gets_updates_and_deletes_proxies_and_visitors()
             frp_error(404, "not found: not found: proxy \"api-tcp\"")
         )
     );
-    let names: Vec<String> = stored(&env)["proxies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(names, ["secret"]);
+    assert_eq!(names(&stored(&env)["proxies"]), ["secret"]);
     assert!(stored(&env).get("visitors").is_none());
     // The config file's proxy was never touched.
     roundtrip_eventually(r_file, b"file proxy", Duration::from_secs(5)).await;
@@ -353,7 +268,7 @@ async fn store_refuses_what_frp_refuses_with_its_codes() {
 
     let post = |body: Value| {
         let api = api.clone();
-        async move { call(&api, Method::POST, "/api/store/proxies", Some(body)).await }
+        async move { api_post(&api, "/api/store/proxies", body).await }
     };
     assert_eq!(
         post(json!({"name": "bad", "type": "tcp", "udp": {"localPort": 1234}})).await,
@@ -394,11 +309,10 @@ async fn store_refuses_what_frp_refuses_with_its_codes() {
         "{v}"
     );
     assert_eq!(
-        call(
+        api_post(
             &api,
-            Method::POST,
             "/api/store/visitors",
-            Some(json!({"name": "v", "type": "stcp", "xtcp": {}}))
+            json!({"name": "v", "type": "stcp", "xtcp": {}})
         )
         .await,
         (
@@ -414,11 +328,10 @@ async fn store_refuses_what_frp_refuses_with_its_codes() {
     let (code, _) = post(tcp_def("proxy-a", 1, free_port())).await;
     assert_eq!(code, 200);
     assert_eq!(
-        call(
+        api_put(
             &api,
-            Method::PUT,
             "/api/store/proxies/proxy-a",
-            Some(tcp_def("proxy-b", 1, free_port()))
+            tcp_def("proxy-b", 1, free_port())
         )
         .await,
         (
@@ -427,13 +340,7 @@ async fn store_refuses_what_frp_refuses_with_its_codes() {
         )
     );
     // Nothing refused reached the store.
-    let names: Vec<String> = stored(&env)["proxies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(names, ["proxy-a"]);
+    assert_eq!(names(&stored(&env)["proxies"]), ["proxy-a"]);
 
     // A method the route lacks; credentials are needed as for the rest of the API.
     let (code, _) = call(&api, Method::PATCH, "/api/store/proxies/proxy-a", None).await;
@@ -446,14 +353,14 @@ async fn store_refuses_what_frp_refuses_with_its_codes() {
         },
         Duration::from_secs(5),
     );
-    let (code, _) = call(&anon, Method::GET, "/api/store/proxies", None).await;
+    let (code, _) = api_get(&anon, "/api/store/proxies").await;
     assert_eq!(code, 401);
 
     // Without store.path the routes do not exist.
     let off = self::api(admin_off);
     wait_admin(&off).await;
     assert_eq!(
-        call(&off, Method::GET, "/api/store/proxies", None).await,
+        api_get(&off, "/api/store/proxies").await,
         (404, Value::String("404 page not found\n".into()))
     );
 }
@@ -471,7 +378,7 @@ async fn store_survives_restart_and_coexists_with_the_config_file_and_reload() {
     let cfg = format!(
         "{}{}",
         common(bind, admin, true),
-        file_proxy("shadow", from_file, r_shadow)
+        tcp_proxy_toml("shadow", from_file, r_shadow)
     );
     let mut frpc = env.frpc("frpc", &cfg);
     let api = api(admin);
@@ -479,33 +386,26 @@ async fn store_survives_restart_and_coexists_with_the_config_file_and_reload() {
     read_eventually(r_shadow, b"from file").await;
 
     // A store proxy of a config-file proxy's name replaces it (frp's aggregator).
-    let (code, body) = call(
+    let (code, body) = api_post(
         &api,
-        Method::POST,
         "/api/store/proxies",
-        Some(tcp_def("shadow", from_store, r_shadow)),
+        tcp_def("shadow", from_store, r_shadow),
     )
     .await;
     assert_eq!(code, 200, "{body}");
     read_eventually(r_shadow, b"from store").await;
-    let (code, _) = call(
-        &api,
-        Method::POST,
-        "/api/store/proxies",
-        Some(tcp_def("kept", echo, r_store)),
-    )
-    .await;
+    let (code, _) = api_post(&api, "/api/store/proxies", tcp_def("kept", echo, r_store)).await;
     assert_eq!(code, 200);
     roundtrip_eventually(r_store, b"kept", Duration::from_secs(10)).await;
 
     // A reload of the config file keeps the store's proxies, and their precedence.
     let reloaded = format!(
         "{cfg}{}{}",
-        file_proxy("added", echo, r_added),
+        tcp_proxy_toml("added", echo, r_added),
         engine_table()
     );
     env.write("frpc.toml", &reloaded);
-    let (code, body) = call(&api, Method::GET, "/api/reload", None).await;
+    let (code, body) = api_get(&api, "/api/reload").await;
     assert_eq!(code, 200, "{body}");
     roundtrip_eventually(r_added, b"added by reload", Duration::from_secs(10)).await;
     roundtrip_eventually(r_store, b"kept", Duration::from_secs(10)).await;
@@ -519,12 +419,12 @@ async fn store_survives_restart_and_coexists_with_the_config_file_and_reload() {
     wait_status(&api, "store proxies back", |s| running(s, "kept")).await;
     roundtrip_eventually(r_store, b"after restart", Duration::from_secs(10)).await;
     read_eventually(r_shadow, b"from store").await;
-    let (code, body) = call(&api, Method::GET, "/api/store/proxies", None).await;
+    let (code, body) = api_get(&api, "/api/store/proxies").await;
     assert_eq!(code, 200);
     assert_eq!(body["proxies"].as_array().unwrap().len(), 2);
 
     // Deleting the store's "shadow" brings the config file's back.
-    let (code, _) = call(&api, Method::DELETE, "/api/store/proxies/shadow", None).await;
+    let (code, _) = api_delete(&api, "/api/store/proxies/shadow").await;
     assert_eq!(code, 200);
     read_eventually(r_shadow, b"from file").await;
 }

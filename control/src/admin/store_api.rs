@@ -22,8 +22,8 @@ use tracing::info;
 
 use super::Admin;
 use crate::client::store::{
-    ConfigSources, StoreChangeError, decode_proxy_as, decode_visitor_as, get_ci, proxy_to_json,
-    visitor_to_json,
+    ConfigSources, Store, StoreChangeError, decode_proxy_as, decode_visitor_as, get_ci, json_kind,
+    proxy_to_json, visitor_to_json,
 };
 use crate::config::{ClientConfig, ProxyConfig, ProxyType, VisitorConfig, VisitorType};
 use crate::web::{self, Body};
@@ -179,17 +179,6 @@ fn parse_definition(kind: Kind, body: &[u8]) -> Result<Definition, String> {
     Ok(Definition { name, ty, blocks })
 }
 
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
 impl Definition {
     /// frp's `Validate`, then `ToConfigurer`.
     fn into_entry(self, kind: Kind, path_name: Option<&str>) -> Result<Entry, String> {
@@ -330,17 +319,7 @@ impl Admin {
         let Some(store) = &sources.store else {
             return store_disabled();
         };
-        let found = match kind {
-            Kind::Proxy => store
-                .proxy(name)
-                .cloned()
-                .map(|p| Entry::Proxy(Box::new(p))),
-            Kind::Visitor => store
-                .visitor(name)
-                .cloned()
-                .map(|v| Entry::Visitor(Box::new(v))),
-        };
-        match found {
+        match stored_entry(store, kind, name) {
             Some(e) => web::json(StatusCode::OK, &definition(&e)),
             None => web::error(
                 StatusCode::NOT_FOUND,
@@ -414,17 +393,7 @@ impl Admin {
         self.client.reload(&sources.merged());
         info!("store: {done} {} {name:?}", kind.as_str());
         let store = sources.store.as_ref().expect("store enabled");
-        let stored = match kind {
-            Kind::Proxy => store
-                .proxy(name)
-                .cloned()
-                .map(|p| Entry::Proxy(Box::new(p))),
-            Kind::Visitor => store
-                .visitor(name)
-                .cloned()
-                .map(|v| Entry::Visitor(Box::new(v))),
-        };
-        match stored {
+        match stored_entry(store, kind, name) {
             Some(e) => web::json(StatusCode::OK, &definition(&e)),
             None => web::error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -434,6 +403,20 @@ impl Admin {
                 ),
             ),
         }
+    }
+}
+
+/// The store's `kind` entry called `name`, if any.
+fn stored_entry(store: &Store, kind: Kind, name: &str) -> Option<Entry> {
+    match kind {
+        Kind::Proxy => store
+            .proxy(name)
+            .cloned()
+            .map(|p| Entry::Proxy(Box::new(p))),
+        Kind::Visitor => store
+            .visitor(name)
+            .cloned()
+            .map(|v| Entry::Visitor(Box::new(v))),
     }
 }
 

@@ -425,7 +425,8 @@ pub(crate) fn decode_visitor_as(
     serde_json::from_value(visitor_to_json(&c)).map_err(|e| e.to_string())
 }
 
-fn json_kind(v: &Value) -> &'static str {
+/// The JSON kind of `v` as Go's decoder names it in its errors.
+pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "bool",

@@ -135,14 +135,8 @@ pub struct BaseArgs {
         default_value_t = 0
     )]
     local_port: i64,
-    /// use encryption
-    #[arg(long = "ue", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value_t = false, action = ArgAction::Set)]
-    use_encryption: bool,
-    /// use compression
-    #[arg(long = "uc", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value_t = false, action = ArgAction::Set)]
-    use_compression: bool,
+    #[command(flatten)]
+    wire: WireArgs,
     /// bandwidth limit mode
     #[arg(
         long = "bandwidth_limit_mode",
@@ -157,6 +151,30 @@ pub struct BaseArgs {
         default_value = ""
     )]
     bandwidth_limit: String,
+}
+
+/// `--ue` / `--uc` of a proxy or a visitor (its `transport.useEncryption|useCompression`).
+#[derive(Args)]
+pub struct WireArgs {
+    /// use encryption
+    #[arg(long = "ue", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false, action = ArgAction::Set)]
+    use_encryption: bool,
+    /// use compression
+    #[arg(long = "uc", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false, action = ArgAction::Set)]
+    use_compression: bool,
+}
+
+/// `--http_user` / `--http_pwd` of `frpc http` and `frpc tcpmux`.
+#[derive(Args)]
+pub struct HttpAuthArgs {
+    /// http auth user
+    #[arg(long = "http_user", alias = "http-user", default_value = "")]
+    http_user: String,
+    /// http auth password
+    #[arg(long = "http_pwd", alias = "http-pwd", default_value = "")]
+    http_pwd: String,
 }
 
 /// `customDomains` and `subdomain` (frp's `registerProxyDomainConfigFlags`).
@@ -204,12 +222,8 @@ pub struct HttpArgs {
     /// locations
     #[arg(long = "locations", value_delimiter = ',')]
     locations: Vec<String>,
-    /// http auth user
-    #[arg(long = "http_user", alias = "http-user", default_value = "")]
-    http_user: String,
-    /// http auth password
-    #[arg(long = "http_pwd", alias = "http-pwd", default_value = "")]
-    http_pwd: String,
+    #[command(flatten)]
+    http_auth: HttpAuthArgs,
     /// host header rewrite
     #[arg(
         long = "host_header_rewrite",
@@ -242,12 +256,8 @@ pub struct TcpmuxArgs {
     /// multiplexer
     #[arg(long = "mux", default_value = "")]
     mux: String,
-    /// http auth user
-    #[arg(long = "http_user", alias = "http-user", default_value = "")]
-    http_user: String,
-    /// http auth password
-    #[arg(long = "http_pwd", alias = "http-pwd", default_value = "")]
-    http_pwd: String,
+    #[command(flatten)]
+    http_auth: HttpAuthArgs,
 }
 
 /// `frpc stcp|sudp|xtcp`: a proxy, or with `visitor` its visitor.
@@ -284,14 +294,8 @@ pub struct VisitorArgs {
         default_value = ""
     )]
     visitor_name: String,
-    /// use encryption
-    #[arg(long = "ue", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value_t = false, action = ArgAction::Set)]
-    use_encryption: bool,
-    /// use compression
-    #[arg(long = "uc", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value_t = false, action = ArgAction::Set)]
-    use_compression: bool,
+    #[command(flatten)]
+    wire: WireArgs,
     /// secret key
     #[arg(long = "sk", default_value = "")]
     sk: String,
@@ -319,8 +323,7 @@ pub fn http_config(a: &HttpArgs) -> anyhow::Result<ClientConfig> {
     let mut p = proxy("http", &a.base)?;
     domains(&mut p, &a.domain);
     p["locations"] = json!(a.locations);
-    p["httpUser"] = json!(a.http_user);
-    p["httpPassword"] = json!(a.http_pwd);
+    http_auth(&mut p, &a.http_auth);
     p["hostHeaderRewrite"] = json!(a.host_header_rewrite);
     build(&a.common, Some(p), None)
 }
@@ -335,8 +338,7 @@ pub fn tcpmux_config(a: &TcpmuxArgs) -> anyhow::Result<ClientConfig> {
     let mut p = proxy("tcpmux", &a.base)?;
     domains(&mut p, &a.domain);
     p["multiplexer"] = json!(a.mux);
-    p["httpUser"] = json!(a.http_user);
-    p["httpPassword"] = json!(a.http_pwd);
+    http_auth(&mut p, &a.http_auth);
     build(&a.common, Some(p), None)
 }
 
@@ -346,7 +348,7 @@ pub fn secret_config(ty: &str, a: &SecretArgs) -> anyhow::Result<ClientConfig> {
         let visitor = json!({
             "name": v.visitor_name,
             "type": ty,
-            "transport": {"useEncryption": v.use_encryption, "useCompression": v.use_compression},
+            "transport": {"useEncryption": v.wire.use_encryption, "useCompression": v.wire.use_compression},
             "secretKey": v.sk,
             "serverName": v.server_name,
             "serverUser": v.server_user,
@@ -359,6 +361,11 @@ pub fn secret_config(ty: &str, a: &SecretArgs) -> anyhow::Result<ClientConfig> {
     p["secretKey"] = json!(a.sk);
     p["allowUsers"] = json!(a.allow_users);
     build(&a.common, Some(p), None)
+}
+
+fn http_auth(p: &mut Value, a: &HttpAuthArgs) {
+    p["httpUser"] = json!(a.http_user);
+    p["httpPassword"] = json!(a.http_pwd);
 }
 
 fn domains(p: &mut Value, a: &DomainArgs) {
@@ -381,8 +388,8 @@ fn key_values(flag: &str, items: &[String]) -> anyhow::Result<BTreeMap<String, S
 
 fn proxy(ty: &str, a: &BaseArgs) -> anyhow::Result<Value> {
     let mut transport = json!({
-        "useEncryption": a.use_encryption,
-        "useCompression": a.use_compression,
+        "useEncryption": a.wire.use_encryption,
+        "useCompression": a.wire.use_compression,
         "bandwidthLimitMode": a.bandwidth_limit_mode,
     });
     if !a.bandwidth_limit.is_empty() {

@@ -99,6 +99,11 @@ pub(crate) fn decode_document<T: DeserializeOwned>(
         message,
     };
 
+    // A decoding error at `path`, reported at that key's line.
+    let key_err = |path: &[Seg], message: String| {
+        parse_err(find_key_line(&text, path), None, non_empty(path), message)
+    };
+
     let mut ignored: Vec<Vec<Seg>> = Vec::new();
     let mut on_ignored = |p: serde_ignored::Path<'_>| ignored.push(ignored_path(&p));
     // Keys in another case than our fields' (Go's JSON decoder takes them, so frp does):
@@ -116,14 +121,8 @@ pub(crate) fn decode_document<T: DeserializeOwned>(
                          on_ignored: &mut dyn FnMut(serde_ignored::Path<'_>)|
      -> Result<(T, serde_json::Value), ConfigError> {
         let mut on_ignored = on_ignored;
-        let v = decode_tracked(canon.clone(), &mut on_ignored).map_err(|(path, e)| {
-            parse_err(
-                find_key_line(&text, &path),
-                None,
-                non_empty(&path),
-                e.to_string(),
-            )
-        })?;
+        let v = decode_tracked(canon.clone(), &mut on_ignored)
+            .map_err(|(path, e)| key_err(&path, e.to_string()))?;
         Ok((v, canon))
     };
     let (value, generic): (T, serde_json::Value) = match (folded, format) {
@@ -187,14 +186,8 @@ pub(crate) fn decode_document<T: DeserializeOwned>(
             if let Some(canon) = canonical_keys::<T>(Doc::from(generic.clone())) {
                 decode_folded(canon, &mut on_ignored)?
             } else {
-                let v = decode_tracked(doc.clone(), &mut on_ignored).map_err(|(path, e)| {
-                    parse_err(
-                        find_key_line(&text, &path),
-                        None,
-                        non_empty(&path),
-                        e.to_string(),
-                    )
-                })?;
+                let v = decode_tracked(doc.clone(), &mut on_ignored)
+                    .map_err(|(path, e)| key_err(&path, e.to_string()))?;
                 (v, generic)
             }
         }

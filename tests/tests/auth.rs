@@ -60,6 +60,30 @@ fn oidc_client(provider: &Provider, secret: &str, scopes: &str) -> String {
     )
 }
 
+/// An frpc that logs in to frps on `bind` by OIDC (`scopes`), once its `echo` proxy from
+/// `echo` to `remote` has started.
+fn oidc_frpc(
+    env: &Env,
+    provider: &Provider,
+    bind: u16,
+    scopes: &str,
+    echo: u16,
+    remote: u16,
+) -> Proc {
+    let frpc = env.frpc(
+        "frpc",
+        &frpc_cfg(
+            bind,
+            &oidc_client(provider, CLIENT_SECRET, scopes),
+            true,
+            echo,
+            remote,
+        ),
+    );
+    frpc.wait_log("[echo] start proxy success", WAIT);
+    frpc
+}
+
 fn oidc_server(provider: &Provider, scopes: &str, extra: &str) -> String {
     format!(
         "auth.method = \"oidc\"\nauth.additionalScopes = [{scopes}]\nauth.oidc.issuer = \"{}\"\n\
@@ -90,17 +114,7 @@ async fn oidc_login_heartbeats_and_work_conns() {
     let (bind, remote) = (free_port(), free_port());
     let scopes = r#""HeartBeats", "NewWorkConns""#;
     let frps = start_frps(&env, "frps", bind, &oidc_server(&provider, scopes, ""), &[]);
-    let frpc = env.frpc(
-        "frpc",
-        &frpc_cfg(
-            bind,
-            &oidc_client(&provider, CLIENT_SECRET, scopes),
-            true,
-            echo,
-            remote,
-        ),
-    );
-    frpc.wait_log("[echo] start proxy success", WAIT);
+    let frpc = oidc_frpc(&env, &provider, bind, scopes, echo, remote);
     let got = roundtrip_eventually(remote, b"hello oidc", WAIT).await;
     assert_eq!(got, b"hello oidc");
     frpc.wait_log_n("send heartbeat to server", 3, WAIT);
@@ -132,17 +146,7 @@ async fn oidc_token_without_expires_in_is_fetched_each_time() {
     let (bind, remote) = (free_port(), free_port());
     let scopes = r#""HeartBeats""#;
     let _frps = start_frps(&env, "frps", bind, &oidc_server(&provider, scopes, ""), &[]);
-    let frpc = env.frpc(
-        "frpc",
-        &frpc_cfg(
-            bind,
-            &oidc_client(&provider, CLIENT_SECRET, scopes),
-            true,
-            echo,
-            remote,
-        ),
-    );
-    frpc.wait_log("[echo] start proxy success", WAIT);
+    let frpc = oidc_frpc(&env, &provider, bind, scopes, echo, remote);
     let after_login = provider.token_requests.load(Ordering::SeqCst);
     frpc.wait_log_n("receive heartbeat from server", 3, WAIT);
     let after_pings = provider.token_requests.load(Ordering::SeqCst);

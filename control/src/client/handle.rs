@@ -36,7 +36,10 @@ pub struct ReloadSummary {
 }
 
 /// The proxies a config makes frpc run, keyed by name, all in phase `new`.
-pub(super) fn proxy_runtimes(cfg: &ClientConfig) -> HashMap<String, ProxyRuntime> {
+pub(super) fn proxy_runtimes(
+    cfg: &ClientConfig,
+    vnet: Option<&std::sync::Arc<super::vnet::Controller>>,
+) -> HashMap<String, ProxyRuntime> {
     let mut proxies = HashMap::new();
     for p in cfg.active_proxies() {
         if matches!(p.proxy_type, ProxyType::Xtcp) {
@@ -69,7 +72,7 @@ pub(super) fn proxy_runtimes(cfg: &ClientConfig) -> HashMap<String, ProxyRuntime
                 plugin: p
                     .plugin
                     .as_ref()
-                    .and_then(|c| super::plugin::create(c, &p.name)),
+                    .and_then(|c| super::plugin::create(c, &p.name, vnet)),
             },
         );
     }
@@ -147,12 +150,15 @@ impl Client {
     /// removed ones are closed on frps (CloseProxy); changed and added ones are registered
     /// again right away. Everything else in `new` (server, auth, transport) is ignored.
     pub fn reload(&self, new: &ClientConfig) -> ReloadSummary {
-        let mut wanted = proxy_runtimes(&ClientConfig {
-            user: self.cfg.user.clone(),
-            start: new.start.clone(),
-            proxies: new.proxies.clone(),
-            ..ClientConfig::default()
-        });
+        let mut wanted = proxy_runtimes(
+            &ClientConfig {
+                user: self.cfg.user.clone(),
+                start: new.start.clone(),
+                proxies: new.proxies.clone(),
+                ..ClientConfig::default()
+            },
+            self.vnet.as_ref(),
+        );
         let mut summary = ReloadSummary::default();
         let tx = self.session_tx.lock().unwrap().clone();
         {

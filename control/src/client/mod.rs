@@ -30,6 +30,7 @@ pub(crate) mod plugin;
 pub mod store;
 mod udp;
 mod visitor;
+pub mod vnet;
 
 mod handle;
 pub use handle::{ProxyStatus, ReloadSummary};
@@ -48,6 +49,9 @@ pub enum ClientError {
     /// `auth.tokenSource` could not be read, or the OIDC client could not be set up.
     #[error("{0}")]
     Auth(String),
+    /// `virtualNet.address`: the TUN device could not be set up.
+    #[error("{0}")]
+    Vnet(String),
 }
 
 /// One login attempt failed.
@@ -137,11 +141,22 @@ pub struct Client {
     /// Set for an frpc inside frps (the SSH tunnel gateway's): logical connections are made
     /// in memory instead of dialing `serverAddr`.
     in_process: Option<transport::InProcessDialer>,
+    /// `virtualNet.address`: the virtual network (its TUN device opens when frpc runs).
+    vnet: Option<Arc<vnet::Controller>>,
 }
 
 struct Session {
     connector: Connector,
     mc: MsgConn<Conn>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// frp's "fast backoff": double with up to 10% jitter, capped.
@@ -164,7 +179,9 @@ impl Client {
     fn with_engine(cfg: ClientConfig, engine: Engine) -> Result<Client, ClientError> {
         let dial = DialConfig::from_client_config(&cfg)?;
         let wire = WireVersion::from_config(&cfg.transport.wire_protocol).unwrap_or_default();
-        let proxies = handle::proxy_runtimes(&cfg);
+        let vnet = (!cfg.virtual_net.address.is_empty())
+            .then(|| vnet::Controller::new(&cfg.virtual_net.address));
+        let proxies = handle::proxy_runtimes(&cfg, vnet.as_ref());
         let auth = auth::ClientAuth::build(&cfg.auth).map_err(ClientError::Auth)?;
         Ok(Client {
             key: CryptoKey::derive(auth.token().as_bytes()),
@@ -179,6 +196,7 @@ impl Client {
             visitors: Mutex::new(visitor::Manager::new(cfg.active_visitors())),
             cfg,
             in_process: None,
+            vnet,
         })
     }
 
@@ -218,6 +236,24 @@ impl Client {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ClientError> {
         tokio::pin!(shutdown);
+        // frp opens the TUN device before anything else; frpc stops when it cannot.
+        let _vnet_task = match &self.vnet {
+            Some(v) => match v.init() {
+                Ok(name) => {
+                    info!("virtual network controller start...");
+                    debug!(
+                        "virtual network device {name} holds {}",
+                        self.cfg.virtual_net.address
+                    );
+                    Some(AbortOnDrop(tokio::spawn(v.clone().run())))
+                }
+                Err(e) => {
+                    tracing::error!("init virtual network controller error: {e}");
+                    return Err(ClientError::Vnet(e));
+                }
+            },
+            None => None,
+        };
         // First login: frp's schedule, 10 s cap; loginFailExit ends frpc at the first failure.
         let mut delay = Duration::ZERO;
         let mut session = loop {
@@ -392,6 +428,7 @@ impl Client {
                 user: self.cfg.user.clone(),
                 engine: self.engine.clone(),
                 udp_packet_size: self.cfg.udp_packet_size.clamp(1, 65535) as usize,
+                vnet: self.vnet.clone(),
             });
 
         let hb_interval = self.cfg.transport.heartbeat_interval;

@@ -15,6 +15,8 @@
 //!   local user's address}` over one visitor connection, opened at the first datagram and again
 //!   at the first datagram after it failed. A visitor connection silent for 60 s is dropped
 //!   (the owner pings every 30 s).
+//! - **plugin `virtual_net`** (stcp): besides the listener, if any (`bindPort = -1`: none),
+//!   one visitor connection kept open for frpc's virtual network ([`super::vnet`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +57,8 @@ pub(crate) struct Session {
     pub engine: Engine,
     /// `udpPacketSize`: the sudp read buffer.
     pub udp_packet_size: usize,
+    /// `virtualNet.address`: frpc's virtual network, for the `virtual_net` plugin.
+    pub vnet: Option<Arc<super::vnet::Controller>>,
 }
 
 /// frp's `BuildTargetServerProxyName`: the owner's user prefix, `serverUser` overriding ours.
@@ -196,8 +200,62 @@ fn stopped(tasks: Vec<JoinHandle<()>>) -> Shared<BoxFuture<'static, ()>> {
     .shared()
 }
 
-/// One visitor: bind (retrying every 10 s), then serve.
+/// One visitor: its plugin, if any, beside its listener.
 async fn run(s: Session, v: Arc<VisitorConfig>) {
+    match plugin(&s, &v) {
+        Ok(Some(p)) => {
+            tokio::join!(p, serve(s, v));
+        }
+        Ok(None) => serve(s, v).await,
+        // frp does not start such a visitor, and tries again every 10 s.
+        Err(e) => loop {
+            warn!("[{}] [{}] new visitor error: {e}", s.run_id, v.name);
+            tokio::time::sleep(RETRY).await;
+            info!("[{}] try to start visitor [{}]", s.run_id, v.name);
+        },
+    }
+}
+
+/// The visitor's plugin as a task to run beside it (frp starts it with stcp and xtcp
+/// visitors; sudp ones ignore it), or frp's error for its options.
+fn plugin(s: &Session, v: &Arc<VisitorConfig>) -> Result<Option<BoxFuture<'static, ()>>, String> {
+    let Some(p) = &v.plugin else {
+        return Ok(None);
+    };
+    // virtual_net is the only visitor plugin type.
+    let destination = super::vnet::parse_destination(&p.destination_ip)?;
+    if v.visitor_type != VisitorType::Stcp {
+        return Ok(None);
+    }
+    let Some(vnet) = s.vnet.clone() else {
+        warn!(
+            "[{}] virtual_net plugin: virtualNet.address is not set, so it does nothing",
+            v.name
+        );
+        return Ok(None);
+    };
+    let (name, run_id) = (v.name.clone(), s.run_id.clone());
+    let (s, v) = (s.clone(), v.clone());
+    let dial = move || {
+        let (s, v) = (s.clone(), v.clone());
+        async move {
+            let (conn, rest) = dial(&s, &v).await.inspect_err(|e| {
+                warn!("[{}] dialRawVisitorConn error: {e}", v.name);
+            })?;
+            let (inbound, outbound) = layers(&v);
+            let conn = crate::layered::Layered::new(conn, rest, inbound, outbound);
+            Ok(Box::new(conn) as Box<dyn super::vnet::VnetConn>)
+        }
+        .boxed()
+    };
+    Ok(Some(
+        async move { super::vnet::visitor_loop(vnet, &run_id, name, destination, dial).await }
+            .boxed(),
+    ))
+}
+
+/// The visitor's listener: bind (retrying every 10 s), then serve.
+async fn serve(s: Session, v: Arc<VisitorConfig>) {
     let name = &v.name;
     let addr = join_host_port(&v.bind_addr, v.bind_port);
     let mut first = true;
@@ -215,8 +273,7 @@ async fn run(s: Session, v: Arc<VisitorConfig>) {
                 );
                 return;
             }
-            // bindPort < 0: reachable only through other visitors or plugins, which this build
-            // does not have; nothing to serve.
+            // bindPort < 0: no listener; reachable only through its plugin.
             _ if v.bind_port <= 0 => {
                 info!("[{}] [{name}] start visitor success", s.run_id);
                 return std::future::pending().await;

@@ -489,6 +489,7 @@ impl ClientPluginType {
         Self::Http2Https,
         Self::Https2Https,
         Self::Tls2Raw,
+        Self::VirtualNet,
     ];
 
     /// Whether this frpc serves the plugin.

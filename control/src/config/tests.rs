@@ -1238,13 +1238,14 @@ fn unsupported_keys_are_refused_with_their_key() {
         "[[visitors]]\nname = \"v\"\ntype = \"xtcp\"\nserverName = \"s\"\nbindPort = 1\n",
     );
     assert!(msg.contains("(key visitors[0].type)"), "{msg}");
-    let msg = unsupported(
-        "[[visitors]]\nname = \"v\"\ntype = \"stcp\"\nserverName = \"s\"\nbindPort = 1\nplugin.type = \"virtual_net\"\n",
-    );
-    assert!(
-        msg.contains("visitor [v]: plugin type \"virtual_net\" (key visitors[0].plugin.type)"),
-        "{msg}"
-    );
+    // virtual_net is served: the visitor plugin and virtualNet.address (behind its gate).
+    client(
+        "featureGates = { VirtualNet = true }\nvirtualNet.address = \"100.86.0.1/24\"\n[[visitors]]\nname = \"v\"\ntype = \"stcp\"\nserverName = \"s\"\nbindPort = -1\nplugin.type = \"virtual_net\"\nplugin.destinationIP = \"100.86.0.2\"\n",
+        ConfigFormat::Toml,
+    )
+    .unwrap()
+    .validate_for_run()
+    .unwrap();
     let msg = unsupported("store.path = \"/tmp/store.json\"\nwebServer.pprofEnable = true\n");
     assert!(!msg.contains("store.path"), "{msg}");
     assert!(msg.contains("(key webServer.pprofEnable)"), "{msg}");

@@ -366,9 +366,6 @@ impl ClientConfig {
         let not_yet = |what: String, key: &str| -> String {
             format!("{what} (key {key}) is not supported by this frpc yet")
         };
-        if !self.virtual_net.address.is_empty() {
-            errs.push(not_yet("virtual network".into(), "virtualNet.address"));
-        }
         if !self.web_server.assets_dir.is_empty() {
             errs.push(not_yet(
                 "serving the admin UI from a directory".into(),
@@ -424,12 +421,6 @@ impl ClientConfig {
                 errs.push(not_yet(
                     format!("visitor [{name}]: visitor type \"xtcp\""),
                     &format!("visitors[{i}].type"),
-                ));
-            }
-            if let Some(plugin) = &v.plugin {
-                errs.push(not_yet(
-                    format!("visitor [{name}]: plugin type \"{}\"", plugin.plugin_type),
-                    &format!("visitors[{i}].plugin.type"),
                 ));
             }
         }

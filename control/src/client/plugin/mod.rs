@@ -28,6 +28,7 @@ mod socks5;
 mod static_file;
 mod tls2raw;
 mod unix_domain_socket;
+mod virtual_net;
 
 /// Go's `http.Error`: `msg` and a newline as text/plain, with `X-Content-Type-Options:
 /// nosniff`; each HTTP plugin boxes the body into its own body type.
@@ -144,8 +145,13 @@ pub(crate) trait Plugin: Send + Sync {
 }
 
 /// The plugin a proxy's `plugin` table asks for; `None` for a type this frpc does not serve
-/// (`ClientConfig::check_supported` refuses those before frpc starts).
-pub(crate) fn create(cfg: &ClientPluginConfig, proxy: &str) -> Option<Arc<dyn Plugin>> {
+/// (`ClientConfig::check_supported` refuses those before frpc starts). `vnet`: frpc's virtual
+/// network, for `virtual_net`.
+pub(crate) fn create(
+    cfg: &ClientPluginConfig,
+    proxy: &str,
+    vnet: Option<&Arc<crate::client::vnet::Controller>>,
+) -> Option<Arc<dyn Plugin>> {
     match cfg.plugin_type {
         ClientPluginType::UnixDomainSocket => {
             Some(Arc::new(unix_domain_socket::UnixDomainSocket::new(cfg)))
@@ -158,6 +164,6 @@ pub(crate) fn create(cfg: &ClientPluginConfig, proxy: &str) -> Option<Arc<dyn Pl
         | ClientPluginType::Https2Https => Some(Arc::new(http_bridge::HttpBridge::new(cfg, proxy))),
         ClientPluginType::Tls2Raw => Some(Arc::new(tls2raw::Tls2Raw::new(cfg, proxy))),
         ClientPluginType::StaticFile => Some(Arc::new(static_file::StaticFile::new(cfg))),
-        _ => None,
+        ClientPluginType::VirtualNet => Some(Arc::new(virtual_net::VirtualNet::new(vnet.cloned()))),
     }
 }

@@ -159,6 +159,11 @@ fn main() -> ExitCode {
         }
     };
     let cfg = sources.merged();
+    // frp sets its feature gates first (`frpc verify` does not).
+    if let Err(e) = cfg.check_feature_gates() {
+        println!("{e}");
+        return ExitCode::FAILURE;
+    }
     // frp validates the config (common part, then each proxy and visitor it would start)
     // before it starts logging, whether it came from a file or from flags.
     if !validated(&cfg, &features, config_file.as_deref()) {

@@ -291,6 +291,14 @@ fn bad_configs_are_refused_with_frps_words() {
         );
         assert!(!out.contains("syntax is ok"), "{out}");
     }
+    // A gate frp does not know: `frpc` refuses it, `frpc verify` does not look (as frp's).
+    let unknown = format!("{head}featureGates = {{ VirtualNet = true, Foo = true }}\n");
+    let (ok, out) = run_frpc(&env, "gate-verify", &unknown, &["verify"], &[]);
+    assert!(ok, "{out}");
+    let (ok, out) = run_frpc(&env, "gate-run", &unknown, &[], &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("unrecognized feature gate: Foo"), "{out}");
+    assert!(!out.contains("try to connect to server"), "{out}");
     // An address that is no CIDR: verify passes it (as frp's does), frpc stops at start with
     // Go's ParseCIDR error, before any login.
     let bad = format!(

@@ -427,6 +427,15 @@ impl ClientConfig {
         errs.finish()
     }
 
+    /// frp's `featuregate.SetFromMap` as `frpc` (not `frpc verify`) runs it: every gate in
+    /// `featureGates` must be one frp knows (`VirtualNet`, alpha, not locked).
+    pub fn check_feature_gates(&self) -> Result<(), ValidationError> {
+        match self.feature_gates.keys().find(|k| *k != "VirtualNet") {
+            Some(k) => Err(ValidationError(format!("unrecognized feature gate: {k}"))),
+            None => Ok(()),
+        }
+    }
+
     /// What frpc checks before it runs a config: frp's validation, then
     /// [`Self::check_supported`].
     pub fn validate_for_run(&self) -> Result<(), ValidationError> {

@@ -232,10 +232,13 @@ impl Ns {
         Ok(local)
     }
 
-    /// Whether `ping -c 1` from this namespace reaches `ip` (within 2 s).
-    pub fn ping(&self, ip: Ipv4Addr) -> Result<(), String> {
-        self.exec("ping", &["-n", "-c", "1", "-W", "2", &ip.to_string()])
-            .map(|_| ())
+    /// Whether `ping -c 1` from this namespace reaches `ip` (IPv4 or IPv6) within 2 s.
+    pub fn ping(&self, ip: impl Into<std::net::IpAddr>) -> Result<(), String> {
+        self.exec(
+            "ping",
+            &["-n", "-c", "1", "-W", "2", &ip.into().to_string()],
+        )
+        .map(|_| ())
     }
 }
 

@@ -6,7 +6,7 @@
 //! cannot be made stops frpc with an error naming it. With `FRP_GO_BIN_DIR`, real frpc
 //! v0.70.0 takes one side and ours the other.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,26 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SERVER_VIP: Ipv4Addr = Ipv4Addr::new(100, 86, 0, 1);
 const VISITOR_VIP: Ipv4Addr = Ipv4Addr::new(100, 86, 0, 2);
+
+/// A virtual subnet: the proxy side's address, the visitor side's, the prefix length.
+#[derive(Clone, Copy)]
+struct Subnet {
+    server: IpAddr,
+    visitor: IpAddr,
+    prefix: u8,
+}
+
+const V4: Subnet = Subnet {
+    server: IpAddr::V4(SERVER_VIP),
+    visitor: IpAddr::V4(VISITOR_VIP),
+    prefix: 24,
+};
+
+const V6: Subnet = Subnet {
+    server: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x86, 0, 0, 0, 0, 0, 1)),
+    visitor: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x86, 0, 0, 0, 0, 0, 2)),
+    prefix: 64,
+};
 const FRPS_PORT: u16 = 7000;
 
 fn frps_in(ns: &Ns, env: &Env, program: &Path) -> Proc {
@@ -38,31 +58,32 @@ fn frps_in(ns: &Ns, env: &Env, program: &Path) -> Proc {
     p
 }
 
-fn common(vip: Ipv4Addr) -> String {
+fn common(vip: IpAddr, prefix: u8) -> String {
     format!(
         "serverAddr = \"{PUBLIC_IP}\"\nserverPort = {FRPS_PORT}\nauth.token = \"vt\"\n\
          log.level = \"debug\"\nfeatureGates = {{ VirtualNet = true }}\n\
-         virtualNet.address = \"{vip}/24\"\n"
+         virtualNet.address = \"{vip}/{prefix}\"\n"
     )
 }
 
 /// The proxy side: an stcp proxy served by the virtual_net plugin.
-fn server_cfg(extra: &str) -> String {
+fn server_cfg_for(net: &Subnet) -> String {
     format!(
-        "{}\n[[proxies]]\nname = \"vnet-server\"\ntype = \"stcp\"\nsecretKey = \"vsk\"\n{extra}\n\
+        "{}\n[[proxies]]\nname = \"vnet-server\"\ntype = \"stcp\"\nsecretKey = \"vsk\"\n\
          [proxies.plugin]\ntype = \"virtual_net\"\n",
-        common(SERVER_VIP)
+        common(net.server, net.prefix)
     )
 }
 
 /// The visitor side: an stcp visitor without a listener, its virtual_net plugin routing the
 /// proxy side's virtual address.
-fn visitor_cfg(extra: &str) -> String {
+fn visitor_cfg_for(net: &Subnet) -> String {
     format!(
         "{}\n[[visitors]]\nname = \"vnet-visitor\"\ntype = \"stcp\"\nserverName = \"vnet-server\"\n\
-         secretKey = \"vsk\"\nbindPort = -1\n{extra}\n\
-         [visitors.plugin]\ntype = \"virtual_net\"\ndestinationIP = \"{SERVER_VIP}\"\n",
-        common(VISITOR_VIP)
+         secretKey = \"vsk\"\nbindPort = -1\n\
+         [visitors.plugin]\ntype = \"virtual_net\"\ndestinationIP = \"{}\"\n",
+        common(net.visitor, net.prefix),
+        net.server
     )
 }
 
@@ -84,7 +105,8 @@ fn frpc_in(ns: &Ns, env: &Env, name: &str, program: &Path, cfg: &str) -> Proc {
 }
 
 /// Pings `ip` from `ns` until a reply comes (the tunnel is up) or 30 s pass.
-fn ping_eventually(ns: &Ns, ip: Ipv4Addr) {
+fn ping_eventually(ns: &Ns, ip: impl Into<IpAddr>) {
+    let ip = ip.into();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match ns.ping(ip) {
@@ -95,10 +117,17 @@ fn ping_eventually(ns: &Ns, ip: Ipv4Addr) {
     }
 }
 
-/// A TCP echo service in `ns` on `ip` (its TUN address); returns its address.
-fn echo_in(ns: &Ns, ip: Ipv4Addr) -> SocketAddr {
-    let l = ns.tcp_listener(SocketAddr::new(ip.into(), 0)).unwrap();
-    let addr = l.local_addr().unwrap();
+/// A TCP echo service in `ns` for `ip` (its TUN address); returns `ip` and its port. It
+/// listens on every address of `ip`'s family (a fresh IPv6 address may still be tentative).
+fn echo_in(ns: &Ns, ip: impl Into<IpAddr>) -> SocketAddr {
+    let ip = ip.into();
+    let any: IpAddr = if ip.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let l = ns.tcp_listener(SocketAddr::new(any, 0)).unwrap();
+    let addr = SocketAddr::new(ip, l.local_addr().unwrap().port());
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
@@ -134,8 +163,8 @@ async fn transfer_checked(ns: &Ns, to: SocketAddr, len: usize) {
 }
 
 /// Both frpcs' sides for `server_bin`/`visitor_bin` (ours or real frp's): ping both ways
-/// and 4 MiB echoed across the virtual subnet, hash-checked.
-async fn ping_and_transfer(test: &str, server_bin: &Path, visitor_bin: &Path) {
+/// and 4 MiB echoed across the virtual subnet `net`, hash-checked.
+async fn ping_and_transfer(test: &str, net: &Subnet, server_bin: &Path, visitor_bin: &Path) {
     let Some(t) = Topology::build_or_skip(test) else {
         return;
     };
@@ -146,7 +175,7 @@ async fn ping_and_transfer(test: &str, server_bin: &Path, visitor_bin: &Path) {
         &env,
         "frpc-server",
         server_bin,
-        &server_cfg(""),
+        &server_cfg_for(net),
     );
     server.wait_log("start proxy success", Duration::from_secs(20));
     // The visitor connects once the proxy is up (frp waits a minute after a failed dial).
@@ -155,20 +184,20 @@ async fn ping_and_transfer(test: &str, server_bin: &Path, visitor_bin: &Path) {
         &env,
         "frpc-visitor",
         visitor_bin,
-        &visitor_cfg(""),
+        &visitor_cfg_for(net),
     );
     visitor.wait_log(
         "successfully registered client route for visitor [vnet-visitor]",
         Duration::from_secs(20),
     );
-    ping_eventually(&t.symmetric.host, SERVER_VIP);
+    ping_eventually(&t.symmetric.host, net.server);
     // The proxy side learned where the visitor's address is from its packets: it can reach
     // the visitor side too.
-    t.cone.host.ping(VISITOR_VIP).unwrap();
-    let echo = echo_in(&t.cone.host, SERVER_VIP);
+    t.cone.host.ping(net.visitor).unwrap();
+    let echo = echo_in(&t.cone.host, net.server);
     transfer_checked(&t.symmetric.host, echo, 4 << 20).await;
     // And the other way round, to a service on the visitor side.
-    let echo = echo_in(&t.symmetric.host, VISITOR_VIP);
+    let echo = echo_in(&t.symmetric.host, net.visitor);
     transfer_checked(&t.cone.host, echo, 1 << 20).await;
 }
 
@@ -177,10 +206,18 @@ async fn ping_and_tcp_cross_the_virtual_network_over_stcp() {
     let frpc = bin("frpc");
     ping_and_transfer(
         "ping_and_tcp_cross_the_virtual_network_over_stcp",
+        &V4,
         &frpc,
         &frpc,
     )
     .await;
+}
+
+/// The same on an IPv6 virtual subnet (`virtualNet.address = "fd00:86::1/64"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_virtual_network() {
+    let frpc = bin("frpc");
+    ping_and_transfer("ipv6_virtual_network", &V6, &frpc, &frpc).await;
 }
 
 /// The proxy side's frpc dies and comes back: the visitor's connection ends, the plugin
@@ -199,7 +236,7 @@ async fn visitor_reconnects_after_the_proxy_side_restarts() {
         &env,
         "frpc-server",
         &bin("frpc"),
-        &server_cfg(""),
+        &server_cfg_for(&V4),
     );
     server.wait_log("start proxy success", Duration::from_secs(20));
     let visitor = frpc_in(
@@ -207,7 +244,7 @@ async fn visitor_reconnects_after_the_proxy_side_restarts() {
         &env,
         "frpc-visitor",
         &bin("frpc"),
-        &visitor_cfg(""),
+        &visitor_cfg_for(&V4),
     );
     visitor.wait_log(
         "successfully registered client route",
@@ -229,7 +266,7 @@ async fn visitor_reconnects_after_the_proxy_side_restarts() {
         &env,
         "frpc-server2",
         &bin("frpc"),
-        &server_cfg(""),
+        &server_cfg_for(&V4),
     );
     server.wait_log("start proxy success", Duration::from_secs(20));
     visitor.wait_log_n(
@@ -256,7 +293,7 @@ async fn no_route_without_a_visitor() {
         &env,
         "frpc-server",
         &bin("frpc"),
-        &server_cfg(""),
+        &server_cfg_for(&V4),
     );
     server.wait_log("start proxy success", Duration::from_secs(20));
     server.wait_log(
@@ -408,6 +445,6 @@ async fn interop_with_real_frpc_both_ways() {
         return;
     };
     let (ours, theirs) = (bin("frpc"), go.join("frpc"));
-    ping_and_transfer("interop: real frpc proxy side", &theirs, &ours).await;
-    ping_and_transfer("interop: real frpc visitor side", &ours, &theirs).await;
+    ping_and_transfer("interop: real frpc proxy side", &V4, &theirs, &ours).await;
+    ping_and_transfer("interop: real frpc visitor side", &V4, &ours, &theirs).await;
 }

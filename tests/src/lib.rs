@@ -12,6 +12,7 @@ pub mod lossy;
 pub mod netns;
 pub mod oidc;
 pub mod soak;
+pub mod stun;
 
 use std::io::Read;
 use std::net::TcpListener;

@@ -33,7 +33,7 @@ use md5::{Digest, Md5};
 use rand::RngExt;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, info, trace};
 
 use self::analysis::{Analyzer, Behavior, ROLE_SENDER};
 use self::classify::{NatFeature, classify_nat_feature, parse_ips};
@@ -56,6 +56,9 @@ const CLEAN_INTERVAL: Duration = Duration::from_secs(3600);
 /// Queued sids per xtcp proxy.
 const SID_QUEUE: usize = 16;
 
+/// The budget of warnings about refused or forged NatHole messages (a flood logs a few).
+static REFUSALS: crate::log::LineBudget = crate::log::LineBudget::new(20);
+
 /// Bounds on what clients can make frps hold.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -70,7 +73,7 @@ pub(crate) struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            sessions: 4096,
+            sessions: 1024,
             per_visitor: 32,
             records: analysis::MAX_RECORDS,
         }
@@ -258,7 +261,7 @@ impl Controller {
         let (session, sid_tx, guard) = match opened {
             Ok(s) => s,
             Err(e) => {
-                warn!("handle visitorMsg error: {e}");
+                crate::warn_limited!(REFUSALS, "handle visitorMsg error: {e}");
                 reply(&visitor.tx, error_resp(&m.transaction_id, e));
                 return;
             }
@@ -383,9 +386,12 @@ impl Controller {
             return;
         };
         if from.run_id != session.owner {
-            warn!(
+            crate::warn_limited!(
+                REFUSALS,
                 "[{}] NatHoleClient for sid [{}] rejected: not from the owner of proxy [{}]",
-                from.run_id, m.sid, session.proxy_name
+                from.run_id,
+                m.sid,
+                session.proxy_name
             );
             return;
         }
@@ -415,9 +421,12 @@ impl Controller {
             return;
         };
         if from.run_id != session.owner {
-            warn!(
+            crate::warn_limited!(
+                REFUSALS,
                 "[{}] NatHoleReport for sid [{}] rejected: not from the owner of proxy [{}]",
-                from.run_id, m.sid, session.proxy_name
+                from.run_id,
+                m.sid,
+                session.proxy_name
             );
             return;
         }

@@ -16,7 +16,7 @@ use control::msg::{
 };
 use control::msgconn::MsgConn;
 use control::wire_v2::{BootstrapInfo, WireVersion};
-use e2e::stun::StunServer;
+use e2e::stun::{StunMode, StunServer};
 use e2e::*;
 use tokio::net::TcpStream;
 
@@ -286,6 +286,72 @@ async fn real_frpc_refusals() {
         "nathole precheck error: xtcp server for [p2p] doesn't exist",
         Duration::from_secs(10),
     );
+}
+
+/// STUN that fails: an owner whose STUN server is silent never sends its NatHoleClient, so
+/// frps drops the session after frp's 10 s and the visitor's exchange times out; a visitor
+/// whose STUN server answers garbage stops before asking frps. Nobody hangs, frps serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_frpc_with_failing_stun() {
+    let Some(go) = go_bin_dir_or_skip("real_frpc_with_failing_stun") else {
+        return;
+    };
+    let good = StunServer::start();
+    let silent = StunServer::start_mode(StunMode::Silent);
+    let garbage = StunServer::start_mode(StunMode::Garbage);
+    let env = Env::new();
+    let bind = free_port();
+    let frps = env.frps(
+        "frps",
+        bind,
+        &format!("auth.token = \"{TOKEN}\"\nlog.level = \"debug\"\ntransport.tcpMux = false\n"),
+    );
+    let owner = env.go_frpc(&go, "owner", &no_mux(owner_cfg(bind, &silent, free_port())));
+    owner.wait_log("[p2p] start proxy success", Duration::from_secs(10));
+
+    let vport = free_port();
+    let visitor = env.go_frpc(
+        &go,
+        "visitor",
+        &no_mux(visitor_cfg(bind, &good, vport, "quic", SK)),
+    );
+    visitor.wait_log("start visitor success", Duration::from_secs(10));
+    let _ = tokio::time::timeout(Duration::from_secs(8), echo_exact(vport, b"x")).await;
+    owner.wait_log(
+        "nathole prepare error: discover error: wait response from stun server timeout",
+        Duration::from_secs(10),
+    );
+    visitor.wait_log("nathole exchange info error", Duration::from_secs(10));
+    frps.wait_log(
+        "wait for NatHoleClient message timeout, sid [",
+        Duration::from_secs(15),
+    );
+    assert!(silent.requests() >= 1);
+
+    let gport = free_port();
+    let g = env.go_frpc(
+        &go,
+        "g-visitor",
+        &no_mux(visitor_cfg(bind, &garbage, gport, "quic", SK)),
+    );
+    g.wait_log("start visitor success", Duration::from_secs(10));
+    let _ = tokio::time::timeout(Duration::from_secs(8), echo_exact(gport, b"x")).await;
+    g.wait_log(
+        "nathole prepare error: discover error",
+        Duration::from_secs(10),
+    );
+    assert!(garbage.requests() >= 1);
+    // frps still introduces: the pre-check of a third visitor is answered.
+    let (mut raw, _) = raw_login(bind, "").await;
+    raw.write_msg(&visitor_msg("pre", "p2p", SK, true).into())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut raw, nathole_resp).await.error, "");
+}
+
+/// A frpc config with `transport.tcpMux = false` (a top-level key, so first).
+fn no_mux(cfg: String) -> String {
+    format!("transport.tcpMux = false\n{cfg}")
 }
 
 fn unix_now() -> i64 {

@@ -145,7 +145,12 @@ async fn echo_through(port: u16, data: &[u8]) -> Vec<u8> {
 /// Real frpc (owner) + real frpc (visitor) through our frps: the punched path carries the
 /// bytes both ways, and keeps carrying them with frps gone.
 async fn real_pair(protocol: &str, wire: &str) {
-    let Some(go) = go_bin_dir_or_skip(&format!("real_frpc_pair_over_{protocol}")) else {
+    let suffix = if wire.is_empty() {
+        String::new()
+    } else {
+        format!("_wire_{wire}")
+    };
+    let Some(go) = go_bin_dir_or_skip(&format!("real_frpc_pair_over_{protocol}{suffix}")) else {
         return;
     };
     if wire == "v2" && go_version(&go) < (0, 69, 0) {

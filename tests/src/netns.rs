@@ -11,6 +11,9 @@
 //!   sym host  10.200.2.2 ── 10.200.2.1 [sym NAT]  10.200.0.3 ─┘
 //! ```
 //!
+//! [`Topology::build_with`] adds more sites the same way (`10.200.3.2` behind `10.200.0.4`, …),
+//! e.g. a second cone site so that two peers can punch through to each other.
+//!
 //! The cone NAT is plain `MASQUERADE` (Linux keeps the source port, so the mapping is
 //! endpoint-independent in practice); the symmetric NAT is `MASQUERADE --random-fully`
 //! (a fresh random port per connection, so per destination). The public namespace has no
@@ -69,7 +72,21 @@ pub struct Topology {
     pub cone: Site,
     /// Behind a symmetric NAT (a new mapped port per destination).
     pub symmetric: Site,
+    /// More sites, as asked for with [`Topology::build_with`] (10.200.3.2, 10.200.4.2, … behind
+    /// 10.200.0.4, 10.200.0.5, …).
+    pub extra: Vec<Site>,
+    /// Which of `cone`, `symmetric`, `extra…` (in that order) have a symmetric NAT.
+    kinds: Vec<Nat>,
     created: Vec<String>,
+}
+
+/// The kind of NAT in front of a site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// Plain `MASQUERADE`: endpoint-independent mapping in practice.
+    Cone,
+    /// `MASQUERADE --random-fully`: a new mapped port per destination.
+    Symmetric,
 }
 
 fn cmd_line(program: &str, args: &[&str]) -> String {
@@ -312,6 +329,12 @@ fn reap_stale() {
 impl Topology {
     /// Builds the topology, or says in one line why it cannot be built here.
     pub fn build() -> Result<Topology, String> {
+        Self::build_with(&[])
+    }
+
+    /// [`Topology::build`] with `extra` more sites behind NATs of the given kinds (e.g. a
+    /// second cone site for a pair of peers that can punch through to each other).
+    pub fn build_with(extra: &[Nat]) -> Result<Topology, String> {
         if let Some(why) = unavailable() {
             return Err(why);
         }
@@ -346,6 +369,23 @@ impl Topology {
                 host_ip: Ipv4Addr::new(10, 200, 2, 2),
                 wan_ip: Ipv4Addr::new(10, 200, 0, 3),
             },
+            extra: (3u8..)
+                .zip(extra)
+                .map(|(n, _)| Site {
+                    nat: Ns {
+                        name: format!("{id}-nat{n}"),
+                    },
+                    host: Ns {
+                        name: format!("{id}-host{n}"),
+                    },
+                    host_ip: Ipv4Addr::new(10, 200, n, 2),
+                    wan_ip: Ipv4Addr::new(10, 200, 0, n + 1),
+                })
+                .collect(),
+            kinds: [Nat::Cone, Nat::Symmetric]
+                .into_iter()
+                .chain(extra.iter().copied())
+                .collect(),
             created: Vec::new(),
         };
         // On error `t` is dropped here, which removes what was created so far.
@@ -357,7 +397,12 @@ impl Topology {
     /// [`Topology::build`] for a test: `None` after printing `skipping TEST: REASON` when it
     /// cannot be built; panics instead when `E2E_REQUIRE_NETNS=1` (CI on a capable machine).
     pub fn build_or_skip(test: &str) -> Option<Topology> {
-        match Self::build() {
+        Self::build_with_or_skip(test, &[])
+    }
+
+    /// [`Topology::build_with`] for a test, skipping as [`Topology::build_or_skip`] does.
+    pub fn build_with_or_skip(test: &str, extra: &[Nat]) -> Option<Topology> {
+        match Self::build_with(extra) {
             Ok(t) => Some(t),
             Err(why) => {
                 if std::env::var("E2E_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
@@ -396,26 +441,27 @@ impl Topology {
             &["-n", p, "addr", "add", "10.200.0.100/24", "dev", "br0"],
         )?;
         run("ip", &["-n", p, "link", "set", "br0", "up"])?;
-        let sites = [
-            (
-                self.cone.nat.clone(),
-                self.cone.host.clone(),
-                self.cone.host_ip,
-                self.cone.wan_ip,
-                "cone",
-                1u8,
-                false,
-            ),
-            (
-                self.symmetric.nat.clone(),
-                self.symmetric.host.clone(),
-                self.symmetric.host_ip,
-                self.symmetric.wan_ip,
-                "sym",
-                2u8,
-                true,
-            ),
-        ];
+        let sites: Vec<_> = [&self.cone, &self.symmetric]
+            .into_iter()
+            .chain(&self.extra)
+            .zip(&self.kinds)
+            .zip(1u8..)
+            .map(|((site, kind), subnet)| {
+                (
+                    site.nat.clone(),
+                    site.host.clone(),
+                    site.host_ip,
+                    site.wan_ip,
+                    match subnet {
+                        1 => "cone".to_string(),
+                        2 => "sym".to_string(),
+                        n => format!("site{n}"),
+                    },
+                    subnet,
+                    *kind == Nat::Symmetric,
+                )
+            })
+            .collect();
         for (nat, host, host_ip, wan_ip, port_name, subnet, random) in sites {
             self.add_ns(&nat)?;
             self.add_ns(&host)?;
@@ -424,12 +470,12 @@ impl Topology {
             run(
                 "ip",
                 &[
-                    "link", "add", "wan", "netns", n, "type", "veth", "peer", "name", port_name,
+                    "link", "add", "wan", "netns", n, "type", "veth", "peer", "name", &port_name,
                     "netns", p,
                 ],
             )?;
-            run("ip", &["-n", p, "link", "set", port_name, "master", "br0"])?;
-            run("ip", &["-n", p, "link", "set", port_name, "up"])?;
+            run("ip", &["-n", p, "link", "set", &port_name, "master", "br0"])?;
+            run("ip", &["-n", p, "link", "set", &port_name, "up"])?;
             run(
                 "ip",
                 &[

@@ -30,6 +30,7 @@ pub(crate) mod plugin;
 pub mod store;
 mod udp;
 mod visitor;
+pub mod xtcp;
 
 mod handle;
 pub use handle::{ProxyStatus, ReloadSummary};

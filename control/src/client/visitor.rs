@@ -16,6 +16,7 @@
 //!   at the first datagram after it failed. A visitor connection silent for 60 s is dropped
 //!   (the owner pings every 30 s).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,32 @@ pub(crate) struct Session {
     pub engine: Engine,
     /// `udpPacketSize`: the sudp read buffer.
     pub udp_packet_size: usize,
+    /// xtcp: NatHole requests over the control connection.
+    pub nathole: Arc<super::xtcp::Transporter>,
+    /// xtcp: `natHoleStunServer`.
+    pub stun_server: String,
+    /// xtcp: `transport.quic.*` for the P2P QUIC session.
+    pub quic: crate::transport::quic::QuicParams,
+    /// The running stcp/xtcp visitors' inboxes, for connections other visitors hand over
+    /// (frp's `TransferConn`, xtcp's `fallbackTo`).
+    pub inboxes: Inboxes,
+}
+
+/// Visitor name → where connections handed to it go.
+pub(crate) type Inboxes = Arc<std::sync::Mutex<HashMap<String, mpsc::Sender<Conn>>>>;
+
+/// Connections waiting for a visitor to take them.
+const INBOX: usize = 64;
+
+/// frp's `TransferConn`: hands `conn` to the visitor `name`.
+pub(crate) fn transfer_conn(s: &Session, name: &str, conn: Conn) -> Result<(), String> {
+    let tx = s.inboxes.lock().unwrap().get(name).cloned();
+    match tx {
+        Some(tx) => tx
+            .try_send(conn)
+            .map_err(|_| format!("visitor [{name}] not found")),
+        None => Err(format!("visitor [{name}] not found")),
+    }
 }
 
 /// frp's `BuildTargetServerProxyName`: the owner's user prefix, `serverUser` overriding ours.
@@ -208,20 +235,15 @@ async fn run(s: Session, v: Arc<VisitorConfig>) {
         }
         first = false;
         let started = match v.visitor_type {
-            VisitorType::Xtcp => {
-                warn!(
-                    "[{}] [{name}] start error: xtcp visitors (NAT hole punching) are not supported by this frpc build; use stcp",
-                    s.run_id
-                );
-                return;
-            }
-            // bindPort < 0: reachable only through other visitors or plugins, which this build
-            // does not have; nothing to serve.
+            // bindPort <= 0: reachable only through other visitors (fallbackTo).
+            VisitorType::Stcp | VisitorType::Xtcp if v.bind_port <= 0 => Ok(Bound::None),
             _ if v.bind_port <= 0 => {
                 info!("[{}] [{name}] start visitor success", s.run_id);
                 return std::future::pending().await;
             }
-            VisitorType::Stcp => crate::listen::bind(&addr).await.map(Bound::Tcp),
+            VisitorType::Stcp | VisitorType::Xtcp => {
+                crate::listen::bind(&addr).await.map(Bound::Tcp)
+            }
             // frp: "listen udp port ADDR error: listen udp ADDR: bind: …".
             VisitorType::Sudp => UdpSocket::bind(&addr).await.map(Bound::Udp).map_err(|e| {
                 let text = crate::listen::os_error_text(&e);
@@ -233,9 +255,18 @@ async fn run(s: Session, v: Arc<VisitorConfig>) {
         };
         match started {
             Err(e) => warn!("[{}] [{name}] start error: {e}", s.run_id),
-            Ok(Bound::Tcp(l)) => {
+            Ok(bound @ (Bound::Tcp(_) | Bound::None)) => {
+                let l = match bound {
+                    Bound::Tcp(l) => Some(l),
+                    _ => None,
+                };
+                let (tx, rx) = mpsc::channel(INBOX);
+                s.inboxes.lock().unwrap().insert(name.clone(), tx);
                 info!("[{}] [{name}] start visitor success", s.run_id);
-                return serve_stcp(s, v, l).await;
+                if v.visitor_type == VisitorType::Xtcp {
+                    return super::xtcp::visitor::serve(s, v, l, rx).await;
+                }
+                return serve_stcp(s, v, l, rx).await;
             }
             Ok(Bound::Udp(u)) => {
                 info!(
@@ -252,6 +283,8 @@ async fn run(s: Session, v: Arc<VisitorConfig>) {
 enum Bound {
     Tcp(TcpListener),
     Udp(UdpSocket),
+    /// No listener of its own (bindPort <= 0).
+    None,
 }
 
 fn join_host_port(host: &str, port: i64) -> String {
@@ -297,7 +330,7 @@ async fn dial(s: &Session, v: &VisitorConfig) -> Result<(Conn, Vec<u8>), String>
 }
 
 /// The sk-keyed layers of a visitor connection.
-fn layers(v: &VisitorConfig) -> (crypto::TransformChain, crypto::TransformChain) {
+pub(crate) fn layers(v: &VisitorConfig) -> (crypto::TransformChain, crypto::TransformChain) {
     let key = CryptoKey::derive(v.secret_key.as_bytes());
     crypto::work_conn_layers(
         Some(&key),
@@ -306,11 +339,30 @@ fn layers(v: &VisitorConfig) -> (crypto::TransformChain, crypto::TransformChain)
     )
 }
 
-async fn serve_stcp(s: Session, v: Arc<VisitorConfig>, l: TcpListener) {
+async fn serve_stcp(
+    s: Session,
+    v: Arc<VisitorConfig>,
+    l: Option<TcpListener>,
+    mut internal: mpsc::Receiver<Conn>,
+) {
     let mut acceptor = crate::listen::Acceptor::new(format!("[{}] ", v.name));
     loop {
-        let (user, from) = acceptor.accept(&l).await;
-        transport::tune_tcp(&user, 0);
+        let (user, from) = match &l {
+            Some(l) => tokio::select! {
+                (c, from) = acceptor.accept(l) => {
+                    transport::tune_tcp(&c, 0);
+                    (Conn::Tcp(c), from.to_string())
+                }
+                c = internal.recv() => match c {
+                    Some(c) => (c, "another visitor".to_string()),
+                    None => return,
+                },
+            },
+            None => match internal.recv().await {
+                Some(c) => (c, "another visitor".to_string()),
+                None => return,
+            },
+        };
         let (s, v) = (s.clone(), v.clone());
         tokio::spawn(async move {
             debug!("[{}] get a new stcp user connection from {from}", v.name);
@@ -323,7 +375,7 @@ async fn serve_stcp(s: Session, v: Arc<VisitorConfig>, l: TcpListener) {
             };
             let (inbound, outbound) = layers(&v);
             s.engine.spawn(Pair {
-                a: Side::plain(dataplane::Endpoint::Tcp(user)),
+                a: Side::plain(user.into_endpoint()),
                 b: Side {
                     endpoint: conn.into_endpoint(),
                     prefix: rest.into(),

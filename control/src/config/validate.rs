@@ -387,12 +387,6 @@ impl ClientConfig {
                 continue;
             }
             let name = &p.name;
-            if p.proxy_type == ProxyType::Xtcp {
-                errs.push(not_yet(
-                    format!("proxy [{name}]: proxy type \"xtcp\""),
-                    &format!("proxies[{i}].type"),
-                ));
-            }
             if let Some(plugin) = &p.plugin
                 && !plugin.plugin_type.implemented()
             {
@@ -420,12 +414,6 @@ impl ClientConfig {
                 continue;
             }
             let name = &v.name;
-            if v.visitor_type == VisitorType::Xtcp {
-                errs.push(not_yet(
-                    format!("visitor [{name}]: visitor type \"xtcp\""),
-                    &format!("visitors[{i}].type"),
-                ));
-            }
             if let Some(plugin) = &v.plugin {
                 errs.push(not_yet(
                     format!("visitor [{name}]: plugin type \"{}\"", plugin.plugin_type),

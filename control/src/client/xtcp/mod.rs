@@ -115,3 +115,35 @@ pub fn log_resp(tag: &str, r: &NatHoleResp) {
         go_behavior(&r.detect_behavior)
     );
 }
+
+/// frp's default `natHoleStunServer`.
+pub const DEFAULT_STUN_SERVER: &str = "stun.easyvoip.com:3478";
+
+/// `frpc nathole discover`: frp's report of what STUN says about this host's NAT, one line
+/// each, or the error line frp prints before exiting 1.
+pub async fn discover_report(stun_server: &str, local_addr: &str) -> Result<String, String> {
+    if stun_server.is_empty() {
+        return Err("nat_hole_stun_server can not be empty".into());
+    }
+    let local = (!local_addr.is_empty()).then_some(local_addr);
+    let (addrs, sock) = stun::discover(&[stun_server.to_string()], local)
+        .await
+        .map_err(|e| format!("discover error: {e}"))?;
+    if addrs.len() < 2 {
+        return Err(format!(
+            "discover error: can not get enough addresses, need 2, got: {}",
+            go_list(&addrs)
+        ));
+    }
+    let local_ips = stun::local_ips_for_nat_hole(MAX_ASSISTED);
+    let f = stun::classify(&addrs, &local_ips)
+        .map_err(|e| format!("classify nat feature error: {e}"))?;
+    let local = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    Ok(format!(
+        "STUN server: {stun_server}\nYour NAT type is: {}\nBehavior is: {}\nExternal address is: {}\nLocal address is: {local}\nPublic Network: {}\n",
+        f.nat_type,
+        f.behavior,
+        go_list(&addrs),
+        f.public_network
+    ))
+}

@@ -213,7 +213,7 @@ pub fn classify(addresses: &[String], local_ips: &[String]) -> Result<NatFeature
     let (mut port_min, mut port_max) = (0i64, 0i64);
     for a in addresses {
         let (ip, port) = split_host_port(a)?;
-        if local_ips.iter().any(|l| *l == ip) {
+        if local_ips.contains(&ip) {
             public_network = true;
         }
         match &base {

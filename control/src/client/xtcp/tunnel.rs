@@ -24,6 +24,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// yamux keepalive on the KCP session (frp: 10 s).
 const YAMUX_KEEPALIVE_SECS: i64 = 10;
 
+/// Why a real frp (Go) visitor cannot reach us over QUIC: it names the peer `ip:port` in the
+/// TLS server name, which rustls refuses as an illegal SNI.
+pub const SNI_HINT: &str = " (a real frp visitor sends the peer's ip:port as TLS server name, which this frpc's TLS refuses: use protocol = \"kcp\" on that visitor)";
+
 /// A session error, in frp's words where it has them.
 pub type TunnelError = String;
 
@@ -175,7 +179,14 @@ pub async fn serve_quic(
             }
             match incoming.await {
                 Ok(c) => return Ok(c),
-                Err(e) => return Err(format!("quic accept connection error: {e}")),
+                Err(e) => {
+                    let hint = if e.to_string().contains("ServerNameMustContainOneHostName") {
+                        SNI_HINT
+                    } else {
+                        ""
+                    };
+                    return Err(format!("quic accept connection error: {e}{hint}"));
+                }
             }
         }
     })

@@ -11,6 +11,7 @@ pub mod admin_api;
 pub mod lossy;
 pub mod oidc;
 pub mod soak;
+pub mod stun;
 
 use std::io::Read;
 use std::net::TcpListener;

@@ -23,20 +23,28 @@ use tokio::net::TcpStream;
 const TOKEN: &str = "xtcp-token";
 const SK: &str = "p2p-secret";
 
-fn frpc_common(bind: u16, stun: &StunServer, user: &str) -> String {
+fn frpc_common(bind: u16, stun: &StunServer, wire: &str) -> String {
+    let wire = if wire.is_empty() {
+        String::new()
+    } else {
+        format!("transport.wireProtocol = \"{wire}\"\n")
+    };
     format!(
         r#"serverAddr = "127.0.0.1"
 serverPort = {bind}
-user = "{user}"
 auth.token = "{TOKEN}"
 natHoleStunServer = "{}"
 log.level = "debug"
-"#,
+{wire}"#,
         stun.addr()
     )
 }
 
 fn owner_cfg(bind: u16, stun: &StunServer, local: u16) -> String {
+    owner_cfg_wire(bind, stun, local, "")
+}
+
+fn owner_cfg_wire(bind: u16, stun: &StunServer, local: u16, wire: &str) -> String {
     format!(
         r#"{}
 [[proxies]]
@@ -46,11 +54,22 @@ secretKey = "{SK}"
 localIP = "127.0.0.1"
 localPort = {local}
 "#,
-        frpc_common(bind, stun, "")
+        frpc_common(bind, stun, wire)
     )
 }
 
 fn visitor_cfg(bind: u16, stun: &StunServer, port: u16, protocol: &str, sk: &str) -> String {
+    visitor_cfg_wire(bind, stun, port, protocol, sk, "")
+}
+
+fn visitor_cfg_wire(
+    bind: u16,
+    stun: &StunServer,
+    port: u16,
+    protocol: &str,
+    sk: &str,
+    wire: &str,
+) -> String {
     format!(
         r#"{}
 [[visitors]]
@@ -62,8 +81,23 @@ protocol = "{protocol}"
 bindAddr = "127.0.0.1"
 bindPort = {port}
 "#,
-        frpc_common(bind, stun, "")
+        frpc_common(bind, stun, wire)
     )
+}
+
+/// The real frpc's version (`frpc -v`).
+fn go_version(dir: &std::path::Path) -> (u32, u32, u32) {
+    let out = std::process::Command::new(dir.join("frpc"))
+        .arg("-v")
+        .output()
+        .expect("run the real frpc -v");
+    let v = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches('v')
+        .to_string();
+    let n: Vec<u32> = v.split('.').filter_map(|p| p.parse().ok()).collect();
+    assert_eq!(n.len(), 3, "frpc -v said {v:?}");
+    (n[0], n[1], n[2])
 }
 
 /// Real frpc's NAT discovery (`frpc nathole discover`) against our STUN server: two mapped
@@ -110,10 +144,14 @@ async fn echo_through(port: u16, data: &[u8]) -> Vec<u8> {
 
 /// Real frpc (owner) + real frpc (visitor) through our frps: the punched path carries the
 /// bytes both ways, and keeps carrying them with frps gone.
-async fn real_pair(protocol: &str) {
+async fn real_pair(protocol: &str, wire: &str) {
     let Some(go) = go_bin_dir_or_skip(&format!("real_frpc_pair_over_{protocol}")) else {
         return;
     };
+    if wire == "v2" && go_version(&go) < (0, 69, 0) {
+        eprintln!("skipping the wire v2 xtcp pair: real frp before 0.69 has no wire protocol v2");
+        return;
+    }
     let stun = StunServer::start();
     let echo = echo_server().await;
     let env = Env::new();
@@ -123,7 +161,7 @@ async fn real_pair(protocol: &str) {
         bind,
         &format!("auth.token = \"{TOKEN}\"\nlog.level = \"debug\"\n"),
     );
-    let owner = env.go_frpc(&go, "owner", &owner_cfg(bind, &stun, echo));
+    let owner = env.go_frpc(&go, "owner", &owner_cfg_wire(bind, &stun, echo, wire));
     owner.wait_log("[p2p] start proxy success", Duration::from_secs(10));
     frps.wait_log(
         "new proxy [p2p] type [xtcp] success",
@@ -133,7 +171,7 @@ async fn real_pair(protocol: &str) {
     let visitor = env.go_frpc(
         &go,
         "visitor",
-        &visitor_cfg(bind, &stun, vport, protocol, SK),
+        &visitor_cfg_wire(bind, &stun, vport, protocol, SK, wire),
     );
     visitor.wait_log("start visitor success", Duration::from_secs(10));
 
@@ -155,6 +193,10 @@ async fn real_pair(protocol: &str) {
         "{v_log}"
     );
     assert!(stun.requests() >= 4, "both sides asked the STUN server");
+    if wire == "v2" {
+        let log = frps.log_text();
+        assert_eq!(log.matches("wire protocol [v2]").count(), 2, "{log}");
+    }
 
     // Not through frps: 4 MiB more over the tunnel moves frps' own I/O counters by far
     // less, and with frps frozen (SIGSTOP) a new connection still gets through.
@@ -188,12 +230,18 @@ fn proc_io(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_frpc_pair_over_quic() {
-    real_pair("quic").await;
+    real_pair("quic", "").await;
+}
+
+/// The NatHoleSid on the owner's work connection framed in wire protocol v2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_frpc_pair_over_quic_wire_v2() {
+    real_pair("quic", "v2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_frpc_pair_over_kcp() {
-    real_pair("kcp").await;
+    real_pair("kcp", "").await;
 }
 
 /// A visitor with the wrong secret key, and one for a proxy that does not exist, get frps'

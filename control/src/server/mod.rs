@@ -34,6 +34,7 @@ use crate::yamux;
 
 mod control;
 pub mod hooks;
+mod nathole;
 mod ports;
 mod proxies;
 mod session;
@@ -42,6 +43,7 @@ mod tcp;
 mod udp;
 mod vhost;
 mod visitor;
+mod xtcp;
 pub(crate) use control::Control;
 use control::Controls;
 use proxies::Proxies;
@@ -92,6 +94,8 @@ pub(crate) struct State {
     hooks: hooks::Hooks,
     /// Clients, proxies and traffic for the dashboard and `/metrics`.
     stats: Arc<crate::dashboard::Stats>,
+    /// xtcp: introduces visitors to proxies for NAT hole punching.
+    nathole: Arc<nathole::Controller>,
 }
 
 impl Server {
@@ -159,6 +163,10 @@ impl Server {
             proxies: Proxies::new(&cfg),
             vhost,
             stats: Arc::new(crate::dashboard::Stats::new()),
+            nathole: nathole::Controller::new(
+                cfg.nathole_analysis_data_reserve_hours,
+                nathole::Limits::default(),
+            ),
             cfg,
         });
         Ok(Server {
@@ -212,6 +220,7 @@ impl Server {
             info!("frps kcp listen on udp {addr}");
             AbortOnDrop(tokio::spawn(self.state.clone().serve_kcp(l)))
         });
+        let _nathole = AbortOnDrop(tokio::spawn(self.state.nathole.clone().clean_worker()));
         info!("start frps success");
         let mut acceptor = crate::listen::Acceptor::new("");
         loop {

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use super::control::Control;
 use super::hooks::CloseProxyContent;
 use super::ports::PortManager;
-use super::{State, tcp, udp, vhost, visitor};
+use super::{State, tcp, udp, vhost, visitor, xtcp};
 use crate::config::ServerConfig;
 use crate::msg::{CloseProxy, NewProxy};
 
@@ -139,6 +139,7 @@ impl State {
             "tcpmux" => vhost::register(self, ctl, &info, vhost::Kind::TcpMux)?,
             "udp" => udp::start(self, ctl, &info).await?,
             "stcp" | "sudp" => visitor::start(ctl, &info),
+            "xtcp" => xtcp::start(self, ctl, &info)?,
             other => {
                 return Err(format!(
                     "proxy type [{other}] is not supported by this frps build yet"

@@ -278,6 +278,18 @@ impl State {
                 let _ = ctl.msg_tx.send(Box::new(Pong::default().into())).await;
                 Some(Instant::now())
             }
+            Message::NatHoleVisitor(m) => {
+                self.nathole.handle_visitor(m, nathole_peer(ctl));
+                None
+            }
+            Message::NatHoleClient(m) => {
+                self.nathole.handle_client(m, &nathole_peer(ctl));
+                None
+            }
+            Message::NatHoleReport(m) => {
+                self.nathole.handle_report(m, &nathole_peer(ctl));
+                None
+            }
             other => {
                 debug!("[{}] ignoring control message {}", ctl.run_id, other.name());
                 None
@@ -379,6 +391,15 @@ impl State {
         if !ctl.pool.park(conn) {
             debug!("[{}] work connection pool is full, discarding", ctl.run_id);
         }
+    }
+}
+
+/// The client of `ctl` as the NAT hole controller knows it.
+fn nathole_peer(ctl: &Control) -> super::nathole::Peer {
+    super::nathole::Peer {
+        run_id: ctl.run_id.clone(),
+        user: ctl.login.user.clone(),
+        tx: ctl.msg_tx.clone(),
     }
 }
 

@@ -2,9 +2,10 @@
 //! discover their addresses from a local STUN server ([`e2e::stun::StunServer`]), punch, and
 //! then carry the user's bytes directly between them over QUIC or KCP.
 //!
-//! Real frps v0.70.0 is the introducer in these tests (opt-in: env `FRP_GO_BIN_DIR`, as for
-//! `interop_go.rs`; each test prints one skip line and passes without it). Owner and visitor
-//! are our frpc, or one of them the real frpc.
+//! The introducer is our frps (`our_frps_*`, always run) or real frps v0.70.0
+//! (`real_frps_*`, opt-in: env `FRP_GO_BIN_DIR`, as for `interop_go.rs`; each such test
+//! prints one skip line and passes without it). Owner and visitor are our frpc, or one of
+//! them the real frpc (opt-in too).
 //!
 //! "The bytes do not pass through frps" is checked on the frps process itself: its read and
 //! written byte counts (`/proc/PID/io` rchar + wchar) grow by far less than the 20 MiB moved.
@@ -27,18 +28,32 @@ enum Imp {
 
 struct Lab {
     env: Env,
-    go: std::path::PathBuf,
+    go: Option<std::path::PathBuf>,
     stun: StunServer,
     frps: Proc,
     port: u16,
 }
 
 impl Lab {
+    /// Real frps (opt-in).
     fn new(test: &str) -> Option<Lab> {
-        let go = go_bin_dir_or_skip(test)?;
+        Lab::with(test, Imp::Go, false)
+    }
+
+    /// `frps` as introducer; `go_frpc`: a real frpc takes part (opt-in).
+    fn with(test: &str, frps: Imp, go_frpc: bool) -> Option<Lab> {
+        let go = if frps == Imp::Go || go_frpc {
+            Some(go_bin_dir_or_skip(test)?)
+        } else {
+            None
+        };
         let env = Env::new();
         let port = free_port();
-        let frps = env.go_frps(&go, "frps", port, &format!("auth.token = \"{TOKEN}\"\n"));
+        let extra = format!("auth.token = \"{TOKEN}\"\n");
+        let frps = match (frps, &go) {
+            (Imp::Go, Some(go)) => env.go_frps(go, "frps", port, &extra),
+            _ => env.frps("frps", port, &extra),
+        };
         Some(Lab {
             env,
             go,
@@ -59,7 +74,9 @@ impl Lab {
     fn frpc(&self, imp: Imp, name: &str, cfg: &str) -> Proc {
         match imp {
             Imp::Ours => self.env.frpc(name, cfg),
-            Imp::Go => self.env.go_frpc(&self.go, name, cfg),
+            Imp::Go => self
+                .env
+                .go_frpc(self.go.as_ref().expect("FRP_GO_BIN_DIR"), name, cfg),
         }
     }
 
@@ -128,7 +145,14 @@ async fn echo_eventually(bind: u16, data: &[u8]) {
 }
 
 async fn p2p(test: &str, owner: Imp, visitor: Imp, protocol: &str) {
-    let Some(lab) = Lab::new(test) else { return };
+    p2p_via(test, Imp::Go, owner, visitor, protocol).await
+}
+
+async fn p2p_via(test: &str, frps: Imp, owner: Imp, visitor: Imp, protocol: &str) {
+    let go_frpc = owner == Imp::Go || visitor == Imp::Go;
+    let Some(lab) = Lab::with(test, frps, go_frpc) else {
+        return;
+    };
     let echo = echo_server().await;
     let _o = lab.owner(owner, echo, "");
     let bind = free_port();
@@ -145,6 +169,66 @@ async fn p2p(test: &str, owner: Imp, visitor: Imp, protocol: &str) {
     if visitor == Imp::Ours {
         v.wait_log("establishing nat hole connection successful", WAIT);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn our_frps_our_pair_over_quic() {
+    p2p_via(
+        "our_frps_our_pair_over_quic",
+        Imp::Ours,
+        Imp::Ours,
+        Imp::Ours,
+        "quic",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn our_frps_our_pair_over_kcp() {
+    p2p_via(
+        "our_frps_our_pair_over_kcp",
+        Imp::Ours,
+        Imp::Ours,
+        Imp::Ours,
+        "kcp",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn our_frps_real_owner_our_visitor_kcp() {
+    p2p_via(
+        "our_frps_real_owner_our_visitor_kcp",
+        Imp::Ours,
+        Imp::Go,
+        Imp::Ours,
+        "kcp",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn our_frps_our_owner_real_visitor_kcp() {
+    p2p_via(
+        "our_frps_our_owner_real_visitor_kcp",
+        Imp::Ours,
+        Imp::Ours,
+        Imp::Go,
+        "kcp",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn our_frps_real_owner_our_visitor_quic() {
+    p2p_via(
+        "our_frps_real_owner_our_visitor_quic",
+        Imp::Ours,
+        Imp::Go,
+        Imp::Ours,
+        "quic",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -378,10 +462,19 @@ async fn fallback_to_stcp_through_real_frps() {
 // ---------------------------------------------------------------------------------------------
 // Session management (real frps introduces).
 
-/// `keepTunnelOpen`: the visitor punches at start, before any user connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_frps_keep_tunnel_open_punches_at_start() {
-    let Some(lab) = Lab::new("real_frps_keep_tunnel_open_punches_at_start") else {
+    keep_tunnel_open("real_frps_keep_tunnel_open_punches_at_start", Imp::Go).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn our_frps_keep_tunnel_open_punches_at_start() {
+    keep_tunnel_open("our_frps_keep_tunnel_open_punches_at_start", Imp::Ours).await;
+}
+
+/// `keepTunnelOpen`: the visitor punches at start, before any user connection.
+async fn keep_tunnel_open(test: &str, frps: Imp) {
+    let Some(lab) = Lab::with(test, frps, false) else {
         return;
     };
     let echo = echo_server().await;
@@ -403,8 +496,10 @@ async fn real_frps_keep_tunnel_open_punches_at_start() {
 
 /// The owner dies mid-session: the next connections find the session dead, the visitor
 /// punches again (to the owner's replacement) and traffic flows again.
-async fn owner_dies_and_visitor_reconnects(test: &str, protocol: &str) {
-    let Some(lab) = Lab::new(test) else { return };
+async fn owner_dies_and_visitor_reconnects(test: &str, frps: Imp, protocol: &str) {
+    let Some(lab) = Lab::with(test, frps, false) else {
+        return;
+    };
     let echo = echo_server().await;
     let mut o = lab.owner(Imp::Ours, echo, "");
     let bind = free_port();
@@ -424,19 +519,58 @@ async fn owner_dies_and_visitor_reconnects(test: &str, protocol: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn real_frps_owner_dies_visitor_reconnects_quic() {
-    owner_dies_and_visitor_reconnects("real_frps_owner_dies_visitor_reconnects_quic", "quic").await;
+    owner_dies_and_visitor_reconnects(
+        "real_frps_owner_dies_visitor_reconnects_quic",
+        Imp::Go,
+        "quic",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn our_frps_owner_dies_visitor_reconnects_quic() {
+    owner_dies_and_visitor_reconnects(
+        "our_frps_owner_dies_visitor_reconnects_quic",
+        Imp::Ours,
+        "quic",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn our_frps_owner_dies_visitor_reconnects_kcp() {
+    owner_dies_and_visitor_reconnects(
+        "our_frps_owner_dies_visitor_reconnects_kcp",
+        Imp::Ours,
+        "kcp",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn real_frps_owner_dies_visitor_reconnects_kcp() {
-    owner_dies_and_visitor_reconnects("real_frps_owner_dies_visitor_reconnects_kcp", "kcp").await;
+    owner_dies_and_visitor_reconnects(
+        "real_frps_owner_dies_visitor_reconnects_kcp",
+        Imp::Go,
+        "kcp",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_frps_stun_garbage_falls_back() {
+    stun_garbage_falls_back("real_frps_stun_garbage_falls_back", Imp::Go).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn our_frps_stun_garbage_falls_back() {
+    stun_garbage_falls_back("our_frps_stun_garbage_falls_back", Imp::Ours).await;
 }
 
 /// A visitor whose STUN server answers garbage cannot punch: a clear error, and its
 /// connections go to the fallback stcp visitor.
-#[tokio::test(flavor = "multi_thread")]
-async fn real_frps_stun_garbage_falls_back() {
-    let Some(lab) = Lab::new("real_frps_stun_garbage_falls_back") else {
+async fn stun_garbage_falls_back(test: &str, frps: Imp) {
+    let Some(lab) = Lab::with(test, frps, false) else {
         return;
     };
     let echo = echo_server().await;

@@ -14,7 +14,7 @@ fn run(program: &str, args: &[&str], dir: &std::path::Path) -> (bool, String) {
     (status.is_some_and(|s| s.success()), p.log_text())
 }
 
-/// A plugin type frpc does not serve, an xtcp proxy and a visitor plugin: `frpc verify` and
+/// A plugin type frpc does not serve and a visitor plugin: `frpc verify` and
 /// `frpc` refuse them, naming the proxy and the key, before trying the server.
 #[test]
 fn unsupported_plugins_and_keys_are_refused() {
@@ -26,10 +26,6 @@ fn unsupported_plugins_and_keys_are_refused() {
              [[proxies]]\nname = \"tls\"\ntype = \"tcp\"\nremotePort = 6000\n\
              [proxies.plugin]\ntype = \"virtual_net\"\n",
             "proxy [tls]: plugin type \"virtual_net\" (key proxies[1].plugin.type) is not supported by this frpc yet",
-        ),
-        (
-            "[[proxies]]\nname = \"p2p\"\ntype = \"xtcp\"\nsecretKey = \"k\"\nlocalPort = 22\n",
-            "proxy [p2p]: proxy type \"xtcp\" (key proxies[0].type) is not supported by this frpc yet",
         ),
         (
             "[[visitors]]\nname = \"v\"\ntype = \"stcp\"\nserverName = \"s\"\nbindPort = -1\n\

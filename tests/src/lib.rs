@@ -9,6 +9,7 @@
 
 pub mod admin_api;
 pub mod lossy;
+pub mod netns;
 pub mod oidc;
 pub mod soak;
 pub mod stun;

@@ -19,6 +19,9 @@ use crate::msgconn::MsgConn;
 use crate::transport::Conn;
 use crate::transport::quic::QuicParams;
 
+/// How long the owner waits for NatHoleSid on the work connection.
+const SID_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Client {
     pub(in crate::client) async fn xtcp_work(
         self: Arc<Self>,
@@ -30,7 +33,8 @@ impl Client {
         mut mc: MsgConn<Conn>,
     ) {
         let tag = format!("[{name}] ");
-        let sid = match mc.read_msg().await {
+        // frps sends it right after StartWorkConn; frp waits without a limit.
+        let sid = match mc.read_msg_timeout(SID_TIMEOUT).await {
             Ok(Message::NatHoleSid(m)) => m,
             Ok(other) => {
                 error!(

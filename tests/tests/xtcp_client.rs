@@ -824,4 +824,89 @@ mod nat {
         )
         .await;
     }
+
+    /// Both sides behind NATs, the owner behind the cone NAT and the visitor behind the
+    /// symmetric one: frps plans mode 2 (the symmetric side listens on 256 random ports, the
+    /// cone side probes 1000 random ports), which cannot work in this three-hop topology:
+    /// the symmetric side's low-TTL packets reach the cone NAT, whose conntrack then makes it
+    /// change the source port of exactly the probes that would hit. So the visitor falls back
+    /// to stcp within `fallbackTimeoutMs`, and the bytes still arrive.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn unpunchable_pair_falls_back_to_stcp() {
+        let Some(t) = Topology::build_or_skip("unpunchable_pair_falls_back_to_stcp") else {
+            return;
+        };
+        let env = Env::new();
+        let stun = t
+            .public
+            .enter(|| StunServer::start_with(PUBLIC_IP.into(), e2e::stun::StunMode::Normal));
+        let port = 7000;
+        let cfg = env.write(
+            "frps.toml",
+            &format!(
+                "bindAddr = \"{PUBLIC_IP}\"\nbindPort = {port}\nauth.token = \"{TOKEN}\"\n{}",
+                engine_table()
+            ),
+        );
+        let frps = t.public.spawn(
+            "frps",
+            &bin("frps"),
+            &["-c", cfg.to_str().unwrap()],
+            env.path(),
+            &[],
+        );
+        frps.wait_log("start frps success", WAIT);
+        let owner_ip = t.cone.host_ip;
+        let echo = echo_in(&t.cone.host, owner_ip);
+        let common = |user: &str| {
+            format!(
+                "serverAddr = \"{PUBLIC_IP}\"\nserverPort = {port}\nauth.token = \"{TOKEN}\"\nuser = \"{user}\"\nnatHoleStunServer = \"{}\"\n{}",
+                stun.addr(),
+                engine_table()
+            )
+        };
+        let o = frpc_in(
+            &env,
+            &t.cone.host,
+            "owner",
+            &format!(
+                "{}\n[[proxies]]\nname = \"p2p\"\ntype = \"xtcp\"\nsecretKey = \"sk\"\nallowUsers = [\"w\"]\nlocalIP = \"{owner_ip}\"\nlocalPort = {echo}\n\
+                 [[proxies]]\nname = \"p2p-stcp\"\ntype = \"stcp\"\nsecretKey = \"sk\"\nallowUsers = [\"w\"]\nlocalIP = \"{owner_ip}\"\nlocalPort = {echo}\n",
+                common("u")
+            ),
+        );
+        o.wait_log_n("start proxy success", 2, WAIT);
+        let vip = t.symmetric.host_ip;
+        let bind = 6000;
+        let v = frpc_in(
+            &env,
+            &t.symmetric.host,
+            "visitor",
+            &format!(
+                "{}\n[[visitors]]\nname = \"fb\"\ntype = \"stcp\"\nserverName = \"p2p-stcp\"\nserverUser = \"u\"\nsecretKey = \"sk\"\nbindPort = -1\n\
+                 [[visitors]]\nname = \"v\"\ntype = \"xtcp\"\nserverName = \"p2p\"\nserverUser = \"u\"\nsecretKey = \"sk\"\nbindAddr = \"{vip}\"\nbindPort = {bind}\nprotocol = \"kcp\"\n\
+                 fallbackTo = \"fb\"\nfallbackTimeoutMs = 3000\n",
+                common("w")
+            ),
+        );
+        v.wait_log("[v] start visitor success", WAIT);
+        let to = SocketAddr::new(vip.into(), bind);
+        let data = pattern(1 << 20, 5);
+        for _ in 0..2 {
+            let started = Instant::now();
+            let s = t.symmetric.host.tcp_connect(to).await.unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(20), echo_exact_on(s, &data))
+                .await
+                .expect("fallback in time")
+                .unwrap();
+            assert_eq!(sha(&got), sha(&data));
+            assert!(started.elapsed() < Duration::from_secs(15));
+        }
+        v.wait_log("[v] open tunnel error: open tunnel timeout", WAIT);
+        v.wait_log("Mode:2", WAIT);
+        assert!(
+            !v.log_text()
+                .contains("establishing nat hole connection successful")
+        );
+    }
 }

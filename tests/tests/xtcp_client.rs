@@ -32,6 +32,8 @@ struct Lab {
     stun: StunServer,
     frps: Proc,
     port: u16,
+    /// Lines added to both frpc's common settings.
+    extra: String,
 }
 
 impl Lab {
@@ -60,14 +62,16 @@ impl Lab {
             stun: StunServer::start(),
             frps,
             port,
+            extra: String::new(),
         })
     }
 
     fn common(&self, user: &str) -> String {
         format!(
-            "serverAddr = \"127.0.0.1\"\nserverPort = {}\nauth.token = \"{TOKEN}\"\nuser = \"{user}\"\nnatHoleStunServer = \"{}\"\nlog.level = \"debug\"\n",
+            "serverAddr = \"127.0.0.1\"\nserverPort = {}\nauth.token = \"{TOKEN}\"\nuser = \"{user}\"\nnatHoleStunServer = \"{}\"\nlog.level = \"debug\"\n{}",
             self.port,
-            self.stun.addr()
+            self.stun.addr(),
+            self.extra
         )
     }
 
@@ -149,10 +153,16 @@ async fn p2p(test: &str, owner: Imp, visitor: Imp, protocol: &str) {
 }
 
 async fn p2p_via(test: &str, frps: Imp, owner: Imp, visitor: Imp, protocol: &str) {
+    p2p_with(test, frps, owner, visitor, protocol, "").await
+}
+
+/// [`p2p_via`] with `common` added to both frpc's settings.
+async fn p2p_with(test: &str, frps: Imp, owner: Imp, visitor: Imp, protocol: &str, common: &str) {
     let go_frpc = owner == Imp::Go || visitor == Imp::Go;
-    let Some(lab) = Lab::with(test, frps, go_frpc) else {
+    let Some(mut lab) = Lab::with(test, frps, go_frpc) else {
         return;
     };
+    lab.extra = common.to_string();
     let echo = echo_server().await;
     let _o = lab.owner(owner, echo, "");
     let bind = free_port();
@@ -179,6 +189,33 @@ async fn our_frps_our_pair_over_quic() {
         Imp::Ours,
         Imp::Ours,
         "quic",
+    )
+    .await;
+}
+
+/// Wire protocol v2: NatHoleSid arrives v2-framed on the owner's work connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn our_frps_our_pair_wire_v2() {
+    p2p_with(
+        "our_frps_our_pair_wire_v2",
+        Imp::Ours,
+        Imp::Ours,
+        Imp::Ours,
+        "quic",
+        "transport.wireProtocol = \"v2\"\n",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_frps_our_pair_wire_v2() {
+    p2p_with(
+        "real_frps_our_pair_wire_v2",
+        Imp::Go,
+        Imp::Ours,
+        Imp::Ours,
+        "kcp",
+        "transport.wireProtocol = \"v2\"\n",
     )
     .await;
 }

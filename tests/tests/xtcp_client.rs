@@ -220,6 +220,62 @@ async fn real_frps_our_pair_wire_v2() {
     .await;
 }
 
+/// `useEncryption` + `useCompression` on both ends: the streams carry sk-keyed AES-CFB over
+/// snappy, as frp's owner and visitor wrap them.
+async fn encrypted(test: &str, frps: Imp, owner: Imp, visitor: Imp, protocol: &str) {
+    let go_frpc = owner == Imp::Go || visitor == Imp::Go;
+    let Some(lab) = Lab::with(test, frps, go_frpc) else {
+        return;
+    };
+    let echo = echo_server().await;
+    let layers = "transport.useEncryption = true\ntransport.useCompression = true\n";
+    let _o = lab.owner(owner, echo, layers);
+    let bind = free_port();
+    let _v = lab.visitor(
+        visitor,
+        bind,
+        &format!("protocol = \"{protocol}\"\n{layers}"),
+    );
+    echo_eventually(bind, &pattern(2 << 20, 9)).await;
+    echo_eventually(bind, &vec![b'z'; 1 << 20]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn our_frps_our_pair_encrypted_compressed() {
+    encrypted(
+        "our_frps_our_pair_encrypted_compressed",
+        Imp::Ours,
+        Imp::Ours,
+        Imp::Ours,
+        "quic",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_frps_real_owner_our_visitor_encrypted_compressed() {
+    encrypted(
+        "real_frps_real_owner_our_visitor_encrypted_compressed",
+        Imp::Go,
+        Imp::Go,
+        Imp::Ours,
+        "quic",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_frps_our_owner_real_visitor_encrypted_compressed() {
+    encrypted(
+        "real_frps_our_owner_real_visitor_encrypted_compressed",
+        Imp::Go,
+        Imp::Ours,
+        Imp::Go,
+        "kcp",
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn our_frps_our_pair_over_kcp() {
     p2p_via(

@@ -725,10 +725,19 @@ mod nat {
     }
 
     fn frpc_in(env: &Env, ns: &Ns, name: &str, cfg: &str) -> Proc {
-        let path = env.write(&format!("{name}.toml"), cfg);
+        frpc_as(env, ns, name, cfg, None)
+    }
+
+    /// Our frpc, or the real one from `go` (without our `[dataplane]` table).
+    fn frpc_as(env: &Env, ns: &Ns, name: &str, cfg: &str, go: Option<&std::path::Path>) -> Proc {
+        let (program, cfg) = match go {
+            Some(dir) => (dir.join("frpc"), cfg.replace(&engine_table(), "")),
+            None => (bin("frpc"), cfg.to_string()),
+        };
+        let path = env.write(&format!("{name}.toml"), &cfg);
         ns.spawn(
             name,
-            &bin("frpc"),
+            &program,
             &["-c", path.to_str().unwrap()],
             env.path(),
             &[],
@@ -750,6 +759,25 @@ mod nat {
         pick: impl Fn(&Topology) -> (&Ns, Ipv4Addr, &Ns, Ipv4Addr, Ipv4Addr),
         protocol: &str,
     ) {
+        through_nat_as(test, pick, protocol, [Imp::Ours; 3]).await
+    }
+
+    /// [`through_nat`] with `imps` = [frps, owner, visitor] (real ones opt-in).
+    async fn through_nat_as(
+        test: &str,
+        pick: impl Fn(&Topology) -> (&Ns, Ipv4Addr, &Ns, Ipv4Addr, Ipv4Addr),
+        protocol: &str,
+        imps: [Imp; 3],
+    ) {
+        let go = if imps.contains(&Imp::Go) {
+            let Some(go) = go_bin_dir_or_skip(test) else {
+                return;
+            };
+            Some(go)
+        } else {
+            None
+        };
+        let go_for = |i: usize| (imps[i] == Imp::Go).then(|| go.as_deref().unwrap());
         let Some(t) = Topology::build_or_skip(test) else {
             return;
         };
@@ -760,21 +788,24 @@ mod nat {
             .public
             .enter(|| StunServer::start_with(PUBLIC_IP.into(), e2e::stun::StunMode::Normal));
         let port = 7000;
+        let (frps_bin, frps_table, frps_ready) = match go_for(0) {
+            Some(dir) => (dir.join("frps"), String::new(), "frps started successfully"),
+            None => (bin("frps"), engine_table(), "start frps success"),
+        };
         let cfg = env.write(
             "frps.toml",
             &format!(
-                "bindAddr = \"{PUBLIC_IP}\"\nbindPort = {port}\nauth.token = \"{TOKEN}\"\n{}",
-                engine_table()
+                "bindAddr = \"{PUBLIC_IP}\"\nbindPort = {port}\nauth.token = \"{TOKEN}\"\n{frps_table}"
             ),
         );
         let frps = t.public.spawn(
             "frps",
-            &bin("frps"),
+            &frps_bin,
             &["-c", cfg.to_str().unwrap()],
             env.path(),
             &[],
         );
-        frps.wait_log("start frps success", WAIT);
+        frps.wait_log(frps_ready, WAIT);
         let echo = echo_in(owner_ns, owner_ip);
         let common = |user: &str| {
             format!(
@@ -783,7 +814,7 @@ mod nat {
                 engine_table()
             )
         };
-        let o = frpc_in(
+        let o = frpc_as(
             &env,
             owner_ns,
             "owner",
@@ -791,10 +822,11 @@ mod nat {
                 "{}\n[[proxies]]\nname = \"p2p\"\ntype = \"xtcp\"\nsecretKey = \"sk\"\nallowUsers = [\"w\"]\nlocalIP = \"{owner_ip}\"\nlocalPort = {echo}\n",
                 common("u")
             ),
+            go_for(1),
         );
         o.wait_log("start proxy success", WAIT);
         let bind = 6000;
-        let v = frpc_in(
+        let v = frpc_as(
             &env,
             visitor_ns,
             "visitor",
@@ -802,6 +834,7 @@ mod nat {
                 "{}\n[[visitors]]\nname = \"v\"\ntype = \"xtcp\"\nserverName = \"p2p\"\nserverUser = \"u\"\nsecretKey = \"sk\"\nbindAddr = \"{visitor_ip}\"\nbindPort = {bind}\nprotocol = \"{protocol}\"\n",
                 common("w")
             ),
+            go_for(2),
         );
         v.wait_log("start visitor success", WAIT);
         let to = SocketAddr::new(visitor_ip.into(), bind);
@@ -844,6 +877,66 @@ mod nat {
             "no punch to the NAT {wan}:\n{logs}"
         );
         drop((v, o, frps));
+    }
+
+    /// Real frps introduces; a real frpc owner behind the symmetric NAT, our visitor public.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn real_frps_real_owner_behind_symmetric_nat_quic() {
+        through_nat_as(
+            "real_frps_real_owner_behind_symmetric_nat_quic",
+            |t| {
+                (
+                    &t.symmetric.host,
+                    t.symmetric.host_ip,
+                    &t.public,
+                    PUBLIC_IP,
+                    t.symmetric.wan_ip,
+                )
+            },
+            "quic",
+            [Imp::Go, Imp::Go, Imp::Ours],
+        )
+        .await;
+    }
+
+    /// Real frps introduces; our owner public, a real frpc visitor behind the cone NAT (KCP).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn real_frps_real_visitor_behind_cone_nat_kcp() {
+        through_nat_as(
+            "real_frps_real_visitor_behind_cone_nat_kcp",
+            |t| {
+                (
+                    &t.public,
+                    PUBLIC_IP,
+                    &t.cone.host,
+                    t.cone.host_ip,
+                    t.cone.wan_ip,
+                )
+            },
+            "kcp",
+            [Imp::Go, Imp::Ours, Imp::Go],
+        )
+        .await;
+    }
+
+    /// Real frps introduces our pair: owner behind the cone NAT.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn real_frps_our_owner_behind_cone_nat_quic() {
+        through_nat_as(
+            "real_frps_our_owner_behind_cone_nat_quic",
+            |t| {
+                (
+                    &t.cone.host,
+                    t.cone.host_ip,
+                    &t.public,
+                    PUBLIC_IP,
+                    t.cone.wan_ip,
+                )
+            },
+            "quic",
+            [Imp::Go, Imp::Ours, Imp::Ours],
+        )
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread")]

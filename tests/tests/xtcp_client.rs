@@ -819,7 +819,7 @@ mod nat {
             owner_ns,
             "owner",
             &format!(
-                "{}\n[[proxies]]\nname = \"p2p\"\ntype = \"xtcp\"\nsecretKey = \"sk\"\nallowUsers = [\"w\"]\nlocalIP = \"{owner_ip}\"\nlocalPort = {echo}\n",
+                "{}\n[[proxies]]\nname = \"p2p\"\ntype = \"xtcp\"\nsecretKey = \"sk\"\nallowUsers = [\"w\"]\nlocalIP = \"{owner_ip}\"\nlocalPort = {echo}\nnatTraversal.disableAssistedAddrs = true\n",
                 common("u")
             ),
             go_for(1),
@@ -871,6 +871,9 @@ mod nat {
         // The public side punched to the NAT's address, not to a private one.
         v.wait_log("establishing nat hole connection successful", WAIT);
         o.wait_log("establishing nat hole connection successful", WAIT);
+        // natTraversal.disableAssistedAddrs on the owner only.
+        o.wait_log("assistedAddresses: []", WAIT);
+        v.wait_log("assistedAddresses: [10.200.", WAIT);
         let logs = format!("{}{}", v.log_text(), o.log_text());
         assert!(
             logs.contains(&format!("remoteAddr [{wan}:")),

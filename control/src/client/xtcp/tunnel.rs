@@ -21,6 +21,9 @@ use crate::yamux;
 pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the visitor's QUIC handshake may take (quic-go's default handshake timeout).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent streams the owner grants the visitor at most: `maxIncomingStreams` (frp's
+/// default 100000) as quinn would hold state for every one of them up front.
+const MAX_STREAMS: u64 = 1024;
 /// yamux keepalive on the KCP session (frp: 10 s).
 const YAMUX_KEEPALIVE_SECS: i64 = 10;
 
@@ -160,7 +163,7 @@ pub async fn serve_quic(
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(
         params
-            .transport(params.max_incoming())
+            .transport(params.max_incoming().min(MAX_STREAMS))
             .map_err(|e| e.to_string())?,
     );
     let endpoint = endpoint(sock, Some(cfg))?;

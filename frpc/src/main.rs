@@ -80,6 +80,67 @@ enum Cmd {
     Sudp(quick::SecretArgs),
     /// Run frpc with a single xtcp proxy
     Xtcp(quick::SecretArgs),
+    /// Actions about nathole
+    Nathole(NatholeArgs),
+}
+
+#[derive(clap::Args)]
+struct NatholeArgs {
+    /// STUN server address for nathole
+    #[arg(long = "nat_hole_stun_server", global = true, default_value = "")]
+    stun_server: String,
+    /// local address to connect STUN server
+    #[arg(
+        short = 'l',
+        long = "nat_hole_local_addr",
+        global = true,
+        default_value = ""
+    )]
+    local_addr: String,
+    #[command(subcommand)]
+    cmd: NatholeCmd,
+}
+
+#[derive(Subcommand)]
+enum NatholeCmd {
+    /// Discover nathole information from stun server
+    Discover,
+}
+
+/// `frpc nathole discover`: like frp, a config that does not load is no error (the default
+/// STUN server, or the flag's, is used); the report or the error goes to stdout.
+fn nathole(cli: &Cli, a: &NatholeArgs) -> ExitCode {
+    let NatholeCmd::Discover = a.cmd;
+    let mut server = match control::config::load_client_config(&cli.config, cli.strict_config) {
+        Ok(c) => c.nat_hole_stun_server,
+        Err(_) => control::client::xtcp::DEFAULT_STUN_SERVER.to_string(),
+    };
+    if !a.stun_server.is_empty() {
+        server = a.stun_server.clone();
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(control::client::xtcp::discover_report(
+        &server,
+        &a.local_addr,
+    )) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -106,6 +167,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Cmd::Nathole(a)) => return nathole(&cli, a),
         Some(Cmd::Reload(a) | Cmd::Status(a) | Cmd::Stop(a)) => {
             // frp prints the error on stdout and exits 1.
             return match admin_command(&cli, a.api_timeout) {

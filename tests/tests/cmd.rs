@@ -348,7 +348,7 @@ async fn quick_tcpmux_stcp_sudp_and_visitors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quick_flag_errors_and_xtcp_refusal() {
+async fn quick_flag_errors() {
     let env = Env::new();
     let run = |args: &[&str]| {
         std::process::Command::new(bin("frpc"))
@@ -386,11 +386,20 @@ async fn quick_flag_errors_and_xtcp_refusal() {
         String::from_utf8_lossy(&out.stdout).contains("must be formatted as key=value"),
         "{out:?}"
     );
-    // Not served by this frpc yet: refused by name rather than accepted and ignored.
-    let out = run(&["xtcp", "-n", "x", "--sk", "k", "-l", "22"]);
+    // xtcp is served now: its visitor is validated like frp's (no bind port).
+    let out = run(&[
+        "xtcp",
+        "visitor",
+        "-n",
+        "v",
+        "--sk",
+        "k",
+        "--server_name",
+        "s",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("xtcp"),
+        String::from_utf8_lossy(&out.stdout).contains("bind port is required"),
         "{out:?}"
     );
     // frps: a flag value out of range, in frp's words.

@@ -15,7 +15,8 @@
 //!
 //! Tests are named `<direction>::<case>`: `real_frpc_our_frps` (a real frpc logs in to our
 //! frps) and `our_frpc_real_frps`. Secret proxies mix both frpc implementations as owner and
-//! visitor, through either frps (`visitors::*`). Not covered: the admin/dashboard APIs, xtcp.
+//! visitor, through either frps (`visitors::*`). Not covered: the admin/dashboard APIs; xtcp
+//! has its own files (`xtcp.rs`, `xtcp_client.rs`).
 //!
 //! Traffic goes through [`echo_exact`] (no half-close): frp's join ends both directions on
 //! the first EOF, so a half-closed echo through a real frp hop can lose its tail.

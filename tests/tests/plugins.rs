@@ -14,16 +14,16 @@ fn run(program: &str, args: &[&str], dir: &std::path::Path) -> (bool, String) {
     (status.is_some_and(|s| s.success()), p.log_text())
 }
 
-/// What frpc does not serve (an xtcp proxy): `frpc verify` and `frpc` refuse it, naming the
-/// proxy and the key, before trying the server. (Every plugin type is served now, visitor
-/// plugins included: tests/tests/vnet.rs.)
+/// What frpc does not serve (the pprof endpoint): `frpc verify` and `frpc` refuse it, naming
+/// the key, before trying the server. (Every plugin type and proxy type is served now, visitor
+/// plugins and xtcp included: tests/tests/vnet.rs, tests/tests/xtcp_*.rs.)
 #[test]
 fn unsupported_plugins_and_keys_are_refused() {
     let env = Env::new();
     let port = free_port();
     let cases = [(
-        "[[proxies]]\nname = \"p2p\"\ntype = \"xtcp\"\nsecretKey = \"k\"\nlocalPort = 22\n",
-        "proxy [p2p]: proxy type \"xtcp\" (key proxies[0].type) is not supported by this frpc yet",
+        "webServer.port = 7400\nwebServer.pprofEnable = true\n[[proxies]]\nname = \"ok\"\ntype = \"tcp\"\nlocalPort = 22\n",
+        "pprof (key webServer.pprofEnable) is not supported by this frpc yet",
     )];
     for (i, (body, want)) in cases.iter().enumerate() {
         let cfg = format!("serverAddr = \"127.0.0.1\"\nserverPort = {port}\n{body}");

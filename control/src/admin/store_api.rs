@@ -539,11 +539,8 @@ mod tests {
             "subdomain and custom domains should not be both empty"
         );
         v(json!({"name": "t", "type": "tcp", "tcp": {"localPort": 80}})).unwrap();
-        // What this frpc does not serve is refused here as at start, keyed by the block.
-        assert_eq!(
-            v(json!({"name": "x", "type": "xtcp", "xtcp": {"localPort": 80}})).unwrap_err(),
-            "proxy [x]: proxy type \"xtcp\" (key type) is not supported by this frpc yet"
-        );
+        // xtcp is served: accepted like any other type.
+        v(json!({"name": "x", "type": "xtcp", "xtcp": {"localPort": 80}})).unwrap();
         let vis = |b: Value| validate(&entry(Kind::Visitor, b, None).unwrap());
         assert_eq!(
             vis(json!({"name": "v", "type": "stcp", "stcp": {"bindPort": 1}})).unwrap_err(),

@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{Client, Phase, ProxyRuntime};
-use crate::config::{ClientConfig, ProxyType};
+use crate::config::ClientConfig;
 use crate::msg::CloseProxy;
 
 /// One proxy as `/api/status` reports it.
@@ -42,14 +42,6 @@ pub(super) fn proxy_runtimes(
 ) -> HashMap<String, ProxyRuntime> {
     let mut proxies = HashMap::new();
     for p in cfg.active_proxies() {
-        if matches!(p.proxy_type, ProxyType::Xtcp) {
-            warn!(
-                "[{}] proxy type [{}] is not supported by this frpc build yet; skipped",
-                p.name,
-                p.proxy_type.as_str()
-            );
-            continue;
-        }
         let wire_name = if cfg.user.is_empty() {
             p.name.clone()
         } else {

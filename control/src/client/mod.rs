@@ -31,6 +31,7 @@ pub mod store;
 mod udp;
 mod visitor;
 pub mod vnet;
+pub mod xtcp;
 
 mod handle;
 pub use handle::{ProxyStatus, ReloadSummary};
@@ -143,6 +144,8 @@ pub struct Client {
     in_process: Option<transport::InProcessDialer>,
     /// `virtualNet.address`: the virtual network (its TUN device opens when frpc runs).
     vnet: Option<Arc<vnet::Controller>>,
+    /// xtcp: NatHole requests out on the live control connection, NatHoleResp back.
+    nathole: Arc<xtcp::Transporter>,
 }
 
 struct Session {
@@ -197,6 +200,7 @@ impl Client {
             cfg,
             in_process: None,
             vnet,
+            nathole: Arc::new(xtcp::Transporter::default()),
         })
     }
 
@@ -417,6 +421,7 @@ impl Client {
         }
         drop(health_tx);
         *self.session_tx.lock().unwrap() = Some(tx.clone());
+        self.nathole.set_sender(Some(tx.clone()));
         self.register_due_proxies(&tx);
         self.visitors
             .lock()
@@ -429,6 +434,10 @@ impl Client {
                 engine: self.engine.clone(),
                 udp_packet_size: self.cfg.udp_packet_size.clamp(1, 65535) as usize,
                 vnet: self.vnet.clone(),
+                nathole: self.nathole.clone(),
+                stun_server: self.cfg.nat_hole_stun_server.clone(),
+                quic: transport::quic::QuicParams::from_config(&self.cfg.transport.quic),
+                inboxes: Default::default(),
             });
 
         let hb_interval = self.cfg.transport.heartbeat_interval;
@@ -453,6 +462,12 @@ impl Client {
                         tokio::spawn(async move { me.handle_work_conn(connector, run_id).await });
                     }
                     Ok(Message::NewProxyResp(resp)) => self.on_new_proxy_resp(resp),
+                    Ok(Message::NatHoleResp(resp)) => {
+                        let tid = resp.transaction_id.clone();
+                        if !self.nathole.dispatch(resp) {
+                            debug!("dispatch NatHoleResp message to related proxy error: no waiter for transaction [{tid}]");
+                        }
+                    }
                     Ok(Message::Pong(p)) => {
                         if !p.error.is_empty() {
                             break Some(format!("Pong message contains error: {}", p.error));
@@ -497,6 +512,7 @@ impl Client {
 
         // Dropping the last sender lets the writer finish.
         *self.session_tx.lock().unwrap() = None;
+        self.nathole.set_sender(None);
         let stopping = reason.is_none();
         match reason {
             Some(r) => warn!("[{run_id}] control closed: {r}"),
@@ -682,13 +698,40 @@ impl Client {
         ) {
             return self.start_udp_work(name, cfg, limiter, mc).await;
         }
+        if cfg.proxy_type == crate::config::ProxyType::Xtcp {
+            return self
+                .xtcp_work(name, cfg, limiter, proxy_plugin, start, mc)
+                .await;
+        }
+        let (work, rest) = mc.into_parts();
+        let key = self.key.clone();
+        self.serve_tcp_work(&name, &cfg, limiter, proxy_plugin, &start, work, rest, &key)
+            .await;
+    }
+
+    /// One stream to the local service (or the proxy's plugin): a tcp-like work connection,
+    /// or a stream of an xtcp P2P session. `key` keys `useEncryption` (the token's key, or
+    /// the sk's for xtcp); `rest` holds wire bytes already read past the last message.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_tcp_work(
+        &self,
+        name: &str,
+        cfg: &ProxyConfig,
+        limiter: Option<Arc<RateLimiter>>,
+        proxy_plugin: Option<Arc<dyn plugin::Plugin>>,
+        start: &crate::msg::StartWorkConn,
+        work: Conn,
+        rest: Vec<u8>,
+        key: &CryptoKey,
+    ) {
+        let name = name.to_string();
         // PROXY protocol header for the local service, sent before any relayed byte.
         let mut initial_write = bytes::Bytes::new();
         if !cfg.transport.proxy_protocol_version.is_empty()
             && !start.src_addr.is_empty()
             && start.src_port != 0
         {
-            match start_addrs(&start) {
+            match start_addrs(start) {
                 Some((src, dst)) => match proxy_protocol::header(
                     &cfg.transport.proxy_protocol_version,
                     src,
@@ -706,14 +749,13 @@ impl Client {
         }
         if let Some(proxy_plugin) = proxy_plugin {
             // frp: the plugin handles the connection instead of a dial to the local service.
-            let (work, rest) = mc.into_parts();
             let (inbound, outbound) = crypto::work_conn_layers(
-                Some(&self.key),
+                Some(key),
                 cfg.transport.use_encryption,
                 cfg.transport.use_compression,
             );
             let user = crate::layered::Layered::new(work, rest, inbound, outbound);
-            let (src, dst) = match start_addrs(&start) {
+            let (src, dst) = match start_addrs(start) {
                 Some((s, d)) if !start.src_addr.is_empty() && start.src_port != 0 => {
                     (Some(s), Some(d))
                 }
@@ -750,9 +792,8 @@ impl Client {
                 }
             };
         transport::tune_tcp(&local, 0);
-        let (work, rest) = mc.into_parts();
         let (inbound, outbound) = crypto::work_conn_layers(
-            Some(&self.key),
+            Some(key),
             cfg.transport.use_encryption,
             cfg.transport.use_compression,
         );

@@ -18,6 +18,7 @@
 //! - **plugin `virtual_net`** (stcp): besides the listener, if any (`bindPort = -1`: none),
 //!   one visitor connection kept open for frpc's virtual network ([`super::vnet`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +60,33 @@ pub(crate) struct Session {
     pub udp_packet_size: usize,
     /// `virtualNet.address`: frpc's virtual network, for the `virtual_net` plugin.
     pub vnet: Option<Arc<super::vnet::Controller>>,
+    /// xtcp: NatHole requests over the control connection.
+    pub nathole: Arc<super::xtcp::Transporter>,
+    /// xtcp: `natHoleStunServer`.
+    pub stun_server: String,
+    /// xtcp: `transport.quic.*` for the P2P QUIC session.
+    pub quic: crate::transport::quic::QuicParams,
+    /// The running stcp/xtcp visitors' inboxes, for connections other visitors hand over
+    /// (frp's `TransferConn`, xtcp's `fallbackTo`).
+    pub inboxes: Inboxes,
+}
+
+/// Visitor name → where connections handed to it go.
+pub(crate) type Inboxes = Arc<std::sync::Mutex<HashMap<String, mpsc::Sender<Conn>>>>;
+
+/// Connections waiting for a visitor to take them.
+const INBOX: usize = 64;
+
+/// frp's `TransferConn`: hands `conn` to the visitor `name`.
+/// On failure (no such visitor running, or its inbox full) the connection comes back.
+pub(crate) fn transfer_conn(s: &Session, name: &str, conn: Conn) -> Result<(), Conn> {
+    let tx = s.inboxes.lock().unwrap().get(name).cloned();
+    match tx {
+        Some(tx) => tx.try_send(conn).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+        }),
+        None => Err(conn),
+    }
 }
 
 /// frp's `BuildTargetServerProxyName`: the owner's user prefix, `serverUser` overriding ours.
@@ -224,7 +252,7 @@ fn plugin(s: &Session, v: &Arc<VisitorConfig>) -> Result<Option<BoxFuture<'stati
     };
     // virtual_net is the only visitor plugin type.
     let destination = super::vnet::parse_destination(&p.destination_ip)?;
-    if v.visitor_type != VisitorType::Stcp {
+    if !matches!(v.visitor_type, VisitorType::Stcp | VisitorType::Xtcp) {
         return Ok(None);
     }
     let Some(vnet) = s.vnet.clone() else {
@@ -239,6 +267,9 @@ fn plugin(s: &Session, v: &Arc<VisitorConfig>) -> Result<Option<BoxFuture<'stati
     let dial = move || {
         let (s, v) = (s.clone(), v.clone());
         async move {
+            if v.visitor_type == VisitorType::Xtcp {
+                return xtcp_plugin_conn(&s, &v.name).await;
+            }
             let (conn, rest) = dial(&s, &v).await.inspect_err(|e| {
                 warn!("[{}] dialRawVisitorConn error: {e}", v.name);
             })?;
@@ -254,6 +285,29 @@ fn plugin(s: &Session, v: &Arc<VisitorConfig>) -> Result<Option<BoxFuture<'stati
     ))
 }
 
+/// A connection for an xtcp visitor's plugin: one end of an in-memory pipe whose other end
+/// the visitor takes as if a user had connected to it (frp hands its plugin's connections to
+/// the visitor's internal listener), so the tunnel, its fallback and layers apply as for users.
+async fn xtcp_plugin_conn(
+    s: &Session,
+    name: &str,
+) -> Result<Box<dyn super::vnet::VnetConn>, String> {
+    let (ours, visitor_end) = tokio::io::duplex(PLUGIN_PIPE);
+    let mut conn = Conn::Boxed(Box::new(visitor_end));
+    // The plugin starts beside the visitor: give its inbox a moment to open.
+    for _ in 0..100 {
+        match transfer_conn(s, name, conn) {
+            Ok(()) => return Ok(Box::new(ours)),
+            Err(back) => conn = back,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("visitor [{name}] not found"))
+}
+
+/// Buffer of the in-memory pipe between an xtcp visitor and its plugin.
+const PLUGIN_PIPE: usize = 64 * 1024;
+
 /// The visitor's listener: bind (retrying every 10 s), then serve.
 async fn serve(s: Session, v: Arc<VisitorConfig>) {
     let name = &v.name;
@@ -266,19 +320,16 @@ async fn serve(s: Session, v: Arc<VisitorConfig>) {
         }
         first = false;
         let started = match v.visitor_type {
-            VisitorType::Xtcp => {
-                warn!(
-                    "[{}] [{name}] start error: xtcp visitors (NAT hole punching) are not supported by this frpc build; use stcp",
-                    s.run_id
-                );
-                return;
-            }
+            // bindPort <= 0: reachable only through other visitors (fallbackTo).
+            VisitorType::Stcp | VisitorType::Xtcp if v.bind_port <= 0 => Ok(Bound::None),
             // bindPort < 0: no listener; reachable only through its plugin.
             _ if v.bind_port <= 0 => {
                 info!("[{}] [{name}] start visitor success", s.run_id);
                 return std::future::pending().await;
             }
-            VisitorType::Stcp => crate::listen::bind(&addr).await.map(Bound::Tcp),
+            VisitorType::Stcp | VisitorType::Xtcp => {
+                crate::listen::bind(&addr).await.map(Bound::Tcp)
+            }
             // frp: "listen udp port ADDR error: listen udp ADDR: bind: …".
             VisitorType::Sudp => UdpSocket::bind(&addr).await.map(Bound::Udp).map_err(|e| {
                 let text = crate::listen::os_error_text(&e);
@@ -290,9 +341,18 @@ async fn serve(s: Session, v: Arc<VisitorConfig>) {
         };
         match started {
             Err(e) => warn!("[{}] [{name}] start error: {e}", s.run_id),
-            Ok(Bound::Tcp(l)) => {
+            Ok(bound @ (Bound::Tcp(_) | Bound::None)) => {
+                let l = match bound {
+                    Bound::Tcp(l) => Some(l),
+                    _ => None,
+                };
+                let (tx, rx) = mpsc::channel(INBOX);
+                s.inboxes.lock().unwrap().insert(name.clone(), tx);
                 info!("[{}] [{name}] start visitor success", s.run_id);
-                return serve_stcp(s, v, l).await;
+                if v.visitor_type == VisitorType::Xtcp {
+                    return super::xtcp::visitor::serve(s, v, l, rx).await;
+                }
+                return serve_stcp(s, v, l, rx).await;
             }
             Ok(Bound::Udp(u)) => {
                 info!(
@@ -309,6 +369,8 @@ async fn serve(s: Session, v: Arc<VisitorConfig>) {
 enum Bound {
     Tcp(TcpListener),
     Udp(UdpSocket),
+    /// No listener of its own (bindPort <= 0).
+    None,
 }
 
 fn join_host_port(host: &str, port: i64) -> String {
@@ -354,7 +416,7 @@ async fn dial(s: &Session, v: &VisitorConfig) -> Result<(Conn, Vec<u8>), String>
 }
 
 /// The sk-keyed layers of a visitor connection.
-fn layers(v: &VisitorConfig) -> (crypto::TransformChain, crypto::TransformChain) {
+pub(crate) fn layers(v: &VisitorConfig) -> (crypto::TransformChain, crypto::TransformChain) {
     let key = CryptoKey::derive(v.secret_key.as_bytes());
     crypto::work_conn_layers(
         Some(&key),
@@ -363,11 +425,30 @@ fn layers(v: &VisitorConfig) -> (crypto::TransformChain, crypto::TransformChain)
     )
 }
 
-async fn serve_stcp(s: Session, v: Arc<VisitorConfig>, l: TcpListener) {
+async fn serve_stcp(
+    s: Session,
+    v: Arc<VisitorConfig>,
+    l: Option<TcpListener>,
+    mut internal: mpsc::Receiver<Conn>,
+) {
     let mut acceptor = crate::listen::Acceptor::new(format!("[{}] ", v.name));
     loop {
-        let (user, from) = acceptor.accept(&l).await;
-        transport::tune_tcp(&user, 0);
+        let (user, from) = match &l {
+            Some(l) => tokio::select! {
+                (c, from) = acceptor.accept(l) => {
+                    transport::tune_tcp(&c, 0);
+                    (Conn::Tcp(c), from.to_string())
+                }
+                c = internal.recv() => match c {
+                    Some(c) => (c, "another visitor".to_string()),
+                    None => return,
+                },
+            },
+            None => match internal.recv().await {
+                Some(c) => (c, "another visitor".to_string()),
+                None => return,
+            },
+        };
         let (s, v) = (s.clone(), v.clone());
         tokio::spawn(async move {
             debug!("[{}] get a new stcp user connection from {from}", v.name);
@@ -380,7 +461,7 @@ async fn serve_stcp(s: Session, v: Arc<VisitorConfig>, l: TcpListener) {
             };
             let (inbound, outbound) = layers(&v);
             s.engine.spawn(Pair {
-                a: Side::plain(dataplane::Endpoint::Tcp(user)),
+                a: Side::plain(user.into_endpoint()),
                 b: Side {
                     endpoint: conn.into_endpoint(),
                     prefix: rest.into(),

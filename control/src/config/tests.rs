@@ -1229,15 +1229,16 @@ fn unsupported_keys_are_refused_with_their_key() {
             }
         }
     }
-    let msg = unsupported("[[proxies]]\nname = \"p2p\"\ntype = \"xtcp\"\nlocalPort = 22\n");
-    assert_eq!(
-        msg,
-        "proxy [p2p]: proxy type \"xtcp\" (key proxies[0].type) is not supported by this frpc yet"
-    );
-    let msg = unsupported(
-        "[[visitors]]\nname = \"v\"\ntype = \"xtcp\"\nserverName = \"s\"\nbindPort = 1\n",
-    );
-    assert!(msg.contains("(key visitors[0].type)"), "{msg}");
+    // xtcp proxies and visitors are served now: not refused.
+    for text in [
+        "[[proxies]]\nname = \"p2p\"\ntype = \"xtcp\"\nlocalPort = 22\n",
+        "[[visitors]]\nname = \"v\"\ntype = \"xtcp\"\nserverName = \"s\"\nbindPort = 1\nprotocol = \"kcp\"\nkeepTunnelOpen = true\nfallbackTo = \"f\"\n",
+    ] {
+        client(text, ConfigFormat::Toml)
+            .unwrap()
+            .validate_for_run()
+            .unwrap();
+    }
     // virtual_net is served: the visitor plugin and virtualNet.address (behind its gate).
     client(
         "featureGates = { VirtualNet = true }\nvirtualNet.address = \"100.86.0.1/24\"\n[[visitors]]\nname = \"v\"\ntype = \"stcp\"\nserverName = \"s\"\nbindPort = -1\nplugin.type = \"virtual_net\"\nplugin.destinationIP = \"100.86.0.2\"\n",
@@ -1261,7 +1262,7 @@ fn unsupported_keys_are_refused_with_their_key() {
     }
     // A disabled proxy is not checked.
     let c = client(
-        "[[proxies]]\nname = \"p2p\"\ntype = \"xtcp\"\nenabled = false\n",
+        "[[proxies]]\nname = \"p2p\"\ntype = \"tcp\"\nenabled = false\nlocalPort = 1\n[proxies.plugin]\ntype = \"virtual_net\"\n",
         ConfigFormat::Toml,
     )
     .unwrap();

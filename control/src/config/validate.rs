@@ -384,12 +384,6 @@ impl ClientConfig {
                 continue;
             }
             let name = &p.name;
-            if p.proxy_type == ProxyType::Xtcp {
-                errs.push(not_yet(
-                    format!("proxy [{name}]: proxy type \"xtcp\""),
-                    &format!("proxies[{i}].type"),
-                ));
-            }
             if let Some(plugin) = &p.plugin
                 && !plugin.plugin_type.implemented()
             {
@@ -409,18 +403,6 @@ impl ClientConfig {
                     "proxy [{name}]: plugin {} (keys proxies[{i}].plugin.crtPath, \
                      proxies[{i}].plugin.keyPath): gen TLS config error: {e}",
                     plugin.plugin_type
-                ));
-            }
-        }
-        for (i, v) in self.visitors.iter().enumerate() {
-            if !active(v.enabled, &v.name) {
-                continue;
-            }
-            let name = &v.name;
-            if v.visitor_type == VisitorType::Xtcp {
-                errs.push(not_yet(
-                    format!("visitor [{name}]: visitor type \"xtcp\""),
-                    &format!("visitors[{i}].type"),
                 ));
             }
         }

@@ -21,4 +21,4 @@ pub mod segment;
 pub mod session;
 pub mod stream;
 
-pub use stream::{KcpListener, KcpStream, dial};
+pub use stream::{KcpListener, KcpStream, dial, over_connected};

@@ -375,10 +375,18 @@ pub async fn dial(addr: &str, local_ip: Option<IpAddr>) -> io::Result<KcpStream>
 }
 
 fn start_client(sock: UdpSocket, remote: SocketAddr, conv: u32) -> KcpStream {
+    over_connected(sock, remote, conv, Role::Client)
+}
+
+/// A KCP session on `sock`, already connected to `remote`, with conversation `conv` and the
+/// windows of `role`: what frp's xtcp runs on a punched socket (`kcp.NewConn3(1, …)`, windows
+/// 1024/1024 on both sides). Nothing is sent until the first write.
+pub fn over_connected(sock: UdpSocket, remote: SocketAddr, conv: u32, role: Role) -> KcpStream {
+    tune(&sock);
     let local = sock
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let shared = Shared::new(Session::new(conv, Role::Client));
+    let shared = Shared::new(Session::new(conv, role));
     let sock = Arc::new(sock);
     tokio::spawn(drive(
         shared.clone(),

@@ -100,7 +100,7 @@ impl QuicParams {
     }
 
     /// `maxIncomingStreams` as a stream count.
-    fn max_incoming(&self) -> u64 {
+    pub(crate) fn max_incoming(&self) -> u64 {
         match self.max_incoming_streams {
             0 => 100,
             n if n < 0 => 0,
@@ -111,7 +111,7 @@ impl QuicParams {
     /// quinn's transport settings, granting the peer `incoming` concurrent bidirectional
     /// streams. Like quic-go, the keepalive period is capped at half the idle timeout, so an
     /// enabled keepalive always keeps an idle connection open.
-    fn transport(&self, incoming: u64) -> Result<Arc<TransportConfig>, QuicError> {
+    pub(crate) fn transport(&self, incoming: u64) -> Result<Arc<TransportConfig>, QuicError> {
         let idle = Duration::from_secs(if self.max_idle_secs > 0 {
             self.max_idle_secs as u64
         } else {
@@ -153,7 +153,7 @@ pub struct QuicStream {
 }
 
 impl QuicStream {
-    fn new(send: SendStream, recv: RecvStream, conn: Connection) -> QuicStream {
+    pub(crate) fn new(send: SendStream, recv: RecvStream, conn: Connection) -> QuicStream {
         QuicStream {
             send,
             recv,

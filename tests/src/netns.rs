@@ -42,6 +42,10 @@ pub const PUBLIC_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 /// A second address of the public namespace, for a second STUN destination.
 pub const PUBLIC_IP2: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 100);
 
+/// Hops of the simulated internet between the sites: a packet that leaves its site's NAT with
+/// a TTL below this never reaches another site (frp punches with TTL 7 and 4).
+pub const CORE_HOPS: u8 = 10;
+
 /// Prefix of every namespace name this module creates (`fe2e<pid>x<n>-<role>`).
 const PREFIX: &str = "fe2e";
 
@@ -154,6 +158,9 @@ pub fn unavailable() -> Option<String> {
     }
     if !have("iptables", "--version") {
         return Some("no `iptables` command (install iptables)".into());
+    }
+    if !have("nft", "--version") {
+        return Some("no `nft` command (install nftables)".into());
     }
     None
 }
@@ -441,6 +448,22 @@ impl Topology {
             &["-n", p, "addr", "add", "10.200.0.100/24", "dev", "br0"],
         )?;
         run("ip", &["-n", p, "link", "set", "br0", "up"])?;
+        // The internet between the sites: packets whose TTL would run out crossing it are
+        // dropped here, before they reach the other site's NAT — what frp's low-TTL punch
+        // packets count on (they open their own NAT's mapping without the other NAT seeing
+        // them; a NAT that saw one would take the port for that flow and map the reply
+        // elsewhere).
+        public.exec("nft", &["add table bridge core"])?;
+        public.exec(
+            "nft",
+            &["add chain bridge core forward { type filter hook forward priority 0; }"],
+        )?;
+        public.exec(
+            "nft",
+            &[&format!(
+                "add rule bridge core forward ip ttl < {CORE_HOPS} drop"
+            )],
+        )?;
         let sites: Vec<_> = [&self.cone, &self.symmetric]
             .into_iter()
             .chain(&self.extra)

@@ -1016,13 +1016,15 @@ mod nat {
 
     /// Both sides behind NATs, the owner behind the cone NAT and the visitor behind the
     /// symmetric one: frps plans mode 2 (the symmetric side listens on 256 random ports, the
-    /// cone side probes 1000 random ports), which cannot work in this three-hop topology:
-    /// the symmetric side's low-TTL packets reach the cone NAT, whose conntrack then makes it
-    /// change the source port of exactly the probes that would hit. So the visitor falls back
-    /// to stcp within `fallbackTimeoutMs`, and the bytes still arrive.
+    /// cone side probes 1000 random ports after a 3 s delay), so no tunnel is ready within
+    /// `fallbackTimeoutMs`: the visitor's connections go to the stcp visitor, and the bytes
+    /// arrive. (Whether the random probes hit later is left open; both symmetric is the
+    /// unpunchable case, tests/tests/xtcp_nat.rs.)
     #[tokio::test(flavor = "multi_thread")]
-    async fn unpunchable_pair_falls_back_to_stcp() {
-        let Some(t) = Topology::build_or_skip("unpunchable_pair_falls_back_to_stcp") else {
+    async fn cone_and_symmetric_pair_falls_back_to_stcp_while_punching() {
+        let Some(t) =
+            Topology::build_or_skip("cone_and_symmetric_pair_falls_back_to_stcp_while_punching")
+        else {
             return;
         };
         let env = Env::new();
@@ -1093,9 +1095,5 @@ mod nat {
         }
         v.wait_log("[v] open tunnel error: open tunnel timeout", WAIT);
         v.wait_log("Mode:2", WAIT);
-        assert!(
-            !v.log_text()
-                .contains("establishing nat hole connection successful")
-        );
     }
 }

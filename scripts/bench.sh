@@ -21,8 +21,11 @@
 # the table; top symbols go to target/bench/perf-top.txt),
 # BENCH_SKIP_INSTALL=1 (use what is on PATH), BENCH_BIN=DIR (frps/frpc from DIR, no build: to
 # compare two builds, each against its own same-run baselines), BENCH_MODES (frp-uring columns, any of
-# "off on tls", default all), BENCH_TESTS (any of "hold iperf1 iperf8 lat rps conn", default all;
-# for focused runs while iterating — the direct and rathole baselines run the same subset).
+# "off on tls", default all), BENCH_TESTS (any of "hold iperf1 iperf8 lat rps conn xtcp", default
+# all; for focused runs while iterating — the direct and rathole baselines run the same subset).
+# xtcp: a second table from scripts/bench-xtcp.sh (needs root; network namespaces it builds
+# and removes): iperf3 1× through an xtcp tunnel between two NATed sites over QUIC and over
+# KCP, next to stcp through frps in the same topology and run.
 # BENCH_TRANSPORTS (the other transports to measure with frp's defaults, tcpMux on + TLS:
 # "websocket quic kcp"; "" for none; engine: the first one). Transport columns measure iperf3
 # (throughput, CPU-s/GB) and redis -c 1 latency only.
@@ -65,7 +68,7 @@ RPS_N=${BENCH_RPS_N:-100000}
 CONN_N=${BENCH_CONN_N:-5000}
 TOKEN=bench-token-$$
 read -r -a MODES <<<"${BENCH_MODES:-off on tls}"
-TESTS=" ${BENCH_TESTS:-hold iperf1 iperf8 lat rps conn} "
+TESTS=" ${BENCH_TESTS:-hold iperf1 iperf8 lat rps conn xtcp} "
 want() { [[ $TESTS == *" $1 "* ]]; }
 want_mode() { [[ " ${MODES[*]} " == *" $1 "* ]]; }
 read -r -a PLUGINS <<<"${BENCH_PLUGINS:-}"
@@ -930,3 +933,10 @@ with open(out_md, "w", encoding="utf-8") as f:
     f.write("# scripts/bench.sh results\n\n" + table)
 EOF
 log "table written to $OUTDIR/results.md"
+
+if want xtcp; then
+  STUN_BIN=${BENCH_BIN:-$ROOT/target/${BUILT:-release}}/stun_server
+  [[ -x $STUN_BIN ]] || STUN_BIN=$ROOT/target/${BUILT:-release}/stun_server
+  log "xtcp rows: scripts/bench-xtcp.sh (namespace topology)"
+  BENCH_SECS=$SECS "$ROOT/scripts/bench-xtcp.sh" "$FRPS" "$FRPC" "$STUN_BIN" "$OUTDIR/results.md"
+fi

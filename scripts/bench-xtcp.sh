@@ -11,12 +11,14 @@
 # three visitors (xtcp over quic, xtcp over kcp, stcp); iperf3 runs in site B. CPU-s per GB counts
 # frps + both frpc. frps' own traffic counters (its dashboard) show what went through it.
 #
-#   scripts/bench-xtcp.sh FRPS FRPC STUN_SERVER [OUT_MD]
+#   scripts/bench-xtcp.sh FRPS FRPC STUN_SERVER [OUT_MD] [LABEL]
+#
+# LABEL (default "frp-uring") heads the table, e.g. "real frp v0.70.0" for frp's binaries.
 #
 # Needs root (network namespaces, iptables); prints one line and exits 0 when it cannot build
 # the topology. Knobs: BENCH_SECS (iperf3 seconds, 5). Nothing leaves the namespaces it creates.
 set -uo pipefail
-FRPS=$1 FRPC=$2 STUN=$3 OUT_MD=${4:-}
+FRPS=$1 FRPC=$2 STUN=$3 OUT_MD=${4:-} LABEL=${5:-frp-uring}
 SECS=${BENCH_SECS:-5}
 log() { printf '[bench-xtcp %s] %s\n' "$(date +%T)" "$*" >&2; }
 skip() {
@@ -195,7 +197,7 @@ run "xtcp (QUIC, peer to peer)" 6001
 run "xtcp (KCP, peer to peer)" 6002
 run "stcp (through frps)" 6003
 
-table="| iperf3 1 stream, two NATed sites | Gbit/s ↑ | CPU-s per GB ↓ (frps+2 frpc) | MB moved | MB through frps (its counters) |
+table="| $LABEL: iperf3 1 stream, two NATed sites | Gbit/s ↑ | CPU-s per GB ↓ (frps+2 frpc) | MB moved | MB through frps (its counters) |
 |---|---|---|---|---|"
 for r in "${ROWS[@]}"; do
   IFS=$'\t' read -r a b c d e <<<"$r"

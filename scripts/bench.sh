@@ -25,7 +25,8 @@
 # all; for focused runs while iterating — the direct and rathole baselines run the same subset).
 # xtcp: a second table from scripts/bench-xtcp.sh (needs root; network namespaces it builds
 # and removes): iperf3 1× through an xtcp tunnel between two NATed sites over QUIC and over
-# KCP, next to stcp through frps in the same topology and run.
+# KCP, next to stcp through frps in the same topology and run (and the same for real frp with
+# BENCH_FRP).
 # BENCH_TRANSPORTS (the other transports to measure with frp's defaults, tcpMux on + TLS:
 # "websocket quic kcp"; "" for none; engine: the first one). Transport columns measure iperf3
 # (throughput, CPU-s/GB) and redis -c 1 latency only.
@@ -939,4 +940,8 @@ if want xtcp; then
   [[ -x $STUN_BIN ]] || STUN_BIN=$ROOT/target/${BUILT:-release}/stun_server
   log "xtcp rows: scripts/bench-xtcp.sh (namespace topology)"
   BENCH_SECS=$SECS "$ROOT/scripts/bench-xtcp.sh" "$FRPS" "$FRPC" "$STUN_BIN" "$OUTDIR/results.md"
+  if [[ -n $GO_DIR && -x $GO_DIR/frps && -x $GO_DIR/frpc ]]; then
+    BENCH_SECS=$SECS "$ROOT/scripts/bench-xtcp.sh" "$GO_DIR/frps" "$GO_DIR/frpc" "$STUN_BIN" \
+      "$OUTDIR/results.md" "real frp ${GO_VERSION:-}"
+  fi
 fi

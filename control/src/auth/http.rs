@@ -55,6 +55,7 @@ pub struct HttpClient {
 }
 
 /// A response with its body read (up to the caller's limit).
+#[derive(Debug)]
 pub struct Response {
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -442,7 +443,230 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
     use super::*;
+
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// A request head and its body (by `Content-Length`), as text.
+    async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> String {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if r.read(&mut b).await.unwrap() == 0 {
+                break;
+            }
+            head.push(b[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |n| n.trim().parse().unwrap());
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).await.unwrap();
+        head + &String::from_utf8(body).unwrap()
+    }
+
+    fn answer(status: &str, headers: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// A local HTTP server (or absolute-form proxy): logs each request, answers with `reply`
+    /// of its request line.
+    async fn server(reply: fn(&str) -> String) -> (u16, Log) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let log = Log::default();
+        let seen = log.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = l.accept().await.unwrap();
+                let req = read_request(&mut c).await;
+                let line = req.lines().next().unwrap_or_default().to_owned();
+                seen.lock().unwrap().push(req);
+                c.write_all(reply(&line).as_bytes()).await.unwrap();
+            }
+        });
+        (port, log)
+    }
+
+    fn client(skip_verify: bool, proxy: &str) -> HttpClient {
+        let tls = crate::tls::https_client_config("", skip_verify).unwrap();
+        HttpClient::new(tls, false, proxy, Duration::from_secs(10)).unwrap()
+    }
+
+    fn form() -> Option<(HeaderValue, Bytes)> {
+        Some((
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+            Bytes::from_static(b"a=1"),
+        ))
+    }
+
+    /// 302 turns the POST into a GET without body, 307 repeats the request; relative
+    /// locations resolve; the body is read up to the limit; an 11th redirect fails as Go's.
+    #[tokio::test]
+    async fn redirects_and_body_limit() {
+        let (port, log) = server(|line| match line.split(' ').nth(1).unwrap() {
+            "/a" => answer("302 Found", "location: b\r\n", ""),
+            "/b" => answer("307 Temporary Redirect", "location: /c?x=1\r\n", ""),
+            "/p" => answer("308 Permanent Redirect", "location: /c\r\n", ""),
+            "/loop" => answer("302 Found", "location: /loop\r\n", ""),
+            _ => answer("200 OK", "", &"z".repeat(1000)),
+        })
+        .await;
+        let c = client(false, "");
+        let url = format!("http://127.0.0.1:{port}/a");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic eA=="),
+        );
+        let r = c
+            .request(Method::POST, &url, h.clone(), form(), 10)
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.body), (StatusCode::OK, b"z".repeat(10)));
+        let lines: Vec<String> = log.lock().unwrap().drain(..).collect();
+        let first: Vec<&str> = lines.iter().map(|r| r.lines().next().unwrap()).collect();
+        assert_eq!(
+            first,
+            ["POST /a HTTP/1.1", "GET /b HTTP/1.1", "GET /c?x=1 HTTP/1.1"]
+        );
+        assert!(lines[0].ends_with("a=1") && !lines[1].contains("a=1"));
+        // Same host: the credentials stay.
+        assert!(
+            lines[2].contains("authorization: Basic eA=="),
+            "{}",
+            lines[2]
+        );
+
+        let url = format!("http://127.0.0.1:{port}/p");
+        let r = c
+            .request(Method::POST, &url, h, form(), 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(r.body.len(), 1000);
+        let lines: Vec<String> = log.lock().unwrap().drain(..).collect();
+        assert!(lines[1].starts_with("POST /c HTTP/1.1") && lines[1].ends_with("a=1"));
+
+        let url = format!("http://127.0.0.1:{port}/loop");
+        let e = c
+            .request(Method::GET, &url, HeaderMap::new(), None, 10)
+            .await
+            .unwrap_err();
+        assert_eq!(e, format!("Get {url:?}: stopped after 10 redirects"));
+        // Nothing listening: Go's words for the request, the cause after them.
+        let e = c
+            .request(
+                Method::POST,
+                "http://127.0.0.1:1/t",
+                HeaderMap::new(),
+                None,
+                10,
+            )
+            .await
+            .unwrap_err();
+        assert!(e.starts_with("Post \"http://127.0.0.1:1/t\": "), "{e}");
+        assert!(e.contains("refused"), "{e}");
+    }
+
+    /// `proxyURL` with an http destination: absolute-form request to the proxy, its
+    /// credentials as `Proxy-Authorization`; the destination is never dialled.
+    #[tokio::test]
+    async fn http_proxy_gets_absolute_form() {
+        let (port, log) = server(|_| answer("200 OK", "", "via proxy")).await;
+        let c = client(false, &format!("http://user:pw@127.0.0.1:{port}"));
+        let r = c
+            .request(
+                Method::GET,
+                "http://dest.invalid:81/x?y",
+                HeaderMap::new(),
+                None,
+                100,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.body, b"via proxy");
+        let req = log.lock().unwrap()[0].clone();
+        assert!(
+            req.starts_with("GET http://dest.invalid:81/x?y HTTP/1.1\r\n"),
+            "{req}"
+        );
+        assert!(req.contains("host: dest.invalid:81\r\n"), "{req}");
+        // base64("user:pw")
+        assert!(
+            req.contains("proxy-authorization: Basic dXNlcjpwdw==\r\n"),
+            "{req}"
+        );
+    }
+
+    /// `proxyURL` with an https destination: a CONNECT tunnel, TLS inside it, verified
+    /// unless insecureSkipVerify (the tunnel's end has a self-signed certificate).
+    #[tokio::test]
+    async fn https_through_connect_tunnel() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let log = Log::default();
+        let seen = log.clone();
+        let tls = tokio_rustls::TlsAcceptor::from(crate::tls::server_config("", "", "").unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = l.accept().await.unwrap();
+                let connect = read_request(&mut c).await;
+                seen.lock().unwrap().push(connect);
+                c.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .unwrap();
+                let Ok(mut c) = tls.accept(c).await else {
+                    continue;
+                };
+                let req = read_request(&mut c).await;
+                seen.lock().unwrap().push(req);
+                c.write_all(answer("200 OK", "", "secret").as_bytes())
+                    .await
+                    .unwrap();
+                let _ = c.shutdown().await;
+            }
+        });
+        let proxy = format!("127.0.0.1:{port}");
+        let r = client(true, &proxy)
+            .request(
+                Method::GET,
+                "https://dest.invalid/keys",
+                HeaderMap::new(),
+                None,
+                100,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.body, b"secret");
+        let lines: Vec<String> = log.lock().unwrap().drain(..).collect();
+        assert!(
+            lines[0].starts_with("CONNECT dest.invalid:443 HTTP/1.1\r\n"),
+            "{lines:?}"
+        );
+        assert!(lines[1].starts_with("GET /keys HTTP/1.1\r\n"), "{lines:?}");
+        let e = client(false, &proxy)
+            .request(
+                Method::GET,
+                "https://dest.invalid/keys",
+                HeaderMap::new(),
+                None,
+                100,
+            )
+            .await
+            .unwrap_err();
+        assert!(e.starts_with("Get \"https://dest.invalid/keys\": "), "{e}");
+        assert!(e.contains("certificate"), "{e}");
+    }
 
     #[test]
     fn redirect_locations() {

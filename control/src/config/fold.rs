@@ -3,9 +3,9 @@
 //! a field when it equals the field's name or, failing that, equals it ignoring case. So
 //! `subdomainHost`, `SubDomainHost` and `subDomainHost` are one key for frp.
 //!
-//! [`decode_folded`] decodes a document with its keys matched to the spellings our structs
-//! use, by walking it with the struct's own `Deserialize` impl (the probe deserializer sees each
-//! struct's field names in `deserialize_struct`). Keys that match no field stay as they are, so strict mode
+//! [`canonical_keys`] rewrites a document's keys to the spellings our structs use, by walking
+//! it with the struct's own `Deserialize` impl (a probe deserializer sees each struct's field
+//! names in `deserialize_struct`). Keys that match no field stay as they are, so strict mode
 //! still refuses them with their line.
 //!
 //! Several spellings of one field in one object are all applied, in the order Go's decoder
@@ -18,7 +18,9 @@ use std::cell::Cell;
 use std::fmt;
 
 use serde::Deserializer;
-use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor,
+};
 use serde_json::Value;
 
 /// A JSON value whose objects keep their keys in order, duplicates included.
@@ -123,27 +125,9 @@ fn fold_eq(a: &str, b: &str) -> bool {
             .eq(b.chars().flat_map(char::to_lowercase))
 }
 
-/// Decodes `doc` as Go's decoder would (keys matched ignoring case, several spellings of one
-/// field merged): `decode` runs `T`'s `Deserialize` on the probe (possibly wrapped, for key
-/// paths and ignored keys). Returns its result and the document with its keys spelled as
-/// `T`'s fields. One pass, so `T`'s deserializers are instantiated for the probe only.
-pub(crate) fn decode_folded<T, E>(
-    doc: Doc,
-    decode: impl FnOnce(Probe<'_>) -> Result<T, E>,
-) -> Result<(T, Value), E> {
-    let changed = Cell::new(false);
-    let mut slot = vec![doc];
-    let value = decode(Probe {
-        vals: &mut slot,
-        changed: &changed,
-    })?;
-    Ok((value, slot.pop().map(Value::from).unwrap_or(Value::Null)))
-}
-
 /// `doc` with its keys spelled as `T`'s fields, or `None` when every key already was
 /// (nothing renamed, nothing merged).
-#[cfg(test)]
-pub(crate) fn canonical_keys<T: de::DeserializeOwned>(doc: Doc) -> Option<Value> {
+pub(crate) fn canonical_keys<T: DeserializeOwned>(doc: Doc) -> Option<Value> {
     let changed = Cell::new(false);
     let mut slot = vec![doc];
     // The probe's own result and errors do not matter: a document that does not fit `T`
@@ -157,11 +141,11 @@ pub(crate) fn canonical_keys<T: de::DeserializeOwned>(doc: Doc) -> Option<Value>
         .then(|| slot.pop().map(Value::from).unwrap_or(Value::Null))
 }
 
-pub(crate) type Error = de::value::Error;
+type Error = de::value::Error;
 
 /// Deserializes from every value given for one field (in Go's order), leaving the merged
 /// result as the only element of `vals`.
-pub(crate) struct Probe<'a> {
+struct Probe<'a> {
     vals: &'a mut Vec<Doc>,
     changed: &'a Cell<bool>,
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use super::client::ClientConfig;
-use super::fold::{Doc, decode_folded};
+use super::fold::{Doc, canonical_keys};
 use super::proxy::{ClientPluginType, ProxyType, VisitorType};
 use super::server::ServerConfig;
 use super::{ConfigError, ConfigFormat, legacy, template};
@@ -99,25 +99,27 @@ pub(crate) fn decode_document<T: DeserializeOwned>(
         message,
     };
 
-    // Every format is decoded through one document type and one deserializer (one
-    // instantiation of the config types' deserializers instead of one per format: a smaller
-    // binary), which also matches keys in another case than our fields' as Go's JSON decoder
-    // does, so frp does (see `fold`).
-    let doc: Doc = match format {
+    // Every format is decoded through one JSON value (one instantiation of the config types'
+    // deserializers instead of one per format: a smaller binary). Keys in another case than
+    // our fields' (Go's JSON decoder takes them, so frp does) are respelled first (see `fold`).
+    let generic: serde_json::Value = match format {
         ConfigFormat::Toml | ConfigFormat::Auto => {
-            let v: serde_json::Value = toml::from_str(&text).map_err(|e: toml::de::Error| {
+            let v = toml::from_str(&text).map_err(|e: toml::de::Error| {
                 let (line, col) = e.span().map(|s| line_col(&text, s.start)).unzip();
                 parse_err(line, col, None, e.message().trim().to_owned())
             })?;
-            Doc::from(v)
+            canonical_keys::<T>(Doc::from(serde_json::Value::clone(&v))).unwrap_or(v)
         }
-        ConfigFormat::Json => serde_json::from_str::<Doc>(&text).map_err(|e| {
-            let msg = e.to_string();
-            let msg = msg
-                .rsplit_once(" at line ")
-                .map_or(msg.as_str(), |(m, _)| m);
-            parse_err(Some(e.line()), Some(e.column()), None, msg.to_owned())
-        })?,
+        ConfigFormat::Json => {
+            let doc: Doc = serde_json::from_str(&text).map_err(|e| {
+                let msg = e.to_string();
+                let msg = msg
+                    .rsplit_once(" at line ")
+                    .map_or(msg.as_str(), |(m, _)| m);
+                parse_err(Some(e.line()), Some(e.column()), None, msg.to_owned())
+            })?;
+            canonical_keys::<T>(doc.clone()).unwrap_or_else(|| doc.into())
+        }
         ConfigFormat::Yaml => {
             let mut doc: serde_norway::Value = serde_norway::from_str(&text).map_err(|e| {
                 let loc = e.location();
@@ -139,15 +141,12 @@ pub(crate) fn decode_document<T: DeserializeOwned>(
             }
             let v = serde_json::to_value(&doc)
                 .map_err(|e| parse_err(None, None, None, e.to_string()))?;
-            Doc::from(v)
+            canonical_keys::<T>(Doc::from(serde_json::Value::clone(&v))).unwrap_or(v)
         }
     };
     let mut ignored: Vec<Vec<Seg>> = Vec::new();
     let mut on_ignored = |p: serde_ignored::Path<'_>| ignored.push(ignored_path(&p));
-    let decoded = decode_folded(doc, |probe| {
-        decode_tracked::<T, _, _>(probe, &mut on_ignored)
-    });
-    let (value, generic) = decoded.map_err(|(path, e)| {
+    let value: T = decode_tracked(generic.clone(), &mut on_ignored).map_err(|(path, e)| {
         let line = find_key_line(&text, &path);
         // TOML points at the value (as the TOML decoder's own spans did).
         let col = match (format, line, path.last()) {

@@ -306,7 +306,22 @@ async fn tcp_connect(uri: &Uri) -> std::io::Result<TcpStream> {
         Some("socks5" | "socks5h") => 1080,
         _ => 80,
     });
-    let tcp = TcpStream::connect((host_of(uri), port)).await?;
+    let host = host_of(uri);
+    // Go's dialer words: `dial tcp 127.0.0.1:1: connect: connection refused`.
+    let tcp = TcpStream::connect((host, port)).await.map_err(|e| {
+        let text = match e.raw_os_error() {
+            Some(_) if host.contains(':') => format!(
+                "dial tcp [{host}]:{port}: connect: {}",
+                crate::listen::os_error_text(&e)
+            ),
+            Some(_) => format!(
+                "dial tcp {host}:{port}: connect: {}",
+                crate::listen::os_error_text(&e)
+            ),
+            None => format!("dial tcp: lookup {host}: {e}"),
+        };
+        std::io::Error::new(e.kind(), text)
+    })?;
     tcp.set_nodelay(true)?;
     Ok(tcp)
 }
@@ -574,8 +589,10 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert!(e.starts_with("Post \"http://127.0.0.1:1/t\": "), "{e}");
-        assert!(e.contains("refused"), "{e}");
+        assert_eq!(
+            e,
+            "Post \"http://127.0.0.1:1/t\": dial tcp 127.0.0.1:1: connect: connection refused"
+        );
     }
 
     /// `proxyURL` with an http destination: absolute-form request to the proxy, its

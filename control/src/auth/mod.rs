@@ -6,6 +6,7 @@
 //! `auth.additionalScopes` (`HeartBeats`, `NewWorkConns`) extend the check from Login to pings
 //! and work connections. The refusal texts are frp's.
 
+mod http;
 pub mod oidc;
 pub mod source;
 mod token;

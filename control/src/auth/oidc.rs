@@ -2,7 +2,8 @@
 //! ([`ClientCredentials`]); frps verifies it as an OIDC ID token ([`Verifier`]: discovery, JWKS
 //! with key rotation, issuer / audience / expiry checks).
 //!
-//! JWS parsing and signature checks are `jsonwebtoken`'s; HTTP is `reqwest` over rustls (ring).
+//! JWS parsing and signature checks are `jsonwebtoken`'s; HTTP is [`HttpClient`] (hyper's
+//! HTTP/1.1 client over rustls with ring, hyper-util's proxy support).
 //! The error texts are those of frp's Go libraries (`golang.org/x/oauth2`, `coreos/go-oidc`),
 //! which frp passes on to logs and to clients.
 
@@ -14,6 +15,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use super::http::HttpClient;
 use crate::config::{AuthOidcClientConfig, AuthOidcServerConfig};
 
 /// A bound on each request to the token endpoint / issuer, so a silent provider cannot hold a
@@ -21,6 +23,8 @@ use crate::config::{AuthOidcClientConfig, AuthOidcServerConfig};
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Go's oauth2 reads at most this much of a token response.
 const MAX_TOKEN_RESPONSE: usize = 1 << 20;
+/// The most read of a discovery document or key set.
+const MAX_DOCUMENT: usize = 4 << 20;
 /// A cached token is renewed this long before it expires (oauth2's `expiryDelta`).
 const EXPIRY_DELTA: Duration = Duration::from_secs(10);
 
@@ -31,7 +35,7 @@ pub fn http_client(
     trusted_ca_file: &str,
     insecure_skip_verify: bool,
     proxy_url: &str,
-) -> Result<reqwest::Client, String> {
+) -> Result<HttpClient, String> {
     let custom = !trusted_ca_file.is_empty() || insecure_skip_verify || !proxy_url.is_empty();
     let ca = if insecure_skip_verify {
         ""
@@ -59,19 +63,7 @@ pub fn http_client(
     }
     let tls = crate::tls::https_client_config(ca, insecure_skip_verify)
         .map_err(|e| format!("failed to parse OIDC CA certificate from file {ca:?}: {e}"))?;
-    let mut builder = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(HTTP_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::limited(10));
-    if custom {
-        builder = builder.no_proxy();
-        if !proxy_url.is_empty() {
-            let proxy = reqwest::Proxy::all(proxy_url)
-                .map_err(|e| format!("failed to parse OIDC proxy URL {proxy_url:?}: {e}"))?;
-            builder = builder.proxy(proxy);
-        }
-    }
-    builder.build().map_err(|e| e.to_string())
+    HttpClient::new(tls, !custom, proxy_url, HTTP_TIMEOUT)
 }
 
 // --- frpc: client credentials ------------------------------------------------------------------
@@ -80,7 +72,7 @@ pub fn http_client(
 /// `clientcredentials.Config` as frp sets it up). A token with `expires_in` is cached until
 /// shortly before it expires; one without is never reused: every call fetches a fresh one.
 pub struct ClientCredentials {
-    http: reqwest::Client,
+    http: HttpClient,
     token_url: String,
     client_id: String,
     client_secret: String,
@@ -162,10 +154,11 @@ impl ClientCredentials {
 
     async fn fetch(&self, in_body: bool) -> Result<Token, String> {
         let mut form = self.form.clone();
-        let mut req = self
-            .http
-            .post(&self.token_url)
-            .header(http::header::ACCEPT, "application/json");
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/json"),
+        );
         if in_body {
             form.push(("client_id".into(), self.client_id.clone()));
             form.push(("client_secret".into(), self.client_secret.clone()));
@@ -177,16 +170,28 @@ impl ClientCredentials {
                 esc(&self.client_id),
                 esc(&self.client_secret)
             ));
-            req = req.header(http::header::AUTHORIZATION, format!("Basic {basic}"));
+            let basic = http::HeaderValue::try_from(format!("Basic {basic}"))
+                .map_err(|e| format!("oauth2: cannot fetch token: {e}"))?;
+            headers.insert(http::header::AUTHORIZATION, basic);
         }
-        let resp = req
-            .form(&form)
-            .send()
+        let body = (
+            http::HeaderValue::from_static("application/x-www-form-urlencoded"),
+            bytes::Bytes::from(encode_form(&form)),
+        );
+        let resp = self
+            .http
+            .request(
+                http::Method::POST,
+                &self.token_url,
+                headers,
+                Some(body),
+                MAX_TOKEN_RESPONSE,
+            )
             .await
-            .map_err(|e| format!("oauth2: cannot fetch token: {}", reqwest_error_text(&e)))?;
-        let status = resp.status();
+            .map_err(|e| format!("oauth2: cannot fetch token: {e}"))?;
+        let status = resp.status;
         let content_type = resp
-            .headers()
+            .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
@@ -195,9 +200,7 @@ impl ClientCredentials {
             .unwrap_or_default()
             .trim()
             .to_ascii_lowercase();
-        let body = read_limited(resp, MAX_TOKEN_RESPONSE)
-            .await
-            .map_err(|e| format!("oauth2: cannot fetch token: {e}"))?;
+        let body = resp.body;
         let fields = parse_token_response(&content_type, &body);
         if !status.is_success() {
             let fields = fields.unwrap_or_default();
@@ -242,6 +245,17 @@ fn form_escape(s: &str) -> String {
         }
     }
     out
+}
+
+/// Go's `url.Values.Encode`: keys sorted, both halves query-escaped.
+fn encode_form(form: &[(String, String)]) -> String {
+    let mut pairs: Vec<&(String, String)> = form.iter().collect();
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    let pairs: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", form_escape(k), form_escape(v)))
+        .collect();
+    pairs.join("&")
 }
 
 /// A token endpoint's answer: JSON, or a form (`application/x-www-form-urlencoded`,
@@ -291,30 +305,6 @@ fn parse_token_response(content_type: &str, body: &[u8]) -> Result<Fields, Strin
     }
 }
 
-async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| reqwest_error_text(&e))? {
-        let room = limit - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= limit {
-            break;
-        }
-    }
-    Ok(body)
-}
-
-/// A reqwest error with its causes (reqwest's own text is only "error sending request").
-fn reqwest_error_text(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
 // --- frps: verification ------------------------------------------------------------------------
 
 /// The claims frp looks at.
@@ -327,7 +317,7 @@ pub struct IdToken {
 /// configures it). Keys come from the issuer's `jwks_uri`, fetched on first use and again
 /// whenever a token names a key the cached set cannot verify (key rotation).
 pub struct Verifier {
-    http: reqwest::Client,
+    http: HttpClient,
     issuer: String,
     jwks_uri: String,
     algorithms: Vec<Algorithm>,
@@ -385,12 +375,15 @@ impl Verifier {
             cfg.issuer.trim_end_matches('/')
         );
         let resp = http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("Get {url:?}: {}", reqwest_error_text(&e)))?;
-        let status = resp.status();
-        let body = read_limited(resp, 4 << 20).await?;
+            .request(
+                http::Method::GET,
+                &url,
+                http::HeaderMap::new(),
+                None,
+                MAX_DOCUMENT,
+            )
+            .await?;
+        let (status, body) = (resp.status, resp.body);
         if !status.is_success() {
             return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
         }
@@ -519,14 +512,16 @@ impl Verifier {
     async fn fetch_keys(&self) -> Result<Vec<Key>, String> {
         let resp = self
             .http
-            .get(&self.jwks_uri)
-            .send()
+            .request(
+                http::Method::GET,
+                &self.jwks_uri,
+                http::HeaderMap::new(),
+                None,
+                MAX_DOCUMENT,
+            )
             .await
-            .map_err(|e| format!("oidc: get keys failed {}", reqwest_error_text(&e)))?;
-        let status = resp.status();
-        let body = read_limited(resp, 4 << 20)
-            .await
-            .map_err(|e| format!("unable to read response body: {e}"))?;
+            .map_err(|e| format!("oidc: get keys failed {e}"))?;
+        let (status, body) = (resp.status, resp.body);
         if !status.is_success() {
             return Err(format!(
                 "oidc: get keys failed: {status} {}",
@@ -623,6 +618,12 @@ mod tests {
         assert_eq!(go_time(Some(0.0)), "1970-01-01 00:00:00 +0000 UTC");
         assert_eq!(go_time(None), "0001-01-01 00:00:00 +0000 UTC");
         assert_eq!(form_escape("a b/c:d~"), "a+b%2Fc%3Ad~");
+        let form = [("scope", "a b"), ("grant_type", "client_credentials")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(
+            encode_form(&form),
+            "grant_type=client_credentials&scope=a+b"
+        );
     }
 
     #[test]

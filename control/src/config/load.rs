@@ -99,70 +99,28 @@ pub(crate) fn decode_document<T: DeserializeOwned>(
         message,
     };
 
-    // A decoding error at `path`, reported at that key's line.
-    let key_err = |path: &[Seg], message: String| {
-        parse_err(find_key_line(&text, path), None, non_empty(path), message)
-    };
-
-    let mut ignored: Vec<Vec<Seg>> = Vec::new();
-    let mut on_ignored = |p: serde_ignored::Path<'_>| ignored.push(ignored_path(&p));
-    // Keys in another case than our fields' (Go's JSON decoder takes them, so frp does):
-    // the document with canonical keys, decoded from that instead (see `fold`).
-    let folded: Option<serde_json::Value> = match format {
-        ConfigFormat::Json => serde_json::from_str::<Doc>(&text).ok(),
-        ConfigFormat::Toml | ConfigFormat::Auto => toml::from_str::<serde_json::Value>(&text)
-            .ok()
-            .map(Doc::from),
-        // After merges (below).
-        ConfigFormat::Yaml => None,
-    }
-    .and_then(canonical_keys::<T>);
-    let decode_folded = |canon: serde_json::Value,
-                         on_ignored: &mut dyn FnMut(serde_ignored::Path<'_>)|
-     -> Result<(T, serde_json::Value), ConfigError> {
-        let mut on_ignored = on_ignored;
-        let v = decode_tracked(canon.clone(), &mut on_ignored)
-            .map_err(|(path, e)| key_err(&path, e.to_string()))?;
-        Ok((v, canon))
-    };
-    let (value, generic): (T, serde_json::Value) = match (folded, format) {
-        (Some(canon), _) => decode_folded(canon, &mut on_ignored)?,
-        (None, ConfigFormat::Toml | ConfigFormat::Auto) => {
-            let de = toml::de::Deserializer::parse(&text)
-                .map_err(|e| parse_err(None, None, None, e.message().to_owned()))?;
-            let v = decode_tracked(de, &mut on_ignored).map_err(|(path, e)| {
-                let (line, col) = e
-                    .span()
-                    .map(|s| line_col(&text, s.start))
-                    .map_or((find_key_line(&text, &path), None), |(l, c)| {
-                        (Some(l), Some(c))
-                    });
-                parse_err(line, col, non_empty(&path), e.message().trim().to_owned())
+    // Every format is decoded through one JSON value (one instantiation of the config types'
+    // deserializers instead of one per format: a smaller binary). Keys in another case than
+    // our fields' (Go's JSON decoder takes them, so frp does) are respelled first (see `fold`).
+    let generic: serde_json::Value = match format {
+        ConfigFormat::Toml | ConfigFormat::Auto => {
+            let v = toml::from_str(&text).map_err(|e: toml::de::Error| {
+                let (line, col) = e.span().map(|s| line_col(&text, s.start)).unzip();
+                parse_err(line, col, None, e.message().trim().to_owned())
             })?;
-            let generic = toml::from_str(&text).map_err(|e: toml::de::Error| {
-                parse_err(None, None, None, e.message().to_owned())
-            })?;
-            (v, generic)
+            canonical_keys::<T>(Doc::from(serde_json::Value::clone(&v))).unwrap_or(v)
         }
-        (None, ConfigFormat::Json) => {
-            let mut de = serde_json::Deserializer::from_str(&text);
-            let v = decode_tracked(&mut de, &mut on_ignored).map_err(|(path, e)| {
+        ConfigFormat::Json => {
+            let doc: Doc = serde_json::from_str(&text).map_err(|e| {
                 let msg = e.to_string();
                 let msg = msg
                     .rsplit_once(" at line ")
                     .map_or(msg.as_str(), |(m, _)| m);
-                let (line, col) = if e.line() > 0 {
-                    (Some(e.line()), Some(e.column()))
-                } else {
-                    (find_key_line(&text, &path), None)
-                };
-                parse_err(line, col, non_empty(&path), msg.to_owned())
+                parse_err(Some(e.line()), Some(e.column()), None, msg.to_owned())
             })?;
-            let generic = serde_json::from_str(&text)
-                .map_err(|e| parse_err(Some(e.line()), Some(e.column()), None, e.to_string()))?;
-            (v, generic)
+            canonical_keys::<T>(doc.clone()).unwrap_or_else(|| doc.into())
         }
-        (None, ConfigFormat::Yaml) => {
+        ConfigFormat::Yaml => {
             let mut doc: serde_norway::Value = serde_norway::from_str(&text).map_err(|e| {
                 let loc = e.location();
                 parse_err(
@@ -181,17 +139,25 @@ pub(crate) fn decode_document<T: DeserializeOwned>(
             if let serde_norway::Value::Mapping(m) = &mut doc {
                 m.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with('.')));
             }
-            let generic = serde_json::to_value(&doc)
+            let v = serde_json::to_value(&doc)
                 .map_err(|e| parse_err(None, None, None, e.to_string()))?;
-            if let Some(canon) = canonical_keys::<T>(Doc::from(generic.clone())) {
-                decode_folded(canon, &mut on_ignored)?
-            } else {
-                let v = decode_tracked(doc.clone(), &mut on_ignored)
-                    .map_err(|(path, e)| key_err(&path, e.to_string()))?;
-                (v, generic)
-            }
+            canonical_keys::<T>(Doc::from(serde_json::Value::clone(&v))).unwrap_or(v)
         }
     };
+    let mut ignored: Vec<Vec<Seg>> = Vec::new();
+    let mut on_ignored = |p: serde_ignored::Path<'_>| ignored.push(ignored_path(&p));
+    let value: T = decode_tracked(generic.clone(), &mut on_ignored).map_err(|(path, e)| {
+        let line = find_key_line(&text, &path);
+        // TOML points at the value (as the TOML decoder's own spans did).
+        let col = match (format, line, path.last()) {
+            (ConfigFormat::Toml | ConfigFormat::Auto, Some(l), Some(Seg::Key(k))) => text
+                .lines()
+                .nth(l - 1)
+                .and_then(|t| toml_value_column(t, k)),
+            _ => None,
+        };
+        parse_err(line, col, non_empty(&path), e.to_string())
+    })?;
 
     if strict {
         if let Some(path) = ignored.first() {
@@ -201,6 +167,22 @@ pub(crate) fn decode_document<T: DeserializeOwned>(
             .map_err(|(path, ty)| unknown_key(file, format, &text, &path, Some(ty)))?;
     }
     Ok(value)
+}
+
+/// The 1-based column of `key`'s value on a TOML line (`key = value`, also inside an inline
+/// table or as the last part of a dotted key).
+pub(crate) fn toml_value_column(line: &str, key: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = line[from..].find(key) {
+        let end = from + at + key.len();
+        let rest = line[end..].trim_start_matches(['"', '\'']).trim_start();
+        if let Some(value) = rest.strip_prefix('=') {
+            let start = line.len() - value.trim_start().len();
+            return Some(line[..start].chars().count() + 1);
+        }
+        from = end;
+    }
+    None
 }
 
 fn non_empty(path: &[Seg]) -> Option<String> {

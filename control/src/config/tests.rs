@@ -725,6 +725,51 @@ fn strict_rejects_keys_of_another_proxy_type() {
     );
 }
 
+/// Every format decodes through one JSON value: a type error names the key, its line (and
+/// for TOML the value's column, as the TOML decoder's spans did), with serde's words.
+#[test]
+fn type_errors_in_every_format() {
+    let cases = [
+        (
+            "bindAddr = \"x\"\n[webServer]\nport = \"seven\"\n",
+            ConfigFormat::Toml,
+            "line 3, column 8",
+        ),
+        (
+            "{\n  \"bindAddr\": \"x\",\n  \"webServer\": {\"port\": \"seven\"}\n}\n",
+            ConfigFormat::Json,
+            "line 3",
+        ),
+        (
+            "bindAddr: x\nwebServer:\n  port: seven\n",
+            ConfigFormat::Yaml,
+            "line 3",
+        ),
+    ];
+    for (text, format, at) in cases {
+        let msg = server(text, format).unwrap_err().to_string();
+        assert!(
+            msg.contains(at)
+                && msg.contains("webServer.port")
+                && msg.contains("invalid type: string \"seven\", expected i64"),
+            "{format:?}: {msg}"
+        );
+    }
+    assert_eq!(
+        super::load::toml_value_column("a = { b = 1, port=7 }", "port"),
+        Some(19)
+    );
+    assert_eq!(
+        super::load::toml_value_column("tls.enable =  x", "enable"),
+        Some(15)
+    );
+    assert_eq!(
+        super::load::toml_value_column("\"port\" = 1", "port"),
+        Some(10)
+    );
+    assert_eq!(super::load::toml_value_column("portx", "port"), None);
+}
+
 #[test]
 fn type_errors_name_key_and_line() {
     let e = server(

@@ -146,7 +146,15 @@ pub struct Client {
     vnet: Option<Arc<vnet::Controller>>,
     /// xtcp: NatHole requests out on the live control connection, NatHoleResp back.
     nathole: Arc<xtcp::Transporter>,
+    /// Woken whenever a NewProxyResp settles a proxy's phase (see [`WAIT_START_GRACE`]).
+    proxy_settled: tokio::sync::Notify,
 }
+
+/// How long a work connection for a proxy still waiting for its NewProxyResp is held. frps
+/// may send StartWorkConn on a work connection before the NewProxyResp it queued on the
+/// control connection reaches us (a user connected the moment the proxy's port opened); frp
+/// closes such a connection, we let it through once the proxy is running.
+const WAIT_START_GRACE: Duration = Duration::from_secs(2);
 
 struct Session {
     connector: Connector,
@@ -201,6 +209,7 @@ impl Client {
             in_process: None,
             vnet,
             nathole: Arc::new(xtcp::Transporter::default()),
+            proxy_settled: tokio::sync::Notify::new(),
         })
     }
 
@@ -628,6 +637,7 @@ impl Client {
             warn!("[{name}] start error: {}", resp.error);
             p.phase = Phase::StartError(Instant::now(), resp.error);
         }
+        self.proxy_settled.notify_waiters();
     }
 
     fn strip_user<'a>(&self, wire: &'a str) -> &'a str {
@@ -680,17 +690,26 @@ impl Client {
             return;
         }
         let name = self.strip_user(&start.proxy_name).to_string();
-        let (cfg, limiter, proxy_plugin) = {
-            let proxies = self.proxies.lock().unwrap();
-            match proxies.get(&name) {
-                Some(p) if matches!(p.phase, Phase::Running { .. }) => {
-                    (p.cfg.clone(), p.limiter.clone(), p.plugin.clone())
-                }
-                _ => {
-                    warn!("[{name}] work connection for a proxy that is not running; closed");
-                    return;
+        let deadline = tokio::time::Instant::now() + WAIT_START_GRACE;
+        let (cfg, limiter, proxy_plugin) = loop {
+            // Registered before the check, so a NewProxyResp between the two still wakes us.
+            let settled = self.proxy_settled.notified();
+            {
+                let proxies = self.proxies.lock().unwrap();
+                match proxies.get(&name) {
+                    Some(p) if matches!(p.phase, Phase::Running { .. }) => {
+                        break (p.cfg.clone(), p.limiter.clone(), p.plugin.clone());
+                    }
+                    Some(p)
+                        if matches!(p.phase, Phase::WaitStart(_))
+                            && tokio::time::Instant::now() < deadline => {}
+                    _ => {
+                        warn!("[{name}] work connection for a proxy that is not running; closed");
+                        return;
+                    }
                 }
             }
+            let _ = tokio::time::timeout_at(deadline, settled).await;
         };
         if matches!(
             cfg.proxy_type,

@@ -169,6 +169,18 @@ impl Proc {
         }
     }
 
+    /// Bytes the process has read and written through system calls so far (sockets and
+    /// files alike: `rchar` + `wchar` of `/proc/PID/io`), e.g. to show traffic did not pass
+    /// through it.
+    pub fn io_bytes(&self) -> u64 {
+        let path = format!("/proc/{}/io", self.pid());
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        text.lines()
+            .filter(|l| l.starts_with("rchar:") || l.starts_with("wchar:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }

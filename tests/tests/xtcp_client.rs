@@ -108,11 +108,7 @@ impl Lab {
 
     /// Bytes frps read and wrote so far.
     fn frps_io(&self) -> u64 {
-        let text = std::fs::read_to_string(format!("/proc/{}/io", self.frps.pid())).unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("rchar:") || l.starts_with("wchar:"))
-            .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
-            .sum()
+        self.frps.io_bytes()
     }
 }
 
@@ -744,14 +740,6 @@ mod nat {
         )
     }
 
-    fn frps_io(p: &Proc) -> u64 {
-        let text = std::fs::read_to_string(format!("/proc/{}/io", p.pid())).unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("rchar:") || l.starts_with("wchar:"))
-            .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
-            .sum()
-    }
-
     /// The owner on `owner_ns` (service on `owner_ip`), the visitor on `visitor_ns`
     /// (listening on `visitor_ip`); 10 MiB both ways from the visitor's namespace.
     async fn through_nat(
@@ -864,9 +852,9 @@ mod nat {
             }
         };
         transfer(b"hello through the nat".to_vec()).await;
-        let before = frps_io(&frps);
+        let before = frps.io_bytes();
         transfer(pattern(TEN_MIB, 3)).await;
-        let moved = frps_io(&frps) - before;
+        let moved = frps.io_bytes() - before;
         assert!(moved < 1 << 20, "frps moved {moved} bytes");
         // The public side punched to the NAT's address, not to a private one.
         v.wait_log("establishing nat hole connection successful", WAIT);

@@ -205,10 +205,10 @@ async fn real_pair(protocol: &str, wire: &str) {
 
     // Not through frps: 4 MiB more over the tunnel moves frps' own I/O counters by far
     // less, and with frps frozen (SIGSTOP) a new connection still gets through.
-    let io_before = proc_io(frps.pid());
+    let io_before = frps.io_bytes();
     let data = pattern(4 << 20, 8);
     assert!(echo_through(vport, &data).await == data, "echo mismatch");
-    let io_after = proc_io(frps.pid());
+    let io_after = frps.io_bytes();
     assert!(
         io_after - io_before < 512 * 1024,
         "frps moved {} bytes while 8 MiB crossed the tunnel",
@@ -222,15 +222,6 @@ async fn real_pair(protocol: &str, wire: &str) {
         .expect("echo in time with frps frozen")
         .expect("echo with frps frozen");
     assert!(got == data, "echo mismatch with frps frozen");
-}
-
-/// Bytes a process has read and written through system calls (sockets and files alike).
-fn proc_io(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("read /proc/PID/io");
-    text.lines()
-        .filter(|l| l.starts_with("rchar:") || l.starts_with("wchar:"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

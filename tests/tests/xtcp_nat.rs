@@ -133,15 +133,6 @@ async fn echo_via(ns: &Ns, port: u16, data: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Bytes a process has read and written through system calls (sockets and files alike).
-fn proc_io(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("read /proc/PID/io");
-    text.lines()
-        .filter(|l| l.starts_with("rchar:") || l.starts_with("wchar:"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
-}
-
 fn spawn_frpc(site: &Site, env: &Env, program: &Path, name: &str, cfg: &str) -> Proc {
     let path = env.write(&format!("{name}.toml"), cfg);
     site.host.spawn(
@@ -180,11 +171,11 @@ async fn cone_pair(t: &Topology, roles: &Roles, protocols: &[&str], mib: usize) 
         // The first connection makes the tunnel.
         let hello = pattern(64 * 1024, 1);
         assert!(echo_via(&visitor_site.host, port, &hello).await == hello);
-        let before = proc_io(public.frps.pid());
+        let before = public.frps.io_bytes();
         let data = pattern(mib << 20, 2 + i as u64);
         let got = echo_via(&visitor_site.host, port, &data).await;
         assert!(got == data, "{protocol}: echo mismatch");
-        let moved = proc_io(public.frps.pid()) - before;
+        let moved = public.frps.io_bytes() - before;
         assert!(
             moved < (mib << 20) as u64 / 10,
             "{protocol}: frps moved {moved} bytes while {mib} MiB crossed the tunnel each way"
@@ -249,11 +240,11 @@ async fn xtcp_between_two_symmetric_sites_falls_back_to_stcp() {
     let visitor = spawn_frpc(visitor_site, &env, &bin("frpc"), "visitor", &cfg);
     visitor.wait_log("start visitor success", Duration::from_secs(10));
 
-    let before = proc_io(public.frps.pid());
+    let before = public.frps.io_bytes();
     let data = pattern(2 << 20, 3);
     let got = echo_via(&visitor_site.host, 9000, &data).await;
     assert!(got == data, "echo mismatch through the fallback");
-    let moved = proc_io(public.frps.pid()) - before;
+    let moved = public.frps.io_bytes() - before;
     assert!(
         moved >= 2 * (2 << 20),
         "the fallback goes through frps, which moved only {moved} bytes"

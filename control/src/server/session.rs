@@ -77,6 +77,9 @@ impl State {
             pool_count,
         ));
 
+        // Registered before LoginResp goes out, as frp does: the client may open visitor and
+        // work connections naming its run id the moment it reads the answer.
+        self.controls.insert(ctl.clone());
         let resp = LoginResp {
             version: crate::FRP_VERSION.into(),
             run_id: run_id.clone(),
@@ -84,6 +87,7 @@ impl State {
         };
         if let Err(e) = mc.write_msg(&resp.into()).await {
             warn!("[{run_id}] write LoginResp: {e}");
+            self.controls.remove(&ctl);
             return;
         }
         let enabled = handshake::enable_control_encryption(
@@ -95,9 +99,9 @@ impl State {
         );
         if let Err(e) = enabled {
             warn!("[{run_id}] control connection: {e}");
+            self.controls.remove(&ctl);
             return;
         }
-        self.controls.insert(ctl.clone());
         self.stats
             .on_login(&run_id, &ctl.login, remote, ctl.wire.as_str());
         info!("[{run_id}] client login success, pool count {pool_count}");

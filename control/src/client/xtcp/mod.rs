@@ -59,6 +59,33 @@ pub async fn prepare(stun_server: &str, disable_assisted: bool) -> Result<Prepar
     })
 }
 
+/// [`prepare`] as both ends of a punch run it, with frp's log lines; `None` once the failure
+/// is logged. `tag` prefixes the lines (`[run id] [name] `).
+pub async fn prepare_logged(
+    tag: &str,
+    stun_server: &str,
+    nat_traversal: Option<&crate::config::NatTraversalConfig>,
+) -> Option<Prepared> {
+    tracing::trace!("{tag}nathole prepare start");
+    let disable_assisted = nat_traversal.is_some_and(|n| n.disable_assisted_addrs);
+    match prepare(stun_server, disable_assisted).await {
+        Ok(p) => {
+            tracing::info!(
+                "{tag}nathole prepare success, nat type: {}, behavior: {}, addresses: {}, assistedAddresses: {}",
+                p.nat_type,
+                p.behavior,
+                go_list(&p.addrs),
+                go_list(&p.assisted)
+            );
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!("{tag}nathole prepare error: {e}");
+            None
+        }
+    }
+}
+
 /// frp's `ExchangeInfo`: sends `m` and waits for its NatHoleResp.
 pub async fn exchange_info(
     t: &Transporter,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use dataplane::RateLimiter;
 use tracing::{error, info, trace, warn};
 
-use super::{EXCHANGE_TIMEOUT, exchange_info, go_list, log_resp, prepare, punch, tunnel};
+use super::{EXCHANGE_TIMEOUT, exchange_info, log_resp, punch, tunnel};
 use crate::client::{Client, plugin};
 use crate::config::ProxyConfig;
 use crate::crypto::CryptoKey;
@@ -48,25 +48,15 @@ impl Client {
                 return;
             }
         };
-        trace!("{tag}nathole prepare start");
-        let disable_assisted = cfg
-            .nat_traversal
-            .as_ref()
-            .is_some_and(|n| n.disable_assisted_addrs);
-        let prepared = match prepare(&self.cfg.nat_hole_stun_server, disable_assisted).await {
-            Ok(p) => p,
-            Err(e) => {
-                warn!("{tag}nathole prepare error: {e}");
-                return;
-            }
+        let Some(prepared) = super::prepare_logged(
+            &tag,
+            &self.cfg.nat_hole_stun_server,
+            cfg.nat_traversal.as_ref(),
+        )
+        .await
+        else {
+            return;
         };
-        info!(
-            "{tag}nathole prepare success, nat type: {}, behavior: {}, addresses: {}, assistedAddresses: {}",
-            prepared.nat_type,
-            prepared.behavior,
-            go_list(&prepared.addrs),
-            go_list(&prepared.assisted)
-        );
         let tid = punch::new_transaction_id();
         let wire_name = if self.cfg.user.is_empty() {
             name.clone()

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, trace, warn};
 
 use super::tunnel::{self, Tunnel};
-use super::{EXCHANGE_TIMEOUT, exchange_info, go_list, log_resp, prepare, punch};
+use super::{EXCHANGE_TIMEOUT, exchange_info, log_resp, punch};
 use crate::auth;
 use crate::client::visitor::{Session, layers, target_proxy_name, transfer_conn};
 use crate::config::VisitorConfig;
@@ -301,26 +301,11 @@ impl Xtcp {
                 return;
             }
         }
-        trace!("{tag}nathole prepare start");
-        let disable_assisted = self
-            .v
-            .nat_traversal
-            .as_ref()
-            .is_some_and(|n| n.disable_assisted_addrs);
-        let prepared = match prepare(&self.s.stun_server, disable_assisted).await {
-            Ok(p) => p,
-            Err(e) => {
-                warn!("{tag}nathole prepare error: {e}");
-                return;
-            }
+        let Some(prepared) =
+            super::prepare_logged(tag, &self.s.stun_server, self.v.nat_traversal.as_ref()).await
+        else {
+            return;
         };
-        info!(
-            "{tag}nathole prepare success, nat type: {}, behavior: {}, addresses: {}, assistedAddresses: {}",
-            prepared.nat_type,
-            prepared.behavior,
-            go_list(&prepared.addrs),
-            go_list(&prepared.assisted)
-        );
         let now = chrono::Utc::now().timestamp();
         let tid = punch::new_transaction_id();
         let m = NatHoleVisitor {

@@ -705,6 +705,50 @@ mod nat {
     use e2e::netns::{Ns, PUBLIC_IP, Topology};
     use std::net::{Ipv4Addr, SocketAddr};
 
+    /// The owner behind the cone NAT, the visitor on the public side.
+    fn owner_behind_cone(t: &Topology) -> (&Ns, Ipv4Addr, &Ns, Ipv4Addr, Ipv4Addr) {
+        (
+            &t.cone.host,
+            t.cone.host_ip,
+            &t.public,
+            PUBLIC_IP,
+            t.cone.wan_ip,
+        )
+    }
+
+    /// The visitor behind the cone NAT, the owner on the public side.
+    fn visitor_behind_cone(t: &Topology) -> (&Ns, Ipv4Addr, &Ns, Ipv4Addr, Ipv4Addr) {
+        (
+            &t.public,
+            PUBLIC_IP,
+            &t.cone.host,
+            t.cone.host_ip,
+            t.cone.wan_ip,
+        )
+    }
+
+    /// The owner behind the symmetric NAT, the visitor on the public side.
+    fn owner_behind_symmetric(t: &Topology) -> (&Ns, Ipv4Addr, &Ns, Ipv4Addr, Ipv4Addr) {
+        (
+            &t.symmetric.host,
+            t.symmetric.host_ip,
+            &t.public,
+            PUBLIC_IP,
+            t.symmetric.wan_ip,
+        )
+    }
+
+    /// The visitor behind the symmetric NAT, the owner on the public side.
+    fn visitor_behind_symmetric(t: &Topology) -> (&Ns, Ipv4Addr, &Ns, Ipv4Addr, Ipv4Addr) {
+        (
+            &t.public,
+            PUBLIC_IP,
+            &t.symmetric.host,
+            t.symmetric.host_ip,
+            t.symmetric.wan_ip,
+        )
+    }
+
     /// An echo service bound in `ns` on `ip`.
     fn echo_in(ns: &Ns, ip: Ipv4Addr) -> u16 {
         let l = ns.tcp_listener(SocketAddr::new(ip.into(), 0)).unwrap();
@@ -875,15 +919,7 @@ mod nat {
     async fn real_frps_real_owner_behind_symmetric_nat_quic() {
         through_nat_as(
             "real_frps_real_owner_behind_symmetric_nat_quic",
-            |t| {
-                (
-                    &t.symmetric.host,
-                    t.symmetric.host_ip,
-                    &t.public,
-                    PUBLIC_IP,
-                    t.symmetric.wan_ip,
-                )
-            },
+            owner_behind_symmetric,
             "quic",
             [Imp::Go, Imp::Go, Imp::Ours],
         )
@@ -895,15 +931,7 @@ mod nat {
     async fn real_frps_real_visitor_behind_cone_nat_kcp() {
         through_nat_as(
             "real_frps_real_visitor_behind_cone_nat_kcp",
-            |t| {
-                (
-                    &t.public,
-                    PUBLIC_IP,
-                    &t.cone.host,
-                    t.cone.host_ip,
-                    t.cone.wan_ip,
-                )
-            },
+            visitor_behind_cone,
             "kcp",
             [Imp::Go, Imp::Ours, Imp::Go],
         )
@@ -915,15 +943,7 @@ mod nat {
     async fn real_frps_our_owner_behind_cone_nat_quic() {
         through_nat_as(
             "real_frps_our_owner_behind_cone_nat_quic",
-            |t| {
-                (
-                    &t.cone.host,
-                    t.cone.host_ip,
-                    &t.public,
-                    PUBLIC_IP,
-                    t.cone.wan_ip,
-                )
-            },
+            owner_behind_cone,
             "quic",
             [Imp::Go, Imp::Ours, Imp::Ours],
         )
@@ -932,35 +952,14 @@ mod nat {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn owner_behind_cone_nat_quic() {
-        through_nat(
-            "owner_behind_cone_nat_quic",
-            |t| {
-                (
-                    &t.cone.host,
-                    t.cone.host_ip,
-                    &t.public,
-                    PUBLIC_IP,
-                    t.cone.wan_ip,
-                )
-            },
-            "quic",
-        )
-        .await;
+        through_nat("owner_behind_cone_nat_quic", owner_behind_cone, "quic").await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn visitor_behind_symmetric_nat_kcp() {
         through_nat(
             "visitor_behind_symmetric_nat_kcp",
-            |t| {
-                (
-                    &t.public,
-                    PUBLIC_IP,
-                    &t.symmetric.host,
-                    t.symmetric.host_ip,
-                    t.symmetric.wan_ip,
-                )
-            },
+            visitor_behind_symmetric,
             "kcp",
         )
         .await;
@@ -968,35 +967,14 @@ mod nat {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn visitor_behind_cone_nat_kcp() {
-        through_nat(
-            "visitor_behind_cone_nat_kcp",
-            |t| {
-                (
-                    &t.public,
-                    PUBLIC_IP,
-                    &t.cone.host,
-                    t.cone.host_ip,
-                    t.cone.wan_ip,
-                )
-            },
-            "kcp",
-        )
-        .await;
+        through_nat("visitor_behind_cone_nat_kcp", visitor_behind_cone, "kcp").await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn owner_behind_symmetric_nat_quic() {
         through_nat(
             "owner_behind_symmetric_nat_quic",
-            |t| {
-                (
-                    &t.symmetric.host,
-                    t.symmetric.host_ip,
-                    &t.public,
-                    PUBLIC_IP,
-                    t.symmetric.wan_ip,
-                )
-            },
+            owner_behind_symmetric,
             "quic",
         )
         .await;

@@ -140,7 +140,7 @@ pub struct DialConfig {
     pub keepalive_secs: i64,
     /// TLS connector and the name to present, when `transport.tls.enable` (always for wss).
     pub tls: Option<(
-        tokio_rustls::TlsConnector,
+        Arc<rustls::ClientConfig>,
         rustls::pki_types::ServerName<'static>,
     )>,
     /// Send 0x17 before the ClientHello (`disableCustomTLSFirstByte = false`).
@@ -255,10 +255,7 @@ impl DialConfig {
                 &t.tls.key_file,
                 &t.tls.trusted_ca_file,
             )?;
-            Some((
-                tokio_rustls::TlsConnector::from(cc),
-                crate::tls::server_name(&server_name)?,
-            ))
+            Some((cc, crate::tls::server_name(&server_name)?))
         } else {
             None
         };
@@ -367,7 +364,7 @@ impl DialConfig {
         custom_byte: bool,
     ) -> Result<Conn, DialError> {
         let addr = self.addr();
-        let Some((connector, name)) = &self.tls else {
+        let Some((config, name)) = &self.tls else {
             return Ok(Conn::Boxed(Box::new(io)));
         };
         if custom_byte {
@@ -378,13 +375,14 @@ impl DialConfig {
                     source: e,
                 })?;
         }
-        let tls = tokio::time::timeout(self.dial_timeout, connector.connect(name.clone(), io))
-            .await
-            .map_err(|_| DialError::Timeout(addr.clone()))?
-            .map_err(|e| DialError::Tls { addr, source: e })?;
-        Ok(Conn::Boxed(Box::new(crate::tls::EofWithoutCloseNotify(
-            tls,
-        ))))
+        let tls = tokio::time::timeout(
+            self.dial_timeout,
+            crate::tls::connect(io, config.clone(), name.clone()),
+        )
+        .await
+        .map_err(|_| DialError::Timeout(addr.clone()))?
+        .map_err(|e| DialError::Tls { addr, source: e })?;
+        Ok(Conn::Boxed(Box::new(tls)))
     }
 
     async fn websocket_over<S: AsyncRead + AsyncWrite + Unpin>(
@@ -578,7 +576,7 @@ pub async fn sniff(s: &TcpStream, deadline: Duration) -> io::Result<Sniffed> {
 /// frps' view of its TLS settings.
 #[derive(Clone)]
 pub struct ServerTls {
-    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub config: Arc<rustls::ServerConfig>,
     /// `transport.tls.force`: refuse plain connections.
     pub force: bool,
 }
@@ -619,11 +617,11 @@ pub async fn accept_transport(
                     .await
                     .map_err(AcceptError::Tls)?;
             }
-            let s = tokio::time::timeout(deadline, tls.acceptor.accept(tcp))
+            let s = tokio::time::timeout(deadline, crate::tls::accept(tcp, tls.config.clone()))
                 .await
                 .map_err(|_| AcceptError::Tls(io::ErrorKind::TimedOut.into()))?
                 .map_err(AcceptError::Tls)?;
-            Ok(Conn::Boxed(Box::new(crate::tls::EofWithoutCloseNotify(s))))
+            Ok(Conn::Boxed(Box::new(s)))
         }
     }
 }
@@ -667,11 +665,11 @@ async fn detect_tls<S: AsyncStream>(
         }
         return Ok(Conn::Boxed(Box::new(io)));
     }
-    let s = tokio::time::timeout(deadline, tls.acceptor.accept(io))
+    let s = tokio::time::timeout(deadline, crate::tls::accept(io, tls.config.clone()))
         .await
         .map_err(|_| AcceptError::Tls(io::ErrorKind::TimedOut.into()))?
         .map_err(AcceptError::Tls)?;
-    Ok(Conn::Boxed(Box::new(crate::tls::EofWithoutCloseNotify(s))))
+    Ok(Conn::Boxed(Box::new(s)))
 }
 
 /// Formats a socket address the way frp logs and sends them (IP without brackets, port).
@@ -747,9 +745,7 @@ mod tests {
     #[tokio::test]
     async fn tls_force_rejects_plain() {
         let tls = ServerTls {
-            acceptor: tokio_rustls::TlsAcceptor::from(
-                crate::tls::server_config("", "", "").unwrap(),
-            ),
+            config: crate::tls::server_config("", "", "").unwrap(),
             force: true,
         };
         let (mut c, s) = pair().await;

@@ -154,7 +154,7 @@ impl Server {
             token,
             auth,
             tls: ServerTls {
-                acceptor: tokio_rustls::TlsAcceptor::from(tls_cfg),
+                config: tls_cfg,
                 force,
             },
             engine: Engine::new(cfg.dataplane.engine_config()),

@@ -2,6 +2,9 @@
 //! certificate frps serves when none is configured, and the permissive verifier frpc uses when
 //! no `trustedCaFile` is set (Go's `InsecureSkipVerify`).
 
+mod stream;
+pub use stream::{ClientTlsStream, ServerTlsStream, TlsStream, accept, connect};
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -236,71 +239,6 @@ impl ServerCertVerifier for AcceptAnyServerCert {
     }
 }
 
-/// A TLS stream whose peer closed its connection without a TLS close_notify reads as ended,
-/// as Go's crypto/tls (frp) reads it (`io.EOF`). rustls reports it as an error whose text
-/// points at rustls' manual, which then ended up in frp-worded log lines about an ordinary
-/// disconnect. frp's own framing (messages, yamux, the proxied protocol) still notices a
-/// stream cut short.
-pub struct EofWithoutCloseNotify<S>(pub S);
-
-/// Whether `e` is rustls' "peer closed connection without sending TLS close_notify".
-fn is_missing_close_notify(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::UnexpectedEof
-        && e.get_ref()
-            .is_some_and(|inner| inner.to_string().contains("close_notify"))
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofWithoutCloseNotify<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
-            std::task::Poll::Ready(Err(e)) if is_missing_close_notify(&e) => {
-                std::task::Poll::Ready(Ok(()))
-            }
-            other => other,
-        }
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for EofWithoutCloseNotify<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
 /// Whether a TLS file path exists, for config validation messages.
 pub fn file_exists(path: &str) -> bool {
     Path::new(path).exists()
@@ -332,62 +270,6 @@ mod tests {
         c.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"hello");
         srv.await.unwrap();
-    }
-
-    /// A peer that closes its TCP connection without close_notify: rustls' error (with its
-    /// manual's URL) becomes the end of the stream, as Go reads it.
-    #[tokio::test]
-    async fn close_without_close_notify_reads_as_eof() {
-        /// A session whose client drops the transport after writing "hi" (no close_notify);
-        /// returns what `read_server` made of the server's side.
-        async fn session<T: Send + 'static>(
-            read_server: impl FnOnce(
-                tokio_rustls::server::TlsStream<tokio::io::DuplexStream>,
-            )
-                -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>
-            + Send
-            + 'static,
-        ) -> T {
-            let server = tokio_rustls::TlsAcceptor::from(server_config("", "", "").unwrap());
-            let client = tokio_rustls::TlsConnector::from(client_config("", "", "").unwrap());
-            let (a, b) = tokio::io::duplex(64 * 1024);
-            let (accepted_tx, accepted_rx) = tokio::sync::oneshot::channel();
-            let srv = tokio::spawn(async move {
-                let s = server.accept(b).await.unwrap();
-                let _ = accepted_tx.send(());
-                read_server(s).await
-            });
-            let mut c = client
-                .connect(server_name("127.0.0.1").unwrap(), a)
-                .await
-                .unwrap();
-            c.write_all(b"hi").await.unwrap();
-            c.flush().await.unwrap();
-            accepted_rx.await.unwrap();
-            // Drop the transport under the TLS session: no close_notify is sent.
-            drop(c.into_inner().0);
-            srv.await.unwrap()
-        }
-        // rustls' own words: an error pointing at its manual.
-        let err = session(|mut s| {
-            Box::pin(async move {
-                let mut buf = Vec::new();
-                s.read_to_end(&mut buf).await.unwrap_err()
-            })
-        })
-        .await;
-        assert!(err.to_string().contains("close_notify"), "{err}");
-        // Wrapped: the data, then the end of the stream.
-        let got = session(|s| {
-            Box::pin(async move {
-                let mut s = EofWithoutCloseNotify(s);
-                let mut buf = Vec::new();
-                s.read_to_end(&mut buf).await.unwrap();
-                buf
-            })
-        })
-        .await;
-        assert_eq!(got, b"hi");
     }
 
     #[test]

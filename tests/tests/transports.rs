@@ -1118,3 +1118,39 @@ async fn kcp_killed_client_frees_its_ports() {
         );
     }
 }
+
+/// frps' heartbeat deadline moves with every Ping: a client pinging every second outlives
+/// `heartbeatTimeout = 2` many times over, and a silent one is dropped after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_deadline_moves_with_each_ping() {
+    let env = Env::new();
+    let echo = echo_server().await;
+    let bind = free_port();
+    let remote = free_port();
+    let frps = env.frps(
+        "frps",
+        bind,
+        &format!("{}\ntransport.heartbeatTimeout = 2", frps_extra(false)),
+    );
+    let frpc = env.frpc(
+        "frpc",
+        &frpc_cfg(
+            bind,
+            "transport.heartbeatInterval = 1\ntransport.heartbeatTimeout = 30",
+            false,
+            false,
+            false,
+            echo,
+            remote,
+        ),
+    );
+    frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    check_payloads(remote).await;
+    let log = frps.log_text();
+    assert!(!log.contains("heartbeat timeout"), "{log}");
+    // A client that stops pinging (frozen) is dropped 2 s after its last Ping.
+    frpc.signal(19); // SIGSTOP
+    frps.wait_log("heartbeat timeout", Duration::from_secs(10));
+    frpc.signal(18); // SIGCONT
+}

@@ -121,25 +121,24 @@ impl State {
             let _ = ctl.msg_tx.send(Box::new(ReqWorkConn {}.into())).await;
         }
 
-        let hb_timeout = self.cfg.transport.heartbeat_timeout;
-        let mut last_ping = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // `heartbeatTimeout` after the last Ping (or the login). One timer per client that
+        // fires only then: no periodic wake-up of thousands of idle controls.
+        let hb_timeout = (self.cfg.transport.heartbeat_timeout > 0)
+            .then(|| Duration::from_secs(self.cfg.transport.heartbeat_timeout as u64));
+        let hb_deadline = tokio::time::sleep(hb_timeout.unwrap_or(Duration::ZERO));
+        tokio::pin!(hb_deadline);
         let reason: String = loop {
             tokio::select! {
                 r = reader.read_msg() => match r {
                     Ok(m) => {
-                        if let Some(t) = Box::pin(self.dispatch(&ctl, m)).await {
-                            last_ping = t;
+                        if let (Some(t), Some(hb)) = (Box::pin(self.dispatch(&ctl, m)).await, hb_timeout) {
+                            hb_deadline.as_mut().reset(tokio::time::Instant::from_std(t) + hb);
                         }
                     }
                     Err(MsgError::Closed) => break "client closed the control connection".into(),
                     Err(e) => break format!("control connection error: {e}"),
                 },
-                _ = tick.tick() => {
-                    if hb_timeout > 0 && last_ping.elapsed() > Duration::from_secs(hb_timeout as u64) {
-                        break "heartbeat timeout".into();
-                    }
-                }
+                _ = &mut hb_deadline, if hb_timeout.is_some() => break "heartbeat timeout".into(),
                 _ = ctl.kill.notified() => break "replaced by a new login with the same run id".into(),
             }
         };

@@ -128,8 +128,7 @@ pub struct TlsStream<IO, S> {
     rx_fresh: bool,
     plain: Vec<u8>,
     plain_pos: usize,
-    tx: Vec<u8>,
-    tx_pos: usize,
+    tx: Outgoing,
     /// The last chunk written was big: keep `tx`'s capacity until the stream goes idle.
     tx_bulk: bool,
     /// The peer's close_notify, or the transport's end, was read.
@@ -185,8 +184,7 @@ where
             rx_fresh: false,
             plain: Vec::new(),
             plain_pos: 0,
-            tx: Vec::new(),
-            tx_pos: 0,
+            tx: Outgoing::default(),
             tx_bulk: false,
             read_eof: false,
             close_queued: false,
@@ -209,7 +207,7 @@ where
         loop {
             let r = self.step(None, Want::Handshake);
             let done = r.is_ok() && !self.conn.common().is_handshaking();
-            if !self.tx.is_empty() {
+            if self.tx.pending() {
                 let flushed = std::future::poll_fn(|cx| self.poll_flush_tx(cx)).await;
                 // Once the handshake is done, what is left (a server's session tickets) may
                 // fail to go out without failing the session: a client may write and leave
@@ -288,17 +286,18 @@ where
                     }
                     res
                 }
-                Ok(ConnectionState::EncodeTlsData(mut e)) => append(
-                    &mut self.tx,
-                    |buf| e.encode(buf),
-                    |err| match err {
-                        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
-                            Some(*required_size)
-                        }
-                        _ => None,
-                    },
-                )
-                .map(|()| None),
+                Ok(ConnectionState::EncodeTlsData(mut e)) => self
+                    .tx
+                    .append(
+                        |buf| e.encode(buf),
+                        |err| match err {
+                            EncodeError::InsufficientSize(InsufficientSizeError {
+                                required_size,
+                            }) => Some(*required_size),
+                            _ => None,
+                        },
+                    )
+                    .map(|()| None),
                 Ok(ConnectionState::TransmitTlsData(t)) => {
                     // Queued in `tx`, which is written out before anything newer.
                     t.done();
@@ -309,10 +308,10 @@ where
                     Want::Write(data) => {
                         encrypt(&mut w, data, &mut self.tx).map(|()| Some(Step::Done))
                     }
-                    Want::Close => {
-                        append(&mut self.tx, |buf| w.queue_close_notify(buf), encrypt_size)
-                            .map(|()| Some(Step::Done))
-                    }
+                    Want::Close => self
+                        .tx
+                        .append(|buf| w.queue_close_notify(buf), encrypt_size)
+                        .map(|()| Some(Step::Done)),
                     Want::Read | Want::Handshake => Ok(Some(Step::Ready)),
                 },
                 Ok(ConnectionState::PeerClosed) => Ok(Some(Step::PeerClosed)),
@@ -341,8 +340,7 @@ where
         // that buffer, so it must be the same one.
         let status = self.conn.process(&mut self.rx[..]);
         if let Ok(ConnectionState::EncodeTlsData(mut enc)) = status.state {
-            let _ = append(
-                &mut self.tx,
+            let _ = self.tx.append(
                 |buf| enc.encode(buf),
                 |err| match err {
                     EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
@@ -361,19 +359,21 @@ where
 
     /// Writes `tx` out. Ready once it is empty.
     fn poll_flush_tx(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.tx_pos < self.tx.len() {
-            match ready!(Pin::new(&mut self.io).poll_write(cx, &self.tx[self.tx_pos..])) {
+        while self.tx.pos < self.tx.end {
+            let chunk = &self.tx.buf[self.tx.pos..self.tx.end];
+            match ready!(Pin::new(&mut self.io).poll_write(cx, chunk)) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => self.tx_pos += n,
+                Ok(n) => self.tx.pos += n,
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
         if self.tx_bulk {
-            self.tx.clear();
+            // Keeps the (initialised) buffer for the next chunk: no allocation, no zeroing.
+            self.tx.pos = 0;
+            self.tx.end = 0;
         } else {
-            self.tx = Vec::new();
+            self.tx.release();
         }
-        self.tx_pos = 0;
         Poll::Ready(Ok(()))
     }
 
@@ -452,41 +452,63 @@ fn encrypt_size(err: &EncryptError) -> Option<usize> {
 fn encrypt<D>(
     w: &mut WriteTraffic<'_, D>,
     data: &[u8],
-    tx: &mut Vec<u8>,
+    tx: &mut Outgoing,
 ) -> Result<(), rustls::Error> {
     let estimate = data.len() + (data.len() / 16384 + 1) * RECORD_OVERHEAD;
-    append_sized(tx, estimate, |buf| w.encrypt(data, buf), encrypt_size)
+    tx.append_sized(estimate, |buf| w.encrypt(data, buf), encrypt_size)
 }
 
-/// Runs `write` on free room at the end of `tx`, growing it to the size the error names.
-fn append<E: std::fmt::Display>(
-    tx: &mut Vec<u8>,
-    write: impl FnMut(&mut [u8]) -> Result<usize, E>,
-    needs: impl Fn(&E) -> Option<usize>,
-) -> Result<(), rustls::Error> {
-    append_sized(tx, 512, write, needs)
+/// Ciphertext waiting for the socket: `buf[pos..end]`. `buf` stays initialised up to its
+/// length, so a stream moving bulk data encrypts into the same memory every time.
+#[derive(Default)]
+struct Outgoing {
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
 }
 
-fn append_sized<E: std::fmt::Display>(
-    tx: &mut Vec<u8>,
-    mut room: usize,
-    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
-    needs: impl Fn(&E) -> Option<usize>,
-) -> Result<(), rustls::Error> {
-    let start = tx.len();
-    loop {
-        tx.resize(start + room, 0);
-        match write(&mut tx[start..]) {
-            Ok(n) => {
-                tx.truncate(start + n);
-                return Ok(());
+impl Outgoing {
+    fn pending(&self) -> bool {
+        self.pos < self.end
+    }
+
+    /// Gives the memory back (nothing may be pending).
+    fn release(&mut self) {
+        *self = Outgoing::default();
+    }
+
+    /// Runs `write` on free room after `end`, growing it to the size the error names.
+    fn append<E: std::fmt::Display>(
+        &mut self,
+        write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+        needs: impl Fn(&E) -> Option<usize>,
+    ) -> Result<(), rustls::Error> {
+        self.append_sized(512, write, needs)
+    }
+
+    fn append_sized<E: std::fmt::Display>(
+        &mut self,
+        mut room: usize,
+        mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+        needs: impl Fn(&E) -> Option<usize>,
+    ) -> Result<(), rustls::Error> {
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+        }
+        loop {
+            if self.buf.len() < self.end + room {
+                self.buf.resize(self.end + room, 0);
             }
-            Err(e) => {
-                tx.truncate(start);
-                match needs(&e) {
+            match write(&mut self.buf[self.end..self.end + room]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(());
+                }
+                Err(e) => match needs(&e) {
                     Some(n) if n > room => room = n,
                     _ => return Err(rustls::Error::General(e.to_string())),
-                }
+                },
             }
         }
     }
@@ -506,26 +528,30 @@ where
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        if !this.tx.is_empty() {
+        if this.tx.pending() {
             // Handshake leftovers, a KeyUpdate answer: on their way whenever the socket
             // takes them (a failure shows on the next write).
             let _ = this.poll_flush_tx(cx);
         }
+        // Fills the caller's buffer with as many records as are here (the yamux driver takes
+        // each read as one chunk), touching the socket only while nothing was delivered.
+        let start = buf.filled().len();
         loop {
             if this.take_plain(buf) {
                 return Poll::Ready(Ok(()));
             }
+            let delivered = buf.filled().len() > start;
             if let Some(e) = this.failed_error() {
-                return Poll::Ready(Err(e));
+                // What was decrypted before the error first; the error on the next read.
+                return Poll::Ready(if delivered { Ok(()) } else { Err(e) });
             }
             if this.read_eof {
                 return Poll::Ready(Ok(()));
             }
             if this.rx_fresh {
                 this.rx_fresh = false;
-                let before = buf.filled().len();
                 let r = this.step(Some(buf), Want::Read);
-                if !this.tx.is_empty() {
+                if this.tx.pending() {
                     // A KeyUpdate answer or an alert: sent as far as the socket takes it now,
                     // the rest with the next write.
                     if let Poll::Ready(Err(e)) = this.poll_flush_tx(cx) {
@@ -535,19 +561,21 @@ where
                 match r {
                     Ok(Step::Data) => {
                         this.rx_fresh = true;
-                        if buf.filled().len() > before || this.plain_pos < this.plain.len() {
+                        if buf.remaining() == 0 || this.plain_pos < this.plain.len() {
                             return Poll::Ready(Ok(()));
                         }
                     }
                     Ok(Step::PeerClosed | Step::Closed) => this.read_eof = true,
                     Ok(_) => {}
                     Err(e) => {
-                        this.fail(e.clone());
+                        this.fail(e);
                         let _ = this.poll_flush_tx(cx);
-                        return Poll::Ready(Err(invalid_data(e)));
                     }
                 }
                 continue;
+            }
+            if delivered {
+                return Poll::Ready(Ok(()));
             }
             if this.rx.capacity() - this.rx.len() < MAX_RECORD / 2 {
                 this.rx.reserve(MAX_RECORD);
@@ -563,8 +591,8 @@ where
                     if this.rx.is_empty() {
                         this.rx = BytesMut::new();
                     }
-                    if this.tx.is_empty() {
-                        this.tx = Vec::new();
+                    if !this.tx.pending() {
+                        this.tx.release();
                         this.tx_bulk = false;
                     }
                     this.read_waker = Some(cx.waker().clone());

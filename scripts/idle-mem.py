@@ -186,6 +186,16 @@ def main():
                     grew = sorted(((v - before.get(m, 0), m) for m, v in now.items()), reverse=True)
                     print(f"{k}: mappings that grew (KiB): "
                           + "; ".join(f"{d} {m}" for d, m in grew[:8] if d > 0))
+                    # By kind: thread stacks (tokio's and std's threads get 2 MiB), glibc
+                    # arena heaps (64 MiB-aligned, non-main arenas), the rest.
+                    kinds = {}
+                    for d, m in grew:
+                        lo, hi = (int(x, 16) for x in m.split()[0].split("-"))
+                        kind = ("stack" if hi - lo == 2 * 1024 * 1024 else
+                                "arena" if lo % (64 << 20) == 0 else
+                                "[heap]" if m.endswith("[heap]") else "other")
+                        kinds[kind] = kinds.get(kind, 0) + d
+                    print(f"{k}: growth by kind (KiB): {kinds}")
             if a.malloc_stats:
                 for k, p in procs.items():
                     subprocess.run(["gdb", "-p", str(p.pid), "-batch", "-ex",

@@ -11,6 +11,9 @@ holds them all idle. Prints VmRSS (and RssAnon) of frps and frpc before and afte
 and again after --settle seconds (by then frp-uring's heap trimmer, which looks every 2 s and
 trims free memory that stayed free across two looks, has run).
 
+Also prints the growth of the kernel's slab memory (system-wide, /proc/meminfo; noisy when
+other work runs): socket objects live there, in no process's RSS.
+
 Needs an open-file limit of about 2 x CONNS + 100 in this process (raised to the hard limit
 here) and the same in frps and frpc (they inherit it). Nothing leaves 127.0.0.1.
 """
@@ -43,6 +46,15 @@ def status(pid):
             if k in ("VmRSS", "RssAnon", "RssFile", "Threads"):
                 out[k] = int(v.split()[0])
     return out
+
+
+def kernel_slab():
+    """System-wide kernel slab memory (KiB): socket objects live there, outside any RSS."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Slab:"):
+                return int(line.split()[1])
+    return 0
 
 
 def smaps(pid):
@@ -164,6 +176,7 @@ def main():
                     snap[k]["smaps"] = smaps(p.pid)
             if what == "idle":
                 base.update(snap)
+                base["kernel"] = kernel_slab()
                 print("idle: " + ", ".join(
                     f"{k} {v['VmRSS']} KiB ({v['Threads']} threads)" for k, v in snap.items()))
                 return
@@ -172,6 +185,7 @@ def main():
             for label, delay in (("after 1 s", 1.0), (f"after {a.settle:g} s", a.settle - 1.0)):
                 await asyncio.sleep(delay)
                 snap = {k: status(p.pid) for k, p in procs.items()}
+                kernel = (kernel_slab() - base["kernel"]) / n
                 parts, total = [], 0.0
                 for k, v in snap.items():
                     per = (v["VmRSS"] - base[k]["VmRSS"]) / n
@@ -179,7 +193,9 @@ def main():
                     total += per
                     parts.append(f"{k} {per:.2f} (anon {anon:.2f})")
                 print(f"{label}: RSS per idle conn, KiB: total {total:.2f}; " + ", ".join(parts)
-                      + "; threads " + ", ".join(f"{k} {v['Threads']}" for k, v in snap.items()))
+                      + "; threads " + ", ".join(f"{k} {v['Threads']}" for k, v in snap.items())
+                      + f"; kernel slab (system-wide, 6 sockets per conn incl. this holder's 2) "
+                      f"{kernel:.2f}")
             if a.smaps:
                 for k, p in procs.items():
                     now, before = smaps(p.pid), base[k]["smaps"]

@@ -8,8 +8,8 @@ Starts frps and frpc (one tcp proxy to a local service run here), opens CONNS co
 through the tunnel (128 at a time), waits for the one byte the service sends on each, and
 holds them all idle. Prints VmRSS (and RssAnon) of frps and frpc before and after, as
 (after - before) / CONNS: once 1 s after the last connection came up (what bench.sh reads)
-and again after --settle seconds (by then frp-uring's heap trimmer, which looks every 2 s and
-trims free memory that stayed free across two looks, has run).
+and again after --settle seconds (6: frp-uring's heap trimmer, which looks every 2 s, has
+had two looks by then; it trims only when 8 MiB or more stayed free).
 
 Also prints the growth of the kernel's slab memory (system-wide, /proc/meminfo; noisy when
 other work runs): socket objects live there, in no process's RSS.

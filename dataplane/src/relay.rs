@@ -155,6 +155,10 @@ impl ConnGuard {
         counters.conns.fetch_add(1, Ordering::Relaxed);
         ConnGuard(counters.clone())
     }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.0
+    }
 }
 
 impl Drop for ConnGuard {

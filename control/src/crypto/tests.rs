@@ -46,6 +46,9 @@ fn work_conn_layer_order() {
         let (inbound, outbound) = work_conn_layers(Some(&key), enc, comp);
         assert_eq!((inbound.len(), outbound.len()), (n, n));
     }
+    // A plain pair's chains are unallocated: the data plane holds them for the pair's life.
+    let (inbound, outbound) = work_conn_layers(Some(&key), false, false);
+    assert_eq!((inbound.capacity(), outbound.capacity()), (0, 0));
     // Outbound of one end feeds inbound of the other; the wire is IV ‖ CFB(snappy frames).
     let (_, mut out_chain) = work_conn_layers(Some(&key), true, true);
     let (mut in_chain, _) = work_conn_layers(Some(&key), true, true);

@@ -236,7 +236,64 @@ struct Slot {
     pair: Option<PairState>,
 }
 
-fn live_pair(slots: &mut [Slot], slot: u32, generation: u32) -> Option<&mut PairState> {
+/// Slots per chunk of a core's slab.
+const CHUNK: usize = 64;
+
+/// A core's slots, in fixed chunks of [`CHUNK`]: growing never moves the pairs already there
+/// nor doubles the allocation, so a core holds at most one partly used chunk beyond its
+/// busiest moment (a `Vec<Slot>` kept up to twice the slots needed, and its reallocations
+/// raised glibc's mmap and trim thresholds).
+#[derive(Default)]
+struct Slots {
+    chunks: Vec<Box<[Slot]>>,
+    len: usize,
+}
+
+impl Slots {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get_mut(&mut self, i: usize) -> Option<&mut Slot> {
+        if i >= self.len {
+            return None;
+        }
+        Some(&mut self.chunks[i / CHUNK][i % CHUNK])
+    }
+
+    /// Adds an empty slot; returns its index.
+    fn push(&mut self) -> usize {
+        if self.len == self.chunks.len() * CHUNK {
+            let chunk = (0..CHUNK)
+                .map(|_| Slot {
+                    generation: 0,
+                    pair: None,
+                })
+                .collect();
+            self.chunks.push(chunk);
+        }
+        self.len += 1;
+        self.len - 1
+    }
+}
+
+impl std::ops::Index<usize> for Slots {
+    type Output = Slot;
+
+    fn index(&self, i: usize) -> &Slot {
+        assert!(i < self.len, "slot {i} out of {}", self.len);
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Slots {
+    fn index_mut(&mut self, i: usize) -> &mut Slot {
+        self.get_mut(i)
+            .unwrap_or_else(|| panic!("slot {i} out of range"))
+    }
+}
+
+fn live_pair(slots: &mut Slots, slot: u32, generation: u32) -> Option<&mut PairState> {
     let s = slots.get_mut(slot as usize)?;
     if s.generation & GEN_MASK != generation {
         return None;
@@ -249,7 +306,7 @@ pub(crate) struct Core {
     rx: mpsc::Receiver<Incoming>,
     shared: Arc<CoreShared>,
     pool: PipePool,
-    slots: Vec<Slot>,
+    slots: Slots,
     free: Vec<u32>,
     run_queue: Vec<(u32, u32)>,
     /// Throttled pairs: (deadline, slot, generation), earliest first.
@@ -272,7 +329,7 @@ impl Core {
             rx,
             shared,
             pool: PipePool::new(cfg.pipe_pool_size, cfg.pipe_size),
-            slots: Vec::new(),
+            slots: Slots::default(),
             free: Vec::new(),
             run_queue: Vec::new(),
             timers: BinaryHeap::new(),
@@ -371,10 +428,10 @@ impl Core {
             let Some(pair) = live_pair(&mut self.slots, slot, generation) else {
                 continue; // the pair is gone
             };
-            if pair.timer != Some(at) {
+            if pair.timer() != Some(at) {
                 continue; // superseded by an earlier timer
             }
-            pair.timer = None;
+            pair.set_timer(None);
             self.drive(slot, generation);
         }
     }
@@ -405,13 +462,7 @@ impl Core {
         let pair = PairState::new(a, b, counters, limiter);
         let slot = match self.free.pop() {
             Some(slot) => slot,
-            None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    pair: None,
-                });
-                (self.slots.len() - 1) as u32
-            }
+            None => self.slots.push() as u32,
         };
         let generation = self.slots[slot as usize].generation & GEN_MASK;
         for side in 0..2 {
@@ -456,9 +507,9 @@ impl Core {
                 // Out of tokens: wake the pair when enough have accrued (one timer per pair,
                 // the earliest wins).
                 if let Some(at) = pair.wake_at()
-                    && pair.timer.is_none_or(|t| at < t)
+                    && pair.timer().is_none_or(|t| at < t)
                 {
-                    pair.timer = Some(at);
+                    pair.set_timer(Some(at));
                     self.timers.push(Reverse((at, slot, generation)));
                 }
             }
@@ -503,5 +554,16 @@ mod tests {
         }
         // Generations wrap within the mask.
         assert_eq!(untoken(token(3, GEN_MASK + 1, 0)).1, 0);
+    }
+
+    /// An idle pair costs its slab slot and nothing else: the slot stays small. It was 432
+    /// bytes before the rare parts (read-ahead bytes, transforms, rate limit) were boxed,
+    /// which with two pairs per tunneled connection (frps and frpc) was a third of the idle
+    /// RSS per connection (`dataplane/README.md`, "Idle memory per pair").
+    #[test]
+    fn idle_pair_slot_is_small() {
+        let size = std::mem::size_of::<Slot>();
+        eprintln!("slot: {size} bytes");
+        assert!(size <= 224, "a pair's slab slot is {size} bytes");
     }
 }

@@ -70,30 +70,68 @@ pub(crate) struct Conn {
 }
 
 /// One direction: reads from `from`'s socket, writes to the other one.
+///
+/// Kept small, as every pair a core owns sits in its slab for its whole life, mostly idle
+/// (see [`PairState`]): what only some directions have is boxed in `extra`.
 struct Dir {
     from: SideId,
-    prefix: Bytes,
-    /// The reading side's inbound chain.
-    inbound: Vec<Box<dyn Transform>>,
-    /// The writing side's outbound chain.
-    outbound: Vec<Box<dyn Transform>>,
-    pipe: Option<Pipe>,
-    /// Bytes sitting in `pipe`.
-    in_pipe: usize,
     /// The flow is bulk: a copy read filled the whole buffer, and no splice since moved less
     /// than `SMALL_SPLICE`. Bulk flows splice, the others copy (see `pump`).
     bulk: bool,
+    eof: bool,
+    done: bool,
+    /// Bytes sitting in `pipe` (at most its capacity, which `F_SETPIPE_SZ` keeps within an
+    /// `i32`).
+    in_pipe: u32,
+    pipe: Option<Pipe>,
     /// Output of the copy path not yet written (empty, and unallocated, most of the time).
     pending: Vec<u8>,
     sent: usize,
     /// Plaintext length of the chunk in `pending`, counted once it is all written.
     pending_plain: u64,
-    eof: bool,
-    done: bool,
     total: u64,
-    limiter: Option<Arc<RateLimiter>>,
-    /// Out of tokens: run again at this instant.
-    wake_at: Option<Instant>,
+    /// Read-ahead bytes and transform chains; `None` for a plain direction, and once the
+    /// read-ahead bytes of a direction without transforms are forwarded.
+    extra: Option<Box<DirExtra>>,
+}
+
+/// What only some directions have: bytes the control plane read ahead, transforms.
+struct DirExtra {
+    prefix: Bytes,
+    /// The reading side's inbound chain.
+    inbound: Vec<Box<dyn Transform>>,
+    /// The writing side's outbound chain.
+    outbound: Vec<Box<dyn Transform>>,
+}
+
+/// A rate-limited pair's limiter and wake-ups, boxed in its [`PairState`] (most pairs have
+/// no limit).
+struct Limit {
+    limiter: Arc<RateLimiter>,
+    /// Per direction (a→b, b→a): out of tokens, run again at this instant.
+    wake_at: [Option<Instant>; 2],
+    /// The deadline of the timer the core armed for this pair, if any.
+    timer: Option<Instant>,
+}
+
+/// A direction's view of its pair's [`Limit`] while it runs.
+struct DirLimit<'a> {
+    limiter: &'a RateLimiter,
+    wake_at: &'a mut Option<Instant>,
+}
+
+impl DirLimit<'_> {
+    /// The most the next read may take, `None` when the limiter has no tokens now
+    /// (`wake_at` is then set).
+    fn grant(&mut self, want: usize) -> Option<usize> {
+        match self.limiter.acquire(want) {
+            Grant::Bytes(n) => Some(n),
+            Grant::Wait(d) => {
+                *self.wake_at = Some(Instant::now() + d);
+                None
+            }
+        }
+    }
 }
 
 /// How a direction's turn ended.
@@ -116,52 +154,51 @@ impl Dir {
         inbound: Vec<Box<dyn Transform>>,
         outbound: Vec<Box<dyn Transform>>,
         initial_write: Bytes,
-        limiter: Option<Arc<RateLimiter>>,
     ) -> Dir {
+        let extra =
+            (!prefix.is_empty() || !inbound.is_empty() || !outbound.is_empty()).then(|| {
+                Box::new(DirExtra {
+                    prefix,
+                    inbound,
+                    outbound,
+                })
+            });
         Dir {
             from,
-            prefix,
-            inbound,
-            outbound,
-            pipe: None,
-            in_pipe: 0,
             bulk: false,
+            eof: false,
+            done: false,
+            in_pipe: 0,
+            pipe: None,
             // Written (uncounted: pending_plain = 0) before anything else.
             pending: initial_write.to_vec(),
             sent: 0,
             pending_plain: 0,
-            eof: false,
-            done: false,
             total: 0,
-            limiter,
-            wake_at: None,
+            extra,
         }
     }
 
     /// The most the next read may take: unlimited, or what the limiter grants. `None` when the
-    /// limiter has no tokens now (`wake_at` is then set).
-    fn grant(&mut self, want: usize) -> Option<usize> {
-        let Some(l) = &self.limiter else {
-            return Some(usize::MAX);
-        };
-        match l.acquire(want) {
-            Grant::Bytes(n) => Some(n),
-            Grant::Wait(d) => {
-                self.wake_at = Some(Instant::now() + d);
-                None
-            }
+    /// limiter has no tokens now (its `wake_at` is then set).
+    fn grant(limit: &mut Option<DirLimit<'_>>, want: usize) -> Option<usize> {
+        match limit {
+            None => Some(usize::MAX),
+            Some(l) => l.grant(want),
         }
     }
 
     /// Gives back the unused part of a grant.
-    fn refund(&self, granted: usize, used: usize) {
-        if let Some(l) = &self.limiter {
-            l.refund(granted.saturating_sub(used));
+    fn refund(limit: &Option<DirLimit<'_>>, granted: usize, used: usize) {
+        if let Some(l) = limit {
+            l.limiter.refund(granted.saturating_sub(used));
         }
     }
 
     fn transforms(&self) -> bool {
-        !self.inbound.is_empty() || !self.outbound.is_empty()
+        self.extra
+            .as_ref()
+            .is_some_and(|x| !x.inbound.is_empty() || !x.outbound.is_empty())
     }
 
     fn count(&mut self, n: u64, counter: Option<&AtomicU64>) {
@@ -201,10 +238,13 @@ impl Dir {
         dst: &mut Conn,
         cx: &mut CoreCx<'_>,
         counter: Option<&AtomicU64>,
+        mut limit: Option<DirLimit<'_>>,
     ) -> Result<Turn, RelayError> {
         let (from, to) = (self.from, self.from.other());
         let mut budget = BUDGET;
-        self.wake_at = None;
+        if let Some(l) = &mut limit {
+            *l.wake_at = None;
+        }
         loop {
             if self.done {
                 return Ok(Turn::Parked);
@@ -215,9 +255,9 @@ impl Dir {
                     return Ok(Turn::Parked);
                 }
                 let pipe = self.pipe.as_ref().expect("bytes in a pipe we hold");
-                match sys::splice(pipe.read.as_fd(), dst.fd.as_fd(), self.in_pipe) {
+                match sys::splice(pipe.read.as_fd(), dst.fd.as_fd(), self.in_pipe as usize) {
                     Ok(n) => {
-                        self.in_pipe -= n;
+                        self.in_pipe -= n as u32;
                         cx.stats.splice_bytes.fetch_add(n as u64, Ordering::Relaxed);
                         self.count(n as u64, counter);
                     }
@@ -257,13 +297,19 @@ impl Dir {
                 return Ok(Turn::Yield);
             }
             budget -= 1;
-            if !self.prefix.is_empty() {
+            if let Some(extra) = &mut self.extra
+                && !extra.prefix.is_empty()
+            {
                 // Bytes read ahead are bytes read: they take tokens like any read.
-                let Some(granted) = self.grant(self.prefix.len()) else {
+                let Some(granted) = Self::grant(&mut limit, extra.prefix.len()) else {
                     self.release(cx);
                     return Ok(Turn::Parked);
                 };
-                let chunk = self.prefix.split_to(granted.min(self.prefix.len()));
+                let chunk = extra.prefix.split_to(granted.min(extra.prefix.len()));
+                if extra.prefix.is_empty() && extra.inbound.is_empty() && extra.outbound.is_empty()
+                {
+                    self.extra = None;
+                }
                 self.forward(&chunk, dst, cx.plain, cx.wire, cx.stats, counter)?;
                 continue;
             }
@@ -283,7 +329,7 @@ impl Dir {
             } else {
                 COPY_READ_PLAIN
             };
-            let Some(granted) = self.grant(len) else {
+            let Some(granted) = Self::grant(&mut limit, len) else {
                 self.release(cx);
                 return Ok(Turn::Parked);
             };
@@ -297,11 +343,12 @@ impl Dir {
                 }
                 if let Some(pipe) = &self.pipe {
                     let r = sys::splice(src.fd.as_fd(), pipe.write.as_fd(), pipe.cap.min(granted));
-                    self.refund(granted, *r.as_ref().unwrap_or(&0));
+                    Self::refund(&limit, granted, *r.as_ref().unwrap_or(&0));
                     match r {
                         Ok(0) => self.eof = true,
                         Ok(n) => {
-                            self.in_pipe = n;
+                            // A splice moves at most the pipe's capacity (< 2^31).
+                            self.in_pipe = n as u32;
                             if n < SMALL_SPLICE {
                                 self.bulk = false;
                             }
@@ -314,7 +361,7 @@ impl Dir {
             }
             let len = len.min(cx.buf.len()).min(granted);
             let r = sys::recv(src.fd.as_fd(), &mut cx.buf[..len]);
-            self.refund(granted, *r.as_ref().unwrap_or(&0));
+            Self::refund(&limit, granted, *r.as_ref().unwrap_or(&0));
             match r {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
@@ -347,19 +394,23 @@ impl Dir {
     ) -> Result<(), RelayError> {
         let (from, to) = (self.from, self.from.other());
         let transform_err = |source| RelayError::Transform { side: from, source };
-        let plain: &[u8] = if self.inbound.is_empty() {
+        let (inbound, outbound) = match &mut self.extra {
+            Some(x) => (&mut x.inbound[..], &mut x.outbound[..]),
+            None => (&mut [][..], &mut [][..]),
+        };
+        let plain: &[u8] = if inbound.is_empty() {
             data
         } else {
             plain_buf.clear();
-            run_chain(&mut self.inbound, data, plain_buf).map_err(transform_err)?;
+            run_chain(inbound, data, plain_buf).map_err(transform_err)?;
             plain_buf
         };
         let plain_len = plain.len() as u64;
-        let wire: &[u8] = if self.outbound.is_empty() {
+        let wire: &[u8] = if outbound.is_empty() {
             plain
         } else {
             wire_buf.clear();
-            run_chain(&mut self.outbound, plain, wire_buf).map_err(transform_err)?;
+            run_chain(outbound, plain, wire_buf).map_err(transform_err)?;
             wire_buf
         };
         let mut off = 0;
@@ -390,18 +441,19 @@ impl Dir {
     }
 }
 
-/// A pair owned by a core.
+/// A pair owned by a core: one slot of the core's slab for the pair's whole life, so an idle
+/// pair costs `size_of::<PairState>()` plus nothing else (no buffer, no pipe, no allocation
+/// for a plain pair without limit; see `idle_pair_slot_is_small`).
 pub(crate) struct PairState {
     pub conns: [Conn; 2],
     dirs: [Dir; 2],
-    counters: Option<Arc<Counters>>,
-    /// Keeps the pair counted in `counters.conns` until the pair is dropped.
-    _live: Option<ConnGuard>,
+    /// Keeps the pair counted in its counters' `conns` until the pair is dropped, and gives
+    /// the directions their byte counters.
+    live: Option<ConnGuard>,
+    limit: Option<Box<Limit>>,
     first_ended: Option<SideId>,
     /// Already in the core's run queue.
     pub queued: bool,
-    /// The deadline of the timer the core armed for this pair, if any.
-    pub timer: Option<Instant>,
 }
 
 /// Records which side ended first: the one that failed, or the first to send EOF.
@@ -458,37 +510,75 @@ impl PairState {
         PairState {
             conns: [conn(fa), conn(fb)],
             dirs: [
-                Dir::new(SideId::A, pa, ia, ob, wb, limiter.clone()),
-                Dir::new(SideId::B, pb, ib, oa, wa, limiter),
+                Dir::new(SideId::A, pa, ia, ob, wb),
+                Dir::new(SideId::B, pb, ib, oa, wa),
             ],
-            _live: counters.as_ref().map(ConnGuard::new),
-            counters,
+            live: counters.as_ref().map(ConnGuard::new),
+            limit: limiter.map(|limiter| {
+                Box::new(Limit {
+                    limiter,
+                    wake_at: [None, None],
+                    timer: None,
+                })
+            }),
             first_ended: None,
             queued: false,
-            timer: None,
         }
     }
 
     /// When a direction that ran out of tokens wants to run again (the earlier of the two).
     pub fn wake_at(&self) -> Option<Instant> {
-        match (self.dirs[0].wake_at, self.dirs[1].wake_at) {
-            (Some(x), Some(y)) => Some(x.min(y)),
-            (x, y) => x.or(y),
+        let l = self.limit.as_ref()?;
+        match l.wake_at {
+            [Some(x), Some(y)] => Some(x.min(y)),
+            [x, y] => x.or(y),
+        }
+    }
+
+    /// The deadline of the timer the core armed for this pair, if any (only a limited pair
+    /// has timers).
+    pub fn timer(&self) -> Option<Instant> {
+        self.limit.as_ref().and_then(|l| l.timer)
+    }
+
+    pub fn set_timer(&mut self, at: Option<Instant>) {
+        if let Some(l) = &mut self.limit {
+            l.timer = at;
         }
     }
 
     /// Runs both directions as far as readiness allows.
     pub fn drive(&mut self, cx: &mut CoreCx<'_>) -> Drive {
-        let counters = self.counters.as_deref();
+        let counters = self.live.as_ref().map(ConnGuard::counters);
         let [a, b] = &mut self.conns;
         let [ab_dir, ba_dir] = &mut self.dirs;
+        let (ab_limit, ba_limit) = match self.limit.as_deref_mut() {
+            None => (None, None),
+            Some(Limit {
+                limiter,
+                wake_at: [ab_wake, ba_wake],
+                ..
+            }) => {
+                let limiter: &RateLimiter = limiter;
+                (
+                    Some(DirLimit {
+                        limiter,
+                        wake_at: ab_wake,
+                    }),
+                    Some(DirLimit {
+                        limiter,
+                        wake_at: ba_wake,
+                    }),
+                )
+            }
+        };
         let first = &mut self.first_ended;
-        let ab = ab_dir.pump(a, b, cx, counters.map(|c| &c.a_to_b));
+        let ab = ab_dir.pump(a, b, cx, counters.map(|c| &c.a_to_b), ab_limit);
         let ab = note(first, ab_dir, ab);
         let turns = match ab {
             Err(e) => Err(e),
             Ok(t1) => {
-                let r = ba_dir.pump(b, a, cx, counters.map(|c| &c.b_to_a));
+                let r = ba_dir.pump(b, a, cx, counters.map(|c| &c.b_to_a), ba_limit);
                 note(first, ba_dir, r).map(|t2| (t1, t2))
             }
         };

@@ -23,6 +23,43 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Bytes moved so far over the established TCP connections whose local port is `port`
+/// (e.g. frps' bindPort on 127.0.0.1): `bytes_received` + `bytes_acked` of each socket's
+/// `tcp_info`, read with `ss`. The kernel's count, whatever system calls moved the bytes;
+/// a connection that closes between two samples drops out, so use it across long-lived
+/// connections (frpc's tcpMux sessions, which carry every work connection).
+pub fn tcp_bytes_on_port(port: u16) -> u64 {
+    ss_tcp_bytes(None, port)
+}
+
+/// [`tcp_bytes_on_port`] in the network namespace of process `netns_of` (through
+/// `nsenter`), or in ours.
+fn ss_tcp_bytes(netns_of: Option<u32>, port: u16) -> u64 {
+    let filter = format!(":{port}");
+    let ss = ["ss", "-tinH", "state", "established", "sport", "=", &filter];
+    let out = match netns_of {
+        Some(pid) => Command::new("nsenter")
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .args(ss)
+            .output(),
+        None => Command::new(ss[0]).args(&ss[1..]).output(),
+    }
+    .unwrap_or_else(|e| panic!("run ss (iproute2) / nsenter (util-linux): {e}"));
+    assert!(out.status.success(), "ss failed: {out:?}");
+    tcp_info_bytes(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Sum of `bytes_received:N` and `bytes_acked:N` in `ss -i` output.
+fn tcp_info_bytes(ss: &str) -> u64 {
+    ss.split_whitespace()
+        .filter_map(|t| {
+            t.strip_prefix("bytes_received:")
+                .or_else(|| t.strip_prefix("bytes_acked:"))
+        })
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum()
+}
+
 /// Path of a built binary of this workspace (`frps` or `frpc`), next to the test executable.
 pub fn bin(name: &str) -> PathBuf {
     if let Ok(dir) = std::env::var("FRP_BIN_DIR") {
@@ -169,16 +206,19 @@ impl Proc {
         }
     }
 
-    /// Bytes the process has read and written through system calls so far (sockets and
-    /// files alike: `rchar` + `wchar` of `/proc/PID/io`), e.g. to show traffic did not pass
-    /// through it.
-    pub fn io_bytes(&self) -> u64 {
-        let path = format!("/proc/{}/io", self.pid());
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-        text.lines()
-            .filter(|l| l.starts_with("rchar:") || l.starts_with("wchar:"))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum()
+    /// Bytes moved so far over this process's established TCP connections on local port
+    /// `port` (frps: its bindPort, which carries frpc's tcpMux sessions and so every work
+    /// connection frps relays), counted by the kernel in the process's network namespace:
+    /// see [`tcp_bytes_on_port`]. Shows whether traffic passed through frps, whatever system
+    /// calls or io_uring operations moved it (`/proc/PID/io` counts only read/write-family
+    /// calls, not `send`/`recv`, nor io_uring).
+    pub fn tcp_bytes_on_port(&self, port: u16) -> u64 {
+        let theirs = std::fs::read_link(format!("/proc/{}/ns/net", self.pid()));
+        let ours = std::fs::read_link("/proc/self/ns/net");
+        match (theirs, ours) {
+            (Ok(t), Ok(o)) if t != o => ss_tcp_bytes(Some(self.pid()), port),
+            _ => ss_tcp_bytes(None, port),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -550,6 +590,46 @@ pub async fn udp_probe(
         assert!(
             Instant::now() < deadline,
             "no udp reply through port {port} within {timeout:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_bytes_on_port_counts_both_directions_of_live_connections() {
+        if Command::new("ss").arg("-V").output().is_err() {
+            eprintln!("skipping: no `ss` command (install iproute2)");
+            return;
+        }
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(tcp_bytes_on_port(port), 0);
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        use std::io::Write;
+        c.write_all(&[1; 3000]).unwrap();
+        let mut buf = [0; 3000];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&[2; 500]).unwrap();
+        c.read_exact(&mut buf[..500]).unwrap();
+        // The acknowledgement of the last 500 bytes may still be in flight; bytes_acked
+        // also counts the SYN (one sequence number).
+        let counted = |p| (3500..=3502).contains(&tcp_bytes_on_port(p));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !counted(port) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(counted(port), "{}", tcp_bytes_on_port(port));
+        // The client's end is counted under its own local port, once.
+        let cport = c.local_addr().unwrap().port();
+        assert!(counted(cport), "{}", tcp_bytes_on_port(cport));
+        drop((c, s));
+        assert_eq!(
+            tcp_info_bytes("bytes_sent:5 bytes_acked:4 bytes_received:3"),
+            7
         );
     }
 }

@@ -203,12 +203,13 @@ async fn real_pair(protocol: &str, wire: &str) {
         assert_eq!(log.matches("wire protocol [v2]").count(), 2, "{log}");
     }
 
-    // Not through frps: 4 MiB more over the tunnel moves frps' own I/O counters by far
-    // less, and with frps frozen (SIGSTOP) a new connection still gets through.
-    let io_before = frps.io_bytes();
+    // Not through frps: 4 MiB more over the tunnel moves far fewer bytes over frps'
+    // connections (the frpc tcpMux sessions that would carry a relay), and with frps frozen
+    // (SIGSTOP) a new connection still gets through.
+    let io_before = frps.tcp_bytes_on_port(bind);
     let data = pattern(4 << 20, 8);
     assert!(echo_through(vport, &data).await == data, "echo mismatch");
-    let io_after = frps.io_bytes();
+    let io_after = frps.tcp_bytes_on_port(bind);
     assert!(
         io_after - io_before < 512 * 1024,
         "frps moved {} bytes while 8 MiB crossed the tunnel",

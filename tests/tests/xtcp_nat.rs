@@ -171,11 +171,11 @@ async fn cone_pair(t: &Topology, roles: &Roles, protocols: &[&str], mib: usize) 
         // The first connection makes the tunnel.
         let hello = pattern(64 * 1024, 1);
         assert!(echo_via(&visitor_site.host, port, &hello).await == hello);
-        let before = public.frps.io_bytes();
+        let before = public.frps.tcp_bytes_on_port(FRPS_PORT);
         let data = pattern(mib << 20, 2 + i as u64);
         let got = echo_via(&visitor_site.host, port, &data).await;
         assert!(got == data, "{protocol}: echo mismatch");
-        let moved = public.frps.io_bytes() - before;
+        let moved = public.frps.tcp_bytes_on_port(FRPS_PORT) - before;
         assert!(
             moved < (mib << 20) as u64 / 10,
             "{protocol}: frps moved {moved} bytes while {mib} MiB crossed the tunnel each way"
@@ -240,11 +240,11 @@ async fn xtcp_between_two_symmetric_sites_falls_back_to_stcp() {
     let visitor = spawn_frpc(visitor_site, &env, &bin("frpc"), "visitor", &cfg);
     visitor.wait_log("start visitor success", Duration::from_secs(10));
 
-    let before = public.frps.io_bytes();
+    let before = public.frps.tcp_bytes_on_port(FRPS_PORT);
     let data = pattern(2 << 20, 3);
     let got = echo_via(&visitor_site.host, 9000, &data).await;
     assert!(got == data, "echo mismatch through the fallback");
-    let moved = public.frps.io_bytes() - before;
+    let moved = public.frps.tcp_bytes_on_port(FRPS_PORT) - before;
     assert!(
         moved >= 2 * (2 << 20),
         "the fallback goes through frps, which moved only {moved} bytes"

@@ -625,6 +625,18 @@ pub fn parse_v1_header(h: &[u8; V1_HEADER_LEN]) -> Result<(u8, usize), CodecErro
     Ok((ty, len as usize))
 }
 
+/// Empties a decoder's buffer once every byte in it was consumed. A small one is freed, not
+/// kept: an idle control (thousands per frps) then holds no decode buffer between its
+/// messages; a large one (bulk UDP over a work connection) is kept for the next read.
+pub(crate) fn release_consumed(buf: &mut Vec<u8>) {
+    const KEEP_ABOVE: usize = 4 * 1024;
+    if buf.capacity() > KEEP_ABOVE {
+        buf.clear();
+    } else {
+        *buf = Vec::new();
+    }
+}
+
 /// Sans-IO v1 decoder: push bytes with [`V1Decoder::feed`], pull messages with
 /// [`V1Decoder::next_message`]. Holds at most one frame's worth of bytes beyond what the caller
 /// has not yet pulled; a bad header fails before its body is awaited.
@@ -662,7 +674,7 @@ impl V1Decoder {
         let msg = Message::from_json(ty, &avail[V1_HEADER_LEN..V1_HEADER_LEN + len])?;
         self.pos += V1_HEADER_LEN + len;
         if self.pos == self.buf.len() {
-            self.buf.clear();
+            release_consumed(&mut self.buf);
             self.pos = 0;
         } else if self.pos > 64 * 1024 {
             self.buf.drain(..self.pos);
@@ -678,6 +690,12 @@ impl V1Decoder {
         self.buf.clear();
         self.pos = 0;
         rest
+    }
+
+    /// Bytes of buffer memory held.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Number of buffered bytes not yet returned as messages.

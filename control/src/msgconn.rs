@@ -10,10 +10,14 @@
 //! Ciphers are plain [`Transform`]s, switched on with [`MsgConn::enable_encryption`] (v1 CFB)
 //! or [`MsgConn::enable_transforms`] (any pair, e.g. the v2 AEAD streams).
 
+use std::future::poll_fn;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use dataplane::Transform;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 
 use crate::crypto::{CfbDecryptor, CfbEncryptor, CryptoKey};
 use crate::msg::{CodecError, Message, V1Decoder, encode_v1_into};
@@ -56,6 +60,14 @@ enum Decoder {
 }
 
 impl Decoder {
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        match self {
+            Decoder::V1(d) => d.held(),
+            Decoder::V2(d) => d.held(),
+        }
+    }
+
     fn new(version: WireVersion) -> Decoder {
         match version {
             WireVersion::V1 => Decoder::V1(V1Decoder::new()),
@@ -169,7 +181,6 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
         };
         let mut r = Self::with_version(io, version);
         r.dec.feed(&head);
-        r.raw = buf;
         Ok((r, version))
     }
 
@@ -197,16 +208,33 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
 
     /// Reads more bytes into the decoder. `MsgError::Closed` on EOF with nothing buffered.
     async fn fill(&mut self) -> Result<(), MsgError> {
-        // Into spare capacity: a fresh reader (one per work connection) zeroes nothing.
-        self.raw.clear();
-        self.raw.reserve(self.chunk);
-        let room = self.raw.capacity();
-        let n = self.io.read_buf(&mut self.raw).await?;
-        if n == room {
+        let n = if self.chunk == SMALL_READ {
+            // Small reads (a control's messages) land in a buffer on the stack of one poll
+            // and are decoded there: an idle reader holds no read buffer.
+            poll_fn(|cx| {
+                let mut stack = [MaybeUninit::<u8>::uninit(); SMALL_READ];
+                let mut buf = ReadBuf::uninit(&mut stack);
+                ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+                let n = buf.filled().len();
+                self.consume(buf.filled())?;
+                Poll::Ready(Ok::<_, MsgError>(n))
+            })
+            .await?
+        } else {
+            // Into spare capacity: no memset per read.
+            self.raw.clear();
+            self.raw.reserve(self.chunk);
+            let n = self.io.read_buf(&mut self.raw).await?;
+            let raw = std::mem::take(&mut self.raw);
+            let consumed = self.consume(&raw[..n]);
+            self.raw = raw;
+            consumed?;
+            n
+        };
+        if n == SMALL_READ {
             // A full read: more is coming (UDP packets over a work connection), read more.
             self.chunk = READ_CHUNK;
         }
-        self.wire_bytes += n as u64;
         if n == 0 {
             return Err(if self.dec.buffered() == 0 {
                 MsgError::Closed
@@ -214,12 +242,19 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
                 MsgError::Io(std::io::ErrorKind::UnexpectedEof.into())
             });
         }
+        Ok(())
+    }
+
+    /// Decrypts (when enabled) and decodes bytes read.
+    fn consume(&mut self, bytes: &[u8]) -> Result<(), MsgError> {
+        self.wire_bytes += bytes.len() as u64;
         match &mut self.decrypt {
-            None => self.dec.feed(&self.raw[..n]),
+            None => self.dec.feed(bytes),
             Some(d) => {
                 self.plain.clear();
-                d.transform(&self.raw[..n], &mut self.plain)?;
+                d.transform(bytes, &mut self.plain)?;
                 self.dec.feed(&self.plain);
+                crate::msg::release_consumed(&mut self.plain);
             }
         }
         Ok(())
@@ -320,6 +355,13 @@ impl Encoder {
         Ok(())
     }
 
+    /// Frees the buffers of a written message unless they are large (see
+    /// [`crate::msg::release_consumed`]): an idle writer holds none.
+    fn release(&mut self) {
+        crate::msg::release_consumed(&mut self.frame);
+        crate::msg::release_consumed(&mut self.wire);
+    }
+
     fn encode_msg(&mut self, msg: &Message) -> Result<&[u8], MsgError> {
         match self.version {
             WireVersion::V1 => {
@@ -400,6 +442,7 @@ impl<W: AsyncWrite + Unpin> MsgWriter<W> {
         let wire = self.enc.encode_msg(msg)?;
         let n = wire.len();
         self.io.write_all(wire).await?;
+        self.enc.release();
         self.io.flush().await?;
         Ok(n)
     }
@@ -485,6 +528,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MsgConn<S> {
         let wire = self.enc.encode_msg(msg)?;
         let io = &mut self.reader.io;
         io.write_all(wire).await?;
+        self.enc.release();
         io.flush().await?;
         Ok(())
     }
@@ -554,8 +598,9 @@ mod tests {
     use super::*;
     use crate::msg::{LoginResp, Ping, ReqWorkConn};
 
-    /// A reader of small messages keeps a small buffer; one that is sent more than that at
-    /// once (UDP packets over a work connection) reads in larger chunks.
+    /// A reader of small messages holds no buffer between them (thousands of idle controls);
+    /// one that is sent more than a small read at once (UDP packets over a work connection)
+    /// reads in larger chunks.
     #[tokio::test]
     async fn reader_buffer_grows_only_for_bulk() {
         let (a, b) = tokio::io::duplex(1 << 20);
@@ -563,7 +608,25 @@ mod tests {
         let mut cb = MsgConn::new(b);
         ca.write_msg(&Ping::default().into()).await.unwrap();
         assert_eq!(cb.read_msg().await.unwrap(), Ping::default().into());
-        assert!(cb.reader.raw.capacity() < 2 * SMALL_READ);
+        let r = &cb.reader;
+        assert_eq!(
+            (r.raw.capacity(), r.plain.capacity(), r.dec.held()),
+            (0, 0, 0)
+        );
+        assert_eq!((ca.enc.frame.capacity(), ca.enc.wire.capacity()), (0, 0));
+        // Encrypted likewise.
+        let key = CryptoKey::derive(b"k");
+        ca.enable_encryption(&key).unwrap();
+        cb.enable_encryption(&key).unwrap();
+        for _ in 0..3 {
+            ca.write_msg(&Ping::default().into()).await.unwrap();
+            assert_eq!(cb.read_msg().await.unwrap(), Ping::default().into());
+        }
+        let r = &cb.reader;
+        assert_eq!(
+            (r.raw.capacity(), r.plain.capacity(), r.dec.held()),
+            (0, 0, 0)
+        );
         for _ in 0..1000 {
             ca.write_msg(&ReqWorkConn {}.into()).await.unwrap();
         }

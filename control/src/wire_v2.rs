@@ -261,6 +261,12 @@ impl V2Decoder {
         }
     }
 
+    /// Bytes of buffer memory held.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Appends received bytes.
     pub fn feed(&mut self, bytes: &[u8]) {
         if self.pos > 0 && self.pos == self.buf.len() {
@@ -273,7 +279,7 @@ impl V2Decoder {
     fn consume(&mut self, n: usize) {
         self.pos += n;
         if self.pos == self.buf.len() {
-            self.buf.clear();
+            crate::msg::release_consumed(&mut self.buf);
             self.pos = 0;
         } else if self.pos > 64 * 1024 {
             self.buf.drain(..self.pos);

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
+use tokio::io::ReadHalf;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::control::Control;
@@ -17,22 +19,67 @@ use crate::handshake::{self, Role};
 use crate::msg::{
     Login, LoginResp, Message, NewProxyResp, NewWorkConn, Pong, ReqWorkConn, StartWorkConn,
 };
-use crate::msgconn::{MsgConn, MsgError};
+use crate::msgconn::{MsgConn, MsgError, MsgReader};
 use crate::transport::Conn;
 use crate::wire_v2::CryptoContext;
 
+/// A client that logged in: its control and the read half of its control connection (the
+/// write half belongs to the writer task, fed by `ctl.msg_tx`).
+struct LoggedIn {
+    ctl: Arc<Control>,
+    reader: MsgReader<ReadHalf<Conn>>,
+    writer_task: JoinHandle<()>,
+}
+
 impl State {
+    /// A control connection from its Login to the client's exit. Only the message loop stays
+    /// in this future for the client's lifetime: logging in and cleaning up are boxed, so the
+    /// control's task holds a few hundred bytes, not the largest step's state (a task's
+    /// future is as large as its largest state; thousands of clients stay connected).
     pub(super) async fn handle_login(
+        self: Arc<Self>,
+        mc: MsgConn<Conn>,
+        login: Login,
+        remote: SocketAddr,
+        crypto: Option<CryptoContext>,
+    ) {
+        let logged_in = Box::pin(self.clone().log_in(mc, login, remote, crypto)).await;
+        let Some(LoggedIn {
+            ctl,
+            mut reader,
+            writer_task,
+        }) = logged_in
+        else {
+            return;
+        };
+        let reason = self.control_loop(&ctl, &mut reader).await;
+        info!(
+            "[{}] control from {} closed: {reason}",
+            ctl.run_id, ctl.remote
+        );
+        Box::pin(self.cleanup_control(&ctl)).await;
+        // The control connection is closed before the exit is reported, as frp does.
+        Box::pin(stop_tasks(vec![writer_task])).await;
+        drop(reader);
+        info!("[{}] client exit success", ctl.run_id);
+    }
+
+    /// Login: plugins, auth, run id, registration, LoginResp, the writer task. `None` when
+    /// the login was refused or the answer could not be written.
+    async fn log_in(
         self: Arc<Self>,
         mut mc: MsgConn<Conn>,
         login: Login,
         remote: SocketAddr,
         crypto: Option<CryptoContext>,
-    ) {
+    ) -> Option<LoggedIn> {
         // Server plugins see the Login first and may rewrite or refuse it (frp's order).
         let login = match self.login_hooks(login, remote).await {
             Ok(login) => login,
-            Err(reason) => return self.refuse_login(&mut mc, remote, reason).await,
+            Err(reason) => {
+                self.refuse_login(&mut mc, remote, reason).await;
+                return None;
+            }
         };
         info!(
             "client login info: ip [{remote}] version [{}] hostname [{}] os [{}] arch [{}] wire protocol [{}]",
@@ -48,7 +95,8 @@ impl State {
         }
         .and_then(|()| self.check_login(&login));
         if let Err(reason) = checked {
-            return self.refuse_login(&mut mc, remote, reason).await;
+            self.refuse_login(&mut mc, remote, reason).await;
+            return None;
         }
         let run_id = if login.run_id.is_empty() {
             new_run_id()
@@ -88,7 +136,7 @@ impl State {
         if let Err(e) = mc.write_msg(&resp.into()).await {
             warn!("[{run_id}] write LoginResp: {e}");
             self.controls.remove(&ctl);
-            return;
+            return None;
         }
         let enabled = handshake::enable_control_encryption(
             &mut mc,
@@ -100,13 +148,13 @@ impl State {
         if let Err(e) = enabled {
             warn!("[{run_id}] control connection: {e}");
             self.controls.remove(&ctl);
-            return;
+            return None;
         }
         self.stats
             .on_login(&run_id, &ctl.login, remote, ctl.wire.as_str());
         info!("[{run_id}] client login success, pool count {pool_count}");
 
-        let (mut reader, mut writer) = mc.split();
+        let (reader, mut writer) = mc.split();
         let writer_task = tokio::spawn(async move {
             let mut rx = msg_rx;
             while let Some(m) = rx.recv().await {
@@ -121,17 +169,31 @@ impl State {
             let _ = ctl.msg_tx.send(Box::new(ReqWorkConn {}.into())).await;
         }
 
+        Some(LoggedIn {
+            ctl,
+            reader,
+            writer_task,
+        })
+    }
+
+    /// The control's messages until the client leaves, goes silent past heartbeatTimeout, or
+    /// is replaced; returns why it ended.
+    async fn control_loop(
+        self: &Arc<Self>,
+        ctl: &Arc<Control>,
+        reader: &mut MsgReader<ReadHalf<Conn>>,
+    ) -> String {
         // `heartbeatTimeout` after the last Ping (or the login). One timer per client that
         // fires only then: no periodic wake-up of thousands of idle controls.
         let hb_timeout = (self.cfg.transport.heartbeat_timeout > 0)
             .then(|| Duration::from_secs(self.cfg.transport.heartbeat_timeout as u64));
         let hb_deadline = tokio::time::sleep(hb_timeout.unwrap_or(Duration::ZERO));
         tokio::pin!(hb_deadline);
-        let reason: String = loop {
+        loop {
             tokio::select! {
                 r = reader.read_msg() => match r {
                     Ok(m) => {
-                        if let (Some(t), Some(hb)) = (Box::pin(self.dispatch(&ctl, m)).await, hb_timeout) {
+                        if let (Some(t), Some(hb)) = (Box::pin(self.dispatch(ctl, m)).await, hb_timeout) {
                             hb_deadline.as_mut().reset(tokio::time::Instant::from_std(t) + hb);
                         }
                     }
@@ -141,13 +203,7 @@ impl State {
                 _ = &mut hb_deadline, if hb_timeout.is_some() => break "heartbeat timeout".into(),
                 _ = ctl.kill.notified() => break "replaced by a new login with the same run id".into(),
             }
-        };
-        info!("[{run_id}] control from {} closed: {reason}", ctl.remote);
-        self.cleanup_control(&ctl).await;
-        // The control connection is closed before the exit is reported, as frp does.
-        stop_tasks(vec![writer_task]).await;
-        drop(reader);
-        info!("[{run_id}] client exit success");
+        }
     }
 
     async fn login_hooks(&self, login: Login, remote: SocketAddr) -> Result<Login, String> {

@@ -308,11 +308,16 @@ impl Connection {
     }
 
     /// Hands back a buffer from [`Connection::poll_transmit`] once written, so the next
-    /// frames reuse its memory instead of allocating.
+    /// frames reuse its memory instead of allocating. Only bulk buffers are kept: a small
+    /// one (a control message's) is cheaper to make again than to hold in every idle
+    /// session until it goes quiet.
     pub fn recycle_transmit(&mut self, buf: Bytes) {
         let Ok(mut m) = buf.try_into_mut() else {
             return;
         };
+        if m.capacity() < ZERO_COPY_MIN {
+            return;
+        }
         m.clear();
         if m.capacity() > self.out.capacity() {
             m.extend_from_slice(&self.out);
@@ -1147,8 +1152,18 @@ mod tests {
             "{}",
             c.out.capacity()
         );
+        // Once written, the small buffer is not kept for the next message.
+        let small = c.poll_transmit().unwrap();
+        c.recycle_transmit(small);
+        assert_eq!((c.out.capacity(), c.spare.is_none()), (0, true));
         assert_eq!(c.stream_write(id, &[7; 64 * 1024]).unwrap(), 64 * 1024);
         assert!(c.out.capacity() >= TRANSMIT_HIGH_WATER);
+        // A bulk buffer is.
+        let bulk = c.poll_transmit().unwrap();
+        c.recycle_transmit(bulk);
+        assert!(
+            c.out.capacity() + c.spare.as_ref().map_or(0, |s| s.capacity()) >= TRANSMIT_HIGH_WATER
+        );
     }
 
     #[test]

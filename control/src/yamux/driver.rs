@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use dataplane::HostedRelay;
@@ -47,7 +46,6 @@ pub fn session<T>(io: T, cfg: Config, mode: Mode) -> (Session, Incoming)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (closed_tx, _) = watch::channel(false);
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
             conn: Connection::new(&cfg, mode, Instant::now().into_std()),
@@ -62,7 +60,7 @@ where
             driver_gone: false,
             handles: 2,
         }),
-        closed_tx,
+        closed: Closed::default(),
     });
     let relay_wake = Arc::new(RelayWake::default());
     let driver = Driver {
@@ -99,14 +97,43 @@ where
 
 struct Shared {
     inner: Mutex<Inner>,
-    closed_tx: watch::Sender<bool>,
+    closed: Closed,
+}
+
+/// Set once the session has ended; [`Session::closed`] waits for it. (A watch channel cost
+/// ~340 bytes per session; this is a flag and a `Notify`.)
+#[derive(Default)]
+struct Closed {
+    set: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Closed {
+    fn set(&self) {
+        self.set.store(true, SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.load(SeqCst)
+    }
+
+    async fn wait(&self) {
+        loop {
+            let n = self.notify.notified();
+            if self.is_set() {
+                return;
+            }
+            n.await;
+        }
+    }
 }
 
 impl Shared {
     fn lock(&self) -> Guard<'_> {
         Guard {
             inner: self.inner.lock().unwrap_or_else(|e| e.into_inner()),
-            closed_tx: &self.closed_tx,
+            closed: &self.closed,
         }
     }
 }
@@ -114,7 +141,7 @@ impl Shared {
 /// The locked core; dropping it delivers the core's events to the waiting handles.
 struct Guard<'a> {
     inner: MutexGuard<'a, Inner>,
-    closed_tx: &'a watch::Sender<bool>,
+    closed: &'a Closed,
 }
 
 impl std::ops::Deref for Guard<'_> {
@@ -132,7 +159,7 @@ impl std::ops::DerefMut for Guard<'_> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        self.inner.dispatch(self.closed_tx);
+        self.inner.dispatch(self.closed);
     }
 }
 
@@ -157,7 +184,7 @@ struct Inner {
 }
 
 impl Inner {
-    fn dispatch(&mut self, closed_tx: &watch::Sender<bool>) {
+    fn dispatch(&mut self, closed: &Closed) {
         while let Some(ev) = self.conn.poll_event() {
             match ev {
                 Event::IncomingStream(_) => wake(self.accept_waker.take()),
@@ -188,7 +215,7 @@ impl Inner {
                     self.write_wakers.drain().for_each(|(_, w)| w.wake());
                     self.open_wakers.drain(..).for_each(Waker::wake);
                     wake(self.accept_waker.take());
-                    closed_tx.send_replace(true);
+                    closed.set();
                 }
             }
         }
@@ -289,7 +316,7 @@ impl Session {
     }
 
     pub fn is_closed(&self) -> bool {
-        *self.shared.closed_tx.borrow()
+        self.shared.closed.is_set()
     }
 
     /// Why the session ended, once it has.
@@ -299,8 +326,7 @@ impl Session {
 
     /// Resolves when the session ends, for any reason.
     pub async fn closed(&self) {
-        let mut rx = self.shared.closed_tx.subscribe();
-        let _ = rx.wait_for(|c| *c).await;
+        self.shared.closed.wait().await;
     }
 }
 

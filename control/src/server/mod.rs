@@ -15,7 +15,9 @@
 //! listener through `State::admit_user` (NewUserConn) to `State::join_user_conn` and the
 //! data plane.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -253,6 +255,12 @@ pub enum StartError {
     SshGateway(String),
 }
 
+/// Spawns the task of a logical connection. Not inline in the accept loop: an async fn
+/// keeps room for a future it built and moved away as long as the loop runs.
+fn spawn_logical(st: Arc<State>, conn: Conn, remote: SocketAddr) {
+    tokio::spawn(st.handle_logical(conn, remote));
+}
+
 fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
@@ -289,7 +297,9 @@ impl State {
                 return;
             }
         };
-        self.handle_session(conn, remote).await;
+        // A task of its own: this one's future is sized for the vhost sniffing and the TLS
+        // handshake and would stay that large for the session's life.
+        tokio::spawn(self.handle_session(conn, remote));
     }
 
     /// Accepts KCP sessions: each goes through TLS detection, then on as a `bindPort`
@@ -300,7 +310,7 @@ impl State {
             tokio::spawn(async move {
                 let remote = s.peer_addr();
                 match transport::accept_kcp(s, &st.tls, FIRST_MESSAGE_TIMEOUT).await {
-                    Ok(conn) => st.handle_session(conn, remote).await,
+                    Ok(conn) => drop(tokio::spawn(st.handle_session(conn, remote))),
                     Err(e) => crate::warn_limited!(
                         crate::log::PEER_REFUSALS,
                         "kcp connection from {remote} closed: {e}"
@@ -332,8 +342,7 @@ impl State {
             }
         };
         while let Some(stream) = next {
-            let st = self.clone();
-            tokio::spawn(async move { st.handle_logical(Conn::Yamux(stream), remote).await });
+            spawn_logical(self.clone(), Conn::Yamux(stream), remote);
             next = incoming.accept().await;
         }
         match session.close_reason() {
@@ -345,34 +354,56 @@ impl State {
         }
     }
 
-    async fn handle_logical(self: Arc<Self>, conn: Conn, remote: SocketAddr) {
-        // The steps that are over once a connection is set up are boxed (here and in
-        // `handle_transport`, `handle_login`): a task's future is as large as its largest
-        // state, and a control's task lives as long as the client stays connected.
-        let accepted = match Box::pin(handshake::server_accept(conn, FIRST_MESSAGE_TIMEOUT)).await {
-            Ok(a) => a,
-            Err(e) => {
+    /// Serves one logical connection: its first message decides what it is. A plain fn
+    /// returning the future, with the handshake boxed at once: a control's task lives as long
+    /// as its client, and an async fn's future keeps room for its arguments and every state
+    /// it passes through (the handshake, the first message) for all that time.
+    fn handle_logical(
+        self: Arc<Self>,
+        conn: Conn,
+        remote: SocketAddr,
+    ) -> impl Future<Output = ()> + Send {
+        let accept = Box::pin(handshake::server_accept(conn, FIRST_MESSAGE_TIMEOUT));
+        async move {
+            let serve = match accept.await {
+                Ok(accepted) => self.route(accepted, remote),
+                Err(e) => {
+                    crate::warn_limited!(
+                        crate::log::PEER_REFUSALS,
+                        "connection from {remote} closed: {}",
+                        first_message_error(&e)
+                    );
+                    None
+                }
+            };
+            if let Some(serve) = serve {
+                serve.await
+            }
+        }
+    }
+
+    /// What serves a logical connection, by its first message (boxed: see
+    /// [`State::handle_logical`]); `None` when it is none of Login, NewWorkConn and
+    /// NewVisitorConn.
+    fn route(
+        self: Arc<Self>,
+        accepted: handshake::Accepted<Conn>,
+        remote: SocketAddr,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+        let mc = accepted.conn;
+        Some(match accepted.first {
+            Message::Login(login) => self.handle_login(mc, login, remote, accepted.crypto),
+            Message::NewWorkConn(nwc) => Box::pin(self.handle_new_work_conn(mc, nwc, remote)),
+            Message::NewVisitorConn(v) => Box::pin(self.handle_visitor_conn(mc, v, remote)),
+            other => {
                 crate::warn_limited!(
                     crate::log::PEER_REFUSALS,
-                    "connection from {remote} closed: {}",
-                    first_message_error(&e)
+                    "connection from {remote} closed: unexpected first message {} (want Login, NewWorkConn or NewVisitorConn)",
+                    other.name()
                 );
-                return;
+                return None;
             }
-        };
-        let mc = accepted.conn;
-        match accepted.first {
-            Message::Login(login) => {
-                Box::pin(self.handle_login(mc, login, remote, accepted.crypto)).await
-            }
-            Message::NewWorkConn(nwc) => Box::pin(self.handle_new_work_conn(mc, nwc, remote)).await,
-            Message::NewVisitorConn(v) => Box::pin(self.handle_visitor_conn(mc, v, remote)).await,
-            other => crate::warn_limited!(
-                crate::log::PEER_REFUSALS,
-                "connection from {remote} closed: unexpected first message {} (want Login, NewWorkConn or NewVisitorConn)",
-                other.name()
-            ),
-        }
+        })
     }
 
     /// Asks the NewUserConn plugins about a user connection that reached `proxy` from

@@ -1,7 +1,9 @@
 //! A client's session on frps: Login (auth, run id, the control's message loop), the control
 //! messages (NewProxy, CloseProxy, Ping) and the work connections that join its pool.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,35 +35,37 @@ struct LoggedIn {
 
 impl State {
     /// A control connection from its Login to the client's exit. Only the message loop stays
-    /// in this future for the client's lifetime: logging in and cleaning up are boxed, so the
-    /// control's task holds a few hundred bytes, not the largest step's state (a task's
-    /// future is as large as its largest state; thousands of clients stay connected).
-    pub(super) async fn handle_login(
+    /// in the returned future for the client's lifetime: logging in (with the Login and the
+    /// connection it consumes) and cleaning up are boxed, so the control's task holds a few
+    /// hundred bytes, not its largest step's state (thousands of clients stay connected).
+    pub(super) fn handle_login(
         self: Arc<Self>,
         mc: MsgConn<Conn>,
         login: Login,
         remote: SocketAddr,
         crypto: Option<CryptoContext>,
-    ) {
-        let logged_in = Box::pin(self.clone().log_in(mc, login, remote, crypto)).await;
-        let Some(LoggedIn {
-            ctl,
-            mut reader,
-            writer_task,
-        }) = logged_in
-        else {
-            return;
-        };
-        let reason = self.control_loop(&ctl, &mut reader).await;
-        info!(
-            "[{}] control from {} closed: {reason}",
-            ctl.run_id, ctl.remote
-        );
-        Box::pin(self.cleanup_control(&ctl)).await;
-        // The control connection is closed before the exit is reported, as frp does.
-        Box::pin(stop_tasks(vec![writer_task])).await;
-        drop(reader);
-        info!("[{}] client exit success", ctl.run_id);
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let log_in = Box::pin(self.clone().log_in(mc, login, remote, crypto));
+        Box::pin(async move {
+            let Some(LoggedIn {
+                ctl,
+                mut reader,
+                writer_task,
+            }) = log_in.await
+            else {
+                return;
+            };
+            let reason = self.control_loop(&ctl, &mut reader).await;
+            info!(
+                "[{}] control from {} closed: {reason}",
+                ctl.run_id, ctl.remote
+            );
+            Box::pin(self.cleanup_control(&ctl)).await;
+            // The control connection is closed before the exit is reported, as frp does.
+            Box::pin(stop_tasks(vec![writer_task])).await;
+            drop(reader);
+            info!("[{}] client exit success", ctl.run_id);
+        })
     }
 
     /// Login: plugins, auth, run id, registration, LoginResp, the writer task. `None` when
@@ -190,18 +194,21 @@ impl State {
         let hb_deadline = tokio::time::sleep(hb_timeout.unwrap_or(Duration::ZERO));
         tokio::pin!(hb_deadline);
         loop {
-            tokio::select! {
+            // The message leaves the select boxed: the select's output and the message would
+            // otherwise take ~0.5 KB each in this long-lived future while `dispatch` runs.
+            let m = tokio::select! {
                 r = reader.read_msg() => match r {
-                    Ok(m) => {
-                        if let (Some(t), Some(hb)) = (Box::pin(self.dispatch(ctl, m)).await, hb_timeout) {
-                            hb_deadline.as_mut().reset(tokio::time::Instant::from_std(t) + hb);
-                        }
-                    }
+                    Ok(m) => Box::new(m),
                     Err(MsgError::Closed) => break "client closed the control connection".into(),
                     Err(e) => break format!("control connection error: {e}"),
                 },
                 _ = &mut hb_deadline, if hb_timeout.is_some() => break "heartbeat timeout".into(),
                 _ = ctl.kill.notified() => break "replaced by a new login with the same run id".into(),
+            };
+            if let (Some(t), Some(hb)) = (Box::pin(self.dispatch(ctl, *m)).await, hb_timeout) {
+                hb_deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(t) + hb);
             }
         }
     }

@@ -606,27 +606,23 @@ mod tests {
         let (a, b) = tokio::io::duplex(1 << 20);
         let mut ca = MsgConn::new(a);
         let mut cb = MsgConn::new(b);
-        ca.write_msg(&Ping::default().into()).await.unwrap();
-        assert_eq!(cb.read_msg().await.unwrap(), Ping::default().into());
-        let r = &cb.reader;
-        assert_eq!(
-            (r.raw.capacity(), r.plain.capacity(), r.dec.held()),
-            (0, 0, 0)
-        );
-        assert_eq!((ca.enc.frame.capacity(), ca.enc.wire.capacity()), (0, 0));
-        // Encrypted likewise.
-        let key = CryptoKey::derive(b"k");
-        ca.enable_encryption(&key).unwrap();
-        cb.enable_encryption(&key).unwrap();
-        for _ in 0..3 {
-            ca.write_msg(&Ping::default().into()).await.unwrap();
-            assert_eq!(cb.read_msg().await.unwrap(), Ping::default().into());
+        // Plain, then encrypted: after each Ping neither side holds a buffer.
+        for encrypted in [false, true] {
+            if encrypted {
+                let key = CryptoKey::derive(b"k");
+                ca.enable_encryption(&key).unwrap();
+                cb.enable_encryption(&key).unwrap();
+            }
+            for _ in 0..3 {
+                ca.write_msg(&Ping::default().into()).await.unwrap();
+                assert_eq!(cb.read_msg().await.unwrap(), Ping::default().into());
+            }
+            let (r, e) = (&cb.reader, &ca.enc);
+            let held = (r.raw.capacity(), r.plain.capacity(), r.dec.held());
+            assert_eq!(held, (0, 0, 0), "reader, encrypted: {encrypted}");
+            let held = (e.frame.capacity(), e.wire.capacity());
+            assert_eq!(held, (0, 0), "writer, encrypted: {encrypted}");
         }
-        let r = &cb.reader;
-        assert_eq!(
-            (r.raw.capacity(), r.plain.capacity(), r.dec.held()),
-            (0, 0, 0)
-        );
         for _ in 0..1000 {
             ca.write_msg(&ReqWorkConn {}.into()).await.unwrap();
         }

@@ -788,6 +788,17 @@ mod tests {
         }
     }
 
+    /// tokio-rustls' client over `io`, handshake done (the peer our streams are checked against).
+    async fn tokio_rustls_client(
+        ccfg: Arc<rustls::ClientConfig>,
+        io: tokio::io::DuplexStream,
+    ) -> tokio_rustls::client::TlsStream<tokio::io::DuplexStream> {
+        tokio_rustls::TlsConnector::from(ccfg)
+            .connect(server_name("127.0.0.1").unwrap(), io)
+            .await
+            .unwrap()
+    }
+
     /// The peer updates its keys mid-stream (TLS 1.3 KeyUpdate, asking for ours too): data
     /// keeps flowing both ways, so our answer went out and both sides switched keys.
     #[tokio::test]
@@ -795,10 +806,7 @@ mod tests {
         let (scfg, ccfg) = cfgs();
         let (a, b) = duplex();
         let srv = tokio::spawn(async move { echo_server(accept(b, scfg).await.unwrap()).await });
-        let mut c = tokio_rustls::TlsConnector::from(ccfg)
-            .connect(server_name("127.0.0.1").unwrap(), a)
-            .await
-            .unwrap();
+        let mut c = tokio_rustls_client(ccfg, a).await;
         let mut buf = vec![0u8; 5];
         for round in 0..3u8 {
             c.write_all(b"hello").await.unwrap();
@@ -880,10 +888,7 @@ mod tests {
         let (scfg, ccfg) = cfgs();
         let (a, b) = duplex();
         let cli = tokio::spawn(async move {
-            let mut c = tokio_rustls::TlsConnector::from(ccfg)
-                .connect(server_name("127.0.0.1").unwrap(), a)
-                .await
-                .unwrap();
+            let mut c = tokio_rustls_client(ccfg, a).await;
             c.write_all(b"hi").await.unwrap();
             c.flush().await.unwrap();
             drop(c.into_inner().0);
@@ -925,10 +930,7 @@ mod tests {
             let e3 = s.write_all(b"x").await.unwrap_err();
             (e1.to_string(), e2.to_string(), e3.to_string())
         });
-        let mut c = tokio_rustls::TlsConnector::from(ccfg)
-            .connect(server_name("127.0.0.1").unwrap(), a)
-            .await
-            .unwrap();
+        let mut c = tokio_rustls_client(ccfg, a).await;
         // The server's handshake is over once it wrote.
         let mut k = [0u8; 1];
         c.read_exact(&mut k).await.unwrap();

@@ -447,6 +447,34 @@ impl<W: AsyncWrite + Unpin> MsgWriter<W> {
         Ok(n)
     }
 
+    /// Encodes `msg` for [`MsgWriter::poll_send`], for a caller that drives the writer by
+    /// polling (a long-lived task that keeps no `write_msg` future). A message encoded
+    /// before must have been sent.
+    pub(crate) fn start_msg(&mut self, msg: &Message) -> Result<(), MsgError> {
+        self.enc.encode_msg(msg)?;
+        Ok(())
+    }
+
+    /// Writes the message [`MsgWriter::start_msg`] encoded and flushes; `*pos` counts its
+    /// bytes written (0 to start).
+    pub(crate) fn poll_send(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        pos: &mut usize,
+    ) -> Poll<Result<(), MsgError>> {
+        if *pos < self.enc.wire.len() {
+            ready!(crate::layered::poll_write_from(
+                &mut self.io,
+                cx,
+                &self.enc.wire,
+                pos
+            ))?;
+            self.enc.release();
+        }
+        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        Poll::Ready(Ok(()))
+    }
+
     /// Shuts the write side down (FIN).
     pub async fn shutdown(&mut self) -> Result<(), MsgError> {
         self.io.shutdown().await?;

@@ -15,6 +15,8 @@
 //!
 //! The tests check both directions against `cfb_mode`.
 
+use std::sync::Arc;
+
 use aes::Aes128Enc;
 use aes::cipher::consts::U16;
 use aes::cipher::{
@@ -167,7 +169,8 @@ fn decrypt_bytes(buf: &mut [u8], reg: &mut [u8]) {
 /// The writing half of an AES-128-CFB stream: the first non-empty output is `IV ‖ ciphertext`,
 /// later outputs are ciphertext only.
 pub struct CfbEncryptor {
-    cipher: Aes128Enc,
+    /// The key's schedule, shared with every stream of the key.
+    cipher: Arc<Aes128Enc>,
     state: CfbRegister,
     /// Sent lazily with the first ciphertext byte, as golib's `Writer` does.
     pending_iv: Option<[u8; IV_LEN]>,
@@ -221,7 +224,7 @@ impl Transform for CfbEncryptor {
 /// The reading half of an AES-128-CFB stream: the first 16 bytes are the IV, everything after
 /// is decrypted continuously.
 pub struct CfbDecryptor {
-    cipher: Aes128Enc,
+    cipher: Arc<Aes128Enc>,
     iv: [u8; IV_LEN],
     iv_len: usize,
     /// `None` until the whole IV has arrived.

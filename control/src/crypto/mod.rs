@@ -16,6 +16,8 @@ pub mod aead;
 pub mod cfb;
 pub mod snappy;
 
+use std::sync::Arc;
+
 use aes::Aes128Enc;
 use aes::cipher::KeyInit;
 use dataplane::Transform;
@@ -55,10 +57,13 @@ pub fn derive_key(secret: &[u8]) -> [u8; 16] {
 ///
 /// Deriving costs 64 PBKDF2 rounds plus a key expansion; build one `CryptoKey` per token (or
 /// `secretKey`) and clone it, or share it behind an `Arc`, for each connection.
+///
+/// The key schedule is shared by every stream built from the key (a few hundred bytes each
+/// otherwise, per connected client and per encrypted connection).
 #[derive(Clone)]
 pub struct CryptoKey {
     bytes: [u8; 16],
-    cipher: Aes128Enc,
+    cipher: Arc<Aes128Enc>,
 }
 
 impl CryptoKey {
@@ -71,7 +76,7 @@ impl CryptoKey {
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
         CryptoKey {
             bytes,
-            cipher: Aes128Enc::new(&bytes.into()),
+            cipher: Arc::new(Aes128Enc::new(&bytes.into())),
         }
     }
 
@@ -80,7 +85,7 @@ impl CryptoKey {
         &self.bytes
     }
 
-    pub(crate) fn cipher(&self) -> &Aes128Enc {
+    pub(crate) fn cipher(&self) -> &Arc<Aes128Enc> {
         &self.cipher
     }
 }

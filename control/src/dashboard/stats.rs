@@ -10,7 +10,7 @@
 //! `DELETE /api/proxies?status=offline` or 7 days offline.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -92,17 +92,18 @@ struct ProxyStats {
     last_close: Option<DateTime<Local>>,
 }
 
-/// A client as `/api/clients` shows it (frp's `registry.ClientInfo`).
+/// A client as `/api/clients` shows it (frp's `registry.ClientInfo`); its key is the map's.
+/// Boxed in the map and holding no string it can do without: thousands of clients stay
+/// connected, and frp keeps offline clients with a clientID.
 #[derive(Debug, Clone)]
 struct ClientRecord {
-    key: String,
     user: String,
     raw_client_id: String,
     run_id: String,
     hostname: String,
-    ip: String,
+    ip: Option<IpAddr>,
     version: String,
-    wire_protocol: String,
+    wire_protocol: &'static str,
     first_connected: i64,
     last_connected: i64,
     disconnected: i64,
@@ -112,9 +113,7 @@ struct ClientRecord {
 #[derive(Default)]
 struct Inner {
     proxies: HashMap<String, ProxyStats>,
-    clients: HashMap<String, ClientRecord>,
-    /// run id → client key.
-    run_index: HashMap<String, String>,
+    clients: HashMap<String, Box<ClientRecord>>,
     client_count: i64,
     total_in: Option<DayCounter>,
     total_out: Option<DayCounter>,
@@ -294,61 +293,50 @@ impl Stats {
     // --- hooks (frps) ------------------------------------------------------------------------
 
     /// A client logged in (frp's `ClientRegistry.Register` + `NewClient`).
-    pub fn on_login(&self, run_id: &str, login: &Login, remote: SocketAddr, wire_protocol: &str) {
+    pub fn on_login(
+        &self,
+        run_id: &str,
+        login: &Login,
+        remote: SocketAddr,
+        wire_protocol: &'static str,
+    ) {
         let now = Local::now().timestamp();
-        let id = if login.client_id.is_empty() {
-            run_id
-        } else {
-            login.client_id.as_str()
-        };
-        let key = match (login.user.as_str(), id) {
-            ("", id) => id.to_string(),
-            (user, "") => user.to_string(),
-            (user, id) => format!("{user}.{id}"),
-        };
+        let key = client_key(run_id, &login.user, &login.client_id);
         let mut inner = self.inner.lock().unwrap();
         inner.client_count += 1;
-        let old_run = inner.clients.get(&key).map(|c| c.run_id.clone());
-        if let Some(old) = old_run {
-            inner.run_index.remove(&old);
-        }
-        let rec = inner
-            .clients
-            .entry(key.clone())
-            .or_insert_with(|| ClientRecord {
-                key: key.clone(),
+        let rec = inner.clients.entry(key).or_insert_with(|| {
+            Box::new(ClientRecord {
                 user: login.user.clone(),
                 raw_client_id: String::new(),
                 run_id: String::new(),
                 hostname: String::new(),
-                ip: String::new(),
+                ip: None,
                 version: String::new(),
-                wire_protocol: String::new(),
+                wire_protocol: "",
                 first_connected: now,
                 last_connected: now,
                 disconnected: 0,
                 online: true,
-            });
+            })
+        });
         rec.raw_client_id = login.client_id.clone();
         rec.run_id = run_id.to_string();
         rec.hostname = login.hostname.clone();
-        rec.ip = remote.ip().to_string();
+        rec.ip = Some(remote.ip());
         rec.version = login.version.clone();
-        rec.wire_protocol = wire_protocol.to_string();
+        rec.wire_protocol = wire_protocol;
         rec.last_connected = now;
         rec.disconnected = 0;
         rec.online = true;
-        inner.run_index.insert(run_id.to_string(), key);
     }
 
     /// A client's control closed (frp's `MarkOfflineByRunID` + `CloseClient`): clients
-    /// without a clientID are forgotten, others stay as offline.
-    pub fn on_logout(&self, run_id: &str) {
+    /// without a clientID are forgotten, others stay as offline. `user` and `client_id` are
+    /// the session's Login's; a newer session of the same client is left alone.
+    pub fn on_logout(&self, run_id: &str, user: &str, client_id: &str) {
+        let key = client_key(run_id, user, client_id);
         let mut inner = self.inner.lock().unwrap();
         inner.client_count -= 1;
-        let Some(key) = inner.run_index.remove(run_id) else {
-            return;
-        };
         let forget = match inner.clients.get_mut(&key) {
             Some(c) if c.run_id == run_id => {
                 if c.raw_client_id.is_empty() {
@@ -525,8 +513,8 @@ impl Stats {
         let inner = self.inner.lock().unwrap();
         let mut out: Vec<ClientInfo> = inner
             .clients
-            .values()
-            .map(client_info)
+            .iter()
+            .map(|(key, c)| client_info(key, c))
             .filter(|c| user.is_none_or(|u| u.is_empty() || c.user == u))
             .filter(|c| client_id.is_none_or(|id| id.is_empty() || c.client_id == id))
             .filter(|c| run_id.is_none_or(|id| id.is_empty() || c.run_id == id))
@@ -549,13 +537,29 @@ impl Stats {
     }
 
     pub fn client(&self, key: &str) -> Option<ClientInfo> {
-        self.inner.lock().unwrap().clients.get(key).map(client_info)
+        let inner = self.inner.lock().unwrap();
+        inner.clients.get(key).map(|c| client_info(key, c))
     }
 }
 
-fn client_info(c: &ClientRecord) -> ClientInfo {
+/// A client's key in `/api/clients` (frp's `registry` key): `user.clientID`, with the run id
+/// standing in for a missing clientID and no dot without a user.
+fn client_key(run_id: &str, user: &str, client_id: &str) -> String {
+    let id = if client_id.is_empty() {
+        run_id
+    } else {
+        client_id
+    };
+    match (user, id) {
+        ("", id) => id.to_string(),
+        (user, "") => user.to_string(),
+        (user, id) => format!("{user}.{id}"),
+    }
+}
+
+fn client_info(key: &str, c: &ClientRecord) -> ClientInfo {
     ClientInfo {
-        key: c.key.clone(),
+        key: key.to_string(),
         user: c.user.clone(),
         client_id: if c.raw_client_id.is_empty() {
             c.run_id.clone()
@@ -564,9 +568,9 @@ fn client_info(c: &ClientRecord) -> ClientInfo {
         },
         run_id: c.run_id.clone(),
         version: c.version.clone(),
-        wire_protocol: c.wire_protocol.clone(),
+        wire_protocol: c.wire_protocol.to_string(),
         hostname: c.hostname.clone(),
-        client_ip: c.ip.clone(),
+        client_ip: c.ip.map(|ip| ip.to_string()).unwrap_or_default(),
         first_connected_at: c.first_connected,
         last_connected_at: c.last_connected,
         disconnected_at: c.disconnected,
@@ -734,8 +738,8 @@ mod tests {
         assert_eq!(all[0].client_ip, "127.0.0.1");
         assert_eq!(s.server().client_counts, 2);
 
-        s.on_logout("run1");
-        s.on_logout("run2");
+        s.on_logout("run1", "u", "");
+        s.on_logout("run2", "u", "box1");
         let all = s.clients(None, None, None, None);
         assert_eq!(all.len(), 1, "a client without clientID is forgotten");
         assert!(!all[0].online);

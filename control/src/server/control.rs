@@ -1,13 +1,14 @@
 //! The registry of logged-in clients: one [`Control`] per frpc session, found by run id, with
-//! its message queue and its work-connection pool ([`WorkPool`]).
+//! its message queue ([`Outbox`]) and its work-connection pool ([`WorkPool`]).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use super::hooks::UserInfo;
 use crate::msg::{Login, Message, ReqWorkConn};
@@ -17,16 +18,18 @@ use crate::wire_v2::WireVersion;
 /// One logged-in frpc.
 pub(crate) struct Control {
     pub(crate) run_id: String,
-    pub(crate) login: Login,
+    /// From the Login (as server plugins left it): what the session needs after logging in.
+    pub(crate) user: String,
+    pub(crate) client_id: String,
+    metas: BTreeMap<String, String>,
     pub(crate) remote: SocketAddr,
     /// The wire protocol of this client's control connection. Its work connections speak the
     /// same one (checked when they arrive): frame StartWorkConn, and the UDPPacket/Ping
     /// messages of UDP work connections (frp >= 0.69.1), with
     /// `MsgConn::with_version(conn, ctl.wire)`.
     pub(crate) wire: WireVersion,
-    /// Boxed: tokio's channel allocates its slots 32 at a time, and a `Message` is several
-    /// hundred bytes (16 KiB per connected client unboxed).
-    pub(crate) msg_tx: mpsc::Sender<Box<Message>>,
+    /// Messages for frpc, written out by the control's task.
+    pub(crate) msg_tx: Arc<Outbox>,
     /// Work connections parked for this client's proxies.
     pub(crate) pool: WorkPool,
     /// Proxies this client registered (wire names).
@@ -42,16 +45,18 @@ pub(crate) struct Control {
 impl Control {
     pub(crate) fn new(
         run_id: String,
-        login: Login,
+        login: &Login,
         remote: SocketAddr,
         wire: WireVersion,
-        msg_tx: mpsc::Sender<Box<Message>>,
+        msg_tx: Arc<Outbox>,
         pool_count: usize,
     ) -> Control {
         Control {
             pool: WorkPool::new(pool_count, msg_tx.clone()),
             run_id,
-            login,
+            user: login.user.clone(),
+            client_id: login.client_id.clone(),
+            metas: login.metas.clone(),
             remote,
             wire,
             msg_tx,
@@ -65,7 +70,11 @@ impl Control {
 
     /// Who this client is, for server plugins.
     pub(crate) fn user_info(&self) -> UserInfo {
-        UserInfo::of(&self.login, &self.run_id)
+        UserInfo {
+            user: self.user.clone(),
+            metas: self.metas.clone(),
+            run_id: self.run_id.clone(),
+        }
     }
 
     /// Marks the session as cleaned up, waking [`Control::wait_done`].
@@ -115,10 +124,171 @@ impl Controls {
     pub(crate) fn client_id_online(&self, login: &Login) -> bool {
         !login.client_id.is_empty()
             && self.by_run_id.lock().unwrap().values().any(|c| {
-                c.login.client_id == login.client_id
-                    && c.login.user == login.user
-                    && c.run_id != login.run_id
+                c.client_id == login.client_id && c.user == login.user && c.run_id != login.run_id
             })
+    }
+}
+
+/// Why a message could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SendError {
+    /// The queue holds [`Outbox::capacity`] messages.
+    Full,
+    /// The control connection is gone.
+    Closed,
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SendError::Full => "control queue is full",
+            SendError::Closed => "control connection is closed",
+        })
+    }
+}
+
+/// A control's queue of messages for frpc: many senders (the message loop, the work pool,
+/// the NAT hole controller), one writer, bounded as frp's (100 messages).
+///
+/// A mutex around a `VecDeque` and two [`Notify`]s instead of tokio's channel, whose shared
+/// state (cache-padded) and first block of 32 slots cost ~0.8 KB per connected client before
+/// a message is sent; an idle outbox holds no buffer.
+pub(crate) struct Outbox {
+    queue: Mutex<Queue>,
+    /// Woken when the writer takes a message or the outbox closes (full senders wait here).
+    room: Notify,
+}
+
+struct Queue {
+    msgs: VecDeque<Box<Message>>,
+    closed: bool,
+    /// The writer, waiting for a message (it polls: no future of its own to keep).
+    writer: Option<Waker>,
+}
+
+impl Outbox {
+    pub(crate) fn new() -> Arc<Outbox> {
+        Arc::new(Outbox {
+            queue: Mutex::new(Queue {
+                msgs: VecDeque::new(),
+                closed: false,
+                writer: None,
+            }),
+            room: Notify::new(),
+        })
+    }
+
+    /// How many messages wait at most (frp's control queue depth).
+    pub(crate) fn capacity(&self) -> usize {
+        super::CONTROL_QUEUE
+    }
+
+    fn push(&self, m: Box<Message>) -> Result<(), (SendError, Box<Message>)> {
+        let writer = {
+            let mut q = self.queue.lock().unwrap();
+            if q.closed {
+                return Err((SendError::Closed, m));
+            }
+            if q.msgs.len() >= self.capacity() {
+                return Err((SendError::Full, m));
+            }
+            q.msgs.push_back(m);
+            q.writer.take()
+        };
+        if let Some(w) = writer {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues `m` unless the queue is full or closed.
+    pub(crate) fn try_send(&self, m: Box<Message>) -> Result<(), SendError> {
+        self.push(m).map_err(|(e, _)| e)
+    }
+
+    /// Queues `m`, waiting for room while the queue is full; fails once it is closed.
+    pub(crate) async fn send(&self, mut m: Box<Message>) -> Result<(), SendError> {
+        loop {
+            // Registered before trying, so room made in between still wakes this sender (a
+            // wake-up a dropped sender received passes on to the next one).
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.push(m) {
+                Ok(()) => return Ok(()),
+                Err((SendError::Closed, _)) => return Err(SendError::Closed),
+                Err((SendError::Full, back)) => m = back,
+            }
+            room.await;
+        }
+    }
+
+    /// [`Outbox::send`], giving up after `timeout` (the message is dropped).
+    pub(crate) async fn send_timeout(
+        &self,
+        m: Box<Message>,
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        match tokio::time::timeout(timeout, self.send(m)).await {
+            Ok(r) => r,
+            Err(_) => Err(SendError::Full),
+        }
+    }
+
+    /// The next message, if one is queued.
+    #[cfg(test)]
+    pub(crate) fn try_recv(&self) -> Option<Box<Message>> {
+        match self.poll_recv(None) {
+            Poll::Ready(m) => m,
+            Poll::Pending => None,
+        }
+    }
+
+    /// The next message; `Ready(None)` once the outbox is closed. With `cx`, `Pending`
+    /// registers the task to be woken by the next message. One reader.
+    pub(crate) fn poll_recv(&self, cx: Option<&Context<'_>>) -> Poll<Option<Box<Message>>> {
+        let m = {
+            let mut q = self.queue.lock().unwrap();
+            let m = q.msgs.pop_front();
+            if q.msgs.is_empty() {
+                // An idle control keeps no buffer from its last burst.
+                q.msgs.shrink_to_fit();
+            }
+            match (&m, cx) {
+                (Some(_), _) => {}
+                (None, _) if q.closed => return Poll::Ready(None),
+                (None, Some(cx)) => {
+                    if !q.writer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        q.writer = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+                (None, None) => return Poll::Pending,
+            }
+            m
+        };
+        self.room.notify_one();
+        Poll::Ready(m)
+    }
+
+    /// The next message, waiting for one; `None` once the outbox is closed. One reader.
+    #[cfg(test)]
+    pub(crate) async fn recv(&self) -> Option<Box<Message>> {
+        std::future::poll_fn(|cx| self.poll_recv(Some(cx))).await
+    }
+
+    /// Closes the queue: what waits is dropped, senders fail from now on.
+    pub(crate) fn close(&self) {
+        let (dropped, writer) = {
+            let mut q = self.queue.lock().unwrap();
+            q.closed = true;
+            (std::mem::take(&mut q.msgs), q.writer.take())
+        };
+        drop(dropped);
+        self.room.notify_waiters();
+        if let Some(w) = writer {
+            w.wake();
+        }
     }
 }
 
@@ -128,14 +298,14 @@ impl Controls {
 pub(crate) struct WorkPool {
     /// How many frps asks for up front (the client's poolCount, capped by maxPoolCount).
     pub(crate) count: usize,
-    req_tx: mpsc::Sender<Box<Message>>,
+    req_tx: Arc<Outbox>,
     parked: Mutex<VecDeque<Conn>>,
     /// One permit per connection parked, for the users waiting in [`WorkPool::get`].
     arrived: Notify,
 }
 
 impl WorkPool {
-    fn new(count: usize, req_tx: mpsc::Sender<Box<Message>>) -> WorkPool {
+    fn new(count: usize, req_tx: Arc<Outbox>) -> WorkPool {
         WorkPool {
             count,
             req_tx,
@@ -182,7 +352,7 @@ impl WorkPool {
                 self.req_tx
                     .send(Box::new(ReqWorkConn {}.into()))
                     .await
-                    .map_err(|_| "control connection is closed".to_string())?;
+                    .map_err(|e| e.to_string())?;
                 let wait = async {
                     loop {
                         // Registered before looking, so a connection parked in between
@@ -230,7 +400,8 @@ mod tests {
 
     #[tokio::test]
     async fn parked_connections_are_served_in_order_and_refilled() {
-        let (tx, mut rx) = mpsc::channel(100);
+        let tx = Outbox::new();
+        let rx = tx.clone();
         let pool = WorkPool::new(2, tx);
         assert!(pool.park(conn(1).await));
         assert!(pool.park(conn(2).await));
@@ -246,14 +417,14 @@ mod tests {
         for _ in 0..2 {
             assert!(matches!(*rx.try_recv().unwrap(), Message::ReqWorkConn(_)));
         }
-        assert!(rx.try_recv().is_err());
+        assert!(rx.try_recv().is_none());
         // Emptied: no buffer kept.
         assert_eq!(pool.parked.lock().unwrap().capacity(), 0);
     }
 
     #[tokio::test]
     async fn a_full_pool_refuses_more() {
-        let (tx, _rx) = mpsc::channel(100);
+        let tx = Outbox::new();
         let pool = WorkPool::new(1, tx);
         for i in 0..11 {
             assert!(pool.park(conn(i).await), "connection {i}");
@@ -263,7 +434,8 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_users_get_connections_parked_later() {
-        let (tx, mut rx) = mpsc::channel(100);
+        let tx = Outbox::new();
+        let rx = tx.clone();
         let pool = Arc::new(WorkPool::new(0, tx));
         let waiters: Vec<_> = (0..3)
             .map(|_| {
@@ -288,7 +460,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_times_out_and_its_connection_serves_the_next() {
-        let (tx, _rx) = mpsc::channel(100);
+        let tx = Outbox::new();
         let pool = WorkPool::new(0, tx);
         let e = pool.get(Duration::from_millis(50)).await.err().unwrap();
         assert_eq!(e, "timeout trying to get work connection");
@@ -301,10 +473,99 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_control_fails_the_request() {
-        let (tx, rx) = mpsc::channel(100);
-        drop(rx);
+        let tx = Outbox::new();
+        tx.close();
         let pool = WorkPool::new(0, tx);
         let e = pool.get(Duration::from_secs(1)).await.err().unwrap();
         assert_eq!(e, "control connection is closed");
+    }
+
+    fn pong(error: &str) -> Box<Message> {
+        Box::new(
+            crate::msg::Pong {
+                error: error.into(),
+            }
+            .into(),
+        )
+    }
+
+    fn pong_error(m: Box<Message>) -> String {
+        match *m {
+            Message::Pong(p) => p.error,
+            other => panic!("expected a Pong, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn outbox_delivers_in_order_and_keeps_no_buffer_when_drained() {
+        let out = Outbox::new();
+        for i in 0..10 {
+            out.send(pong(&i.to_string())).await.unwrap();
+        }
+        assert!(out.queue.lock().unwrap().msgs.capacity() >= 10);
+        for i in 0..10 {
+            assert_eq!(pong_error(out.recv().await.unwrap()), i.to_string());
+        }
+        assert_eq!(out.queue.lock().unwrap().msgs.capacity(), 0);
+        assert!(out.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_refuses_try_send_and_holds_send_until_room() {
+        let out = Outbox::new();
+        for _ in 0..out.capacity() {
+            out.try_send(pong("")).unwrap();
+        }
+        assert_eq!(out.try_send(pong("x")), Err(SendError::Full));
+        let sender = {
+            let out = out.clone();
+            tokio::spawn(async move { out.send(pong("late")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!sender.is_finished(), "sent into a full queue");
+        out.recv().await.unwrap();
+        sender.await.unwrap().unwrap();
+        let mut last = String::new();
+        while let Some(m) = out.try_recv() {
+            last = pong_error(m);
+        }
+        assert_eq!(last, "late");
+        // A full queue times out.
+        for _ in 0..out.capacity() {
+            out.try_send(pong("")).unwrap();
+        }
+        let e = out.send_timeout(pong("t"), Duration::from_millis(20)).await;
+        assert_eq!(e, Err(SendError::Full));
+    }
+
+    #[tokio::test]
+    async fn closing_the_outbox_fails_waiting_senders_and_ends_the_reader() {
+        let out = Outbox::new();
+        for _ in 0..out.capacity() {
+            out.try_send(pong("")).unwrap();
+        }
+        let sender = {
+            let out = out.clone();
+            tokio::spawn(async move { out.send(pong("late")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        out.close();
+        assert_eq!(sender.await.unwrap(), Err(SendError::Closed));
+        assert!(out.recv().await.is_none(), "queued messages are dropped");
+        assert_eq!(out.try_send(pong("")), Err(SendError::Closed));
+        assert_eq!(
+            SendError::Closed.to_string(),
+            "control connection is closed"
+        );
+
+        // A reader waiting on an empty outbox ends when it closes.
+        let out = Outbox::new();
+        let reader = {
+            let out = out.clone();
+            tokio::spawn(async move { out.recv().await.is_none() })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        out.close();
+        assert!(reader.await.unwrap());
     }
 }

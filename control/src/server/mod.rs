@@ -261,6 +261,29 @@ fn spawn_logical(st: Arc<State>, conn: Conn, remote: SocketAddr) {
     tokio::spawn(st.handle_logical(conn, remote));
 }
 
+/// A tcpMux session's streams from `first` on, each served as a logical connection, until the
+/// session ends.
+async fn accept_streams(
+    st: Arc<State>,
+    session: yamux::Session,
+    mut incoming: yamux::Incoming,
+    first: Option<yamux::Stream>,
+    remote: SocketAddr,
+) {
+    let mut next = first;
+    while let Some(stream) = next {
+        spawn_logical(st.clone(), Conn::Yamux(stream), remote);
+        next = incoming.accept().await;
+    }
+    match session.close_reason() {
+        Some(e) if !e.is_normal_close() => crate::warn_limited!(
+            crate::log::PEER_REFUSALS,
+            "tcpMux session from {remote} closed: {e}"
+        ),
+        _ => debug!("tcpMux session from {remote} closed"),
+    }
+}
+
 fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
@@ -320,7 +343,10 @@ impl State {
         }
     }
 
-    /// A transport connection after TLS: one logical connection, or a tcpMux session.
+    /// A transport connection after TLS: one logical connection, or a tcpMux session. A
+    /// session's streams are accepted inside the task driving it (hosted there, as its relays
+    /// are) once the first one opened: this task ends then, and a connected client costs no
+    /// task for its accept loop.
     async fn handle_session(self: Arc<Self>, conn: Conn, remote: SocketAddr) {
         if !self.cfg.transport.tcp_mux {
             Box::pin(self.handle_logical(conn, remote)).await;
@@ -330,7 +356,7 @@ impl State {
         let (session, mut incoming) = yamux::session(conn, ycfg, yamux::Mode::Server);
         // A session that never opens a stream (garbage shorter than a frame header, or
         // silence) must not hold the connection forever.
-        let mut next = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, incoming.accept()).await {
+        let first = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, incoming.accept()).await {
             Ok(s) => s,
             Err(_) => {
                 session.close();
@@ -341,16 +367,16 @@ impl State {
                 return;
             }
         };
-        while let Some(stream) = next {
-            spawn_logical(self.clone(), Conn::Yamux(stream), remote);
-            next = incoming.accept().await;
-        }
-        match session.close_reason() {
-            Some(e) if !e.is_normal_close() => crate::warn_limited!(
-                crate::log::PEER_REFUSALS,
-                "tcpMux session from {remote} closed: {e}"
-            ),
-            _ => debug!("tcpMux session from {remote} closed"),
+        let accept: dataplane::HostedRelay = Box::pin(accept_streams(
+            self,
+            session.clone(),
+            incoming,
+            first,
+            remote,
+        ));
+        if let Err(accept) = session.host(accept) {
+            // The driver has already ended: the streams (if any) are served from here.
+            accept.await;
         }
     }
 

@@ -154,9 +154,9 @@ impl State {
             self.proxies.release(ctl, started).await;
             return Err(format!("proxy [{}] already exists", np.proxy_name));
         }
-        let user = &ctl.login.user;
+        let user = &ctl.user;
         self.stats
-            .on_proxy_start(np, &ty, &counters, user, &ctl.login.client_id);
+            .on_proxy_start(np, &ty, &counters, user, &ctl.client_id);
         Ok(remote_addr)
     }
 

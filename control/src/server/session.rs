@@ -5,39 +5,39 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
-use tokio::io::ReadHalf;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::io::{ReadHalf, WriteHalf};
 use tracing::{debug, info, warn};
 
-use super::control::Control;
+use super::State;
+use super::control::{Control, Outbox};
 use super::hooks::{LoginContent, NewProxyContent, NewWorkConnContent, Op, PingContent};
-use super::proxies::{proxy_type, stop_tasks};
-use super::{CONTROL_QUEUE, State};
+use super::proxies::proxy_type;
 use crate::handshake::{self, Role};
 use crate::msg::{
     Login, LoginResp, Message, NewProxyResp, NewWorkConn, Pong, ReqWorkConn, StartWorkConn,
 };
-use crate::msgconn::{MsgConn, MsgError, MsgReader};
+use crate::msgconn::{MsgConn, MsgError, MsgReader, MsgWriter};
 use crate::transport::Conn;
 use crate::wire_v2::CryptoContext;
 
-/// A client that logged in: its control and the read half of its control connection (the
-/// write half belongs to the writer task, fed by `ctl.msg_tx`).
+/// A client that logged in: its control and the two halves of its control connection. The
+/// control's task reads messages from one and writes `ctl.msg_tx`'s queue to the other.
 struct LoggedIn {
     ctl: Arc<Control>,
     reader: MsgReader<ReadHalf<Conn>>,
-    writer_task: JoinHandle<()>,
+    writer: MsgWriter<WriteHalf<Conn>>,
 }
 
 impl State {
-    /// A control connection from its Login to the client's exit. Only the message loop stays
-    /// in the returned future for the client's lifetime: logging in (with the Login and the
-    /// connection it consumes) and cleaning up are boxed, so the control's task holds a few
-    /// hundred bytes, not its largest step's state (thousands of clients stay connected).
+    /// A control connection from its Login to the client's exit. Only the message loop and
+    /// the queue's writer stay in the returned future for the client's lifetime: logging in
+    /// (with the Login and the connection it consumes) and cleaning up are boxed, so the
+    /// control's task holds a few hundred bytes, not its largest step's state (thousands of
+    /// clients stay connected).
     pub(super) fn handle_login(
         self: Arc<Self>,
         mc: MsgConn<Conn>,
@@ -50,19 +50,25 @@ impl State {
             let Some(LoggedIn {
                 ctl,
                 mut reader,
-                writer_task,
+                writer,
             }) = log_in.await
             else {
                 return;
             };
-            let reason = self.control_loop(&ctl, &mut reader).await;
+            // One task reads and writes: the writer runs beside the message loop (which may
+            // wait on a full queue while the writer empties it) and never ends it.
+            let reason = tokio::select! {
+                reason = self.control_loop(&ctl, &mut reader) => reason,
+                never = write_queue(&ctl.msg_tx, writer) => match never {},
+            };
             info!(
                 "[{}] control from {} closed: {reason}",
                 ctl.run_id, ctl.remote
             );
+            ctl.msg_tx.close();
             Box::pin(self.cleanup_control(&ctl)).await;
-            // The control connection is closed before the exit is reported, as frp does.
-            Box::pin(stop_tasks(vec![writer_task])).await;
+            // The control connection is closed before the exit is reported, as frp does:
+            // the writer's half went with the select above, the reader's goes here.
             drop(reader);
             info!("[{}] client exit success", ctl.run_id);
         })
@@ -119,13 +125,12 @@ impl State {
 
         let max_pool = self.cfg.transport.max_pool_count.max(0) as usize;
         let pool_count = (login.pool_count.max(0) as usize).min(max_pool);
-        let (msg_tx, msg_rx) = mpsc::channel(CONTROL_QUEUE);
         let ctl = Arc::new(Control::new(
             run_id.clone(),
-            login,
+            &login,
             remote,
             mc.version(),
-            msg_tx,
+            Outbox::new(),
             pool_count,
         ));
 
@@ -155,28 +160,14 @@ impl State {
             return None;
         }
         self.stats
-            .on_login(&run_id, &ctl.login, remote, ctl.wire.as_str());
+            .on_login(&run_id, &login, remote, ctl.wire.as_str());
         info!("[{run_id}] client login success, pool count {pool_count}");
 
-        let (reader, mut writer) = mc.split();
-        let writer_task = tokio::spawn(async move {
-            let mut rx = msg_rx;
-            while let Some(m) = rx.recv().await {
-                if let Err(e) = writer.write_msg(&m).await {
-                    debug!("control write: {e}");
-                    break;
-                }
-            }
-            let _ = writer.shutdown().await;
-        });
-        for _ in 0..pool_count {
-            let _ = ctl.msg_tx.send(Box::new(ReqWorkConn {}.into())).await;
-        }
-
+        let (reader, writer) = mc.split();
         Some(LoggedIn {
             ctl,
             reader,
-            writer_task,
+            writer,
         })
     }
 
@@ -193,6 +184,10 @@ impl State {
             .then(|| Duration::from_secs(self.cfg.transport.heartbeat_timeout as u64));
         let hb_deadline = tokio::time::sleep(hb_timeout.unwrap_or(Duration::ZERO));
         tokio::pin!(hb_deadline);
+        // frpc's pool, asked for up front (with the writer running: the queue may fill).
+        for _ in 0..ctl.pool.count {
+            let _ = ctl.msg_tx.send(Box::new(ReqWorkConn {}.into())).await;
+        }
         loop {
             // The message leaves the select boxed: the select's output and the message would
             // otherwise take ~0.5 KB each in this long-lived future while `dispatch` runs.
@@ -369,7 +364,7 @@ impl State {
             self.close_proxy(ctl, &name).await;
         }
         self.controls.remove(ctl);
-        self.stats.on_logout(&ctl.run_id);
+        self.stats.on_logout(&ctl.run_id, &ctl.user, &ctl.client_id);
         ctl.set_done();
     }
 
@@ -464,12 +459,115 @@ impl State {
 fn nathole_peer(ctl: &Control) -> super::nathole::Peer {
     super::nathole::Peer {
         run_id: ctl.run_id.clone(),
-        user: ctl.login.user.clone(),
+        user: ctl.user.clone(),
         tx: ctl.msg_tx.clone(),
     }
+}
+
+/// Writes the control's queued messages to frpc. Never returns: after a write error it closes
+/// the queue (senders fail from then on) and waits; the message loop notices the broken
+/// connection on its side and ends the session.
+///
+/// A poll loop over the writer rather than an async fn awaiting `recv` and `write_msg`: its
+/// state is the writer and a position, not those futures (this runs for every connected
+/// client's whole session).
+fn write_queue(
+    outbox: &Outbox,
+    writer: MsgWriter<WriteHalf<Conn>>,
+) -> impl Future<Output = std::convert::Infallible> + Send + '_ {
+    let mut writer = writer;
+    // Bytes of the message being written; `None` while waiting for one.
+    let mut sending: Option<usize> = None;
+    let mut failed = false;
+    std::future::poll_fn(move |cx| {
+        while !failed {
+            if let Some(pos) = &mut sending {
+                let sent = ready!(writer.poll_send(cx, pos));
+                sending = None;
+                if let Err(e) = sent {
+                    debug!("control write: {e}");
+                    failed = true;
+                    outbox.close();
+                    break;
+                }
+            }
+            let Some(m) = ready!(outbox.poll_recv(Some(cx))) else {
+                break;
+            };
+            match writer.start_msg(&m) {
+                Ok(()) => sending = Some(0),
+                Err(e) => {
+                    debug!("control write: {e}");
+                    failed = true;
+                    outbox.close();
+                }
+            }
+        }
+        Poll::Pending
+    })
 }
 
 fn new_run_id() -> String {
     let b: [u8; 8] = rand::rng().random();
     hex::encode(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::Pong;
+    use tokio::io::AsyncReadExt;
+
+    fn pong() -> Box<Message> {
+        Box::new(Pong::default().into())
+    }
+
+    #[tokio::test]
+    async fn the_writer_sends_queued_messages_in_order() {
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let (_r, w) = tokio::io::split(crate::transport::boxed(ours));
+        let outbox = Outbox::new();
+        let writer = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { match write_queue(&outbox, MsgWriter::new(w)).await {} }
+        });
+        for _ in 0..3 {
+            outbox.send(pong()).await.unwrap();
+        }
+        let mut expected = Vec::new();
+        for _ in 0..3 {
+            crate::msg::encode_v1_into(&Pong::default().into(), &mut expected);
+        }
+        let mut got = vec![0; expected.len()];
+        theirs.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, expected);
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn a_write_error_closes_the_queue() {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        drop(theirs);
+        let (_r, w) = tokio::io::split(crate::transport::boxed(ours));
+        let outbox = Outbox::new();
+        let writer = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { match write_queue(&outbox, MsgWriter::new(w)).await {} }
+        });
+        outbox.send(pong()).await.unwrap();
+        // Senders fail once the writer has failed (none waits on a queue nobody empties).
+        let closed = async {
+            loop {
+                if outbox.send(pong()).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), closed)
+            .await
+            .expect("the queue was not closed after the write failed");
+        assert!(!writer.is_finished(), "the writer never ends the session");
+        writer.abort();
+    }
 }

@@ -41,7 +41,7 @@ fn admit(st: &State, v: &NewVisitorConn) -> Result<(Arc<Control>, Arc<ProxyInfo>
         String::new()
     } else {
         match st.controls.get(&v.run_id) {
-            Some(c) => c.login.user.clone(),
+            Some(c) => c.user.clone(),
             None => return Err(format!("no client control found for run id [{}]", v.run_id)),
         }
     };
@@ -70,7 +70,7 @@ fn admit(st: &State, v: &NewVisitorConn) -> Result<(Arc<Control>, Arc<ProxyInfo>
         ));
     };
     let allowed = if info.msg.allow_users.is_empty() {
-        visitor_user == owner.login.user
+        visitor_user == owner.user
     } else {
         info.msg
             .allow_users

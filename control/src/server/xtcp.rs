@@ -22,7 +22,7 @@ pub(crate) fn start(
 ) -> Result<Started, String> {
     // No allowUsers: only the owner's own user may visit.
     let allow_users = if info.msg.allow_users.is_empty() {
-        vec![ctl.login.user.clone()]
+        vec![ctl.user.clone()]
     } else {
         info.msg.allow_users.clone()
     };

@@ -86,7 +86,7 @@ where
         relay_waker: Waker::from(relay_wake),
         socket_done: false,
     };
-    tokio::spawn(driver.run());
+    tokio::spawn(driver);
     (
         Session {
             shared: shared.clone(),
@@ -286,6 +286,13 @@ impl Drop for Session {
 }
 
 impl Session {
+    /// Runs `fut` inside the task that drives the session (as a hosted relay: see
+    /// [`dataplane::RelayHost`]), e.g. the loop accepting its streams; handed back once
+    /// that task has ended.
+    pub fn host(&self, fut: HostedRelay) -> Result<(), HostedRelay> {
+        dataplane::RelayHost::host(&*self.shared, fut)
+    }
+
     /// Opens a stream (sends its SYN right away). Waits while `accept_backlog` opened streams
     /// are still unacknowledged; fails once the session is over or the peer sent GoAway.
     pub async fn open_stream(&self) -> Result<Stream, YamuxError> {
@@ -551,16 +558,22 @@ struct Driver<T> {
     socket_done: bool,
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
-    async fn run(mut self) {
-        poll_fn(|cx| self.poll(cx)).await;
-    }
+/// The driver is its task's future itself (an `async fn run(mut self)` would keep two copies
+/// of the driver in the task: the argument and the moved-from local).
+impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
+    type Output = ();
 
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.get_mut().drive(cx)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     fn io(&mut self) -> Pin<&mut T> {
         Pin::new(self.io.as_mut().expect("socket in use until socket_done"))
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         {
             let mut g = self.shared.lock();
             set_waker(&mut g.driver_waker, cx);

@@ -39,8 +39,7 @@ use self::analysis::{Analyzer, Behavior, ROLE_SENDER};
 use self::classify::{NatFeature, classify_nat_feature, parse_ips};
 use crate::auth;
 use crate::msg::{
-    Message, NatHoleClient, NatHoleDetectBehavior, NatHoleReport, NatHoleResp, NatHoleVisitor,
-    PortsRange,
+    NatHoleClient, NatHoleDetectBehavior, NatHoleReport, NatHoleResp, NatHoleVisitor, PortsRange,
 };
 
 /// How long frps waits for the owner's `NatHoleClient` (frp's `NatHoleTimeout`, seconds).
@@ -81,7 +80,7 @@ impl Default for Limits {
 }
 
 /// Where a client's control messages go (frp's `MessageTransporter`): its control's queue.
-pub(crate) type Transporter = mpsc::Sender<Box<Message>>;
+pub(crate) type Transporter = Arc<super::control::Outbox>;
 
 /// The client a NatHole message came from.
 #[derive(Clone)]

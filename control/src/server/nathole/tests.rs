@@ -3,12 +3,14 @@
 
 use super::analysis::{MODE0, ROLE_RECEIVER, ROLE_SENDER};
 use super::*;
+use crate::msg::Message;
 
 const SK: &str = "secret";
 const TS: i64 = 1_700_000_000;
 
-fn peer(run_id: &str, user: &str) -> (Peer, mpsc::Receiver<Box<Message>>) {
-    let (tx, rx) = mpsc::channel(64);
+fn peer(run_id: &str, user: &str) -> (Peer, Transporter) {
+    let tx = crate::server::control::Outbox::new();
+    let rx = tx.clone();
     let p = Peer {
         run_id: run_id.into(),
         user: user.into(),
@@ -61,8 +63,8 @@ fn setup(allow: &[&str]) -> (Arc<Controller>, Listening, mpsc::Receiver<String>)
 #[tokio::test(start_paused = true)]
 async fn pre_check_answers() {
     let (c, _l, _sids) = setup(&["alice"]);
-    let (alice, mut alice_rx) = peer("v1", "alice");
-    let (bob, mut bob_rx) = peer("v2", "bob");
+    let (alice, alice_rx) = peer("v1", "alice");
+    let (bob, bob_rx) = peer("v2", "bob");
     let pre = |tid: &str, proxy: &str| NatHoleVisitor {
         transaction_id: tid.into(),
         proxy_name: proxy.into(),
@@ -85,7 +87,7 @@ async fn pre_check_answers() {
     assert_eq!(c.counts(), (1, 0, 0));
 
     let (c, _l, _sids) = setup(&["*"]);
-    let (bob, mut bob_rx) = peer("v2", "bob");
+    let (bob, bob_rx) = peer("v2", "bob");
     c.handle_visitor(pre("t4", "u.p"), bob);
     assert_eq!(resp(bob_rx.recv().await).error, "");
 }
@@ -93,7 +95,7 @@ async fn pre_check_answers() {
 #[tokio::test(start_paused = true)]
 async fn refused_visitors_get_frps_errors_and_open_nothing() {
     let (c, _l, mut sids) = setup(&["alice"]);
-    let (alice, mut rx) = peer("v1", "alice");
+    let (alice, rx) = peer("v1", "alice");
 
     let mut m = visitor_msg("t1", "u.p");
     m.sign_key = auth::sign_key("wrong", TS);
@@ -119,7 +121,7 @@ async fn refused_visitors_get_frps_errors_and_open_nothing() {
     );
 
     // allowUsers holds for the real request too, not only the pre-check.
-    let (bob, mut bob_rx) = peer("v2", "bob");
+    let (bob, bob_rx) = peer("v2", "bob");
     c.handle_visitor(visitor_msg("t4", "u.p"), bob);
     assert_eq!(
         resp(bob_rx.recv().await).error,
@@ -134,8 +136,8 @@ async fn refused_visitors_get_frps_errors_and_open_nothing() {
 #[tokio::test(start_paused = true)]
 async fn introduces_visitor_and_owner() {
     let (c, _l, mut sids) = setup(&["alice"]);
-    let (alice, mut v_rx) = peer("v1", "alice");
-    let (owner, mut o_rx) = peer("owner", "u");
+    let (alice, v_rx) = peer("v1", "alice");
+    let (owner, o_rx) = peer("owner", "u");
 
     c.handle_visitor(visitor_msg("vt", "u.p"), alice);
     let sid = sids.recv().await.unwrap();
@@ -196,9 +198,9 @@ async fn one_session(
     c: &Arc<Controller>,
     sids: &mut mpsc::Receiver<String>,
     v: &Peer,
-    v_rx: &mut mpsc::Receiver<Box<Message>>,
+    v_rx: &Transporter,
     o: &Peer,
-    o_rx: &mut mpsc::Receiver<Box<Message>>,
+    o_rx: &Transporter,
 ) -> (NatHoleResp, NatHoleResp, String) {
     c.handle_visitor(visitor_msg("vt", "u.p"), v.clone());
     let sid = sids.recv().await.unwrap();
@@ -210,10 +212,10 @@ async fn one_session(
 async fn reports_teach_the_analyzer() {
     // Without a report the next session tries the next plan ...
     let (c, _l, mut sids) = setup(&["alice"]);
-    let (v, mut v_rx) = peer("v1", "alice");
-    let (o, mut o_rx) = peer("owner", "u");
-    let (a, _, _) = one_session(&c, &mut sids, &v, &mut v_rx, &o, &mut o_rx).await;
-    let (b, _, _) = one_session(&c, &mut sids, &v, &mut v_rx, &o, &mut o_rx).await;
+    let (v, v_rx) = peer("v1", "alice");
+    let (o, o_rx) = peer("owner", "u");
+    let (a, _, _) = one_session(&c, &mut sids, &v, &v_rx, &o, &o_rx).await;
+    let (b, _, _) = one_session(&c, &mut sids, &v, &v_rx, &o, &o_rx).await;
     assert_eq!(
         (a.detect_behavior.role.as_str(), a.detect_behavior.ttl),
         (ROLE_RECEIVER, 7)
@@ -225,7 +227,7 @@ async fn reports_teach_the_analyzer() {
 
     // ... with a successful one it keeps the plan that worked.
     let (c, _l, mut sids) = setup(&["alice"]);
-    let (a, _, sid) = one_session(&c, &mut sids, &v, &mut v_rx, &o, &mut o_rx).await;
+    let (a, _, sid) = one_session(&c, &mut sids, &v, &v_rx, &o, &o_rx).await;
     c.handle_report(
         NatHoleReport {
             sid: sid.clone(),
@@ -242,19 +244,19 @@ async fn reports_teach_the_analyzer() {
         &o,
     );
     c.handle_report(NatHoleReport { sid, success: true }, &v);
-    let (b, _, _) = one_session(&c, &mut sids, &v, &mut v_rx, &o, &mut o_rx).await;
+    let (b, _, _) = one_session(&c, &mut sids, &v, &v_rx, &o, &o_rx).await;
     assert_eq!(a.detect_behavior, b.detect_behavior);
-    let (d, _, _) = one_session(&c, &mut sids, &v, &mut v_rx, &o, &mut o_rx).await;
+    let (d, _, _) = one_session(&c, &mut sids, &v, &v_rx, &o, &o_rx).await;
     // Score 0 + 2 - 1 - 1 = 0 and every other plan at 0: the first of equals, plan 0 again.
     assert_eq!(a.detect_behavior, d.detect_behavior);
-    let (e, _, _) = one_session(&c, &mut sids, &v, &mut v_rx, &o, &mut o_rx).await;
+    let (e, _, _) = one_session(&c, &mut sids, &v, &v_rx, &o, &o_rx).await;
     assert_ne!(a.detect_behavior, e.detect_behavior);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_owner_that_never_answers_times_out() {
     let (c, _l, mut sids) = setup(&["alice"]);
-    let (v, mut v_rx) = peer("v1", "alice");
+    let (v, v_rx) = peer("v1", "alice");
     c.handle_visitor(visitor_msg("vt", "u.p"), v);
     let sid = sids.recv().await.unwrap();
     assert_eq!(c.counts().1, 1);
@@ -265,19 +267,19 @@ async fn an_owner_that_never_answers_times_out() {
         "session dropped after NatHoleTimeout"
     );
     // As frp: no answer to the visitor (its own 5 s exchange timeout reports it).
-    assert!(v_rx.try_recv().is_err());
+    assert!(v_rx.try_recv().is_none());
     // A late NatHoleClient finds nothing.
-    let (o, mut o_rx) = peer("owner", "u");
+    let (o, o_rx) = peer("owner", "u");
     c.handle_client(client_msg("ct", &sid), &o);
     tokio::task::yield_now().await;
-    assert!(o_rx.try_recv().is_err());
+    assert!(o_rx.try_recv().is_none());
 }
 
 #[tokio::test(start_paused = true)]
 async fn forged_client_messages_are_ignored() {
     let (c, _l, mut sids) = setup(&["*"]);
-    let (v, mut v_rx) = peer("v1", "alice");
-    let (mallory, mut m_rx) = peer("mallory", "m");
+    let (v, v_rx) = peer("v1", "alice");
+    let (mallory, m_rx) = peer("mallory", "m");
     // Unknown sids: nothing happens.
     c.handle_client(client_msg("x", "nope"), &mallory);
     c.handle_report(
@@ -293,16 +295,16 @@ async fn forged_client_messages_are_ignored() {
     // The sid is known but mallory does not own the proxy: ignored, the session times out.
     c.handle_client(client_msg("x", &sid), &mallory);
     tokio::time::sleep(NAT_HOLE_TIMEOUT + Duration::from_millis(10)).await;
-    assert!(v_rx.try_recv().is_err());
-    assert!(m_rx.try_recv().is_err());
+    assert!(v_rx.try_recv().is_none());
+    assert!(m_rx.try_recv().is_none());
     assert_eq!(c.counts(), (1, 0, 0));
 }
 
 #[tokio::test(start_paused = true)]
 async fn unusable_addresses_get_frps_analysis_errors() {
     let (c, _l, mut sids) = setup(&["alice"]);
-    let (v, mut v_rx) = peer("v1", "alice");
-    let (o, mut o_rx) = peer("owner", "u");
+    let (v, v_rx) = peer("v1", "alice");
+    let (o, o_rx) = peer("owner", "u");
     c.handle_visitor(visitor_msg("vt", "u.p"), v.clone());
     let sid = sids.recv().await.unwrap();
     let mut cm = client_msg("ct", &sid);
@@ -339,12 +341,12 @@ async fn a_flooding_visitor_is_capped() {
     let (_l, _sids) = c
         .listen_client("u.p", SK, strings(&["*"]), "owner")
         .unwrap();
-    let (v, mut v_rx) = peer("v1", "alice");
+    let (v, v_rx) = peer("v1", "alice");
     for i in 0..10 {
         c.handle_visitor(visitor_msg(&format!("t{i}"), "u.p"), v.clone());
     }
     let mut refused = 0;
-    while let Ok(m) = v_rx.try_recv() {
+    while let Some(m) = v_rx.try_recv() {
         let r = resp(Some(m));
         assert_eq!(
             r.error,
@@ -355,7 +357,7 @@ async fn a_flooding_visitor_is_capped() {
     assert_eq!(refused, 6);
     assert_eq!(c.counts(), (1, 4, 4));
     // Another visitor client has room until the server-wide cap.
-    let (w, mut w_rx) = peer("v2", "bob");
+    let (w, w_rx) = peer("v2", "bob");
     for i in 0..3 {
         c.handle_visitor(visitor_msg(&format!("w{i}"), "u.p"), w.clone());
     }
@@ -369,7 +371,7 @@ async fn a_flooding_visitor_is_capped() {
     assert_eq!(c.counts(), (1, 0, 0));
     c.handle_visitor(visitor_msg("again", "u.p"), v);
     tokio::task::yield_now().await;
-    assert!(v_rx.try_recv().is_err(), "accepted again");
+    assert!(v_rx.try_recv().is_none(), "accepted again");
     assert_eq!(c.counts().1, 1);
 }
 
@@ -426,9 +428,9 @@ async fn reserve_hours_are_honoured_by_the_clean_worker() {
             .listen_client("u.p", SK, strings(&["*"]), "owner")
             .unwrap();
         let worker = tokio::spawn(c.clone().clean_worker());
-        let (v, mut v_rx) = peer("v1", "alice");
-        let (o, mut o_rx) = peer("owner", "u");
-        one_session(&c, &mut sids, &v, &mut v_rx, &o, &mut o_rx).await;
+        let (v, v_rx) = peer("v1", "alice");
+        let (o, o_rx) = peer("owner", "u");
+        one_session(&c, &mut sids, &v, &v_rx, &o, &o_rx).await;
         assert_eq!(c.analyzer.lock().unwrap().len(), 1);
         tokio::time::sleep(Duration::from_secs(3 * 3600 + 1)).await;
         assert_eq!(

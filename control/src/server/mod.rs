@@ -261,26 +261,27 @@ fn spawn_logical(st: Arc<State>, conn: Conn, remote: SocketAddr) {
     tokio::spawn(st.handle_logical(conn, remote));
 }
 
-/// A tcpMux session's streams from `first` on, each served as a logical connection, until the
-/// session ends.
-async fn accept_streams(
+/// Serves the streams of a client's tcpMux session, each as a logical connection in a task of
+/// its own; runs inside the session's driver task.
+struct LogicalStreams {
     st: Arc<State>,
-    session: yamux::Session,
-    mut incoming: yamux::Incoming,
-    first: Option<yamux::Stream>,
     remote: SocketAddr,
-) {
-    let mut next = first;
-    while let Some(stream) = next {
-        spawn_logical(st.clone(), Conn::Yamux(stream), remote);
-        next = incoming.accept().await;
+}
+
+impl yamux::Acceptor for LogicalStreams {
+    fn stream(&mut self, stream: yamux::Stream) {
+        spawn_logical(self.st.clone(), Conn::Yamux(stream), self.remote);
     }
-    match session.close_reason() {
-        Some(e) if !e.is_normal_close() => crate::warn_limited!(
-            crate::log::PEER_REFUSALS,
-            "tcpMux session from {remote} closed: {e}"
-        ),
-        _ => debug!("tcpMux session from {remote} closed"),
+
+    fn closed(&mut self, reason: Option<&yamux::YamuxError>) {
+        let remote = self.remote;
+        match reason {
+            Some(e) if !e.is_normal_close() => crate::warn_limited!(
+                crate::log::PEER_REFUSALS,
+                "tcpMux session from {remote} closed: {e}"
+            ),
+            _ => debug!("tcpMux session from {remote} closed"),
+        }
     }
 }
 
@@ -367,16 +368,19 @@ impl State {
                 return;
             }
         };
-        let accept: dataplane::HostedRelay = Box::pin(accept_streams(
-            self,
-            session.clone(),
-            incoming,
-            first,
-            remote,
-        ));
-        if let Err(accept) = session.host(accept) {
-            // The driver has already ended: the streams (if any) are served from here.
-            accept.await;
+        use yamux::Acceptor as _;
+        let mut streams = LogicalStreams { st: self, remote };
+        let Some(first) = first else {
+            streams.closed(session.close_reason().as_ref());
+            return;
+        };
+        streams.stream(first);
+        if let Err((mut incoming, mut streams)) = incoming.serve(Box::new(streams)) {
+            // The driver has already ended (the session with it).
+            while let Some(stream) = incoming.accept().await {
+                streams.stream(stream);
+            }
+            streams.closed(session.close_reason().as_ref());
         }
     }
 

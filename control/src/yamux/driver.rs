@@ -57,6 +57,7 @@ where
             driver_polling: false,
             driver_woken: false,
             hosted: Vec::new(),
+            serving: None,
             driver_gone: false,
             handles: 2,
         }),
@@ -81,7 +82,8 @@ where
         shutting_down: false,
         shut: false,
         shrink_at: None,
-        relays: FuturesUnordered::new(),
+        relays: None,
+        serving: None,
         relay_wake: relay_wake.clone(),
         relay_waker: Waker::from(relay_wake),
         socket_done: false,
@@ -177,6 +179,8 @@ struct Inner {
     driver_woken: bool,
     /// Relays handed to the driver ([`dataplane::RelayHost`]), not yet adopted by it.
     hosted: Vec<HostedRelay>,
+    /// An acceptor handed to the driver ([`Incoming::serve`]), not yet adopted by it.
+    serving: Option<Serving>,
     /// The driver task has ended: relays are not taken any more.
     driver_gone: bool,
     /// Live Session clones + Incoming + Streams; at zero the session closes itself.
@@ -286,13 +290,6 @@ impl Drop for Session {
 }
 
 impl Session {
-    /// Runs `fut` inside the task that drives the session (as a hosted relay: see
-    /// [`dataplane::RelayHost`]), e.g. the loop accepting its streams; handed back once
-    /// that task has ended.
-    pub fn host(&self, fut: HostedRelay) -> Result<(), HostedRelay> {
-        dataplane::RelayHost::host(&*self.shared, fut)
-    }
-
     /// Opens a stream (sends its SYN right away). Waits while `accept_backlog` opened streams
     /// are still unacknowledged; fails once the session is over or the peer sent GoAway.
     pub async fn open_stream(&self) -> Result<Stream, YamuxError> {
@@ -345,27 +342,65 @@ pub struct Incoming {
 impl Incoming {
     /// The next stream the peer opened; `None` once the session is over.
     pub async fn accept(&mut self) -> Option<Stream> {
-        poll_fn(|cx| {
-            let mut g = self.shared.lock();
-            if g.conn.is_closed() {
-                return Poll::Ready(None);
-            }
-            match g.conn.accept_stream() {
-                Some(id) => {
-                    g.handles += 1;
-                    Poll::Ready(Some(Stream {
-                        id,
-                        shared: self.shared.clone(),
-                    }))
-                }
-                None => {
-                    set_waker(&mut g.accept_waker, cx);
-                    Poll::Pending
-                }
-            }
-        })
-        .await
+        poll_fn(|cx| self.poll_accept(Some(cx))).await
     }
+
+    /// [`Incoming::accept`] without waiting; with `cx`, `Pending` registers the task to be
+    /// woken by the next stream.
+    fn poll_accept(&mut self, cx: Option<&Context<'_>>) -> Poll<Option<Stream>> {
+        let mut g = self.shared.lock();
+        if g.conn.is_closed() {
+            return Poll::Ready(None);
+        }
+        match g.conn.accept_stream() {
+            Some(id) => {
+                g.handles += 1;
+                Poll::Ready(Some(Stream {
+                    id,
+                    shared: self.shared.clone(),
+                }))
+            }
+            None => {
+                if let Some(cx) = cx {
+                    set_waker(&mut g.accept_waker, cx);
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Hands the streams the peer opens from now on to `acceptor`, called inside the task
+    /// that drives the session: no task of its own waits in [`Incoming::accept`] (a server
+    /// keeps one session per connected client). Both come back when that task has ended.
+    pub fn serve(self, acceptor: Box<dyn Acceptor>) -> Result<(), (Incoming, Box<dyn Acceptor>)> {
+        let shared = self.shared.clone();
+        let mut g = shared.lock();
+        if g.driver_gone {
+            drop(g);
+            return Err((self, acceptor));
+        }
+        g.serving = Some(Serving {
+            incoming: self,
+            acceptor,
+        });
+        g.wake_driver();
+        Ok(())
+    }
+}
+
+/// Takes the streams a peer opens, from inside the session's driver task (see
+/// [`Incoming::serve`]). Its methods must not block.
+pub trait Acceptor: Send + 'static {
+    /// A stream the peer opened.
+    fn stream(&mut self, stream: Stream);
+    /// The session is over (`reason`: why, when it did not end normally); no stream follows.
+    fn closed(&mut self, reason: Option<&YamuxError>);
+}
+
+/// An acceptor with the session's [`Incoming`] it serves.
+struct Serving {
+    incoming: Incoming,
+    acceptor: Box<dyn Acceptor>,
 }
 
 impl Drop for Incoming {
@@ -550,7 +585,10 @@ struct Driver<T> {
     /// The relays of this session's streams that run inside this task (see
     /// [`dataplane::RelayHost`]). They outlive the socket: once it is shut, the task goes on
     /// until they have written what they hold and ended.
-    relays: FuturesUnordered<HostedRelay>,
+    /// `None` while there is none (most sessions of idle clients).
+    relays: Option<FuturesUnordered<HostedRelay>>,
+    /// Where the streams the peer opens go, once [`Incoming::serve`] handed them here.
+    serving: Option<Serving>,
     relay_wake: Arc<RelayWake>,
     /// `relay_wake` as a waker.
     relay_waker: Waker,
@@ -584,7 +622,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             // Relays first: the frames they queue go out with this turn's write.
             self.poll_relays(cx);
             if self.socket_done {
-                if self.relays.is_empty() {
+                self.serve_incoming();
+                if self.relays.is_none() {
                     return Poll::Ready(());
                 }
                 if self.may_sleep() {
@@ -594,6 +633,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             }
             let mut progress = self.poll_write(cx);
             progress |= self.poll_read(cx);
+            self.serve_incoming();
 
             let now = Instant::now();
             let (closed, mut deadline) = {
@@ -690,21 +730,35 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     /// task's reads, only sets `relay_wake.woken` while the driver polls (see `poll`): the
     /// driver takes another round or turn instead of being polled again for nothing.
     fn poll_relays(&mut self, cx: &mut Context<'_>) {
-        let new = std::mem::take(&mut self.shared.lock().hosted);
-        self.relays.extend(new);
-        if self.relays.is_empty() {
-            return;
+        let (new, serving) = {
+            let mut g = self.shared.lock();
+            (std::mem::take(&mut g.hosted), g.serving.take())
+        };
+        if serving.is_some() {
+            self.serving = serving;
         }
+        if !new.is_empty() {
+            self.relays
+                .get_or_insert_with(FuturesUnordered::new)
+                .extend(new);
+        }
+        let Some(relays) = &mut self.relays else {
+            return;
+        };
         self.relay_wake.task.register(cx.waker());
         let mut relay_cx = Context::from_waker(&self.relay_waker);
         let mut rounds = 0;
         loop {
             self.relay_wake.woken.store(false, SeqCst);
-            match self.relays.poll_next_unpin(&mut relay_cx) {
+            match relays.poll_next_unpin(&mut relay_cx) {
                 // A relay ended; more may be ready (their wake-ups are already spent), so
                 // poll again: this ends, as every such answer removes a relay.
                 Poll::Ready(Some(())) => continue,
-                Poll::Ready(None) => return,
+                Poll::Ready(None) => {
+                    // None left: the set's own allocations go too.
+                    self.relays = None;
+                    return;
+                }
                 Poll::Pending if !self.relay_wake.woken.load(SeqCst) => return,
                 Poll::Pending => {
                     rounds += 1;
@@ -713,6 +767,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                         return;
                     }
                 }
+            }
+        }
+    }
+
+    /// Hands the streams the peer opened to the acceptor, if one serves them; tells it when
+    /// the session is over (and lets it go).
+    fn serve_incoming(&mut self) {
+        let Some(serving) = &mut self.serving else {
+            return;
+        };
+        loop {
+            match serving.incoming.poll_accept(None) {
+                Poll::Ready(Some(stream)) => serving.acceptor.stream(stream),
+                Poll::Ready(None) => {
+                    let reason = self.shared.lock().conn.close_reason().cloned();
+                    let mut serving = self.serving.take().expect("serving");
+                    serving.acceptor.closed(reason.as_ref());
+                    return;
+                }
+                Poll::Pending => return,
             }
         }
     }
@@ -924,9 +998,10 @@ impl<T> Drop for Driver<T> {
             let mut g = self.shared.lock();
             g.conn.handle_error(YamuxError::SessionClosed);
             g.driver_gone = true;
-            std::mem::take(&mut g.hosted)
+            (std::mem::take(&mut g.hosted), g.serving.take())
         };
-        // Dropped outside the lock (their streams take it); `relays` goes after this.
+        // Dropped outside the lock (their streams take it, and a handed-over `Incoming` holds
+        // the session); `relays` and `serving` go after this.
         drop(orphans);
     }
 }
@@ -958,6 +1033,89 @@ mod tests {
             session(c, Config::frp(30), Mode::Client),
             session(s, Config::frp(30), Mode::Server),
         )
+    }
+
+    /// An acceptor that echoes every stream (in a task of its own) and reports what it saw.
+    struct EchoAcceptor {
+        events: tokio::sync::mpsc::UnboundedSender<String>,
+    }
+
+    impl Acceptor for EchoAcceptor {
+        fn stream(&mut self, stream: Stream) {
+            let _ = self.events.send(format!("stream {}", stream.id));
+            tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(stream);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+
+        fn closed(&mut self, reason: Option<&YamuxError>) {
+            let _ = self.events.send(format!(
+                "closed {}",
+                reason.is_some_and(|e| !e.is_normal_close())
+            ));
+        }
+    }
+
+    /// Streams a peer opens reach the acceptor handed to the driver, in order; the end of the
+    /// session is reported once, and the session's memory (the acceptor holds its
+    /// `Incoming`) goes with the driver.
+    #[tokio::test]
+    async fn served_streams_reach_the_acceptor_inside_the_driver() {
+        let ((client, _client_in), (server, server_in)) = sessions().await;
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        assert!(
+            server_in
+                .serve(Box::new(EchoAcceptor { events: tx }))
+                .is_ok()
+        );
+        for i in 0..3u32 {
+            let stream = client.open_stream().await.unwrap();
+            let got = exchange(stream, pattern(i, 100_000)).await;
+            assert_eq!(got, pattern(i, 100_000), "stream {i} echoed");
+        }
+        for id in [1, 3, 5] {
+            assert_eq!(events.recv().await.unwrap(), format!("stream {id}"));
+        }
+        let weak = Arc::downgrade(&server.shared);
+        drop(server);
+        client.close();
+        assert_eq!(events.recv().await.unwrap(), "closed false");
+        assert!(
+            events.recv().await.is_none(),
+            "the acceptor is dropped after the end"
+        );
+        // Nothing holds the server's session any more (no cycle through the acceptor).
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while weak.strong_count() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the server session was not freed");
+    }
+
+    /// Once the driver is gone, `serve` hands the acceptor back.
+    #[tokio::test]
+    async fn serve_after_the_driver_ended_hands_everything_back() {
+        let ((client, _client_in), (server, server_in)) = sessions().await;
+        client.close();
+        server.closed().await;
+        let gone = async {
+            while !server.shared.lock().driver_gone {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), gone)
+            .await
+            .unwrap();
+        let (tx, _events) = tokio::sync::mpsc::unbounded_channel();
+        let (mut incoming, _acceptor) = server_in
+            .serve(Box::new(EchoAcceptor { events: tx }))
+            .err()
+            .expect("handed back");
+        assert!(incoming.accept().await.is_none());
     }
 
     /// Sends `ours` and reads everything the peer sends, concurrently.

@@ -36,7 +36,7 @@ use std::io;
 use std::time::Duration;
 
 pub use connection::{Connection, Event, Received};
-pub use driver::{Incoming, Session, Stream, StreamReadHalf, session};
+pub use driver::{Acceptor, Incoming, Session, Stream, StreamReadHalf, session};
 pub use frame::{
     GO_AWAY_INTERNAL_ERROR, GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR, INITIAL_STREAM_WINDOW,
 };

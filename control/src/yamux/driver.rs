@@ -1113,8 +1113,7 @@ mod tests {
         let (tx, _events) = tokio::sync::mpsc::unbounded_channel();
         let (mut incoming, _acceptor) = server_in
             .serve(Box::new(EchoAcceptor { events: tx }))
-            .err()
-            .expect("handed back");
+            .expect_err("handed back");
         assert!(incoming.accept().await.is_none());
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -29,14 +29,20 @@ pub(crate) struct Control {
     /// `MsgConn::with_version(conn, ctl.wire)`.
     pub(crate) wire: WireVersion,
     /// Messages for frpc, written out by the control's task.
-    pub(crate) msg_tx: Arc<Outbox>,
+    pub(crate) msg_tx: Outbox,
     /// Work connections parked for this client's proxies.
     pub(crate) pool: WorkPool,
     /// Proxies this client registered (wire names).
     pub(crate) proxies: Mutex<HashSet<String>>,
     pub(crate) ports_used: Mutex<usize>,
-    /// Fired to make the session end (replaced by a new login with the same run id).
-    pub(crate) kill: Notify,
+    /// When the client logged in, on tokio's clock: `last_ping` counts from here.
+    logged_in: tokio::time::Instant,
+    /// Milliseconds from `logged_in` to the last valid Ping (0: none yet).
+    last_ping: AtomicU64,
+    /// Why the session was told to end ([`EndReason`] as a number; 0: it was not).
+    end_reason: AtomicU8,
+    /// Fired to make the session end ([`Control::end`]).
+    kill: Notify,
     /// Fired once the session has fully cleaned up.
     done: Notify,
     finished: AtomicBool,
@@ -48,20 +54,22 @@ impl Control {
         login: &Login,
         remote: SocketAddr,
         wire: WireVersion,
-        msg_tx: Arc<Outbox>,
         pool_count: usize,
     ) -> Control {
         Control {
-            pool: WorkPool::new(pool_count, msg_tx.clone()),
+            pool: WorkPool::new(pool_count),
             run_id,
             user: login.user.clone(),
             client_id: login.client_id.clone(),
             metas: login.metas.clone(),
             remote,
             wire,
-            msg_tx,
+            msg_tx: Outbox::default(),
             proxies: Mutex::new(HashSet::new()),
             ports_used: Mutex::new(0),
+            logged_in: tokio::time::Instant::now(),
+            last_ping: AtomicU64::new(0),
+            end_reason: AtomicU8::new(0),
             kill: Notify::new(),
             done: Notify::new(),
             finished: AtomicBool::new(false),
@@ -74,6 +82,40 @@ impl Control {
             user: self.user.clone(),
             metas: self.metas.clone(),
             run_id: self.run_id.clone(),
+        }
+    }
+
+    /// A parked work connection, or a new one asked of frpc (see [`WorkPool::get`]).
+    pub(crate) async fn work_conn(&self, timeout: Duration) -> Result<Conn, String> {
+        self.pool.get(&self.msg_tx, timeout).await
+    }
+
+    /// A valid Ping arrived: the heartbeat deadline moves.
+    pub(crate) fn pinged(&self) {
+        let ms = self.logged_in.elapsed().as_millis() as u64;
+        self.last_ping.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long the client has not pinged (since its login if it never did), at `now`.
+    pub(crate) fn silent_for(&self, now: tokio::time::Instant) -> Duration {
+        let last = self.logged_in + Duration::from_millis(self.last_ping.load(Ordering::Relaxed));
+        now.saturating_duration_since(last)
+    }
+
+    /// Tells the session to end for `reason` (the first reason given is kept).
+    pub(crate) fn end(&self, reason: EndReason) {
+        let _ =
+            self.end_reason
+                .compare_exchange(0, reason as u8, Ordering::SeqCst, Ordering::SeqCst);
+        self.kill.notify_one();
+    }
+
+    /// Resolves once [`Control::end`] was called, with the reason given, in frp's words.
+    pub(crate) async fn ended(&self) -> &'static str {
+        self.kill.notified().await;
+        match self.end_reason.load(Ordering::SeqCst) {
+            r if r == EndReason::HeartbeatTimeout as u8 => "heartbeat timeout",
+            _ => "replaced by a new login with the same run id",
         }
     }
 
@@ -92,6 +134,16 @@ impl Control {
             n.await;
         }
     }
+}
+
+/// Why a session was told to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum EndReason {
+    /// A new login with the same run id replaces it.
+    Replaced = 1,
+    /// No Ping for `heartbeatTimeout`.
+    HeartbeatTimeout = 2,
 }
 
 /// Logged-in clients by run id.
@@ -118,6 +170,24 @@ impl Controls {
         if map.get(&ctl.run_id).is_some_and(|c| Arc::ptr_eq(c, ctl)) {
             map.remove(&ctl.run_id);
         }
+    }
+
+    /// Ends every session whose client has not pinged for `timeout` (frp's heartbeat check,
+    /// one pass for all clients instead of a timer per client); returns how many.
+    pub(crate) fn end_silent(&self, timeout: Duration) -> usize {
+        let now = tokio::time::Instant::now();
+        let silent: Vec<Arc<Control>> = self
+            .by_run_id
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|c| c.silent_for(now) > timeout)
+            .cloned()
+            .collect();
+        for c in &silent {
+            c.end(EndReason::HeartbeatTimeout);
+        }
+        silent.len()
     }
 
     /// Whether another session of `login`'s user holds its client id.
@@ -166,16 +236,42 @@ struct Queue {
     writer: Option<Waker>,
 }
 
-impl Outbox {
-    pub(crate) fn new() -> Arc<Outbox> {
-        Arc::new(Outbox {
+/// A client's side of its control connection, as the NAT hole controller holds it (frp's
+/// `MessageTransporter`): the client's [`Control`], whose queue it is (one allocation per
+/// client, not two), or a bare [`Outbox`] in tests.
+pub(crate) trait ToClient: Send + Sync {
+    fn outbox(&self) -> &Outbox;
+}
+
+impl ToClient for Outbox {
+    fn outbox(&self) -> &Outbox {
+        self
+    }
+}
+
+impl ToClient for Control {
+    fn outbox(&self) -> &Outbox {
+        &self.msg_tx
+    }
+}
+
+impl Default for Outbox {
+    fn default() -> Outbox {
+        Outbox {
             queue: Mutex::new(Queue {
                 msgs: VecDeque::new(),
                 closed: false,
                 writer: None,
             }),
             room: Notify::new(),
-        })
+        }
+    }
+}
+
+impl Outbox {
+    #[cfg(test)]
+    pub(crate) fn new() -> Arc<Outbox> {
+        Arc::new(Outbox::default())
     }
 
     /// How many messages wait at most (frp's control queue depth).
@@ -298,17 +394,15 @@ impl Outbox {
 pub(crate) struct WorkPool {
     /// How many frps asks for up front (the client's poolCount, capped by maxPoolCount).
     pub(crate) count: usize,
-    req_tx: Arc<Outbox>,
     parked: Mutex<VecDeque<Conn>>,
     /// One permit per connection parked, for the users waiting in [`WorkPool::get`].
     arrived: Notify,
 }
 
 impl WorkPool {
-    fn new(count: usize, req_tx: Arc<Outbox>) -> WorkPool {
+    fn new(count: usize) -> WorkPool {
         WorkPool {
             count,
-            req_tx,
             parked: Mutex::new(VecDeque::new()),
             arrived: Notify::new(),
         }
@@ -343,13 +437,13 @@ impl WorkPool {
         conn
     }
 
-    /// A parked work connection, or a new one requested from frpc (waiting up to `timeout`);
-    /// either way one more is requested to refill the pool.
-    pub(crate) async fn get(&self, timeout: Duration) -> Result<Conn, String> {
+    /// A parked work connection, or a new one requested from frpc through `req_tx` (waiting
+    /// up to `timeout`); either way one more is requested to refill the pool.
+    pub(crate) async fn get(&self, req_tx: &Outbox, timeout: Duration) -> Result<Conn, String> {
         let conn = match self.take() {
             Some(c) => c,
             None => {
-                self.req_tx
+                req_tx
                     .send(Box::new(ReqWorkConn {}.into()))
                     .await
                     .map_err(|e| e.to_string())?;
@@ -373,7 +467,7 @@ impl WorkPool {
                 }
             }
         };
-        let _ = self.req_tx.try_send(Box::new(ReqWorkConn {}.into()));
+        let _ = req_tx.try_send(Box::new(ReqWorkConn {}.into()));
         Ok(conn)
     }
 }
@@ -402,15 +496,15 @@ mod tests {
     async fn parked_connections_are_served_in_order_and_refilled() {
         let tx = Outbox::new();
         let rx = tx.clone();
-        let pool = WorkPool::new(2, tx);
+        let pool = WorkPool::new(2);
         assert!(pool.park(conn(1).await));
         assert!(pool.park(conn(2).await));
         assert_eq!(
-            tag(pool.get(Duration::from_secs(1)).await.unwrap()).await,
+            tag(pool.get(&tx, Duration::from_secs(1)).await.unwrap()).await,
             1
         );
         assert_eq!(
-            tag(pool.get(Duration::from_secs(1)).await.unwrap()).await,
+            tag(pool.get(&tx, Duration::from_secs(1)).await.unwrap()).await,
             2
         );
         // One refill request per connection taken.
@@ -425,7 +519,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_pool_refuses_more() {
         let tx = Outbox::new();
-        let pool = WorkPool::new(1, tx);
+        let pool = WorkPool::new(1);
         for i in 0..11 {
             assert!(pool.park(conn(i).await), "connection {i}");
         }
@@ -436,11 +530,11 @@ mod tests {
     async fn waiting_users_get_connections_parked_later() {
         let tx = Outbox::new();
         let rx = tx.clone();
-        let pool = Arc::new(WorkPool::new(0, tx));
+        let pool = Arc::new(WorkPool::new(0));
         let waiters: Vec<_> = (0..3)
             .map(|_| {
-                let pool = pool.clone();
-                tokio::spawn(async move { pool.get(Duration::from_secs(5)).await })
+                let (pool, tx) = (pool.clone(), tx.clone());
+                tokio::spawn(async move { pool.get(&tx, Duration::from_secs(5)).await })
             })
             .collect();
         // Each waiter asked frpc for a connection.
@@ -461,12 +555,16 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_times_out_and_its_connection_serves_the_next() {
         let tx = Outbox::new();
-        let pool = WorkPool::new(0, tx);
-        let e = pool.get(Duration::from_millis(50)).await.err().unwrap();
+        let pool = WorkPool::new(0);
+        let e = pool
+            .get(&tx, Duration::from_millis(50))
+            .await
+            .err()
+            .unwrap();
         assert_eq!(e, "timeout trying to get work connection");
         assert!(pool.park(conn(7).await));
         assert_eq!(
-            tag(pool.get(Duration::from_secs(1)).await.unwrap()).await,
+            tag(pool.get(&tx, Duration::from_secs(1)).await.unwrap()).await,
             7
         );
     }
@@ -475,8 +573,8 @@ mod tests {
     async fn a_closed_control_fails_the_request() {
         let tx = Outbox::new();
         tx.close();
-        let pool = WorkPool::new(0, tx);
-        let e = pool.get(Duration::from_secs(1)).await.err().unwrap();
+        let pool = WorkPool::new(0);
+        let e = pool.get(&tx, Duration::from_secs(1)).await.err().unwrap();
         assert_eq!(e, "control connection is closed");
     }
 
@@ -567,5 +665,45 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         out.close();
         assert!(reader.await.unwrap());
+    }
+
+    fn control(run_id: &str) -> Arc<Control> {
+        Arc::new(Control::new(
+            run_id.into(),
+            &Login::default(),
+            "127.0.0.1:1".parse().unwrap(),
+            WireVersion::V1,
+            0,
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_clients_end_with_heartbeat_timeout_and_pings_keep_them() {
+        let controls = Controls::default();
+        let (quiet, pinging) = (control("quiet"), control("pinging"));
+        controls.insert(quiet.clone());
+        controls.insert(pinging.clone());
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            pinging.pinged();
+            assert_eq!(controls.end_silent(Duration::from_secs(3)), 0);
+        }
+        // 3.5 s since the login without a Ping: past the 3 s timeout.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(controls.end_silent(Duration::from_secs(3)), 1);
+        assert_eq!(quiet.ended().await, "heartbeat timeout");
+        let still = tokio::time::timeout(Duration::from_millis(10), pinging.ended()).await;
+        assert!(still.is_err(), "a pinging client was ended");
+    }
+
+    #[tokio::test]
+    async fn the_first_reason_to_end_is_kept() {
+        let c = control("c");
+        c.end(EndReason::Replaced);
+        c.end(EndReason::HeartbeatTimeout);
+        assert_eq!(
+            c.ended().await,
+            "replaced by a new login with the same run id"
+        );
     }
 }

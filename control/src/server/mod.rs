@@ -223,6 +223,10 @@ impl Server {
             AbortOnDrop(tokio::spawn(self.state.clone().serve_kcp(l)))
         });
         let _nathole = AbortOnDrop(tokio::spawn(self.state.nathole.clone().clean_worker()));
+        let _heartbeats = (self.state.cfg.transport.heartbeat_timeout > 0).then(|| {
+            let timeout = Duration::from_secs(self.state.cfg.transport.heartbeat_timeout as u64);
+            AbortOnDrop(tokio::spawn(check_heartbeats(self.state.clone(), timeout)))
+        });
         info!("start frps success");
         let mut acceptor = crate::listen::Acceptor::new("");
         loop {
@@ -259,6 +263,17 @@ pub enum StartError {
 /// keeps room for a future it built and moved away as long as the loop runs.
 fn spawn_logical(st: Arc<State>, conn: Conn, remote: SocketAddr) {
     tokio::spawn(st.handle_logical(conn, remote));
+}
+
+/// frp's heartbeat check: every second, the sessions of clients that sent no Ping for
+/// `timeout` (counted from their login when they never did) end with "heartbeat timeout".
+async fn check_heartbeats(st: Arc<State>, timeout: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        st.controls.end_silent(timeout);
+    }
 }
 
 /// Serves the streams of a client's tcpMux session, each as a logical connection in a task of
@@ -515,8 +530,7 @@ impl State {
         let timeout = Duration::from_secs(self.cfg.user_conn_timeout.max(1) as u64);
         for _attempt in 0..=ctl.pool.count {
             let work = ctl
-                .pool
-                .get(timeout)
+                .work_conn(timeout)
                 .await
                 .map_err(|e| format!("failed to get work connection: {e}"))?;
             let mut mc = MsgConn::with_version(work, ctl.wire);

@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::RngExt;
 use tokio::io::{ReadHalf, WriteHalf};
 use tracing::{debug, info, warn};
 
 use super::State;
-use super::control::{Control, Outbox};
+use super::control::{Control, EndReason, Outbox};
 use super::hooks::{LoginContent, NewProxyContent, NewWorkConnContent, Op, PingContent};
 use super::proxies::proxy_type;
 use crate::handshake::{self, Role};
@@ -119,7 +119,7 @@ impl State {
         let old = self.controls.get(&run_id);
         if let Some(old) = old {
             info!("[{run_id}] replacing the previous session of this client");
-            old.kill.notify_one();
+            old.end(EndReason::Replaced);
             let _ = tokio::time::timeout(Duration::from_secs(5), old.wait_done()).await;
         }
 
@@ -130,7 +130,6 @@ impl State {
             &login,
             remote,
             mc.version(),
-            Outbox::new(),
             pool_count,
         ));
 
@@ -171,19 +170,14 @@ impl State {
         })
     }
 
-    /// The control's messages until the client leaves, goes silent past heartbeatTimeout, or
-    /// is replaced; returns why it ended.
+    /// The control's messages until the client leaves, goes silent past heartbeatTimeout (the
+    /// server's heartbeat check ends it: see [`super::Controls::end_silent`]), or is replaced;
+    /// returns why it ended.
     async fn control_loop(
         self: &Arc<Self>,
         ctl: &Arc<Control>,
         reader: &mut MsgReader<ReadHalf<Conn>>,
     ) -> String {
-        // `heartbeatTimeout` after the last Ping (or the login). One timer per client that
-        // fires only then: no periodic wake-up of thousands of idle controls.
-        let hb_timeout = (self.cfg.transport.heartbeat_timeout > 0)
-            .then(|| Duration::from_secs(self.cfg.transport.heartbeat_timeout as u64));
-        let hb_deadline = tokio::time::sleep(hb_timeout.unwrap_or(Duration::ZERO));
-        tokio::pin!(hb_deadline);
         // frpc's pool, asked for up front (with the writer running: the queue may fill).
         for _ in 0..ctl.pool.count {
             let _ = ctl.msg_tx.send(Box::new(ReqWorkConn {}.into())).await;
@@ -197,14 +191,9 @@ impl State {
                     Err(MsgError::Closed) => break "client closed the control connection".into(),
                     Err(e) => break format!("control connection error: {e}"),
                 },
-                _ = &mut hb_deadline, if hb_timeout.is_some() => break "heartbeat timeout".into(),
-                _ = ctl.kill.notified() => break "replaced by a new login with the same run id".into(),
+                reason = ctl.ended() => break reason.into(),
             };
-            if let (Some(t), Some(hb)) = (Box::pin(self.dispatch(ctl, *m)).await, hb_timeout) {
-                hb_deadline
-                    .as_mut()
-                    .reset(tokio::time::Instant::from_std(t) + hb);
-            }
+            Box::pin(self.dispatch(ctl, *m)).await;
         }
     }
 
@@ -244,8 +233,8 @@ impl State {
         Ok(())
     }
 
-    /// Handles one control message; returns the time of a valid Ping.
-    async fn dispatch(self: &Arc<Self>, ctl: &Arc<Control>, m: Message) -> Option<Instant> {
+    /// Handles one control message.
+    async fn dispatch(self: &Arc<Self>, ctl: &Arc<Control>, m: Message) {
         match m {
             Message::NewProxy(np) => {
                 // Server plugins may rewrite or refuse the proxy before it is registered.
@@ -299,7 +288,6 @@ impl State {
                     }
                 };
                 let _ = ctl.msg_tx.send(Box::new(resp.into())).await;
-                None
             }
             Message::CloseProxy(cp) => {
                 let owned = ctl.proxies.lock().unwrap().remove(&cp.proxy_name);
@@ -307,7 +295,6 @@ impl State {
                     self.close_proxy(ctl, &cp.proxy_name).await;
                     info!("[{}] close proxy [{}] success", ctl.run_id, cp.proxy_name);
                 }
-                None
             }
             Message::Ping(p) => {
                 let p = if self.hooks.has(Op::Ping) {
@@ -325,7 +312,7 @@ impl State {
                                 "invalid ping".to_string()
                             };
                             let _ = ctl.msg_tx.send(Box::new(Pong { error }.into())).await;
-                            return None;
+                            return;
                         }
                     }
                 } else {
@@ -334,26 +321,22 @@ impl State {
                 if let Err(error) = self.auth.verify_ping(&p).await {
                     warn!("[{}] invalid ping: {error}", ctl.run_id);
                     let _ = ctl.msg_tx.send(Box::new(Pong { error }.into())).await;
-                    return None;
+                    return;
                 }
+                ctl.pinged();
                 let _ = ctl.msg_tx.send(Box::new(Pong::default().into())).await;
-                Some(Instant::now())
             }
             Message::NatHoleVisitor(m) => {
                 self.nathole.handle_visitor(m, nathole_peer(ctl));
-                None
             }
             Message::NatHoleClient(m) => {
                 self.nathole.handle_client(m, &nathole_peer(ctl));
-                None
             }
             Message::NatHoleReport(m) => {
                 self.nathole.handle_report(m, &nathole_peer(ctl));
-                None
             }
             other => {
                 debug!("[{}] ignoring control message {}", ctl.run_id, other.name());
-                None
             }
         }
     }
@@ -456,11 +439,11 @@ impl State {
 }
 
 /// The client of `ctl` as the NAT hole controller knows it.
-fn nathole_peer(ctl: &Control) -> super::nathole::Peer {
+fn nathole_peer(ctl: &Arc<Control>) -> super::nathole::Peer {
     super::nathole::Peer {
         run_id: ctl.run_id.clone(),
         user: ctl.user.clone(),
-        tx: ctl.msg_tx.clone(),
+        tx: ctl.clone(),
     }
 }
 

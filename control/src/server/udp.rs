@@ -147,7 +147,7 @@ async fn work_loop(
     let timeout = Duration::from_secs(st.cfg.user_conn_timeout.max(1) as u64);
     let v6 = sock.local_addr().is_ok_and(|a| a.is_ipv6());
     loop {
-        let work = match ctl.pool.get(timeout).await {
+        let work = match ctl.work_conn(timeout).await {
             Ok(w) => w,
             Err(e) => {
                 debug!(

@@ -80,7 +80,7 @@ impl Default for Limits {
 }
 
 /// Where a client's control messages go (frp's `MessageTransporter`): its control's queue.
-pub(crate) type Transporter = Arc<super::control::Outbox>;
+pub(crate) type Transporter = Arc<dyn super::control::ToClient>;
 
 /// The client a NatHole message came from.
 #[derive(Clone)]
@@ -612,7 +612,7 @@ fn error_resp(transaction_id: &str, error: String) -> NatHoleResp {
 
 /// Queues an immediate answer; dropped (and logged) when the client's queue is full.
 fn reply(tx: &Transporter, resp: NatHoleResp) {
-    if let Err(e) = tx.try_send(Box::new(resp.into())) {
+    if let Err(e) = tx.outbox().try_send(Box::new(resp.into())) {
         debug!("NatHoleResp not sent: {e}");
     }
 }
@@ -622,7 +622,11 @@ async fn send_resp(tx: &Transporter, resp: NatHoleResp) {
     if resp.detect_behavior.role == ROLE_SENDER {
         tokio::time::sleep(SENDER_DELAY).await;
     }
-    if let Err(e) = tx.send_timeout(Box::new(resp.into()), SEND_TIMEOUT).await {
+    if let Err(e) = tx
+        .outbox()
+        .send_timeout(Box::new(resp.into()), SEND_TIMEOUT)
+        .await
+    {
         debug!("NatHoleResp not sent: {e}");
     }
 }

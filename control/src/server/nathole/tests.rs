@@ -4,13 +4,14 @@
 use super::analysis::{MODE0, ROLE_RECEIVER, ROLE_SENDER};
 use super::*;
 use crate::msg::Message;
+use crate::server::control::Outbox;
 
 const SK: &str = "secret";
 const TS: i64 = 1_700_000_000;
 
-fn peer(run_id: &str, user: &str) -> (Peer, Transporter) {
-    let tx = crate::server::control::Outbox::new();
-    let rx = tx.clone();
+fn peer(run_id: &str, user: &str) -> (Peer, Arc<Outbox>) {
+    let rx = Outbox::new();
+    let tx: Transporter = rx.clone();
     let p = Peer {
         run_id: run_id.into(),
         user: user.into(),
@@ -198,9 +199,9 @@ async fn one_session(
     c: &Arc<Controller>,
     sids: &mut mpsc::Receiver<String>,
     v: &Peer,
-    v_rx: &Transporter,
+    v_rx: &Outbox,
     o: &Peer,
-    o_rx: &Transporter,
+    o_rx: &Outbox,
 ) -> (NatHoleResp, NatHoleResp, String) {
     c.handle_visitor(visitor_msg("vt", "u.p"), v.clone());
     let sid = sids.recv().await.unwrap();

@@ -1,7 +1,7 @@
 //! The registry of logged-in clients: one [`Control`] per frpc session, found by run id, with
 //! its message queue ([`Outbox`]) and its work-connection pool ([`WorkPool`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -146,29 +146,59 @@ pub(crate) enum EndReason {
     HeartbeatTimeout = 2,
 }
 
-/// Logged-in clients by run id.
+/// Logged-in clients by run id: a set of controls keyed by their own run id (a map would
+/// keep a second copy of every run id).
 #[derive(Default)]
 pub(crate) struct Controls {
-    by_run_id: Mutex<HashMap<String, Arc<Control>>>,
+    by_run_id: Mutex<HashSet<ByRunId>>,
 }
+
+/// A control in [`Controls`], hashed and compared as its run id (so `&str` finds it).
+struct ByRunId(Arc<Control>);
+
+impl std::borrow::Borrow<str> for ByRunId {
+    fn borrow(&self) -> &str {
+        &self.0.run_id
+    }
+}
+
+impl std::hash::Hash for ByRunId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes: `Borrow` requires it.
+        self.0.run_id.as_str().hash(state)
+    }
+}
+
+impl PartialEq for ByRunId {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.run_id == other.0.run_id
+    }
+}
+
+impl Eq for ByRunId {}
 
 impl Controls {
     pub(crate) fn get(&self, run_id: &str) -> Option<Arc<Control>> {
-        self.by_run_id.lock().unwrap().get(run_id).cloned()
-    }
-
-    pub(crate) fn insert(&self, ctl: Arc<Control>) {
         self.by_run_id
             .lock()
             .unwrap()
-            .insert(ctl.run_id.clone(), ctl);
+            .get(run_id)
+            .map(|c| c.0.clone())
+    }
+
+    /// Registers `ctl`, replacing a control with the same run id.
+    pub(crate) fn insert(&self, ctl: Arc<Control>) {
+        self.by_run_id.lock().unwrap().replace(ByRunId(ctl));
     }
 
     /// Removes `ctl`, unless a newer session with its run id has replaced it.
     pub(crate) fn remove(&self, ctl: &Arc<Control>) {
-        let mut map = self.by_run_id.lock().unwrap();
-        if map.get(&ctl.run_id).is_some_and(|c| Arc::ptr_eq(c, ctl)) {
-            map.remove(&ctl.run_id);
+        let mut set = self.by_run_id.lock().unwrap();
+        if set
+            .get(ctl.run_id.as_str())
+            .is_some_and(|c| Arc::ptr_eq(&c.0, ctl))
+        {
+            set.remove(ctl.run_id.as_str());
         }
     }
 
@@ -180,9 +210,9 @@ impl Controls {
             .by_run_id
             .lock()
             .unwrap()
-            .values()
-            .filter(|c| c.silent_for(now) > timeout)
-            .cloned()
+            .iter()
+            .filter(|c| c.0.silent_for(now) > timeout)
+            .map(|c| c.0.clone())
             .collect();
         for c in &silent {
             c.end(EndReason::HeartbeatTimeout);
@@ -193,7 +223,7 @@ impl Controls {
     /// Whether another session of `login`'s user holds its client id.
     pub(crate) fn client_id_online(&self, login: &Login) -> bool {
         !login.client_id.is_empty()
-            && self.by_run_id.lock().unwrap().values().any(|c| {
+            && self.by_run_id.lock().unwrap().iter().any(|ByRunId(c)| {
                 c.client_id == login.client_id && c.user == login.user && c.run_id != login.run_id
             })
     }
@@ -388,13 +418,44 @@ impl Outbox {
     }
 }
 
+/// Parked work connections, oldest first. The first one has a slot of its own: frpc's
+/// default poolCount is 1, and a `VecDeque` would allocate room for four.
+#[derive(Default)]
+struct Parked {
+    first: Option<Conn>,
+    more: VecDeque<Conn>,
+}
+
+impl Parked {
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.len()
+    }
+
+    fn push(&mut self, conn: Conn) {
+        if self.first.is_none() && self.more.is_empty() {
+            self.first = Some(conn);
+        } else {
+            self.more.push_back(conn);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Conn> {
+        let conn = self.first.take().or_else(|| self.more.pop_front());
+        if self.more.is_empty() {
+            // A burst of parked connections leaves no buffer behind.
+            self.more.shrink_to_fit();
+        }
+        conn
+    }
+}
+
 /// A client's pool of work connections (spec §8 step 5): frpc keeps `pool_count` parked;
 /// each one taken is replaced by asking frpc for another. Holds no allocation while empty
 /// (most clients run frp's default poolCount = 0).
 pub(crate) struct WorkPool {
     /// How many frps asks for up front (the client's poolCount, capped by maxPoolCount).
     pub(crate) count: usize,
-    parked: Mutex<VecDeque<Conn>>,
+    parked: Mutex<Parked>,
     /// One permit per connection parked, for the users waiting in [`WorkPool::get`].
     arrived: Notify,
 }
@@ -403,7 +464,7 @@ impl WorkPool {
     fn new(count: usize) -> WorkPool {
         WorkPool {
             count,
-            parked: Mutex::new(VecDeque::new()),
+            parked: Mutex::new(Parked::default()),
             arrived: Notify::new(),
         }
     }
@@ -421,20 +482,14 @@ impl WorkPool {
             if parked.len() >= self.capacity() {
                 return false;
             }
-            parked.push_back(conn);
+            parked.push(conn);
         }
         self.arrived.notify_one();
         true
     }
 
     fn take(&self) -> Option<Conn> {
-        let mut parked = self.parked.lock().unwrap();
-        let conn = parked.pop_front();
-        if parked.is_empty() {
-            // A burst of parked connections leaves no buffer behind.
-            parked.shrink_to_fit();
-        }
-        conn
+        self.parked.lock().unwrap().pop()
     }
 
     /// A parked work connection, or a new one requested from frpc through `req_tx` (waiting
@@ -513,7 +568,24 @@ mod tests {
         }
         assert!(rx.try_recv().is_none());
         // Emptied: no buffer kept.
-        assert_eq!(pool.parked.lock().unwrap().capacity(), 0);
+        assert_eq!(pool.parked.lock().unwrap().more.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn parking_stays_first_in_first_out_and_one_connection_allocates_nothing() {
+        let tx = Outbox::new();
+        let pool = WorkPool::new(3);
+        assert!(pool.park(conn(1).await));
+        assert_eq!(pool.parked.lock().unwrap().more.capacity(), 0);
+        assert!(pool.park(conn(2).await));
+        let get = || pool.get(&tx, Duration::from_secs(1));
+        assert_eq!(tag(get().await.unwrap()).await, 1);
+        assert!(pool.park(conn(3).await));
+        assert_eq!(tag(get().await.unwrap()).await, 2);
+        assert!(pool.park(conn(4).await));
+        assert_eq!(tag(get().await.unwrap()).await, 3);
+        assert_eq!(tag(get().await.unwrap()).await, 4);
+        assert_eq!(pool.parked.lock().unwrap().len(), 0);
     }
 
     #[tokio::test]
@@ -694,6 +766,20 @@ mod tests {
         assert_eq!(quiet.ended().await, "heartbeat timeout");
         let still = tokio::time::timeout(Duration::from_millis(10), pinging.ended()).await;
         assert!(still.is_err(), "a pinging client was ended");
+    }
+
+    #[test]
+    fn controls_are_found_by_run_id_and_a_replaced_one_is_not_removed() {
+        let controls = Controls::default();
+        let (old, new) = (control("r1"), control("r1"));
+        controls.insert(old.clone());
+        assert!(Arc::ptr_eq(&controls.get("r1").unwrap(), &old));
+        controls.insert(new.clone());
+        assert!(Arc::ptr_eq(&controls.get("r1").unwrap(), &new));
+        controls.remove(&old);
+        assert!(Arc::ptr_eq(&controls.get("r1").unwrap(), &new));
+        controls.remove(&new);
+        assert!(controls.get("r1").is_none());
     }
 
     #[tokio::test]

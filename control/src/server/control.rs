@@ -590,7 +590,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_pool_refuses_more() {
-        let tx = Outbox::new();
         let pool = WorkPool::new(1);
         for i in 0..11 {
             assert!(pool.park(conn(i).await), "connection {i}");

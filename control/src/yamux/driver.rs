@@ -68,24 +68,26 @@ where
         io: Some(io),
         shared: shared.clone(),
         read_buf: BytesMut::new(),
-        read_size: FIRST_READ,
+        bulk_reads: false,
         retired: Vec::new(),
         write_buf: None,
         need_flush: false,
         read_done: false,
         write_failed: false,
         write_stalled_since: None,
-        write_timeout: cfg.connection_write_timeout,
+        write_timeout_ms: cfg
+            .connection_write_timeout
+            .as_millis()
+            .try_into()
+            .unwrap_or(u32::MAX),
         timer: Box::pin(tokio::time::sleep_until(Instant::now())),
-        timer_at: None,
         closing_deadline: None,
         shutting_down: false,
         shut: false,
         shrink_at: None,
         relays: None,
         serving: None,
-        relay_wake: relay_wake.clone(),
-        relay_waker: Waker::from(relay_wake),
+        relay_wake,
         socket_done: false,
     };
     tokio::spawn(driver);
@@ -560,9 +562,10 @@ struct Driver<T> {
     /// Room for the next socket read; each read is split off and frozen into the chunk given
     /// to the core (its memory comes back here once the streams have read their slices).
     read_buf: BytesMut,
-    /// The size of the next read buffer: [`FIRST_READ`], or [`READ_CHUNK`] once a read
-    /// filled one.
-    read_size: usize,
+    /// Reads go into `read_buf` in [`READ_CHUNK`]s once a read filled its room; before that
+    /// (and again once the session went quiet) they take [`FIRST_READ`] bytes at most, through
+    /// the stack.
+    bulk_reads: bool,
     /// Earlier read buffers still shared with streams' slices, kept to be reclaimed once the
     /// slices are gone (at most `RETIRED_READ_BUFS`; freed when the session goes quiet).
     retired: Vec<BytesMut>,
@@ -572,9 +575,10 @@ struct Driver<T> {
     read_done: bool,
     write_failed: bool,
     write_stalled_since: Option<Instant>,
-    write_timeout: Duration,
+    /// `connection_write_timeout` in milliseconds (a `Duration` would take 16 bytes: the
+    /// driver's size decides its task's, in steps of 128 bytes).
+    write_timeout_ms: u32,
     timer: Pin<Box<Sleep>>,
-    timer_at: Option<Instant>,
     /// Once the session is over: how long we still try to flush and shut the socket.
     closing_deadline: Option<Instant>,
     shutting_down: bool,
@@ -590,8 +594,6 @@ struct Driver<T> {
     /// Where the streams the peer opens go, once [`Incoming::serve`] handed them here.
     serving: Option<Serving>,
     relay_wake: Arc<RelayWake>,
-    /// `relay_wake` as a waker.
-    relay_waker: Waker,
     /// The socket is finished with (flushed and shut, or failed).
     socket_done: bool,
 }
@@ -607,6 +609,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
+    fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms.into())
+    }
+
     fn io(&mut self) -> Pin<&mut T> {
         Pin::new(self.io.as_mut().expect("socket in use until socket_done"))
     }
@@ -644,7 +650,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             if closed {
                 let done_at = *self
                     .closing_deadline
-                    .get_or_insert(now + self.write_timeout);
+                    .get_or_insert(now + self.write_timeout());
                 let flushed = self.write_buf.is_none() && !self.shared.lock().conn.has_transmit();
                 if flushed || self.write_failed || now >= done_at {
                     if !self.shutting_down {
@@ -680,7 +686,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 if now >= at {
                     self.shrink_at = None;
                     self.retired = Vec::new();
-                    self.read_size = FIRST_READ;
+                    self.bulk_reads = false;
                     self.read_buf = BytesMut::new();
                     self.shared.lock().conn.shrink_buffers();
                 } else {
@@ -688,7 +694,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 }
             }
             if !closed && let Some(since) = self.write_stalled_since {
-                let stall_at = since + self.write_timeout;
+                let stall_at = since + self.write_timeout();
                 deadline = Some(deadline.map_or(stall_at, |d| d.min(stall_at)));
                 if now >= stall_at {
                     self.shared
@@ -705,9 +711,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                     }
                     continue;
                 }
-                if self.timer_at != Some(d) {
+                if self.timer.deadline() != d {
                     self.timer.as_mut().reset(d);
-                    self.timer_at = Some(d);
                 }
                 if self.timer.as_mut().poll(cx).is_ready() {
                     continue;
@@ -746,7 +751,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             return;
         };
         self.relay_wake.task.register(cx.waker());
-        let mut relay_cx = Context::from_waker(&self.relay_waker);
+        let relay_waker = Waker::from(self.relay_wake.clone());
+        let mut relay_cx = Context::from_waker(&relay_waker);
         let mut rounds = 0;
         loop {
             self.relay_wake.woken.store(false, SeqCst);
@@ -902,7 +908,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             return false;
         }
         let io = Pin::new(self.io.as_mut().expect("socket in use"));
-        let (read, room) = if self.read_size == FIRST_READ {
+        let (read, room) = if !self.bulk_reads {
             let mut stack = [MaybeUninit::<u8>::uninit(); FIRST_READ];
             let mut buf = ReadBuf::uninit(&mut stack);
             let read = match io.poll_read(cx, &mut buf) {
@@ -912,8 +918,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             };
             (read, FIRST_READ)
         } else {
-            if self.read_buf.capacity() < self.read_size / 4 {
-                next_read_buf(&mut self.read_buf, &mut self.retired, self.read_size);
+            if self.read_buf.capacity() < READ_CHUNK / 4 {
+                next_read_buf(&mut self.read_buf, &mut self.retired, READ_CHUNK);
             }
             let room = self.read_buf.capacity() - self.read_buf.len();
             let read = match tokio_util::io::poll_read_buf(io, cx, &mut self.read_buf) {
@@ -932,7 +938,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 } else {
                     if chunk.len() == room {
                         // More is probably waiting: read in big chunks from now on.
-                        self.read_size = READ_CHUNK;
+                        self.bulk_reads = true;
                     }
                     // A protocol error closes the core, which the loop then notices.
                     let _ = g.conn.handle_input_bytes(&chunk);
@@ -1033,6 +1039,15 @@ mod tests {
             session(c, Config::frp(30), Mode::Client),
             session(s, Config::frp(30), Mode::Server),
         )
+    }
+
+    /// The driver is its task's future: a tokio task cell is the future plus 104 bytes of
+    /// header and trailer, rounded up to 128 (x86_64). Up to 280 bytes the cell of every
+    /// session's driver (one per connected client in frps) takes 384 bytes, past it 512.
+    #[test]
+    fn the_driver_fits_a_384_byte_task_cell() {
+        let size = std::mem::size_of::<Driver<crate::transport::Conn>>();
+        assert!(size <= 280, "Driver is {size} bytes");
     }
 
     /// An acceptor that echoes every stream (in a task of its own) and reports what it saw.

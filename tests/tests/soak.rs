@@ -27,10 +27,11 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 /// KiB of frps RSS a connected client (tcpMux session over TLS, control stream, one pooled
-/// work connection, one tcp proxy with its listener) may cost: measured 16.5 at 5000 clients
-/// (Go's frps about 40; 54 before the buffers were made lazy, 32 before the control's
-/// futures were slimmed).
-const PER_CLIENT_KIB: f64 = 22.0;
+/// work connection, one tcp proxy with its listener) may cost: measured 13.2-13.4 at 5000
+/// clients and 13.9-14.5 at 2000 (Go's frps about 40; 54 before the buffers were made lazy,
+/// 32 before the control's futures were slimmed, 16.5 before its queue, writer and accept
+/// loop moved into its tasks).
+const PER_CLIENT_KIB: f64 = 18.0;
 /// Long enough for the heap trimmer (`dataplane::trim`: two checks 2 s apart) to act.
 const SETTLE: Duration = Duration::from_secs(6);
 

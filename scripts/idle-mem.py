@@ -2,7 +2,8 @@
 """RSS per idle tunneled connection, per process (frps, frpc): the "hold" test of
 scripts/bench.sh on its own, split by process and read twice.
 
-    scripts/idle-mem.py [--bin target/release] [--conns 4000] [--mux false] [--engine auto]
+    scripts/idle-mem.py [--bin target/release] [--conns 4000] [--mux false] [--tls false]
+                        [--engine auto]
 
 Starts frps and frpc (one tcp proxy to a local service run here), opens CONNS connections
 through the tunnel (128 at a time), waits for the one byte the service sends on each, and
@@ -119,6 +120,9 @@ def main():
     ap.add_argument("--bin", default="target/release")
     ap.add_argument("--conns", type=int, default=4000)
     ap.add_argument("--mux", default="false")
+    ap.add_argument("--tls", default="false",
+                    help="frpc's transport.tls.enable (true: every work connection is a TLS "
+                    "connection, relayed on tokio rather than on the dataplane cores)")
     ap.add_argument("--engine", default="auto")
     ap.add_argument("--threads", type=int, default=0,
                     help="[dataplane] threads (0: one per CPU) and, when set, TOKIO_WORKER_THREADS")
@@ -151,7 +155,7 @@ def main():
                 f'auth.token = "{token}"\ntransport.tcpMux = {a.mux}\nlog.level = "warn"\n\n{dp}')
     with open(f"{work}/frpc.toml", "w") as f:
         f.write(f'serverAddr = "127.0.0.1"\nserverPort = {bind}\nauth.token = "{token}"\n'
-                f'transport.tcpMux = {a.mux}\ntransport.tls.enable = false\nlog.level = "warn"\n\n'
+                f'transport.tcpMux = {a.mux}\ntransport.tls.enable = {a.tls}\nlog.level = "warn"\n\n'
                 f'{dp}\n[[proxies]]\nname = "hold"\ntype = "tcp"\nlocalIP = "127.0.0.1"\n'
                 f'localPort = {local}\nremotePort = {public}\n')
     procs = {}

@@ -171,8 +171,8 @@ impl State {
     }
 
     /// The control's messages until the client leaves, goes silent past heartbeatTimeout (the
-    /// server's heartbeat check ends it: see [`super::Controls::end_silent`]), or is replaced;
-    /// returns why it ended.
+    /// server's heartbeat check ends it: see [`super::control::Controls::end_silent`]), or is
+    /// replaced; returns why it ended.
     async fn control_loop(
         self: &Arc<Self>,
         ctl: &Arc<Control>,

@@ -499,3 +499,10 @@ async fn an_error_aborts_chunk_readers_and_a_clean_end_does_not() {
         assert_eq!(aborted.load(std::sync::atomic::Ordering::SeqCst), fail);
     }
 }
+
+/// A relay on tokio is a task cell of its own: up to 408 bytes it takes 512 (see [`Relay`]).
+#[test]
+fn a_relay_fits_a_512_byte_task_cell() {
+    let size = std::mem::size_of::<Relay>();
+    assert!(size <= 408, "Relay is {size} bytes");
+}

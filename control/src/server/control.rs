@@ -110,16 +110,12 @@ impl Control {
 
     /// Resolves once [`Control::end`] was called, with the reason given, in frp's words.
     pub(crate) async fn ended(&self) -> &'static str {
-        loop {
-            let n = self.signal.notified();
-            tokio::pin!(n);
-            n.as_mut().enable();
-            match self.end_reason.load(Ordering::SeqCst) {
-                0 => n.await,
-                r if r == EndReason::HeartbeatTimeout as u8 => return "heartbeat timeout",
-                _ => return "replaced by a new login with the same run id",
-            }
-        }
+        self.signalled(|| match self.end_reason.load(Ordering::SeqCst) {
+            0 => None,
+            r if r == EndReason::HeartbeatTimeout as u8 => Some("heartbeat timeout"),
+            _ => Some("replaced by a new login with the same run id"),
+        })
+        .await
     }
 
     /// Marks the session as cleaned up, waking [`Control::wait_done`].
@@ -129,12 +125,19 @@ impl Control {
     }
 
     pub(crate) async fn wait_done(&self) {
+        self.signalled(|| self.finished.load(Ordering::SeqCst).then_some(()))
+            .await
+    }
+
+    /// Waits on `signal` until `check` has an answer (registered before each look, so a
+    /// signal in between is not missed).
+    async fn signalled<T>(&self, check: impl Fn() -> Option<T>) -> T {
         loop {
             let n = self.signal.notified();
             tokio::pin!(n);
             n.as_mut().enable();
-            if self.finished.load(Ordering::SeqCst) {
-                return;
+            if let Some(v) = check() {
+                return v;
             }
             n.await;
         }

@@ -52,7 +52,8 @@ impl Conn {
                     write: Box::new(write),
                 }
             }
-            Conn::Boxed(s) => Endpoint::Stream(s),
+            // TLS over a bare TCP socket is carried by a data-plane core (crate::tls::split).
+            Conn::Boxed(s) => crate::tls::endpoint(s),
         }
     }
 }

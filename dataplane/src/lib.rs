@@ -30,6 +30,6 @@ pub use engine::{Engine, EngineConfig, EngineKind, EngineStats};
 pub use limit::{Grant, RateLimiter};
 pub use relay::{
     AsyncStream, AsyncWriteHalf, Chunk, ChunkRead, Counters, Endpoint, HostedRelay, Pair,
-    RelayHost, Side,
+    RelayHost, Side, SplitTls, TlsParts,
 };
 pub use transform::{Transform, TransformError};

@@ -42,8 +42,42 @@ use crate::limit::{Grant, RateLimiter};
 use crate::transform::{Transform, TransformError, run_chain};
 
 /// Any byte stream the relay can drive: a TLS stream, a yamux stream, a test duplex.
-pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {}
+pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The stream as `Any`, for a caller that looks for a type it can do more with (a TLS
+    /// stream over a bare TCP socket becomes an [`Endpoint::Tls`]).
+    fn as_any(&self) -> &dyn std::any::Any;
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
+}
+
+/// A TLS session over a bare TCP socket, which a core can carry as the socket and
+/// two transforms instead of leaving the pair on tokio.
+pub trait SplitTls: AsyncStream {
+    /// Takes the stream apart (synchronously: what it still owes the socket comes along).
+    fn into_parts(self: Box<Self>) -> TlsParts;
+}
+
+/// A [`SplitTls`] taken apart.
+pub struct TlsParts {
+    pub tcp: tokio::net::TcpStream,
+    /// Plaintext the layer already opened and nobody read yet: it comes after the side's
+    /// `prefix` and before anything `open` yields.
+    pub opened: Bytes,
+    /// Wire bytes the layer owes the socket (a server's session tickets, a KeyUpdate
+    /// answer): written before anything `seal` makes.
+    pub owed: Bytes,
+    /// Wire bytes → plaintext (decrypts records; works in place on the core's buffer).
+    pub open: Box<dyn Transform>,
+    /// Plaintext → wire bytes (its `finish` closes the layer: TLS close_notify).
+    pub seal: Box<dyn Transform>,
+}
 
 /// What a [`ChunkRead`] produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +137,9 @@ pub enum Endpoint {
         read: Box<dyn ChunkRead>,
         write: Box<dyn AsyncWriteHalf>,
     },
+    /// TLS over a bare TCP socket: carried by a core when the other side can be (its records
+    /// opened and sealed there), else relayed on tokio like [`Endpoint::Stream`].
+    Tls(Box<dyn SplitTls>),
 }
 
 /// One side of a pair: the endpoint, the bytes already read from it, and the transforms that
@@ -412,6 +449,7 @@ fn split(endpoint: Endpoint) -> (ReadEnd, WriteEnd) {
             (ReadEnd::Stream(r), WriteEnd::Stream(w))
         }
         Endpoint::Halves { read, write } => (ReadEnd::Chunk(read), WriteEnd::Half(write)),
+        Endpoint::Tls(stream) => split(Endpoint::Stream(stream)),
     }
 }
 

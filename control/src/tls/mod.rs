@@ -2,7 +2,9 @@
 //! certificate frps serves when none is configured, and the permissive verifier frpc uses when
 //! no `trustedCaFile` is set (Go's `InsecureSkipVerify`).
 
+mod split;
 mod stream;
+pub use split::endpoint;
 pub use stream::{ClientTlsStream, ServerTlsStream, TlsStream, accept, connect};
 
 use std::path::Path;

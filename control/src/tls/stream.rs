@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::pki_types::ServerName;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
@@ -142,9 +142,9 @@ pub struct TlsStream<IO, S> {
     read_waker: Option<Waker>,
 }
 
-/// What a caller of [`TlsStream::step`] wants from the session.
+/// What a caller of [`process`] wants from the session.
 #[derive(Clone, Copy)]
-enum Want<'a> {
+pub(super) enum Want<'a> {
     /// Decrypted data (or more ciphertext to get it).
     Read,
     /// Encrypt this (the session must be ready to send application data).
@@ -155,9 +155,9 @@ enum Want<'a> {
     Handshake,
 }
 
-/// Where [`TlsStream::step`] stopped.
+/// Where [`process`] stopped.
 #[derive(Debug, PartialEq)]
-enum Step {
+pub(super) enum Step {
     /// Decrypted bytes were delivered.
     Data,
     /// More ciphertext is needed (for reading, or to finish the handshake).
@@ -256,78 +256,57 @@ where
         }
     }
 
-    /// Runs the session over the unprocessed ciphertext in `rx` until it delivers data, needs
-    /// more, or has done what `want` asks. Handshake records, alerts and KeyUpdate answers
-    /// rustls produces on the way are appended to `tx`; decrypted bytes go to `out` first and
-    /// what does not fit into `plain`.
+    /// Runs the session over the unprocessed ciphertext in `rx` (see [`process`]); decrypted
+    /// bytes go to `out` first and what does not fit into `plain`.
     fn step(
         &mut self,
-        mut out: Option<&mut ReadBuf<'_>>,
+        out: Option<&mut ReadBuf<'_>>,
         want: Want<'_>,
     ) -> Result<Step, rustls::Error> {
-        let mut off = 0;
-        let result = loop {
-            let status = self.conn.process(&mut self.rx[off..]);
-            let mut discard = status.discard;
-            let next = match status.state {
-                Err(e) => Err(e),
-                Ok(ConnectionState::ReadTraffic(mut r)) => {
-                    let mut res = Ok(Some(Step::Data));
-                    while let Some(rec) = r.next_record() {
-                        match rec {
-                            Ok(rec) => {
-                                discard += rec.discard;
-                                deliver(rec.payload, out.as_deref_mut(), &mut self.plain);
-                            }
-                            Err(e) => {
-                                res = Err(e);
-                                break;
-                            }
-                        }
-                    }
-                    res
-                }
-                Ok(ConnectionState::EncodeTlsData(mut e)) => self
-                    .tx
-                    .append(
-                        |buf| e.encode(buf),
-                        |err| match err {
-                            EncodeError::InsufficientSize(InsufficientSizeError {
-                                required_size,
-                            }) => Some(*required_size),
-                            _ => None,
-                        },
-                    )
-                    .map(|()| None),
-                Ok(ConnectionState::TransmitTlsData(t)) => {
-                    // Queued in `tx`, which is written out before anything newer.
-                    t.done();
-                    Ok(None)
-                }
-                Ok(ConnectionState::BlockedHandshake) => Ok(Some(Step::NeedData)),
-                Ok(ConnectionState::WriteTraffic(mut w)) => match want {
-                    Want::Write(data) => {
-                        encrypt(&mut w, data, &mut self.tx).map(|()| Some(Step::Done))
-                    }
-                    Want::Close => self
-                        .tx
-                        .append(|buf| w.queue_close_notify(buf), encrypt_size)
-                        .map(|()| Some(Step::Done)),
-                    Want::Read | Want::Handshake => Ok(Some(Step::Ready)),
-                },
-                Ok(ConnectionState::PeerClosed) => Ok(Some(Step::PeerClosed)),
-                Ok(ConnectionState::Closed) => Ok(Some(Step::Closed)),
-                Ok(_) => Err(rustls::Error::General("unexpected TLS early data".into())),
-            };
-            off += discard;
-            match next {
-                Err(e) => break Err(e),
-                Ok(Some(step)) => break Ok(step),
-                Ok(None) => {}
-            }
-        };
+        let (result, off) = process(
+            &mut self.conn,
+            &mut self.rx[..],
+            &mut self.tx,
+            Sink::Read(out, &mut self.plain),
+            want,
+        );
         self.rx.advance(off);
         result
+    }
+
+    /// Opens every complete record already read, so that at most part of one is left
+    /// unprocessed. False where the session cannot be taken apart: it failed, or is closing.
+    pub(super) fn open_all(&mut self) -> bool {
+        if self.failed.is_some() || self.close_queued || self.read_eof {
+            return false;
+        }
+        loop {
+            match self.step(None, Want::Read) {
+                Ok(Step::Data) => {}
+                Ok(Step::PeerClosed | Step::Closed) => {
+                    self.read_eof = true;
+                    return false;
+                }
+                Ok(_) => return true,
+                Err(e) => {
+                    self.fail(e);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// The session taken apart (after [`TlsStream::open_all`]): the transport, rustls' state,
+    /// the ciphertext not yet processed, the plaintext not yet read, the ciphertext not yet
+    /// written.
+    pub(super) fn into_raw(self) -> (IO, S, Vec<u8>, Bytes, Bytes) {
+        let opened = if self.plain_pos < self.plain.len() {
+            Bytes::from(self.plain).slice(self.plain_pos..)
+        } else {
+            Bytes::new()
+        };
+        let owed = Bytes::copy_from_slice(self.tx.pending_bytes());
+        (self.io, self.conn, self.rx.to_vec(), opened, owed)
     }
 
     /// Records a fatal error and queues the alerts rustls has for the peer.
@@ -427,17 +406,104 @@ where
     }
 }
 
-/// Copies decrypted bytes to the caller's buffer, keeping what does not fit.
-fn deliver(payload: &[u8], out: Option<&mut ReadBuf<'_>>, keep: &mut Vec<u8>) {
-    let mut rest = payload;
-    if let Some(out) = out
-        && keep.is_empty()
-    {
-        let n = out.remaining().min(rest.len());
-        out.put_slice(&rest[..n]);
-        rest = &rest[n..];
+/// Where [`process`] puts decrypted bytes.
+pub(super) enum Sink<'a, 'b> {
+    /// A reader's buffer (if any), then `keep` for what does not fit (kept bytes go first
+    /// next time).
+    Read(Option<&'a mut ReadBuf<'b>>, &'a mut Vec<u8>),
+    /// All of it, appended (a data-plane core's output buffer).
+    Append(&'a mut Vec<u8>),
+}
+
+impl Sink<'_, '_> {
+    fn deliver(&mut self, payload: &[u8]) {
+        match self {
+            Sink::Append(out) => out.extend_from_slice(payload),
+            Sink::Read(out, keep) => {
+                let mut rest = payload;
+                if let Some(out) = out.as_deref_mut()
+                    && keep.is_empty()
+                {
+                    let n = out.remaining().min(rest.len());
+                    out.put_slice(&rest[..n]);
+                    rest = &rest[n..];
+                }
+                keep.extend_from_slice(rest);
+            }
+        }
     }
-    keep.extend_from_slice(rest);
+}
+
+/// Runs a session over `incoming` (ciphertext not yet processed, in place) until it delivers
+/// data, needs more, or has done what `want` asks. Handshake records, alerts and KeyUpdate
+/// answers rustls produces on the way are appended to `tx`, decrypted bytes go to `sink`.
+/// Returns where it stopped and how many bytes of `incoming` are done with (to discard: what
+/// is left must be passed again, at the start, next time).
+pub(super) fn process<S: TlsSide>(
+    conn: &mut S,
+    incoming: &mut [u8],
+    tx: &mut Outgoing,
+    mut sink: Sink<'_, '_>,
+    want: Want<'_>,
+) -> (Result<Step, rustls::Error>, usize) {
+    let mut off = 0;
+    let result = loop {
+        let status = conn.process(&mut incoming[off..]);
+        let mut discard = status.discard;
+        let next = match status.state {
+            Err(e) => Err(e),
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                let mut res = Ok(Some(Step::Data));
+                while let Some(rec) = r.next_record() {
+                    match rec {
+                        Ok(rec) => {
+                            discard += rec.discard;
+                            sink.deliver(rec.payload);
+                        }
+                        Err(e) => {
+                            res = Err(e);
+                            break;
+                        }
+                    }
+                }
+                res
+            }
+            Ok(ConnectionState::EncodeTlsData(mut e)) => tx
+                .append(
+                    |buf| e.encode(buf),
+                    |err| match err {
+                        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                            Some(*required_size)
+                        }
+                        _ => None,
+                    },
+                )
+                .map(|()| None),
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                // Queued in `tx`, which is written out before anything newer.
+                t.done();
+                Ok(None)
+            }
+            Ok(ConnectionState::BlockedHandshake) => Ok(Some(Step::NeedData)),
+            Ok(ConnectionState::WriteTraffic(mut w)) => match want {
+                Want::Write(data) => encrypt(&mut w, data, tx).map(|()| Some(Step::Done)),
+                Want::Close => tx
+                    .append(|buf| w.queue_close_notify(buf), encrypt_size)
+                    .map(|()| Some(Step::Done)),
+                Want::Read | Want::Handshake => Ok(Some(Step::Ready)),
+            },
+            Ok(ConnectionState::PeerClosed) => Ok(Some(Step::PeerClosed)),
+            Ok(ConnectionState::Closed) => Ok(Some(Step::Closed)),
+            Ok(_) => Err(rustls::Error::General("unexpected TLS early data".into())),
+        };
+        off += discard;
+        match next {
+            Err(e) => break Err(e),
+            Ok(Some(step)) => break Ok(step),
+            Ok(None) => {}
+        }
+    };
+    (result, off)
 }
 
 fn encrypt_size(err: &EncryptError) -> Option<usize> {
@@ -462,19 +528,38 @@ fn encrypt<D>(
 /// Ciphertext waiting for the socket: `buf[pos..end]`. `buf` stays initialised up to its
 /// length, so a stream moving bulk data encrypts into the same memory every time.
 #[derive(Default)]
-struct Outgoing {
+pub(super) struct Outgoing {
     buf: Vec<u8>,
     pos: usize,
     end: usize,
 }
 
 impl Outgoing {
-    fn pending(&self) -> bool {
+    /// Appends to what `v` holds.
+    pub(super) fn after(v: Vec<u8>) -> Outgoing {
+        Outgoing {
+            pos: 0,
+            end: v.len(),
+            buf: v,
+        }
+    }
+
+    /// Everything in the buffer up to `end` (for [`Outgoing::after`]'s caller).
+    pub(super) fn into_vec(mut self) -> Vec<u8> {
+        self.buf.truncate(self.end);
+        self.buf
+    }
+
+    pub(super) fn pending_bytes(&self) -> &[u8] {
+        &self.buf[self.pos..self.end]
+    }
+
+    pub(super) fn pending(&self) -> bool {
         self.pos < self.end
     }
 
     /// Gives the memory back (nothing may be pending).
-    fn release(&mut self) {
+    pub(super) fn release(&mut self) {
         *self = Outgoing::default();
     }
 

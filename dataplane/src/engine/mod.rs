@@ -287,24 +287,27 @@ impl Engine {
             counters,
             limiter,
         } = pair;
-        match (a.endpoint, b.endpoint) {
-            (Endpoint::Tcp(ta), Endpoint::Tcp(tb)) => match (tcp_into_fd(ta), tcp_into_fd(tb)) {
-                (Ok(fa), Ok(fb)) => self.spawn_core(Incoming {
-                    a: CoreSide::new(fa, a.prefix, a.inbound, a.outbound, a.initial_write),
-                    b: CoreSide::new(fb, b.prefix, b.inbound, b.outbound, b.initial_write),
-                    counters,
-                    limiter,
-                }),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(error = %e, "dataplane: cannot take over a TCP socket; pair closed");
-                }
-            },
-            (ea, eb) => self.spawn_tokio(Pair {
-                a: Side { endpoint: ea, ..a },
-                b: Side { endpoint: eb, ..b },
+        // A core carries plain TCP sockets and TLS over them; a pair with any other side
+        // (a yamux stream, a QUIC stream, TLS over a proxy tunnel) stays on tokio whole.
+        let on_core = |e: &Endpoint| matches!(e, Endpoint::Tcp(_) | Endpoint::Tls(_));
+        if !(on_core(&a.endpoint) && on_core(&b.endpoint)) {
+            return self.spawn_tokio(Pair {
+                a,
+                b,
+                counters,
+                limiter,
+            });
+        }
+        match (CoreSide::take(a), CoreSide::take(b)) {
+            (Ok(a), Ok(b)) => self.spawn_core(Incoming {
+                a,
+                b,
                 counters,
                 limiter,
             }),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "dataplane: cannot take over a TCP socket; pair closed");
+            }
         }
     }
 
@@ -435,22 +438,66 @@ pub(crate) struct CoreSide {
     pub inbound: Vec<Box<dyn Transform>>,
     pub outbound: Vec<Box<dyn Transform>>,
     pub initial_write: bytes::Bytes,
+    /// TLS over the socket: `inbound[0]` opens its records (the prefix, already
+    /// opened, skips it) and the last of `outbound` seals them.
+    pub tls: bool,
 }
 
 impl CoreSide {
-    fn new(
-        fd: OwnedFd,
-        prefix: bytes::Bytes,
-        inbound: Vec<Box<dyn Transform>>,
-        outbound: Vec<Box<dyn Transform>>,
-        initial_write: bytes::Bytes,
-    ) -> Self {
-        CoreSide {
-            fd,
+    /// Takes a [`Endpoint::Tcp`] or [`Endpoint::Tls`] side over.
+    fn take(side: Side) -> io::Result<Self> {
+        let Side {
+            endpoint,
             prefix,
-            inbound,
-            outbound,
+            mut inbound,
+            mut outbound,
             initial_write,
+        } = side;
+        match endpoint {
+            Endpoint::Tcp(tcp) => Ok(CoreSide {
+                fd: tcp_into_fd(tcp)?,
+                prefix,
+                inbound,
+                outbound,
+                initial_write,
+                tls: false,
+            }),
+            Endpoint::Tls(stream) => {
+                let crate::relay::TlsParts {
+                    tcp,
+                    opened,
+                    owed,
+                    open,
+                    mut seal,
+                } = stream.into_parts();
+                let fd = tcp_into_fd(tcp)?;
+                // Read ahead by the control plane first, then what the layer opened after.
+                let prefix = match (prefix.is_empty(), opened.is_empty()) {
+                    (_, true) => prefix,
+                    (true, false) => opened,
+                    (false, false) => [&prefix[..], &opened[..]].concat().into(),
+                };
+                // What the layer owes the socket, then the side's first words, sealed.
+                let mut first = owed.to_vec();
+                if !initial_write.is_empty() {
+                    seal.transform(&initial_write, &mut first)
+                        .map_err(io::Error::other)?;
+                }
+                inbound.insert(0, open);
+                outbound.push(seal);
+                Ok(CoreSide {
+                    fd,
+                    prefix,
+                    inbound,
+                    outbound,
+                    initial_write: first.into(),
+                    tls: true,
+                })
+            }
+            Endpoint::Stream(_) | Endpoint::Halves { .. } => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "not a TCP socket",
+            )),
         }
     }
 }

@@ -37,7 +37,7 @@ use super::pipes::{Pipe, PipePool};
 use crate::limit::{Grant, RateLimiter};
 use crate::relay::{ConnGuard, Counters, RelayError, RelayOutcome, SideId};
 use crate::sys;
-use crate::transform::{Transform, run_chain};
+use crate::transform::{Transform, finish_chain, run_chain, run_chain_mut};
 
 /// Read size of a direction without transforms that copies (pool miss).
 pub(crate) const COPY_READ_PLAIN: usize = 64 * 1024;
@@ -102,6 +102,14 @@ struct DirExtra {
     inbound: Vec<Box<dyn Transform>>,
     /// The writing side's outbound chain.
     outbound: Vec<Box<dyn Transform>>,
+    /// `inbound[0]` opens the records of a TLS side: the prefix, already opened,
+    /// skips it.
+    opens: bool,
+    /// How much one read takes: 64 KiB where the only transforms are TLS layers (a record
+    /// never grows when opened), else Go frp's 16 KiB (decompression expands).
+    read_size: usize,
+    /// The chains' `finish` output was queued (the source reached EOF).
+    finished: bool,
 }
 
 /// A rate-limited pair's limiter and wake-ups, boxed in its [`PairState`] (most pairs have
@@ -148,19 +156,30 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 impl Dir {
+    /// `opens`: the reading side is TLS (`inbound[0]` opens its records); `seals`: the
+    /// writing side is (the last of `outbound` seals them).
     fn new(
         from: SideId,
         prefix: Bytes,
-        inbound: Vec<Box<dyn Transform>>,
-        outbound: Vec<Box<dyn Transform>>,
+        (inbound, opens): (Vec<Box<dyn Transform>>, bool),
+        (outbound, seals): (Vec<Box<dyn Transform>>, bool),
         initial_write: Bytes,
     ) -> Dir {
         let extra =
             (!prefix.is_empty() || !inbound.is_empty() || !outbound.is_empty()).then(|| {
+                let layers_only =
+                    inbound.len() == usize::from(opens) && outbound.len() == usize::from(seals);
                 Box::new(DirExtra {
                     prefix,
                     inbound,
                     outbound,
+                    opens,
+                    read_size: if layers_only {
+                        COPY_READ_PLAIN
+                    } else {
+                        COPY_READ_TRANSFORMED
+                    },
+                    finished: false,
                 })
             });
         Dir {
@@ -310,7 +329,35 @@ impl Dir {
                 {
                     self.extra = None;
                 }
-                self.forward(&chunk, dst, cx.plain, cx.wire, cx.stats, counter)?;
+                self.forward(
+                    Input::Opened(&chunk),
+                    dst,
+                    cx.plain,
+                    cx.wire,
+                    cx.stats,
+                    counter,
+                )?;
+                continue;
+            }
+            if self.eof
+                && let Some(extra) = &mut self.extra
+                && !extra.finished
+            {
+                // What closes the stream on the wire (TLS close_notify) before the FIN.
+                extra.finished = true;
+                let transform_err = |source| RelayError::Transform { side: from, source };
+                let mut tail = Vec::new();
+                finish_chain(&mut extra.inbound, &mut tail).map_err(transform_err)?;
+                let mut wire = Vec::new();
+                if !tail.is_empty() {
+                    run_chain(&mut extra.outbound, &tail, &mut wire).map_err(transform_err)?;
+                }
+                finish_chain(&mut extra.outbound, &mut wire).map_err(transform_err)?;
+                if !wire.is_empty() {
+                    self.pending = wire;
+                    self.sent = 0;
+                    self.pending_plain = tail.len() as u64;
+                }
                 continue;
             }
             if self.eof {
@@ -324,10 +371,9 @@ impl Dir {
                 self.release(cx);
                 return Ok(Turn::Parked);
             }
-            let len = if self.transforms() {
-                COPY_READ_TRANSFORMED
-            } else {
-                COPY_READ_PLAIN
+            let len = match &self.extra {
+                Some(x) if !x.inbound.is_empty() || !x.outbound.is_empty() => x.read_size,
+                _ => COPY_READ_PLAIN,
             };
             let Some(granted) = Self::grant(&mut limit, len) else {
                 self.release(cx);
@@ -372,8 +418,8 @@ impl Dir {
                         // empty; data arriving from now on raises a new edge.
                         src.readable = false;
                     }
-                    let data = &cx.buf[..n];
-                    self.forward(data, dst, cx.plain, cx.wire, cx.stats, counter)?;
+                    let data = &mut cx.buf[..n];
+                    self.forward(Input::Wire(data), dst, cx.plain, cx.wire, cx.stats, counter)?;
                 }
                 Err(e) if would_block(&e) => src.readable = false,
                 Err(source) => return Err(RelayError::Read { side: from, source }),
@@ -385,7 +431,7 @@ impl Dir {
     /// in `pending` (the only per-pair buffer, and only while the writer is slow).
     fn forward(
         &mut self,
-        data: &[u8],
+        data: Input<'_>,
         dst: &mut Conn,
         plain_buf: &mut Vec<u8>,
         wire_buf: &mut Vec<u8>,
@@ -395,15 +441,26 @@ impl Dir {
         let (from, to) = (self.from, self.from.other());
         let transform_err = |source| RelayError::Transform { side: from, source };
         let (inbound, outbound) = match &mut self.extra {
+            // Opened bytes skip the opener.
+            Some(x) if x.opens && matches!(data, Input::Opened(_)) => {
+                (&mut x.inbound[1..], &mut x.outbound[..])
+            }
             Some(x) => (&mut x.inbound[..], &mut x.outbound[..]),
             None => (&mut [][..], &mut [][..]),
         };
-        let plain: &[u8] = if inbound.is_empty() {
-            data
-        } else {
-            plain_buf.clear();
-            run_chain(inbound, data, plain_buf).map_err(transform_err)?;
-            plain_buf
+        let plain: &[u8] = match data {
+            Input::Wire(data) if inbound.is_empty() => data,
+            Input::Opened(data) if inbound.is_empty() => data,
+            Input::Wire(data) => {
+                plain_buf.clear();
+                run_chain_mut(inbound, data, plain_buf).map_err(transform_err)?;
+                plain_buf
+            }
+            Input::Opened(data) => {
+                plain_buf.clear();
+                run_chain(inbound, data, plain_buf).map_err(transform_err)?;
+                plain_buf
+            }
         };
         let plain_len = plain.len() as u64;
         let wire: &[u8] = if outbound.is_empty() {
@@ -439,6 +496,14 @@ impl Dir {
         }
         Ok(())
     }
+}
+
+/// A chunk for [`Dir::forward`].
+enum Input<'a> {
+    /// Read from the socket now: the first transform may work on it in place.
+    Wire(&'a mut [u8]),
+    /// Read ahead by the control plane, already opened if the side is TLS.
+    Opened(&'a [u8]),
 }
 
 /// A pair owned by a core: one slot of the core's slab for the pair's whole life, so an idle
@@ -493,6 +558,7 @@ impl PairState {
             inbound: ia,
             outbound: oa,
             initial_write: wa,
+            tls: la,
         } = a;
         let CoreSide {
             fd: fb,
@@ -500,6 +566,7 @@ impl PairState {
             inbound: ib,
             outbound: ob,
             initial_write: wb,
+            tls: lb,
         } = b;
         let conn = |fd| Conn {
             fd,
@@ -510,8 +577,8 @@ impl PairState {
         PairState {
             conns: [conn(fa), conn(fb)],
             dirs: [
-                Dir::new(SideId::A, pa, ia, ob, wb),
-                Dir::new(SideId::B, pb, ib, oa, wa),
+                Dir::new(SideId::A, pa, (ia, la), (ob, lb), wb),
+                Dir::new(SideId::B, pb, (ib, lb), (oa, la), wa),
             ],
             live: counters.as_ref().map(ConnGuard::new),
             limit: limiter.map(|limiter| {

@@ -35,17 +35,12 @@ pub fn run_chain(
     input: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), TransformError> {
-    match chain {
-        [] => {
+    match chain.split_first_mut() {
+        None => {
             out.extend_from_slice(input);
             Ok(())
         }
-        [only] => only.transform(input, out),
-        [first, rest @ ..] => {
-            let mut stage = Vec::with_capacity(input.len() + 64);
-            first.transform(input, &mut stage)?;
-            run_chain(rest, &stage, out)
-        }
+        Some((first, rest)) => then(rest, input.len(), out, |o| first.transform(input, o)),
     }
 }
 
@@ -55,18 +50,32 @@ pub fn run_chain_mut(
     input: &mut [u8],
     out: &mut Vec<u8>,
 ) -> Result<(), TransformError> {
-    match chain {
-        [] => {
+    match chain.split_first_mut() {
+        None => {
             out.extend_from_slice(input);
             Ok(())
         }
-        [only] => only.transform_mut(input, out),
-        [first, rest @ ..] => {
-            let mut stage = Vec::with_capacity(input.len() + 64);
-            first.transform_mut(input, &mut stage)?;
-            run_chain(rest, &stage, out)
+        Some((first, rest)) => {
+            let len = input.len();
+            then(rest, len, out, |o| first.transform_mut(input, o))
         }
     }
+}
+
+/// Runs a chain's first stage (`first`, given where to write) straight into `out` when it is
+/// the only one, else into a stage buffer that goes through `rest`.
+fn then(
+    rest: &mut [Box<dyn Transform>],
+    input_len: usize,
+    out: &mut Vec<u8>,
+    first: impl FnOnce(&mut Vec<u8>) -> Result<(), TransformError>,
+) -> Result<(), TransformError> {
+    if rest.is_empty() {
+        return first(out);
+    }
+    let mut stage = Vec::with_capacity(input_len + 64);
+    first(&mut stage)?;
+    run_chain(rest, &stage, out)
 }
 
 /// Ends a chain: what each stage's [`Transform::finish`] emits goes through the stages after

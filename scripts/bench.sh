@@ -21,7 +21,8 @@
 # the table; top symbols go to target/bench/perf-top.txt),
 # BENCH_SKIP_INSTALL=1 (use what is on PATH), BENCH_BIN=DIR (frps/frpc from DIR, no build: to
 # compare two builds, each against its own same-run baselines), BENCH_MODES (frp-uring columns, any of
-# "off on tls", default all), BENCH_TESTS (any of "hold iperf1 iperf8 lat rps conn xtcp", default
+# "off on tls offtls", default "off on tls"; offtls is tcpMux off with TLS, frp's default
+# transport without tcpMux), BENCH_TESTS (any of "hold iperf1 iperf8 lat rps conn xtcp", default
 # all; for focused runs while iterating — the direct and rathole baselines run the same subset).
 # xtcp: a second table from scripts/bench-xtcp.sh (needs root; network namespaces it builds
 # and removes): iperf3 1× through an xtcp tunnel between two NATed sites over QUIC and over
@@ -748,6 +749,7 @@ for engine in "${ENGINES[@]}"; do
     perf_once=0
   fi
   want_mode tls && frp_column "frp-uring mux+TLS$suffix" true true "$engine" 0
+  want_mode offtls && frp_column "frp-uring mux off+TLS$suffix" false true "$engine" 0
 done
 read -r -a TRANSPORTS <<<"${BENCH_TRANSPORTS-websocket quic kcp}"
 for proto in "${TRANSPORTS[@]}"; do
@@ -765,6 +767,7 @@ if [[ -n $GO_DIR ]]; then
     want_mode off && GO=1 frp_column "frp $GO_VERSION mux off" false false go 0
     want_mode on && GO=1 frp_column "frp $GO_VERSION mux on" true false go 0
     want_mode tls && GO=1 frp_column "frp $GO_VERSION mux+TLS" true true go 0
+    want_mode offtls && GO=1 frp_column "frp $GO_VERSION mux off+TLS" false true go 0
   else
     log "no real frp columns: $GO_DIR/frps or $GO_DIR/frpc is missing"
   fi
@@ -887,7 +890,7 @@ go = os.environ.get("GO_VERSION", "")
 
 def go_twin(col):
     """Real frp's column in the same mode as this frp-uring column (engine suffix dropped)."""
-    for mode in ("mux off", "mux on", "mux+TLS"):
+    for mode in ("mux off+TLS", "mux off", "mux on", "mux+TLS"):
         if col.startswith(f"frp-uring {mode}"):
             return f"frp {go} {mode}"
     return None

@@ -4,8 +4,8 @@
 
 mod split;
 mod stream;
-pub use split::endpoint;
-pub use stream::{ClientTlsStream, ServerTlsStream, TlsStream, accept, connect};
+pub use split::{Apart, endpoint, take_apart};
+pub use stream::{ClientTlsStream, ServerTlsStream, TlsSide, TlsStream, accept, connect};
 
 use std::path::Path;
 use std::sync::Arc;

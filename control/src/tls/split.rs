@@ -100,20 +100,65 @@ impl BareTcp for Conn {
 
 impl<IO: BareTcp, S: TlsSide> SplitTls for TlsStream<IO, S> {
     fn into_parts(self: Box<Self>) -> TlsParts {
-        let (io, conn, rx, opened, owed) = self.into_raw();
-        let session = Arc::new(Mutex::new(Session {
-            conn,
-            rx,
-            tx: Outgoing::default(),
-            failed: None,
-        }));
+        let a = apart(*self);
         TlsParts {
-            tcp: io.into_tcp(),
-            opened,
-            owed,
-            open: Box::new(Open(session.clone())),
-            seal: Box::new(Seal(session)),
+            tcp: a.io.into_tcp(),
+            opened: a.opened,
+            owed: a.owed,
+            open: a.open,
+            seal: a.seal,
         }
+    }
+}
+
+/// A TLS stream taken apart ([`take_apart`]).
+pub struct Apart<IO> {
+    /// The transport.
+    pub io: IO,
+    /// Plaintext the stream already opened and nobody read yet.
+    pub opened: bytes::Bytes,
+    /// Wire bytes the stream owes the transport: to be written before anything sealed.
+    pub owed: bytes::Bytes,
+    /// Wire bytes → plaintext ([`Transform::transform_mut`] decrypts in place).
+    pub open: Box<dyn Transform>,
+    /// Plaintext → wire bytes; its `finish` gives close_notify.
+    pub seal: Box<dyn Transform>,
+}
+
+/// Takes a TLS stream apart over any transport, for a caller that moves the records itself
+/// (the data plane does it for bare TCP sockets through [`SplitTls`]; the fuzz targets over
+/// memory). The stream comes back where it cannot be: it failed, or is closing.
+pub fn take_apart<IO, S>(mut tls: Box<TlsStream<IO, S>>) -> Result<Apart<IO>, Box<TlsStream<IO, S>>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    S: TlsSide,
+{
+    if tls.open_all() {
+        Ok(apart(*tls))
+    } else {
+        Err(tls)
+    }
+}
+
+/// [`take_apart`] once `open_all` said yes.
+fn apart<IO, S>(tls: TlsStream<IO, S>) -> Apart<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    S: TlsSide,
+{
+    let (io, conn, rx, opened, owed) = tls.into_raw();
+    let session = Arc::new(Mutex::new(Session {
+        conn,
+        rx,
+        tx: Outgoing::default(),
+        failed: None,
+    }));
+    Apart {
+        io,
+        opened,
+        owed,
+        open: Box::new(Open(session.clone())),
+        seal: Box::new(Seal(session)),
     }
 }
 

@@ -64,9 +64,11 @@ pub trait SplitTls: AsyncStream {
     fn into_parts(self: Box<Self>) -> TlsParts;
 }
 
-/// A [`SplitTls`] taken apart.
-pub struct TlsParts {
-    pub tcp: tokio::net::TcpStream,
+/// A TLS stream taken apart: over its TCP socket for a core ([`SplitTls`]), or over any
+/// transport for a caller that moves the records itself.
+pub struct TlsParts<IO = tokio::net::TcpStream> {
+    /// The transport.
+    pub io: IO,
     /// Plaintext the layer already opened and nobody read yet: it comes after the side's
     /// `prefix` and before anything `open` yields.
     pub opened: Bytes,

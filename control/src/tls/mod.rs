@@ -4,7 +4,7 @@
 
 mod split;
 mod stream;
-pub use split::{Apart, endpoint, take_apart};
+pub use split::{endpoint, take_apart};
 pub use stream::{ClientTlsStream, ServerTlsStream, TlsSide, TlsStream, accept, connect};
 
 use std::path::Path;

@@ -100,35 +100,23 @@ impl BareTcp for Conn {
 
 impl<IO: BareTcp, S: TlsSide> SplitTls for TlsStream<IO, S> {
     fn into_parts(self: Box<Self>) -> TlsParts {
-        let a = apart(*self);
+        let p = apart(*self);
         TlsParts {
-            tcp: a.io.into_tcp(),
-            opened: a.opened,
-            owed: a.owed,
-            open: a.open,
-            seal: a.seal,
+            io: p.io.into_tcp(),
+            opened: p.opened,
+            owed: p.owed,
+            open: p.open,
+            seal: p.seal,
         }
     }
-}
-
-/// A TLS stream taken apart ([`take_apart`]).
-pub struct Apart<IO> {
-    /// The transport.
-    pub io: IO,
-    /// Plaintext the stream already opened and nobody read yet.
-    pub opened: bytes::Bytes,
-    /// Wire bytes the stream owes the transport: to be written before anything sealed.
-    pub owed: bytes::Bytes,
-    /// Wire bytes → plaintext ([`Transform::transform_mut`] decrypts in place).
-    pub open: Box<dyn Transform>,
-    /// Plaintext → wire bytes; its `finish` gives close_notify.
-    pub seal: Box<dyn Transform>,
 }
 
 /// Takes a TLS stream apart over any transport, for a caller that moves the records itself
 /// (the data plane does it for bare TCP sockets through [`SplitTls`]; the fuzz targets over
 /// memory). The stream comes back where it cannot be: it failed, or is closing.
-pub fn take_apart<IO, S>(mut tls: Box<TlsStream<IO, S>>) -> Result<Apart<IO>, Box<TlsStream<IO, S>>>
+pub fn take_apart<IO, S>(
+    mut tls: Box<TlsStream<IO, S>>,
+) -> Result<TlsParts<IO>, Box<TlsStream<IO, S>>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
     S: TlsSide,
@@ -141,7 +129,7 @@ where
 }
 
 /// [`take_apart`] once `open_all` said yes.
-fn apart<IO, S>(tls: TlsStream<IO, S>) -> Apart<IO>
+fn apart<IO, S>(tls: TlsStream<IO, S>) -> TlsParts<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
     S: TlsSide,
@@ -153,7 +141,7 @@ where
         tx: Outgoing::default(),
         failed: None,
     }));
-    Apart {
+    TlsParts {
         io,
         opened,
         owed,

@@ -464,7 +464,7 @@ impl CoreSide {
             }),
             Endpoint::Tls(stream) => {
                 let crate::relay::TlsParts {
-                    tcp,
+                    io: tcp,
                     opened,
                     owed,
                     open,

@@ -105,8 +105,9 @@ struct DirExtra {
     /// `inbound[0]` opens the records of a TLS side: the prefix, already opened,
     /// skips it.
     opens: bool,
-    /// How much one read takes: 64 KiB where the only transforms are TLS layers (a record
-    /// never grows when opened), else Go frp's 16 KiB (decompression expands).
+    /// How much one read takes: 64 KiB without transforms or where the only ones are TLS
+    /// layers (a record never grows when opened), else Go frp's 16 KiB (decompression
+    /// expands).
     read_size: usize,
     /// The chains' `finish` output was queued (the source reached EOF).
     finished: bool,
@@ -371,10 +372,7 @@ impl Dir {
                 self.release(cx);
                 return Ok(Turn::Parked);
             }
-            let len = match &self.extra {
-                Some(x) if !x.inbound.is_empty() || !x.outbound.is_empty() => x.read_size,
-                _ => COPY_READ_PLAIN,
-            };
+            let len = self.extra.as_ref().map_or(COPY_READ_PLAIN, |x| x.read_size);
             let Some(granted) = Self::grant(&mut limit, len) else {
                 self.release(cx);
                 return Ok(Turn::Parked);

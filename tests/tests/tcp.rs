@@ -1,9 +1,13 @@
 //! TCP proxies end to end: real frps and frpc processes on 127.0.0.1.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
 use e2e::*;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const TOKEN: &str = "e2e-token";
 
@@ -106,6 +110,152 @@ async fn hundred_concurrent_1mib_connections_default_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_1mib_connections_nomux_encrypted() {
     hundred_connections(false, false, true).await;
+}
+
+/// Byte `i` of the endless download below: position-dependent, so a lost, repeated or
+/// reordered piece shows.
+fn download_byte(i: u64) -> u8 {
+    (i % 251) as u8 ^ (i >> 16) as u8
+}
+
+/// A local service: a connection that starts with `D` gets an endless download (how far it
+/// got in `sent`), one that starts with `d` the same download unreported, and any other
+/// first byte an echo of everything after it.
+async fn download_or_echo_service(sent: Arc<AtomicU64>) -> u16 {
+    tcp_service(move |mut s| {
+        let sent = sent.clone();
+        async move {
+            let mut cmd = [0u8; 1];
+            if s.read_exact(&mut cmd).await.is_err() {
+                return;
+            }
+            if cmd[0] == b'D' || cmd[0] == b'd' {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut pos = 0u64;
+                loop {
+                    for (k, b) in buf.iter_mut().enumerate() {
+                        *b = download_byte(pos + k as u64);
+                    }
+                    if s.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                    pos += buf.len() as u64;
+                    if cmd[0] == b'D' {
+                        sent.store(pos, SeqCst);
+                    }
+                }
+            }
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    })
+    .await
+}
+
+/// Reads `len` bytes of a download at offset `from` and checks each one.
+async fn read_download(s: &mut TcpStream, from: u64, len: u64, what: &str) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pos = from;
+    while pos < from + len {
+        let want = buf.len().min((from + len - pos) as usize);
+        let n = s.read(&mut buf[..want]).await.expect("read the download");
+        assert!(n > 0, "{what}: the download ended at byte {pos}");
+        for (k, &b) in buf[..n].iter().enumerate() {
+            let at = pos + k as u64;
+            assert_eq!(b, download_byte(at), "{what}: byte {at} of the download");
+        }
+        pos += n as u64;
+    }
+}
+
+/// tcpMux: a user who stops reading a download holds that stream back all the way to the
+/// local service (bounded: the service's writes stop), while other streams of the same
+/// session — an upload-and-echo and a second download — go on; when the user reads again,
+/// every byte comes, in order.
+async fn a_stalled_stream_leaves_its_session_free(tls: bool) {
+    let env = Env::new();
+    let sent = Arc::new(AtomicU64::new(0));
+    let local = download_or_echo_service(sent.clone()).await;
+    let bind = free_port();
+    let remote = free_port();
+    let _frps = env.frps(
+        "frps",
+        bind,
+        &format!("auth.token = \"{TOKEN}\"\nlog.level = \"debug\""),
+    );
+    let frpc = env.frpc(
+        "frpc",
+        &frpc_tcp_config(bind, TOKEN, true, tls, false, local, remote),
+    );
+    frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
+
+    let mut stalled = TcpStream::connect(("127.0.0.1", remote)).await.unwrap();
+    stalled.write_all(b"D").await.unwrap();
+    // Held back: the service's progress stops (for 1 s) somewhere, within 30 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last = (0, tokio::time::Instant::now());
+    let held_at = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = sent.load(SeqCst);
+        if now != last.0 {
+            last = (now, tokio::time::Instant::now());
+        } else if now > 0 && last.1.elapsed() >= Duration::from_secs(1) {
+            eprintln!("download held back after {now} bytes");
+            break now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tunnel kept taking an unread download ({now} bytes): no backpressure"
+        );
+    };
+
+    let others = async {
+        let data = pattern(1 << 20, 5);
+        let mut echo = TcpStream::connect(("127.0.0.1", remote)).await.unwrap();
+        let (mut r, mut w) = echo.split();
+        let send = async {
+            w.write_all(b"E").await.unwrap();
+            w.write_all(&data).await.unwrap();
+        };
+        let mut got = vec![0u8; data.len()];
+        let recv = r.read_exact(&mut got);
+        let ((), n) = tokio::join!(send, recv);
+        n.unwrap();
+        assert!(
+            got == data,
+            "the echo beside a stalled stream came back wrong"
+        );
+
+        let mut second = TcpStream::connect(("127.0.0.1", remote)).await.unwrap();
+        second.write_all(b"d").await.unwrap();
+        read_download(&mut second, 0, 8 << 20, "a second download").await;
+    };
+    tokio::time::timeout(Duration::from_secs(30), others)
+        .await
+        .expect("streams beside a stalled one stalled too");
+    assert_eq!(
+        sent.load(SeqCst),
+        held_at,
+        "the stalled download moved while nobody read it"
+    );
+
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        read_download(&mut stalled, 0, held_at + (4 << 20), "the stalled download"),
+    )
+    .await
+    .expect("the stalled download did not resume");
+    assert!(sent.load(SeqCst) > held_at);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_leaves_its_session_free_default_mode() {
+    a_stalled_stream_leaves_its_session_free(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_leaves_its_session_free_without_tls() {
+    a_stalled_stream_leaves_its_session_free(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,9 +16,11 @@
 # BENCH_LAT_N (requests per redis -c 1 test, 20000; latencies with `--precision 3`: by default
 # the p50 comes in 16 µs steps around 50 µs, with it in 8 µs steps, the histogram's lowest unit;
 # scripts/bench-ab.py also reports the exact average), BENCH_RPS_N (per -c 64 test, 100000),
-# BENCH_CONN_N (requests with -k 0, 5000), BENCH_PERF=1 (after the first tcpMux-on column's
-# measurements, one more 1-stream iperf3 run under `perf record -g` of frps+frpc, not counted in
-# the table; top symbols go to target/bench/perf-top.txt),
+# BENCH_CONN_N (requests with -k 0, 5000), BENCH_ROUNDS (1: run every column that many times, in
+# the same order, and tabulate each cell's median — for ratios that hold on a noisy machine),
+# BENCH_PERF=1 (after the first tcpMux-on column's measurements, one more 1-stream iperf3 run
+# under `perf record -g` of frps+frpc, not counted in the table; top symbols go to
+# target/bench/perf-top.txt),
 # BENCH_SKIP_INSTALL=1 (use what is on PATH), BENCH_BIN=DIR (frps/frpc from DIR, no build: to
 # compare two builds, each against its own same-run baselines), BENCH_MODES (frp-uring columns, any of
 # "off on tls offtls", default "off on tls"; offtls is tcpMux off with TLS, frp's default
@@ -68,6 +70,7 @@ CONNS=${BENCH_CONNS:-4000}
 LAT_N=${BENCH_LAT_N:-20000}
 RPS_N=${BENCH_RPS_N:-100000}
 CONN_N=${BENCH_CONN_N:-5000}
+ROUNDS=${BENCH_ROUNDS:-1}
 TOKEN=bench-token-$$
 read -r -a MODES <<<"${BENCH_MODES:-off on tls}"
 TESTS=" ${BENCH_TESTS:-hold iperf1 iperf8 lat rps conn xtcp} "
@@ -527,7 +530,10 @@ socks5_rounds() { # col tunnel-pids...
     done
   done
 }
-record_round() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:-}" >>"$ROUNDS_TSV"; }
+record_round() { # col round kind Gbit/s [CPU-s/GB]; rounds numbered across BENCH_ROUNDS
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$(((${ROUND:-1} - 1) * PLUGIN_ROUNDS + $2))" "$3" "$4" "${5:-}" \
+    >>"$ROUNDS_TSV"
+}
 
 # Waits until PUBLIC reaches redis end to end.
 wait_tunnel() {
@@ -567,12 +573,14 @@ new_ports() {
 }
 
 # ---- direct loopback: the clients talk to the services themselves.
-log "column: direct loopback"
-COLUMNS_ORDER+=("direct")
-HOLD_LOCAL=$(free_port)
-want iperf1 && run_iperf direct "$IPERF_PORT" 1
-want iperf8 && run_iperf direct "$IPERF_PORT" 8
-run_redis direct "$REDIS_PORT"
+direct_column() {
+  log "column: direct loopback"
+  COLUMNS_ORDER+=("direct")
+  HOLD_LOCAL=$(free_port)
+  want iperf1 && run_iperf direct "$IPERF_PORT" 1
+  want iperf8 && run_iperf direct "$IPERF_PORT" 8
+  run_redis direct "$REDIS_PORT"
+}
 
 # ---- frp-uring
 frp_column() { # name mux tls engine perf [protocol]
@@ -740,71 +748,86 @@ print(statistics.median(x for x, _ in pairs), statistics.median(y for _, y in pa
 
 
 perf_once=${BENCH_PERF:-0}
-for engine in "${ENGINES[@]}"; do
-  suffix=""
-  ((${#ENGINES[@]} > 1)) && suffix=" [$engine]"
-  want_mode off && frp_column "frp-uring mux off$suffix" false false "$engine" 0
-  if want_mode on; then
-    frp_column "frp-uring mux on$suffix" true false "$engine" "$perf_once"
-    perf_once=0
-  fi
-  want_mode tls && frp_column "frp-uring mux+TLS$suffix" true true "$engine" 0
-  want_mode offtls && frp_column "frp-uring mux off+TLS$suffix" false true "$engine" 0
-done
-read -r -a TRANSPORTS <<<"${BENCH_TRANSPORTS-websocket quic kcp}"
-for proto in "${TRANSPORTS[@]}"; do
-  # KCP as frp configures it (write delay, 20 ms interval) takes tens of ms per request, as
-  # frp's own does: fewer -c 1 requests keep that test inside its 30 s limit.
-  LAT_N_COL=$([[ $proto == kcp ]] && echo 200) frp_column "frp-uring $proto" true true \
-    "${ENGINES[0]}" light "$proto"
-done
+ours_columns() {
+  for engine in "${ENGINES[@]}"; do
+    suffix=""
+    ((${#ENGINES[@]} > 1)) && suffix=" [$engine]"
+    want_mode off && frp_column "frp-uring mux off$suffix" false false "$engine" 0
+    if want_mode on; then
+      frp_column "frp-uring mux on$suffix" true false "$engine" "$perf_once"
+      perf_once=0
+    fi
+    want_mode tls && frp_column "frp-uring mux+TLS$suffix" true true "$engine" 0
+    want_mode offtls && frp_column "frp-uring mux off+TLS$suffix" false true "$engine" 0
+  done
+  read -r -a TRANSPORTS <<<"${BENCH_TRANSPORTS-websocket quic kcp}"
+  for proto in "${TRANSPORTS[@]}"; do
+    # KCP as frp configures it (write delay, 20 ms interval) takes tens of ms per request, as
+    # frp's own does: fewer -c 1 requests keep that test inside its 30 s limit.
+    LAT_N_COL=$([[ $proto == kcp ]] && echo 200) frp_column "frp-uring $proto" true true \
+      "${ENGINES[0]}" light "$proto"
+  done
+}
 
 # ---- real frp, same three modes
 GO_VERSION=""
-if [[ -n $GO_DIR ]]; then
-  if [[ -x $GO_DIR/frps && -x $GO_DIR/frpc ]]; then
-    GO_VERSION=$("$GO_DIR/frps" -v 2>/dev/null)
-    want_mode off && GO=1 frp_column "frp $GO_VERSION mux off" false false go 0
-    want_mode on && GO=1 frp_column "frp $GO_VERSION mux on" true false go 0
-    want_mode tls && GO=1 frp_column "frp $GO_VERSION mux+TLS" true true go 0
-    want_mode offtls && GO=1 frp_column "frp $GO_VERSION mux off+TLS" false true go 0
-  else
-    log "no real frp columns: $GO_DIR/frps or $GO_DIR/frpc is missing"
+go_columns() {
+  if [[ -n $GO_DIR ]]; then
+    if [[ -x $GO_DIR/frps && -x $GO_DIR/frpc ]]; then
+      GO_VERSION=$("$GO_DIR/frps" -v 2>/dev/null)
+      want_mode off && GO=1 frp_column "frp $GO_VERSION mux off" false false go 0
+      want_mode on && GO=1 frp_column "frp $GO_VERSION mux on" true false go 0
+      want_mode tls && GO=1 frp_column "frp $GO_VERSION mux+TLS" true true go 0
+      want_mode offtls && GO=1 frp_column "frp $GO_VERSION mux off+TLS" false true go 0
+    else
+      log "no real frp columns: $GO_DIR/frps or $GO_DIR/frpc is missing"
+    fi
   fi
-fi
+}
 
 # ---- rathole
-if [[ -x $RATHOLE ]]; then
-  new_ports
-  dir=$WORK/rathole
-  mkdir -p "$dir"
-  {
-    printf '[server]\nbind_addr = "127.0.0.1:%s"\n' "$BIND_PORT"
-    for svc in iperf:$IPERF_PUBLIC redis:$REDIS_PUBLIC hold:$HOLD_PUBLIC; do
-      printf '\n[server.services.%s]\ntoken = "%s"\nbind_addr = "127.0.0.1:%s"\n' \
-        "${svc%%:*}" "$TOKEN" "${svc#*:}"
-    done
-  } >"$dir/server.toml"
-  {
-    printf '[client]\nremote_addr = "127.0.0.1:%s"\n' "$BIND_PORT"
-    for svc in iperf:$IPERF_PORT redis:$REDIS_PORT hold:$HOLD_LOCAL; do
-      printf '\n[client.services.%s]\ntoken = "%s"\nlocal_addr = "127.0.0.1:%s"\n' \
-        "${svc%%:*}" "$TOKEN" "${svc#*:}"
-    done
-  } >"$dir/client.toml"
-  log "column: rathole ($("$RATHOLE" --version 2>/dev/null | grep -m1 "Build Version" | tr -s " "))"
-  rs="" rc=""
-  start rs "$dir/server.log" env RUST_LOG=warn "$RATHOLE" -s "$dir/server.toml"
-  wait_listen "$BIND_PORT" 5
-  start rc "$dir/client.log" env RUST_LOG=warn "$RATHOLE" -c "$dir/client.toml"
-  if wait_tunnel "$REDIS_PUBLIC"; then
-    measure_column rathole 0 "$rs" "$rc"
-  else
-    RATHOLE_WHY="rathole tunnel did not come up: $(tail -3 "$dir/server.log" "$dir/client.log" | tr '\n' ' ')"
-    log "$RATHOLE_WHY"
+rathole_column() {
+  if [[ -x $RATHOLE ]]; then
+    new_ports
+    dir=$WORK/rathole
+    mkdir -p "$dir"
+    {
+      printf '[server]\nbind_addr = "127.0.0.1:%s"\n' "$BIND_PORT"
+      for svc in iperf:$IPERF_PUBLIC redis:$REDIS_PUBLIC hold:$HOLD_PUBLIC; do
+        printf '\n[server.services.%s]\ntoken = "%s"\nbind_addr = "127.0.0.1:%s"\n' \
+          "${svc%%:*}" "$TOKEN" "${svc#*:}"
+      done
+    } >"$dir/server.toml"
+    {
+      printf '[client]\nremote_addr = "127.0.0.1:%s"\n' "$BIND_PORT"
+      for svc in iperf:$IPERF_PORT redis:$REDIS_PORT hold:$HOLD_LOCAL; do
+        printf '\n[client.services.%s]\ntoken = "%s"\nlocal_addr = "127.0.0.1:%s"\n' \
+          "${svc%%:*}" "$TOKEN" "${svc#*:}"
+      done
+    } >"$dir/client.toml"
+    log "column: rathole ($("$RATHOLE" --version 2>/dev/null | grep -m1 "Build Version" | tr -s " "))"
+    rs="" rc=""
+    start rs "$dir/server.log" env RUST_LOG=warn "$RATHOLE" -s "$dir/server.toml"
+    wait_listen "$BIND_PORT" 5
+    start rc "$dir/client.log" env RUST_LOG=warn "$RATHOLE" -c "$dir/client.toml"
+    if wait_tunnel "$REDIS_PUBLIC"; then
+      measure_column rathole 0 "$rs" "$rc"
+    else
+      RATHOLE_WHY="rathole tunnel did not come up: $(tail -3 "$dir/server.log" "$dir/client.log" | tr '\n' ' ')"
+      log "$RATHOLE_WHY"
+    fi
+    stop "$rc" "$rs"
   fi
-  stop "$rc" "$rs"
-fi
+}
+
+# BENCH_ROUNDS: the whole set of columns again, in the same order; the table shows medians.
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+  ((ROUNDS > 1)) && log "round $ROUND of $ROUNDS"
+  direct_column
+  ours_columns
+  go_columns
+  rathole_column
+done
 REF=rathole
 grep -q $'\trathole\t' "$RESULTS" || REF=direct
 
@@ -813,12 +836,26 @@ GO_VERSION=$GO_VERSION ROUNDS_TSV=$ROUNDS_TSV SOCKS5=$SOCKS5 SOCKS5_WHY=$SOCKS5_
   python3 - "$RESULTS" "$REF" "$OUTDIR/results.md" "$RATHOLE_WHY" "${COLUMNS_ORDER[@]}" <<'EOF'
 import os, statistics, sys
 results, ref, out_md, why, *cols = sys.argv[1:]
-rows, vals = [], {}
+cols = list(dict.fromkeys(cols))  # BENCH_ROUNDS repeats every column
+rows, seen = [], {}
 for line in open(results, encoding="utf-8"):
     row, col, val = line.rstrip("\n").split("\t")
     if row not in rows:
         rows.append(row)
-    vals[(row, col)] = val
+    seen.setdefault((row, col), []).append(val)
+
+def median_of(vs):
+    """The median of a cell's rounds (one round: its value); failed rounds are left out."""
+    xs = []
+    for v in vs:
+        try:
+            xs.append(float(v))
+        except ValueError:
+            pass
+    return str(statistics.median(xs)) if xs else vs[-1]
+
+vals = {k: median_of(vs) for k, vs in seen.items()}
+rounds_n = max((len(vs) for vs in seen.values()), default=1)
 
 # BENCH_PLUGINS=socks5: runs (col, round, kind, Gbit/s, CPU-s/GB), plain tcp proxy vs socks5.
 S_G, S_C = "socks5 plugin: iperf3 1×, Gbit/s ↑", "socks5 plugin: CPU-s per GB, iperf3 1× ↓"
@@ -922,6 +959,9 @@ notes = [
     "CPU-s per GB: utime+stime of both tunnel processes over the run ÷ bytes iperf3 received.",
     "RSS: VmRSS of both tunnel processes; per idle conn = (held − idle) ÷ connections held.",
 ]
+if rounds_n > 1:
+    notes.append(f"Each cell is the median of {rounds_n} rounds (BENCH_ROUNDS: every column "
+                 "again, in the same order); ratios are of the medians.")
 if why:
     notes.append(f"No rathole column: {why}")
 if runs:

@@ -23,8 +23,9 @@
 # target/bench/perf-top.txt),
 # BENCH_SKIP_INSTALL=1 (use what is on PATH), BENCH_BIN=DIR (frps/frpc from DIR, no build: to
 # compare two builds, each against its own same-run baselines), BENCH_MODES (frp-uring columns, any of
-# "off on tls offtls", default "off on tls"; offtls is tcpMux off with TLS, frp's default
-# transport without tcpMux), BENCH_TESTS (any of "hold iperf1 iperf8 lat rps conn xtcp", default
+# "off on tls offtls enc", default "off on tls"; offtls is tcpMux off with TLS, frp's default
+# transport without tcpMux; enc is tcpMux and TLS off with every proxy's useEncryption and
+# useCompression on), BENCH_TESTS (any of "hold iperf1 iperf8 lat rps conn xtcp", default
 # all; for focused runs while iterating — the direct and rathole baselines run the same subset).
 # xtcp: a second table from scripts/bench-xtcp.sh (needs root; network namespaces it builds
 # and removes): iperf3 1× through an xtcp tunnel between two NATed sites over QUIC and over
@@ -655,7 +656,10 @@ remotePort = $SOCKS_PUBLIC
 [proxies.plugin]
 type = "socks5"
 EOF
-  log "column: $col (protocol=$proto tcpMux=$mux tls=$tls engine=$engine)"
+  # ENC=1: each proxy encrypts and compresses its work connections (frp's per-proxy transport).
+  [[ -n ${ENC:-} ]] && sed -i '/^remotePort = /a transport.useEncryption = true\ntransport.useCompression = true' \
+    "$dir/frpc.toml"
+  log "column: $col (protocol=$proto tcpMux=$mux tls=$tls enc=${ENC:-0} engine=$engine)"
   start frps "$dir/frps.log" "$bin_s" -c "$dir/frps.toml"
   wait_listen "$BIND_PORT" 5 || { log "$col: frps did not start: $(tail -3 "$dir/frps.log")"; }
   start frpc "$dir/frpc.log" "$bin_c" -c "$dir/frpc.toml"
@@ -759,6 +763,7 @@ ours_columns() {
     fi
     want_mode tls && frp_column "frp-uring mux+TLS$suffix" true true "$engine" 0
     want_mode offtls && frp_column "frp-uring mux off+TLS$suffix" false true "$engine" 0
+    want_mode enc && ENC=1 frp_column "frp-uring mux off+enc$suffix" false false "$engine" 0
   done
   read -r -a TRANSPORTS <<<"${BENCH_TRANSPORTS-websocket quic kcp}"
   for proto in "${TRANSPORTS[@]}"; do
@@ -779,6 +784,7 @@ go_columns() {
       want_mode on && GO=1 frp_column "frp $GO_VERSION mux on" true false go 0
       want_mode tls && GO=1 frp_column "frp $GO_VERSION mux+TLS" true true go 0
       want_mode offtls && GO=1 frp_column "frp $GO_VERSION mux off+TLS" false true go 0
+      want_mode enc && GO=1 ENC=1 frp_column "frp $GO_VERSION mux off+enc" false false go 0
     else
       log "no real frp columns: $GO_DIR/frps or $GO_DIR/frpc is missing"
     fi
@@ -927,7 +933,7 @@ go = os.environ.get("GO_VERSION", "")
 
 def go_twin(col):
     """Real frp's column in the same mode as this frp-uring column (engine suffix dropped)."""
-    for mode in ("mux off+TLS", "mux off", "mux on", "mux+TLS"):
+    for mode in ("mux off+TLS", "mux off+enc", "mux off", "mux on", "mux+TLS"):
         if col.startswith(f"frp-uring {mode}"):
             return f"frp {go} {mode}"
     return None

@@ -10,8 +10,9 @@
 //! - encryption runs its serial block loop inside one `encrypt_with_backend` call (no per-block
 //!   dispatch; ~3× `BufEncryptor` with AES-NI);
 //! - decryption of whole blocks is parallel (every keystream block is the encryption of a
-//!   ciphertext block already in hand), so the decryptor hands the cipher 16 blocks
-//!   at a time and AES-NI/VAES pipelines them.
+//!   ciphertext block already in hand), so the decryptor hands the backend its own batch width
+//!   of blocks at a time, inside one `encrypt_with_backend` call, and AES-NI/VAES pipelines
+//!   them.
 //!
 //! The tests check both directions against `cfb_mode`.
 
@@ -20,7 +21,8 @@ use std::sync::Arc;
 use aes::Aes128Enc;
 use aes::cipher::consts::U16;
 use aes::cipher::{
-    BlockCipherEncBackend, BlockCipherEncClosure, BlockCipherEncrypt, BlockSizeUser,
+    Array, BlockCipherEncBackend, BlockCipherEncClosure, BlockCipherEncrypt, BlockSizeUser, InOut,
+    ParBlocks,
 };
 use dataplane::{Transform, TransformError};
 
@@ -30,9 +32,6 @@ use super::CryptoKey;
 pub const IV_LEN: usize = 16;
 
 const BLOCK: usize = 16;
-
-/// Ciphertext blocks decrypted per call into the block cipher (256 bytes of stack).
-const PAR_BLOCKS: usize = 16;
 
 type Block = aes::Block;
 
@@ -93,20 +92,11 @@ impl CfbRegister {
         }
         let whole = buf.len() / BLOCK * BLOCK;
         let (blocks, tail) = buf.split_at_mut(whole);
-        for group in blocks.chunks_mut(BLOCK * PAR_BLOCKS) {
-            // ks[i] = E(c_i): the keystream of block i+1. Block 0 uses the register.
-            let mut ks = [Block::default(); PAR_BLOCKS];
-            let m = group.len() / BLOCK;
-            for (k, c) in ks.iter_mut().zip(group.chunks_exact(BLOCK)) {
-                k.copy_from_slice(c);
-            }
-            cipher.encrypt_blocks(&mut ks[..m]);
-            let (group, _) = group.as_chunks_mut::<BLOCK>();
-            for (i, p) in group.iter_mut().enumerate() {
-                let k = if i == 0 { &self.reg } else { &ks[i - 1] };
-                *p = xor_block(p, &k.0);
-            }
-            self.reg = ks[m - 1];
+        if !blocks.is_empty() {
+            cipher.encrypt_with_backend(DecryptWholeBlocks {
+                reg: &mut self.reg,
+                blocks,
+            });
         }
         decrypt_bytes(tail, &mut self.reg[..tail.len()]);
         self.pos = tail.len();
@@ -133,11 +123,59 @@ impl BlockCipherEncClosure for EncryptWholeBlocks<'_> {
     #[inline(always)]
     fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, backend: &B) {
         let (blocks, _) = self.blocks.as_chunks_mut::<BLOCK>();
+        // The register lives in a local for the loop: kept in `*self.reg`, every block paid
+        // two store-to-load forwards on the serial chain (`cfb/encrypt` bench: 714 MiB/s → 1.26
+        // GiB/s).
+        let mut reg = *self.reg;
         for block in blocks {
-            *block = xor_block(block, &self.reg.0);
-            self.reg.0 = *block;
-            backend.encrypt_block_inplace(self.reg);
+            *block = xor_block(block, &reg.0);
+            reg.0 = *block;
+            backend.encrypt_block_inplace(&mut reg);
         }
+        *self.reg = reg;
+    }
+}
+
+/// CFB decryption of whole blocks, run inside the cipher's backend: every keystream block is
+/// the encryption of a ciphertext block already in hand, so the backend encrypts them a batch
+/// at a time (its own parallel width: 64 blocks with VAES-512, 8 with AES-NI) straight from
+/// the ciphertext, with the round keys loaded once per call (`cfb/decrypt` bench: 2.3 → 5.2
+/// GiB/s, against 16 blocks per `encrypt_blocks` call through a copy).
+struct DecryptWholeBlocks<'a> {
+    reg: &'a mut Block,
+    /// A multiple of 16 bytes.
+    blocks: &'a mut [u8],
+}
+
+impl BlockSizeUser for DecryptWholeBlocks<'_> {
+    type BlockSize = U16;
+}
+
+impl BlockCipherEncClosure for DecryptWholeBlocks<'_> {
+    #[inline(always)]
+    fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, backend: &B) {
+        let (blocks, _) = Array::slice_as_chunks_mut(self.blocks);
+        let mut reg = *self.reg;
+        // ks[i] = E(c_i), the keystream of the group's block i+1; its block 0 uses `reg`.
+        let mut ks = ParBlocks::<B>::default();
+        for group in blocks.chunks_mut(ks.len()) {
+            let m = group.len();
+            match <&ParBlocks<B>>::try_from(&*group) {
+                Ok(whole) => backend.encrypt_par_blocks(InOut::from((whole, &mut ks))),
+                // The last, partial group: block by block.
+                Err(_) => {
+                    for (c, k) in group.iter().zip(ks.iter_mut()) {
+                        backend.encrypt_block(InOut::from((c, k)));
+                    }
+                }
+            }
+            for (i, c) in group.iter_mut().enumerate() {
+                let k = if i == 0 { &reg } else { &ks[i - 1] };
+                c.0 = xor_block(&c.0, &k.0);
+            }
+            reg = ks[m - 1];
+        }
+        *self.reg = reg;
     }
 }
 

@@ -29,7 +29,7 @@ mod testutil;
 pub use engine::{Engine, EngineConfig, EngineKind, EngineStats};
 pub use limit::{Grant, RateLimiter};
 pub use relay::{
-    AsyncStream, AsyncWriteHalf, Chunk, ChunkRead, Counters, Endpoint, HostedRelay, Pair,
-    RelayHost, Side, SplitTls, TlsParts,
+    AsyncStream, AsyncWriteHalf, Chunk, ChunkRead, Counters, Endpoint, Filled, HostedRelay, Pair,
+    ReadInto, RelayHost, Side, SplitTls, TlsParts,
 };
 pub use transform::{Transform, TransformError};

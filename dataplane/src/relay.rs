@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -124,8 +124,38 @@ pub trait RelayHost: Send + Sync {
 }
 
 /// The write half that goes with a [`ChunkRead`].
-pub trait AsyncWriteHalf: AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncWrite + Send + Unpin + 'static> AsyncWriteHalf for T {}
+pub trait AsyncWriteHalf: AsyncWrite + Send + Unpin + 'static {
+    /// A writer with a send queue of its own (a tcpMux stream) reads at most `max` bytes with
+    /// `read` straight into that queue, saving the relay's copy through its buffer; `read`
+    /// gets the room and says how many bytes it put there (0: its end). `None`: this writer
+    /// has no such queue, or cannot take bytes now (the relay then reads into its buffer and
+    /// writes as usual, which also waits for the writer).
+    fn poll_write_from(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _max: usize,
+        _read: &mut ReadInto<'_>,
+    ) -> Option<Filled> {
+        None
+    }
+}
+
+/// A read from the other side of a relay into a writer's queue, for
+/// [`AsyncWriteHalf::poll_write_from`].
+pub type ReadInto<'a> =
+    dyn FnMut(&mut Context<'_>, &mut dyn BufMut) -> Poll<io::Result<usize>> + 'a;
+
+/// What [`AsyncWriteHalf::poll_write_from`] did.
+#[derive(Debug)]
+pub enum Filled {
+    /// This many bytes were read straight into the writer's queue (more than 0).
+    Moved(usize),
+    /// The reader is at its end; nothing was queued.
+    Eof,
+    /// The reader has nothing now (the task is woken when it has).
+    ReaderPending,
+    ReadError(io::Error),
+}
 
 /// One end of a pair.
 pub enum Endpoint {
@@ -687,6 +717,20 @@ impl Direction {
         cap: usize,
     ) -> Poll<Result<usize, RelayError>> {
         let from = self.from;
+        if let Some(filled) = self.poll_move(cx, cap) {
+            return match filled {
+                Filled::Moved(n) => {
+                    self.fwd.need_flush = true;
+                    self.fwd.count(n as u64);
+                    Poll::Ready(Ok(n))
+                }
+                Filled::Eof => Poll::Ready(Ok(0)),
+                Filled::ReaderPending => Poll::Pending,
+                Filled::ReadError(source) => {
+                    Poll::Ready(Err(RelayError::Read { side: from, source }))
+                }
+            };
+        }
         SCRATCH.with(|scratch| {
             let mut own;
             let mut guard;
@@ -738,6 +782,29 @@ impl Direction {
                 }
             }
         })
+    }
+}
+
+impl Direction {
+    /// TCP into a writer with its own queue, untransformed: the socket is read straight into
+    /// the queue (see [`AsyncWriteHalf::poll_write_from`]). `None`: not this case.
+    fn poll_move(&mut self, cx: &mut Context<'_>, cap: usize) -> Option<Filled> {
+        if self.fwd.transforms() {
+            return None;
+        }
+        let (ReadEnd::Tcp(reader), WriteEnd::Half(writer)) =
+            (&mut self.reader, &mut self.fwd.writer)
+        else {
+            return None;
+        };
+        let mut read = |cx: &mut Context<'_>, mut buf: &mut dyn BufMut| loop {
+            ready!(reader.as_ref().poll_read_ready(cx))?;
+            match reader.try_read_buf(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        };
+        writer.poll_write_from(cx, cap, &mut read)
     }
 }
 

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::frame::*;
 use super::{Config, Mode, YamuxError};
@@ -555,39 +555,13 @@ impl Connection {
     /// Queues as much of `data` as the peer's window and the transmit queue allow. `Ok(0)` for
     /// a non-empty `data` means "blocked": wait for [`Event::StreamWritable`].
     pub fn stream_write(&mut self, id: u32, data: &[u8]) -> Result<usize, YamuxError> {
-        if let Some(err) = &self.closed {
-            return Err(err.clone());
-        }
-        let Some(st) = self.streams.get_mut(&id) else {
-            return Err(YamuxError::UnknownStream(id));
-        };
-        if st.reset {
-            return Err(YamuxError::StreamReset);
-        }
-        if st.local_fin {
-            return Err(YamuxError::StreamClosed);
-        }
-        if st.peer_closed {
-            return Err(YamuxError::PeerClosed);
-        }
+        let st = sendable(&self.closed, &mut self.streams, id)?;
         let mut written = 0;
         while written < data.len() && st.send_window > 0 && self.out.len() < TRANSMIT_HIGH_WATER {
             let n = (data.len() - written)
                 .min(st.send_window as usize)
                 .min(MAX_DATA_FRAME);
-            if self.out.capacity() - self.out.len() < HEADER_LEN + n {
-                // Bulk writes: one allocation for a whole batch, not a doubling series. Small
-                // ones (control messages) only what they need: a batch-sized buffer for every
-                // session that sent a message would be ~0.5 MiB each, and the allocator keeps
-                // the pages such buffers touched.
-                let need = HEADER_LEN + n;
-                self.out
-                    .reserve(if n >= ZERO_COPY_MIN || self.out.len() >= ZERO_COPY_MIN {
-                        TRANSMIT_HIGH_WATER + MAX_DATA_FRAME + HEADER_LEN
-                    } else {
-                        need.max(SMALL_TRANSMIT)
-                    });
-            }
+            reserve_frame(&mut self.out, n);
             put_header(&mut self.out, TYPE_DATA, 0, id, n as u32);
             self.out.extend_from_slice(&data[written..written + n]);
             st.send_window -= n as u32;
@@ -598,6 +572,42 @@ impl Connection {
             self.tx_blocked.push(id);
         }
         Ok(written)
+    }
+
+    /// Queues one Data frame whose payload `fill` puts straight into the transmit queue (a
+    /// socket read: no copy through a buffer of the caller's). `fill` gets room for at most
+    /// `max` bytes (less when the peer's window or the frame size is smaller); what it puts
+    /// there is sent, and its result is passed back with the count. `Ok(None)`: the stream
+    /// cannot take data now (`fill` is not called): wait for [`Event::StreamWritable`].
+    pub fn stream_write_with<R>(
+        &mut self,
+        id: u32,
+        max: usize,
+        fill: impl FnOnce(&mut dyn BufMut) -> R,
+    ) -> Result<Option<(usize, R)>, YamuxError> {
+        let st = sendable(&self.closed, &mut self.streams, id)?;
+        if st.send_window == 0 || self.out.len() >= TRANSMIT_HIGH_WATER || max == 0 {
+            if st.send_window > 0 && max > 0 && !st.tx_blocked {
+                st.tx_blocked = true;
+                self.tx_blocked.push(id);
+            }
+            return Ok(None);
+        }
+        let n = max.min(st.send_window as usize).min(MAX_DATA_FRAME);
+        reserve_frame(&mut self.out, n);
+        let start = self.out.len();
+        put_header(&mut self.out, TYPE_DATA, 0, id, 0);
+        let r = fill(&mut (&mut self.out).limit(n));
+        let k = self.out.len() - start - HEADER_LEN;
+        if k == 0 {
+            self.out.truncate(start);
+        } else {
+            // The length field is the header's last four bytes.
+            self.out[start + HEADER_LEN - 4..start + HEADER_LEN]
+                .copy_from_slice(&(k as u32).to_be_bytes());
+            st.send_window -= k as u32;
+        }
+        Ok(Some((k, r)))
     }
 
     /// Half-closes the stream (FIN, sent as a WindowUpdate with zero delta like Go). Idempotent.
@@ -968,6 +978,45 @@ impl Connection {
         if done && st.wire_done && st.released {
             self.streams.remove(&id);
         }
+    }
+}
+
+/// The state of stream `id` if it may still send data, else why not.
+fn sendable<'a>(
+    closed: &Option<YamuxError>,
+    streams: &'a mut HashMap<u32, StreamState>,
+    id: u32,
+) -> Result<&'a mut StreamState, YamuxError> {
+    if let Some(err) = closed {
+        return Err(err.clone());
+    }
+    let Some(st) = streams.get_mut(&id) else {
+        return Err(YamuxError::UnknownStream(id));
+    };
+    if st.reset {
+        return Err(YamuxError::StreamReset);
+    }
+    if st.local_fin {
+        return Err(YamuxError::StreamClosed);
+    }
+    if st.peer_closed {
+        return Err(YamuxError::PeerClosed);
+    }
+    Ok(st)
+}
+
+/// Makes room in the transmit queue for a Data frame with `n` bytes of payload.
+fn reserve_frame(out: &mut BytesMut, n: usize) {
+    if out.capacity() - out.len() < HEADER_LEN + n {
+        // Bulk writes: one allocation for a whole batch, not a doubling series. Small ones
+        // (control messages) only what they need: a batch-sized buffer for every session that
+        // sent a message would be ~0.5 MiB each, and the allocator keeps the pages such
+        // buffers touched.
+        out.reserve(if n >= ZERO_COPY_MIN || out.len() >= ZERO_COPY_MIN {
+            TRANSMIT_HIGH_WATER + MAX_DATA_FRAME + HEADER_LEN
+        } else {
+            (HEADER_LEN + n).max(SMALL_TRANSMIT)
+        });
     }
 }
 
@@ -1499,6 +1548,52 @@ mod tests {
         s.handle_input(&h("00 00 0000 00000001 00000002 6869"))
             .unwrap();
         assert!(!s.is_closed());
+    }
+
+    /// `stream_write_with` sends exactly what `fill` put (one frame, its header's length
+    /// patched), takes it from the window like `stream_write`, queues nothing when `fill`
+    /// puts nothing, and does not call `fill` when the window is empty.
+    #[test]
+    fn write_with_sends_what_fill_put_within_the_window() {
+        let (mut c, mut s, _) = pair(&no_keepalive(), &no_keepalive());
+        let mut rng = Rng(7);
+        let id = c.open_stream().unwrap().unwrap();
+        pump(&mut c, &mut s, &mut rng);
+        s.accept_stream();
+        let data = pattern(2, 8 * MIB);
+        let mut sent = 0;
+        let mut room = Vec::new();
+        loop {
+            let max = 100_000;
+            let r = c
+                .stream_write_with(id, max, |buf| {
+                    room.push(buf.remaining_mut());
+                    let n = buf.remaining_mut().min(data.len() - sent).min(70_000);
+                    buf.put_slice(&data[sent..sent + n]);
+                    n
+                })
+                .unwrap();
+            let Some((k, put)) = r else { break };
+            assert_eq!(k, put);
+            sent += k;
+            pump(&mut c, &mut s, &mut rng);
+        }
+        assert_eq!(sent, 6 * MIB, "exactly the window");
+        assert_eq!(c.stream_send_window(id), 0);
+        let empty = c.stream_write_with(id, 1, |_| panic!("fill called with an empty window"));
+        assert_eq!(empty.unwrap(), None::<(usize, ())>);
+        assert!(room.iter().all(|&r| r <= MAX_DATA_FRAME), "{room:?}");
+        let mut got = Vec::new();
+        read_available(&mut s, id, &mut got);
+        assert!(got == data[..6 * MIB], "bytes lost or reordered");
+        // Nothing put: nothing queued.
+        let (mut c, mut s, _) = pair(&no_keepalive(), &no_keepalive());
+        let id = c.open_stream().unwrap().unwrap();
+        pump(&mut c, &mut s, &mut rng);
+        let before = c.stream_send_window(id);
+        assert_eq!(c.stream_write_with(id, 10, |_| ()).unwrap(), Some((0, ())));
+        assert_eq!(c.stream_send_window(id), before);
+        assert_eq!(transmit(&mut c), b"");
     }
 
     #[test]

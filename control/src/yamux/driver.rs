@@ -554,6 +554,31 @@ impl AsyncWrite for Stream {
     }
 }
 
+impl dataplane::AsyncWriteHalf for Stream {
+    /// The relay's socket read goes straight into the session's transmit queue as one Data
+    /// frame (no copy through the relay's buffer).
+    fn poll_write_from(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+        read: &mut dataplane::ReadInto<'_>,
+    ) -> Option<dataplane::Filled> {
+        use dataplane::Filled;
+        let id = self.id;
+        let mut g = self.shared.lock();
+        // A stream that cannot take data now (window, queue, or an error) is left to the
+        // relay's own path, which reads first: the reader's end or error is seen at once, and
+        // a write error only counts when there is something to write.
+        match g.conn.stream_write_with(id, max, |buf| read(cx, buf)) {
+            Err(_) | Ok(None) => None,
+            Ok(Some((n, _))) if n > 0 => Some(Filled::Moved(n)),
+            Ok(Some((_, Poll::Pending))) => Some(Filled::ReaderPending),
+            Ok(Some((_, Poll::Ready(Ok(_))))) => Some(Filled::Eof),
+            Ok(Some((_, Poll::Ready(Err(e))))) => Some(Filled::ReadError(e)),
+        }
+    }
+}
+
 /// The task that owns the socket.
 struct Driver<T> {
     /// The session's socket; `None` once finished with (`socket_done`).

@@ -405,6 +405,8 @@ async fn idle_pair_state_is_small() {
     assert!(size <= 512, "relay state is {size} bytes");
 }
 
+impl crate::AsyncWriteHalf for tokio::io::Sink {}
+
 /// A `ChunkRead` that hands out its chunks as they are, then EOF.
 struct Chunks(std::collections::VecDeque<Bytes>);
 

@@ -14,7 +14,11 @@ const TOKEN: &str = "e2e-token";
 /// Brings up frps + frpc with one tcp proxy in front of an echo server; returns the processes
 /// and the public port.
 async fn tunnel(env: &Env, tcp_mux: bool, tls: bool, enc: bool) -> (Proc, Proc, u16) {
-    let echo = echo_server().await;
+    tunnel_to(env, tcp_mux, tls, enc, echo_server().await)
+}
+
+/// Brings up frps + frpc with one tcp proxy in front of the service on port `local`.
+fn tunnel_to(env: &Env, tcp_mux: bool, tls: bool, enc: bool, local: u16) -> (Proc, Proc, u16) {
     let bind = free_port();
     let remote = free_port();
     let frps = env.frps(
@@ -24,7 +28,7 @@ async fn tunnel(env: &Env, tcp_mux: bool, tls: bool, enc: bool) -> (Proc, Proc, 
     );
     let frpc = env.frpc(
         "frpc",
-        &frpc_tcp_config(bind, TOKEN, tcp_mux, tls, enc, echo, remote),
+        &frpc_tcp_config(bind, TOKEN, tcp_mux, tls, enc, local, remote),
     );
     frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
     (frps, frpc, remote)
@@ -176,18 +180,7 @@ async fn a_stalled_stream_leaves_its_session_free(tls: bool) {
     let env = Env::new();
     let sent = Arc::new(AtomicU64::new(0));
     let local = download_or_echo_service(sent.clone()).await;
-    let bind = free_port();
-    let remote = free_port();
-    let _frps = env.frps(
-        "frps",
-        bind,
-        &format!("auth.token = \"{TOKEN}\"\nlog.level = \"debug\""),
-    );
-    let frpc = env.frpc(
-        "frpc",
-        &frpc_tcp_config(bind, TOKEN, true, tls, false, local, remote),
-    );
-    frpc.wait_log("[echo] start proxy success", Duration::from_secs(10));
+    let (_frps, _frpc, remote) = tunnel_to(&env, true, tls, false, local);
 
     let mut stalled = TcpStream::connect(("127.0.0.1", remote)).await.unwrap();
     stalled.write_all(b"D").await.unwrap();
